@@ -1,0 +1,115 @@
+"""Pure PIL helpers for the pages: map a visual-word cell back to image pixels, draw overlays.
+
+No Streamlit here, so these are plain functions to test. The index sees an image as torchvision's
+``Resize(S)`` (short side to ``S``) followed by ``CenterCrop(S)``; a feature map of ``h x w`` cells
+then tiles that ``S x S`` square. :func:`model_view` rebuilds that square, and :func:`cell_box`
+gives cell ``(r, c)``'s pixel box in it.
+
+Example:
+    >>> from PIL import Image
+    >>> square = model_view(Image.new("RGB", (128, 64)), 64)
+    >>> square.size
+    (64, 64)
+    >>> cell_box(0, 1, grid_shape=(4, 4), size=64)
+    (16, 0, 32, 16)
+"""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def model_view(image: Image.Image, image_size: int) -> Image.Image:
+    """The ``image_size`` square the backbone saw: short side resized to it, then center-cropped."""
+    if image_size < 1:
+        raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
+    width, height = image.size
+    scale = image_size / min(width, height)
+    new_w, new_h = max(image_size, round(width * scale)), max(image_size, round(height * scale))
+    resized = image.convert("RGB").resize((new_w, new_h), Image.BILINEAR)
+    # torchvision's CenterCrop rounds the offset the same way
+    left, top = int(round((new_w - image_size) / 2.0)), int(round((new_h - image_size) / 2.0))
+    return resized.crop((left, top, left + image_size, top + image_size))
+
+
+def cell_box(row: int, col: int, grid_shape: tuple[int, int], size: int) -> tuple[int, int, int, int]:
+    """Pixel box ``(left, top, right, bottom)`` of cell ``(row, col)`` of an ``h x w`` grid on a square."""
+    h, w = grid_shape
+    if not (0 <= row < h and 0 <= col < w):
+        raise ValueError(f"cell ({row}, {col}) is outside the {h}x{w} grid")
+    return (int(round(col * size / w)), int(round(row * size / h)),
+            int(round((col + 1) * size / w)), int(round((row + 1) * size / h)))
+
+
+def cut_cell(square: Image.Image, row: int, col: int, grid_shape: tuple[int, int],
+             display: int = 64, context: float = 0.5) -> Image.Image:
+    """The region of cell ``(row, col)`` (plus ``context`` of a cell on each side), scaled to ``display``.
+
+    The cell's receptive field is wider than the cell itself, so a little context helps the eye;
+    the cell proper is outlined.
+    """
+    size = square.size[0]
+    left, top, right, bottom = cell_box(row, col, grid_shape, size)
+    pad_x, pad_y = (right - left) * context, (bottom - top) * context
+    box = (max(0, int(left - pad_x)), max(0, int(top - pad_y)),
+           min(size, int(right + pad_x)), min(size, int(bottom + pad_y)))
+    patch = square.crop(box).resize((display, display), Image.NEAREST if size < display else Image.BILINEAR)
+    sx, sy = display / (box[2] - box[0]), display / (box[3] - box[1])
+    draw = ImageDraw.Draw(patch)
+    draw.rectangle(((left - box[0]) * sx, (top - box[1]) * sy,
+                    (right - box[0]) * sx - 1, (bottom - box[1]) * sy - 1), outline=(255, 64, 64))
+    return patch
+
+
+def word_colours(words: np.ndarray) -> dict[int, tuple[int, int, int]]:
+    """A stable, distinct-ish colour per word id (golden-ratio hues)."""
+    colours = {}
+    for word in np.unique(words).tolist():
+        hue = (int(word) * 0.618033988749895) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(hue, 0.75, 0.95)
+        colours[int(word)] = (int(r * 255), int(g * 255), int(b * 255))
+    return colours
+
+
+def overlay_words(square: Image.Image, grid: np.ndarray, display: int = 448, alpha: float = 0.45,
+                  highlight: int | None = None, labels: bool = True) -> Image.Image:
+    """``square`` scaled to ``display`` with each cell tinted by its word and the word id written in it.
+
+    ``highlight``: only that word's cells are tinted (the others are dimmed).
+    """
+    grid = np.asarray(grid)
+    if grid.ndim != 2:
+        raise ValueError(f"grid must be 2-D (h, w), got shape {grid.shape}")
+    h, w = grid.shape
+    base = square.convert("RGB").resize((display, display), Image.BILINEAR)
+    tint = Image.new("RGB", base.size)
+    mask = Image.new("L", base.size, 0)
+    draw_tint, draw_mask = ImageDraw.Draw(tint), ImageDraw.Draw(mask)
+    colours = word_colours(grid)
+    for r in range(h):
+        for c in range(w):
+            word = int(grid[r, c])
+            box = cell_box(r, c, (h, w), display)
+            if highlight is not None and word != highlight:
+                draw_tint.rectangle(box, fill=(0, 0, 0))
+                draw_mask.rectangle(box, fill=int(255 * 0.55))
+                continue
+            draw_tint.rectangle(box, fill=colours[word])
+            draw_mask.rectangle(box, fill=int(255 * alpha))
+    out = Image.composite(tint, base, mask)
+    draw = ImageDraw.Draw(out)
+    for r in range(h):
+        for c in range(w):
+            box = cell_box(r, c, (h, w), display)
+            draw.rectangle(box, outline=(255, 255, 255))
+            if labels and (highlight is None or int(grid[r, c]) == highlight) and (box[2] - box[0]) >= 22:
+                draw.text((box[0] + 2, box[1] + 1), str(int(grid[r, c])), fill=(255, 255, 255))
+    return out
+
+
+def thumbnail_image(image: Image.Image, size: int) -> Image.Image:
+    """A ``size x size`` square thumbnail (center crop), for pages while no disk cache is at hand."""
+    return model_view(image, size)

@@ -1,0 +1,279 @@
+"""Cached loaders for the pages: nothing heavy is recomputed on a rerun.
+
+Every cached function takes the project folder and a *stamp* of the files it reads (their mtimes
+and sizes), so a cache entry lives exactly as long as the files that made it: re-indexing a
+project changes the stamp and the next rerun loads the new artifacts.
+
+Objects that are large or hold file handles (the project, memory-mapped arrays) are cached with
+``st.cache_resource`` (shared, never copied: treat them as read-only); small derived tables with
+``st.cache_data``.
+
+Example (in a page)::
+
+    project = loaders.open_project(str(folder))
+    counts = loaders.class_counts(project)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from mlfix.ui import imaging
+
+PROJECT_FILES = ("mlfix.toml", "samples.parquet", "problems.parquet")
+INDEX_FILES = ("features/pooled.npy", "features/words.npy", "codebook/bags.npy",
+               "codebook/centroids.npy")
+
+
+def stamp(project_dir: str | os.PathLike, names: tuple[str, ...]) -> tuple:
+    """``(name, mtime_ns, size)`` per file (``None`` fields when missing): a cache key part."""
+    folder = Path(project_dir)
+    out = []
+    for name in names:
+        try:
+            info = (folder / name).stat()
+            out.append((name, info.st_mtime_ns, info.st_size))
+        except OSError:
+            out.append((name, None, None))
+    return tuple(out)
+
+
+def project_stamp(project_dir: str | os.PathLike) -> tuple:
+    return stamp(project_dir, PROJECT_FILES + INDEX_FILES)
+
+
+def open_project(project_dir: str | os.PathLike):
+    """The project at ``project_dir`` (cached while its files are unchanged).
+
+    Raises ``mlfix.project.NotAProjectError`` for a folder that is not a project.
+    """
+    folder = str(Path(project_dir).expanduser().resolve())
+    return _open_project(folder, project_stamp(folder))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _open_project(project_dir: str, files: tuple):
+    from mlfix.project import Project
+
+    return Project.open(project_dir)
+
+
+def _key(project) -> tuple[str, tuple]:
+    folder = str(project.dir)
+    return folder, project_stamp(folder)
+
+
+# ----------------------------------------------------------------------------------------- dataset
+
+
+def class_counts(project) -> pd.DataFrame:
+    """``label, count`` per class, largest first (unlabeled samples as ``(no label)``)."""
+    return _class_counts(*_key(project))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _class_counts(project_dir: str, files: tuple) -> pd.DataFrame:
+    samples = open_project(project_dir).samples
+    labels = samples["label"].astype("object").where(samples["label"].notna(), "(no label)")
+    counts = labels.value_counts().rename_axis("label").reset_index(name="count")
+    return counts.sort_values(["count", "label"], ascending=[False, True], ignore_index=True)
+
+
+def examples_per_class(project, per_class: int, seed: int = 0) -> dict[str, list[str]]:
+    """Up to ``per_class`` sample_ids per class, drawn at random (stable for a seed)."""
+    return _examples_per_class(*_key(project), per_class, seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _examples_per_class(project_dir: str, files: tuple, per_class: int, seed: int) -> dict:
+    samples = open_project(project_dir).samples
+    labels = samples["label"].astype("object").where(samples["label"].notna(), "(no label)")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for label, index in samples.groupby(labels, sort=True).groups.items():
+        ids = samples.loc[index, "sample_id"].astype(str).to_numpy()
+        pick = rng.choice(len(ids), size=min(per_class, len(ids)), replace=False)
+        out[str(label)] = ids[np.sort(pick)].tolist()
+    return out
+
+
+def thumbnail(project, sample_id: str, size: int = 96):
+    """Something ``st.image`` shows: the disk-cached thumbnail when :mod:`mlfix.thumbnails` is
+    there, else JPEG bytes made here (cached in memory)."""
+    try:
+        from mlfix.thumbnails import thumbnail as disk_thumbnail
+    except ImportError:
+        disk_thumbnail = None
+    if disk_thumbnail is not None:
+        return str(disk_thumbnail(project, sample_id, size))
+    return _thumbnail_bytes(*_key(project), sample_id, size)
+
+
+@st.cache_data(show_spinner=False, max_entries=5000)
+def _thumbnail_bytes(project_dir: str, files: tuple, sample_id: str, size: int) -> bytes:
+    image = imaging.thumbnail_image(open_project(project_dir).image(sample_id), size)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def safe_thumbnail(project, sample_id: str, size: int = 96):
+    """:func:`thumbnail`, or None when the image cannot be read (the caller shows a placeholder)."""
+    try:
+        return thumbnail(project, sample_id, size)
+    except Exception:
+        return None
+
+
+# ----------------------------------------------------------------------------------------- codebook
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _word_grids(project_dir: str, files: tuple) -> np.ndarray:
+    return open_project(project_dir).word_grids()
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _bags(project_dir: str, files: tuple) -> np.ndarray:
+    return np.asarray(open_project(project_dir).bags())
+
+
+def word_grids(project) -> np.ndarray:
+    """``(N, h, w)`` uint16 word per cell, row-aligned with ``project.samples`` (memory-mapped)."""
+    return _word_grids(*_key(project))
+
+
+def bags(project) -> np.ndarray:
+    return _bags(*_key(project))
+
+
+def word_frequency(project) -> pd.DataFrame:
+    """Per visual word: ``word, images`` (how many images contain it), ``cells`` (how many cells)."""
+    return _word_frequency(*_key(project))
+
+
+@st.cache_data(show_spinner="Counting visual words…", max_entries=4)
+def _word_frequency(project_dir: str, files: tuple) -> pd.DataFrame:
+    project = open_project(project_dir)
+    k = int(project.settings.get("words") or project.centroids().shape[0])
+    packed = _bags(project_dir, files)
+    images = np.unpackbits(packed, axis=1, bitorder="little")[:, :k].sum(axis=0, dtype=np.int64)
+    grids = _word_grids(project_dir, files)
+    cells = np.zeros(k, dtype=np.int64)
+    for start in range(0, len(grids), 4096):  # chunked: the grids may be larger than memory
+        cells += np.bincount(np.asarray(grids[start:start + 4096]).ravel(), minlength=k)[:k]
+    return pd.DataFrame({"word": np.arange(k), "images": images, "cells": cells})
+
+
+def images_with_word(project, word: int) -> np.ndarray:
+    """Row indices (into ``project.samples``) of the images that contain ``word`` (from the bags)."""
+    return _images_with_word(*_key(project), int(word))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _images_with_word(project_dir: str, files: tuple, word: int) -> np.ndarray:
+    packed = _bags(project_dir, files)
+    return np.flatnonzero((packed[:, word >> 3] >> (word & 7)) & 1)
+
+
+def word_classes(project, word: int) -> pd.DataFrame:
+    """``label, images, share``: in how many images of each class the word occurs."""
+    return _word_classes(*_key(project), int(word))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _word_classes(project_dir: str, files: tuple, word: int) -> pd.DataFrame:
+    samples = open_project(project_dir).samples
+    rows = _images_with_word(project_dir, files, word)
+    labels = samples["label"].astype("object").where(samples["label"].notna(), "(no label)")
+    hits = labels.iloc[rows].value_counts()
+    totals = labels.value_counts()
+    table = pd.DataFrame({"label": hits.index.astype(str), "images": hits.to_numpy()})
+    table["share"] = table["images"] / totals.reindex(hits.index).to_numpy()
+    return table.sort_values(["images", "label"], ascending=[False, True], ignore_index=True)
+
+
+def word_patches(project, word: int, limit: int = 48, display: int = 64, seed: int = 0) -> list[dict]:
+    """Up to ``limit`` image patches where ``word`` fires, one per image: JPEG bytes + where from."""
+    return _word_patches(*_key(project), int(word), limit, display, seed)
+
+
+@st.cache_data(show_spinner="Cutting patches…", max_entries=32)
+def _word_patches(project_dir: str, files: tuple, word: int, limit: int, display: int,
+                  seed: int) -> list[dict]:
+    project = open_project(project_dir)
+    rows = _images_with_word(project_dir, files, word)
+    if len(rows) > limit:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, size=limit, replace=False))
+    grids = _word_grids(project_dir, files)
+    image_size = int(project.settings.get("image_size", 224))
+    samples = project.samples
+    out = []
+    for row in rows.tolist():
+        grid = np.asarray(grids[row])
+        cells = np.argwhere(grid == word)
+        if len(cells) == 0:  # the bag and the grid disagree only if the index is mid-rewrite
+            continue
+        r, c = (int(v) for v in cells[len(cells) // 2])
+        sample_id = str(samples["sample_id"].iloc[row])
+        try:
+            square = imaging.model_view(project.image(sample_id), image_size)
+        except Exception:
+            continue  # an unreadable image: skip it rather than fail the whole grid
+        patch = imaging.cut_cell(square, r, c, grid.shape, display=display)
+        out.append({"sample_id": sample_id, "label": str(samples["label"].iloc[row]), "row": r,
+                    "col": c, "count": int(len(cells)), "jpeg": _jpeg(patch)})
+    return out
+
+
+def word_overlay(project, sample_id: str, display: int = 448, highlight: int | None = None) -> tuple[bytes, np.ndarray]:
+    """The image as the model saw it with its word grid drawn on; returns ``(png, grid)``."""
+    return _word_overlay(*_key(project), sample_id, display, highlight)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _word_overlay(project_dir: str, files: tuple, sample_id: str, display: int,
+                  highlight: int | None) -> tuple[bytes, np.ndarray]:
+    project = open_project(project_dir)
+    row = sample_row(project, sample_id)
+    grid = np.asarray(_word_grids(project_dir, files)[row])
+    square = imaging.model_view(project.image(sample_id), int(project.settings.get("image_size", 224)))
+    image = imaging.overlay_words(square, grid, display=display, highlight=highlight)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue(), grid
+
+
+def sample_row(project, sample_id: str) -> int:
+    """Row index of ``sample_id`` in ``project.samples``; ``KeyError`` if it is not there."""
+    positions = _sample_positions(*_key(project))
+    if sample_id not in positions:
+        raise KeyError(f"unknown sample_id {sample_id!r}")
+    return positions[sample_id]
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _sample_positions(project_dir: str, files: tuple) -> dict[str, int]:
+    ids = open_project(project_dir).samples["sample_id"].astype(str)
+    return {sample_id: i for i, sample_id in enumerate(ids)}
+
+
+def _jpeg(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def clear() -> None:
+    """Forget every cached project artifact (after the project was rebuilt in place)."""
+    for fn in (_open_project, _word_grids, _bags, _sample_positions):
+        fn.clear()
+    for fn in (_class_counts, _examples_per_class, _thumbnail_bytes, _word_frequency,
+               _images_with_word, _word_classes, _word_patches, _word_overlay):
+        fn.clear()

@@ -1,0 +1,108 @@
+"""Where every page finds the current project folder and the reviewer's name.
+
+Order of precedence for the project folder:
+
+1. ``st.session_state["mlfix_project_dir"]`` (set by the sidebar's picker, or by a test);
+2. the ``--project DIR`` script argument (``streamlit run app.py -- --project DIR``);
+3. the ``MLFIX_PROJECT`` environment variable (``mlfix serve`` sets it).
+
+Pages call :func:`require_project`, which returns an open :class:`mlfix.project.Project` or writes a
+clear message into the page and stops the script run (never a traceback)::
+
+    project = state.require_project()
+    st.write(len(project.samples))
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+PROJECT_KEY = "mlfix_project_dir"
+REVIEWER_KEY = "mlfix_reviewer"
+ENV_PROJECT = "MLFIX_PROJECT"
+ENV_REVIEWER = "MLFIX_REVIEWER"
+
+
+def _argv_project(argv: list[str] | None = None) -> str | None:
+    """The ``--project`` value of the script arguments, ignoring anything else on the line."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--project", default=None)
+    try:
+        known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit:  # e.g. "--project" given without a value: treat as absent
+        return None
+    return known.project
+
+
+def project_dir() -> Path | None:
+    """The current project folder (not checked), or None when none was chosen anywhere."""
+    value = st.session_state.get(PROJECT_KEY) or _argv_project() or os.environ.get(ENV_PROJECT)
+    if not value:
+        return None
+    return Path(str(value)).expanduser()
+
+
+def set_project_dir(path: str | os.PathLike | None) -> None:
+    """Make ``path`` the current project for this browser session (None: forget it)."""
+    if path is None:
+        st.session_state.pop(PROJECT_KEY, None)
+    else:
+        st.session_state[PROJECT_KEY] = str(Path(path).expanduser().resolve())
+
+
+def default_reviewer() -> str:
+    try:
+        return os.environ.get(ENV_REVIEWER) or getpass.getuser() or "reviewer"
+    except Exception:  # no user name in some containers
+        return "reviewer"
+
+
+def reviewer() -> str:
+    """The reviewer's name recorded with every decision (sidebar field, else the OS user)."""
+    name = str(st.session_state.get(REVIEWER_KEY) or "").strip()
+    return name or default_reviewer()
+
+
+def set_reviewer(name: str) -> None:
+    st.session_state[REVIEWER_KEY] = str(name).strip()
+
+
+def current_project():
+    """The open project, or None; raises ``NotAProjectError`` for a folder that is not one."""
+    from mlfix.ui import loaders
+
+    folder = project_dir()
+    if folder is None:
+        return None
+    return loaders.open_project(str(folder))
+
+
+def require_project():
+    """The open project, else a message in the page and ``st.stop()``.
+
+    Example (a page)::
+
+        project = require_project()
+    """
+    from mlfix.project import NotAProjectError
+
+    folder = project_dir()
+    if folder is None:
+        st.info("No project is open. Open or create one on the **Dataset** page, or start the app "
+                "with `streamlit run app.py -- --project DIR`.")
+        st.stop()
+    try:
+        return current_project()
+    except NotAProjectError as err:
+        st.error(f"{err}. Choose another folder in the sidebar, or create a project on the "
+                 "**Dataset** page.")
+        st.stop()
+    except Exception as err:  # a damaged project: say what is wrong instead of a traceback
+        st.error(f"Cannot open the project at `{folder}`: {err}")
+        st.stop()
