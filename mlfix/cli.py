@@ -1,0 +1,157 @@
+"""The ``mlfix`` command: index, train, scores, serve.
+
+    mlfix index --images PATH [--labels CSV | --coco JSON] --project DIR [--backbone NAME]
+                [--image-size PX] [--words K] [--weights FILE|imagenet|offline|random]
+    mlfix train --project DIR [--epochs N] [--batch-size B] [--image-size PX] [--init random|imagenet|FILE] [--no-flip]
+    mlfix scores --project DIR [-o scores.csv]
+    mlfix serve --project DIR [--port PORT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mlfix.progress import Progress
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mlfix", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_index(commands)
+    _add_train(commands)
+    _add_scores(commands)
+    _add_serve(commands)
+    args = parser.parse_args(argv)
+    from mlfix.project import NotAProjectError
+
+    try:
+        return args.run(args) or 0
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError, NotAProjectError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"mlfix {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _add_index(commands) -> None:
+    p = commands.add_parser("index", help="scan images and build features, visual words and orderings")
+    p.add_argument("--project", required=True, help="project folder (created if missing)")
+    p.add_argument("--images", help="folder or .zip of images (required for a new project)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--labels", help="CSV with path,label columns (paths relative to --images)")
+    source.add_argument("--coco", help="COCO JSON: every box becomes a crop sample")
+    p.add_argument("--padding", type=float, default=0.0, help="COCO crops: context around boxes (fraction)")
+    p.add_argument("--backbone", help="timm model name (default resnet18)")
+    p.add_argument("--weights", help="random | imagenet (internet) | offline | FILE (default: trained, else random)")
+    p.add_argument("--image-size", type=int, help="input size in px; small images are scaled up (default 224)")
+    p.add_argument("--words", type=int, help="visual words in the codebook (default 1024)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
+    p.add_argument("--workers", type=int, help="image decoding processes")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.set_defaults(run=run_index)
+
+
+def run_index(args) -> int:
+    from mlfix.project import Project
+
+    settings = {"backbone": args.backbone, "weights": args.weights, "image_size": args.image_size,
+                "words": args.words, "batch_size": args.batch_size}
+    settings = {k: v for k, v in settings.items() if v is not None}
+    progress = Progress("index", Path(args.project) / "progress")
+    if args.images:
+        project = Project.create(args.project, images=args.images, labels=args.labels, coco=args.coco,
+                                 padding=args.padding, progress=progress.stage("scan"), **settings)
+    elif Project.is_project(args.project):
+        project = Project.open(args.project)
+    else:
+        raise ValueError(f"{args.project} is not a project yet: give --images to create it")
+    project.index(progress=progress, workers=args.workers, device=args.device, **settings)
+    progress.close()
+    _print_summary(project)
+    return 0
+
+
+def _print_summary(project) -> None:
+    samples, problems = project.samples, project.problems
+    usable = int((samples["status"] == "ok").sum())
+    print(f"{usable} samples indexed in {len(project.labels)} classes -> {project.dir}")
+    if len(problems):
+        print(f"{len(problems)} files skipped:")
+        with_reason = problems[["path", "stage", "reason"]].fillna("")
+        print(with_reason.head(20).to_string(index=False))
+        if len(problems) > 20:
+            print(f"... and {len(problems) - 20} more (see {project.dir / 'problems.parquet'})")
+
+
+def _add_train(commands) -> None:
+    p = commands.add_parser("train", help="self-supervised Barlow Twins training of the project's backbone")
+    p.add_argument("--project", required=True)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--init", default="random", help="random | imagenet | offline | FILE")
+    p.add_argument("--no-flip", action="store_true", help="no horizontal flips (mirror images are another class)")
+    p.add_argument("--head-dim", type=int, default=2048, help="projection head size")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.set_defaults(run=run_train)
+
+
+def run_train(args) -> int:
+    from mlfix.pretrain import train_project
+    from mlfix.project import Project
+
+    project = Project.open(args.project)
+    checkpoint = train_project(project, epochs=args.epochs, batch_size=args.batch_size,
+                               image_size=args.image_size, init=args.init, flip=not args.no_flip,
+                               head_dim=args.head_dim, workers=args.workers, device=args.device)
+    print(f"checkpoint: {checkpoint}\nrun `mlfix index --project {args.project}` to index with it")
+    return 0
+
+
+def _add_scores(commands) -> None:
+    p = commands.add_parser("scores", help="rank suspected label errors")
+    p.add_argument("--project", required=True)
+    p.add_argument("-o", "--output", help="CSV to write (default: print the top 20)")
+    p.set_defaults(run=run_scores)
+
+
+def run_scores(args) -> int:
+    from mlfix.project import Project
+
+    table = Project.open(args.project).scores()
+    if args.output:
+        table.to_csv(args.output, index=False)
+        print(f"{len(table)} rows -> {args.output}")
+    else:
+        print(table.head(20).to_string(index=False))
+    return 0
+
+
+def _add_serve(commands) -> None:
+    p = commands.add_parser("serve", help="start the review app on a project")
+    p.add_argument("--project", required=True)
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--address", default="localhost", help="0.0.0.0 to share on the network")
+    p.set_defaults(run=run_serve)
+
+
+def run_serve(args) -> int:
+    import subprocess
+
+    from mlfix.project import Project
+
+    project = Project.open(args.project)
+    command = streamlit_command(project.dir, args.port, args.address)
+    return subprocess.call(command)
+
+
+def streamlit_command(project_dir: Path, port: int, address: str = "localhost") -> list[str]:
+    app = Path(__file__).resolve().parents[1] / "app.py"
+    return [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
+            "--server.address", address, "--server.headless", "true", "--", "--project", str(project_dir)]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""A project folder: its data source, settings and cached artifacts, and the pipeline that makes them.
+
+:class:`Project` composes the stages (dataset scan -> features -> codebook -> bags of words ->
+orderings) and caches every artifact on disk with a key file (``*.key.json``) describing the settings
+and inputs that made it, so a rerun recomputes only the stages whose inputs changed. Artifacts are
+written to a temporary name and renamed, and each key is written after its artifact: a run killed
+mid-write leaves no artifact that looks valid.
+
+Example (a notebook):
+    >>> project = Project.create("flowers-review", images="flowers/")   # doctest: +SKIP
+    >>> project.index(image_size=224, words=1024)                       # doctest: +SKIP
+    >>> project.samples.loc[:, ["sample_id", "label"]]                  # doctest: +SKIP
+    >>> project.order("daisy")[:10]                                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from mlfix.dataset import DataRoot, load_image, problems_frame, scan
+from mlfix.progress import Progress
+
+CONFIG_NAME = "mlfix.toml"
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "backbone": "resnet18",
+    "weights": "auto",  # the project's trained checkpoint when there is one, else random init
+    "image_size": 224,
+    "cell_stride": 16,
+    "words": 1024,
+    "kmeans_iterations": 20,
+    "seed": 0,
+    "batch_size": 64,
+    "cell_cache_gb": 4.0,  # keep all cell vectors on disk (float16) when they fit: a new --words is then cheap
+    "exact_order_max": 50_000,  # larger groups are ordered approximately
+}
+ProgressFn = Callable[[int, int], None]
+
+
+class NotAProjectError(Exception):
+    """The folder has no ``mlfix.toml``."""
+
+
+class Project:
+    """An mlfix project folder (see docs/architecture.md for its layout)."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.dir = Path(directory).expanduser().resolve()
+        config_path = self.dir / CONFIG_NAME
+        if not config_path.is_file():
+            raise NotAProjectError(f"{self.dir} is not an mlfix project (no {CONFIG_NAME}); "
+                                   "create one with `mlfix index --images PATH --project DIR`")
+        try:
+            config = tomllib.loads(config_path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise NotAProjectError(f"{config_path} is not a valid mlfix.toml: {err}") from None
+        self.source: dict = config.get("source", {})
+        self.settings: dict = {**DEFAULT_SETTINGS, **config.get("index", {})}
+        self._cache: dict[str, Any] = {}
+
+    # ---- creating and opening -------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, directory: str | os.PathLike, images: str | os.PathLike,
+               labels: str | os.PathLike | None = None, coco: str | os.PathLike | None = None,
+               padding: float = 0.0, progress: ProgressFn | None = None, **settings) -> "Project":
+        """Scan ``images`` (+ a labels CSV or COCO file) into a new project (or rescan an existing one)."""
+        unknown = set(settings) - set(DEFAULT_SETTINGS)
+        if unknown:
+            raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(DEFAULT_SETTINGS)}")
+        directory = Path(directory).expanduser().resolve()
+        directory.mkdir(parents=True, exist_ok=True)
+        result = scan(images, labels=labels, coco=coco, padding=padding, progress=progress)
+        _atomic_parquet(result.samples, directory / "samples.parquet")
+        _atomic_parquet(result.problems, directory / "problems.parquet")
+        previous = cls.open(directory).settings if cls.is_project(directory) else {}
+        _write_config(directory, result.source, {**DEFAULT_SETTINGS, **previous, **settings})
+        return cls(directory)
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike) -> "Project":
+        """Open an existing project; :class:`NotAProjectError` if the folder is not one."""
+        return cls(directory)
+
+    @staticmethod
+    def is_project(directory: str | os.PathLike) -> bool:
+        return (Path(directory) / CONFIG_NAME).is_file()
+
+    def __repr__(self) -> str:
+        return f"Project({str(self.dir)!r}, samples={len(self.samples)}, indexed={self.is_indexed})"
+
+    # ---- the sample table -----------------------------------------------------------------------
+
+    @property
+    def root(self) -> DataRoot:
+        if "root" not in self._cache:
+            self._cache["root"] = DataRoot(self.source["images"])
+        return self._cache["root"]
+
+    @property
+    def samples(self) -> pd.DataFrame:
+        """One row per sample: sample_id, path, label, box_*, width, height, status."""
+        return self._load_parquet("samples.parquet")
+
+    @property
+    def problems(self) -> pd.DataFrame:
+        """Every file skipped (at scan or decode time) and why."""
+        return self._load_parquet("problems.parquet")
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted(self.samples["label"].dropna().unique().tolist())
+
+    def image(self, sample_id: str, target_size: int | None = None):
+        """The RGB image (or COCO crop) of one sample."""
+        return load_image(self.root, self.samples.iloc[self.row_of(sample_id)], target_size=target_size)
+
+    def row_of(self, sample_id: str) -> int:
+        """Position of a sample in :attr:`samples` (KeyError if unknown)."""
+        if "row_of" not in self._cache:
+            ids = self.samples["sample_id"]
+            self._cache["row_of"] = pd.Series(np.arange(len(ids)), index=ids.to_numpy())
+        try:
+            return int(self._cache["row_of"][sample_id])
+        except KeyError:
+            raise KeyError(f"unknown sample_id {sample_id!r}") from None
+
+    def _load_parquet(self, name: str) -> pd.DataFrame:
+        path = self.dir / name
+        stamp = path.stat().st_mtime_ns if path.exists() else None
+        cached = self._cache.get(name)
+        if cached is None or cached[0] != stamp:
+            table = pd.read_parquet(path) if stamp is not None else problems_frame([])
+            self._cache[name] = (stamp, table)
+            self._cache.pop("row_of", None) if name == "samples.parquet" else None
+        return self._cache[name][1]
+
+    # ---- indexing -------------------------------------------------------------------------------
+
+    def index(self, progress: Progress | None = None, workers: int | None = None,
+              device: str | None = None, **overrides) -> "Project":
+        """Run features -> codebook -> bags -> orderings, reusing every artifact whose key matches."""
+        from mlfix.indexing import run_index
+
+        unknown = set(overrides) - set(DEFAULT_SETTINGS)
+        if unknown:
+            raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(DEFAULT_SETTINGS)}")
+        self.settings.update({k: v for k, v in overrides.items() if v is not None})
+        _write_config(self.dir, self.source, self.settings)
+        run_index(self, progress or Progress("index", self.dir / "progress"), workers=workers, device=device)
+        self._cache = {k: v for k, v in self._cache.items() if k == "root"}
+        return self
+
+    @property
+    def is_indexed(self) -> bool:
+        return (self.dir / "orders" / "orders.key.json").is_file()
+
+    def trained_weights(self) -> Path | None:
+        """The project's last training checkpoint (models/last.pt), if any."""
+        path = self.dir / "models" / "last.pt"
+        return path if path.is_file() else None
+
+    def _require_index(self) -> None:
+        if not self.is_indexed:
+            raise RuntimeError(f"project {self.dir} is not indexed yet: run `mlfix index --project {self.dir}`")
+
+    def _array(self, relative: str, mmap: bool = True) -> np.ndarray:
+        self._require_index()
+        if relative not in self._cache:
+            self._cache[relative] = np.load(self.dir / relative, mmap_mode="r" if mmap else None)
+        return self._cache[relative]
+
+    def pooled(self) -> np.ndarray:
+        """(N, D) float16 pooled vectors, row-aligned with :attr:`samples` (zeros where unreadable)."""
+        return self._array("features/pooled.npy")
+
+    def readable(self) -> np.ndarray:
+        """(N,) bool: the images that decoded at indexing time."""
+        return self._array("features/ok.npy", mmap=False)
+
+    def word_grids(self) -> np.ndarray:
+        """(N, h, w) uint16 visual word of every cell (memory-mapped)."""
+        return self._array("features/words.npy")
+
+    def centroids(self) -> np.ndarray:
+        """(k, C) float32 codebook."""
+        return self._array("codebook/centroids.npy", mmap=False)
+
+    def bags(self) -> np.ndarray:
+        """(N, k/8) uint8 packed bags of words (``np.packbits(axis=1, bitorder="little")``)."""
+        return self._array("codebook/bags.npy")
+
+    def order_rows(self, label: str | None = None) -> np.ndarray:
+        """Row positions in similarity order: one class, or the whole dataset when ``label`` is None."""
+        self._require_index()
+        orders = json.loads((self.dir / "orders" / "orders.json").read_text())
+        name = "all" if label is None else orders["labels"].get(label)
+        if name is None:
+            raise KeyError(f"no ordering for label {label!r}; labels: {sorted(orders['labels'])}")
+        return self._array(f"orders/{name}.npy", mmap=False)
+
+    def order(self, label: str | None = None) -> np.ndarray:
+        """Sample ids in similarity order, for one class or (``label=None``) the whole dataset."""
+        return self.samples["sample_id"].to_numpy()[self.order_rows(label)]
+
+    def neighbours(self, sample_id: str, k: int = 8) -> list[str]:
+        """The ``k`` nearest samples by pooled embedding (cosine), nearest first."""
+        import faiss
+
+        if "knn_index" not in self._cache:
+            vectors = np.asarray(self.pooled(), dtype=np.float32).copy()
+            faiss.normalize_L2(vectors)
+            index = faiss.IndexFlatIP(vectors.shape[1])
+            index.add(vectors)
+            self._cache["knn_index"] = (index, vectors)
+        index, vectors = self._cache["knn_index"]
+        row = self.row_of(sample_id)
+        _, found = index.search(vectors[row:row + 1], k + 1)
+        ok = self.readable()
+        ids = self.samples["sample_id"].to_numpy()
+        return [ids[i] for i in found[0] if i >= 0 and i != row and ok[i]][:k]
+
+    def progress_log(self, job: str) -> list[dict]:
+        """Progress records of a job (``index``, ``train``) as written by :class:`~mlfix.progress.Progress`."""
+        from mlfix.progress import read_progress
+
+        return read_progress(self.dir / "progress" / f"{job}.jsonl")
+
+
+# ---- small file helpers used by the stages ------------------------------------------------------
+
+def _write_config(directory: Path, source: dict, settings: dict) -> None:
+    import tomli_w
+
+    clean_source = {k: v for k, v in source.items() if v is not None}
+    text = tomli_w.dumps({"source": clean_source, "index": {k: v for k, v in settings.items() if v is not None}})
+    _atomic_write_text(directory / CONFIG_NAME, text)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _atomic_parquet(table: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def frame_digest(table: pd.DataFrame, columns: list[str]) -> str:
+    """A short content hash of some columns (vectorised)."""
+    hashed = pd.util.hash_pandas_object(table[columns], index=False).to_numpy()
+    return hashlib.sha1(hashed.tobytes()).hexdigest()[:16]
+
+
+def read_key(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_key(path: Path, key: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(path, json.dumps(key, sort_keys=True, default=str))
+
