@@ -1,0 +1,166 @@
+"""Corrected labels out: CSV, JSON and COCO bytes, and summaries of what changed.
+
+Everything starts from the *export table* made by :func:`export_table` from the project's samples
+and the review state (``ReviewStore.current_state(samples)``)::
+
+    sample_id  path  original_label  corrected_label  changed  status      reviewer  decided_at
+    cat/1.png  ...   cat             dog              True     relabeled   alice     2026-11-27 ...
+
+``status`` is ``unreviewed``, ``relabeled``, ``flagged`` (wrong, no new label given) or ``ok``.
+
+Example:
+    >>> table = export_table(project.samples, project.reviews.current_state(project.samples))  # doctest: +SKIP
+    >>> open("labels.csv", "wb").write(to_csv(table))                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+EXPORT_COLUMNS = ["sample_id", "path", "original_label", "corrected_label", "changed", "status",
+                  "reviewer", "decided_at"]
+
+
+def export_table(samples: pd.DataFrame, state: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per sample (in the order of ``samples``) with its original and corrected label.
+
+    Args:
+        samples: DataFrame[sample_id, label, path?] (the project's sample table).
+        state: DataFrame[sample_id, label, status?, reviewer?, decided_at?] as from
+            ``ReviewStore.current_state``; None: nothing reviewed yet.
+    """
+    for column in ("sample_id", "label"):
+        if column not in samples.columns:
+            raise ValueError(f"samples needs a {column!r} column; it has {list(samples.columns)}")
+    out = pd.DataFrame({"sample_id": samples["sample_id"].astype(str).to_numpy()})
+    out["path"] = samples["path"].astype(object).to_numpy() if "path" in samples.columns else out["sample_id"]
+    out["original_label"] = _objects(samples["label"])
+    if state is None or len(state) == 0:
+        out["corrected_label"] = out["original_label"]
+        out["status"], out["reviewer"], out["decided_at"] = "unreviewed", None, pd.NaT
+    else:
+        if state["sample_id"].duplicated().any():
+            raise ValueError("state has duplicate sample_ids; pass one row per sample")
+        current = state.set_index(state["sample_id"].astype(str))
+        aligned = current.reindex(out["sample_id"])
+        corrected = _objects(aligned["label"])
+        missing = pd.isna(aligned["label"]).to_numpy() & ~aligned.index.isin(current.index)
+        corrected[missing] = out["original_label"].to_numpy()[missing]  # not in the state: unchanged
+        out["corrected_label"] = corrected
+        out["status"] = aligned["status"].fillna("unreviewed").to_numpy() if "status" in aligned else "unreviewed"
+        out["reviewer"] = _objects(aligned["reviewer"]) if "reviewer" in aligned else None
+        out["decided_at"] = pd.to_datetime(aligned["decided_at"], utc=True).to_numpy() \
+            if "decided_at" in aligned else pd.NaT
+    out["changed"] = [not _same(a, b) for a, b in zip(out["original_label"], out["corrected_label"])]
+    return out[EXPORT_COLUMNS]
+
+
+def _objects(series: pd.Series):
+    """Values as Python objects with None for missing (pandas NA does not survive JSON)."""
+    values = series.astype(object).to_numpy().copy()
+    values[pd.isna(values)] = None
+    return values
+
+
+def _same(a, b) -> bool:
+    """Equal labels, with every kind of missing (None, NaN, NA) equal to each other."""
+    missing_a, missing_b = a is None or bool(pd.isna(a)), b is None or bool(pd.isna(b))
+    return (missing_a and missing_b) or (not missing_a and not missing_b and a == b)
+
+
+def to_csv(table: pd.DataFrame) -> bytes:
+    """The export table as UTF-8 CSV bytes (``decided_at`` in ISO 8601, UTC)."""
+    frame = table.copy()
+    if "decided_at" in frame:
+        frame["decided_at"] = _iso(frame["decided_at"])
+    return frame.to_csv(index=False).encode("utf-8")
+
+
+def to_json(table: pd.DataFrame, project: dict | None = None) -> bytes:
+    """``{"project": {...}, "samples": [{sample_id, path, original_label, corrected_label, ...}]}``."""
+    frame = table.copy()
+    if "decided_at" in frame:
+        frame["decided_at"] = _iso(frame["decided_at"])
+    records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    for record in records:
+        record["changed"] = bool(record["changed"])
+    return json.dumps({"project": project or {}, "samples": records}, indent=1,
+                      ensure_ascii=False).encode("utf-8")
+
+
+def _iso(column: pd.Series) -> list:
+    stamps = pd.to_datetime(column, utc=True)
+    return [None if pd.isna(t) else t.isoformat() for t in stamps]
+
+
+def coco_annotation_id(sample_id: str) -> str | None:
+    """The annotation id part of a COCO crop's sample_id (``"img/1.jpg#42"`` -> ``"42"``)."""
+    text = str(sample_id)
+    return text.rsplit("#", 1)[1] if "#" in text else None
+
+
+def to_coco(coco: dict | str | os.PathLike, table: pd.DataFrame) -> bytes:
+    """The COCO file with each annotation's ``category_id`` set from its corrected label.
+
+    A label that is not among the categories gets a new category (next free id). Annotations that
+    are not in the table (skipped at scan time) are left as they were. Nothing else is changed.
+
+    Args:
+        coco: the source COCO dict, or the path of its JSON file.
+        table: the export table (:func:`export_table`) of a project made from that COCO file.
+    """
+    source = json.loads(Path(coco).read_text()) if isinstance(coco, (str, os.PathLike)) else coco
+    if not isinstance(source, dict) or not {"images", "annotations", "categories"} <= set(source):
+        raise ValueError("not a COCO dict: it needs 'images', 'annotations' and 'categories'")
+    out = copy.deepcopy(source)
+    by_name = {str(cat["name"]): cat["id"] for cat in out["categories"]}
+    next_id = max([int(cat["id"]) for cat in out["categories"] if str(cat["id"]).lstrip("-").isdigit()],
+                  default=0) + 1
+    corrected = {}
+    for sample_id, label in zip(table["sample_id"], table["corrected_label"]):
+        ann_id = coco_annotation_id(sample_id)
+        if ann_id is not None and label is not None and not pd.isna(label):
+            corrected[ann_id] = str(label)
+    for label in sorted(set(corrected.values()) - set(by_name)):
+        out["categories"].append({"id": next_id, "name": label, "supercategory": ""})
+        by_name[label] = next_id
+        next_id += 1
+    for annotation in out["annotations"]:
+        label = corrected.get(str(annotation.get("id")))
+        if label is not None:
+            annotation["category_id"] = by_name[label]
+    return json.dumps(out).encode("utf-8")
+
+
+def changes(table: pd.DataFrame) -> pd.DataFrame:
+    """``original_label, corrected_label, count`` for the samples whose label changed, most first."""
+    changed = table[table["changed"]]
+    if changed.empty:
+        return pd.DataFrame({"original_label": [], "corrected_label": [], "count": []}).astype(
+            {"count": "int64"})
+    frame = changed[["original_label", "corrected_label"]].fillna("(no label)")
+    counts = frame.value_counts().rename("count").reset_index()
+    return counts.sort_values(["count", "original_label", "corrected_label"],
+                              ascending=[False, True, True], ignore_index=True)
+
+
+def per_class(table: pd.DataFrame) -> pd.DataFrame:
+    """Per class: ``before`` and ``after`` counts, ``moved_out``, ``moved_in``, ``flagged``, ``ok``."""
+    original = table["original_label"].fillna("(no label)")
+    corrected = table["corrected_label"].fillna("(no label)")
+    classes = sorted(set(original) | set(corrected))
+    changed = table["changed"].to_numpy(dtype=bool)
+    frame = pd.DataFrame(index=pd.Index(classes, name="label"))
+    frame["before"] = original.value_counts().reindex(classes, fill_value=0)
+    frame["after"] = corrected.value_counts().reindex(classes, fill_value=0)
+    frame["moved_out"] = original[changed].value_counts().reindex(classes, fill_value=0)
+    frame["moved_in"] = corrected[changed].value_counts().reindex(classes, fill_value=0)
+    frame["flagged"] = original[(table["status"] == "flagged").to_numpy()].value_counts().reindex(
+        classes, fill_value=0)
+    frame["ok"] = corrected[(table["status"] == "ok").to_numpy()].value_counts().reindex(classes, fill_value=0)
+    return frame.astype("int64").reset_index()
