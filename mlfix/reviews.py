@@ -1,0 +1,669 @@
+"""The decisions store: an append-only log of what reviewers decided, and the state derived from it.
+
+Every action of a reviewer is one row in the ``decisions`` table::
+
+    id  client_id  sample_id        kind     label  reviewer  created_at        undoes
+    1   a1f3...    cats/001.png     relabel  dog    alice     2026-11-27 21:40  NULL
+    2   77c0...    cats/002.png     ok       NULL   alice     2026-11-27 21:40  NULL
+    3   9e2b...    cats/001.png     undo     NULL   alice     2026-11-27 21:41  1
+
+Rows are only ever inserted: the code has no UPDATE or DELETE on this table, and the database
+refuses them too (triggers), so nothing a reviewer did is ever overwritten. The current label of a
+sample is derived from the log (:meth:`ReviewStore.current_state`).
+
+Kinds
+    ``relabel`` (``label`` = the new label), ``flag`` (something is wrong, the reviewer is not sure
+    what), ``ok`` (the label the reviewer saw is right), ``undo`` (``undoes`` = the id it reverts).
+
+Semantics (what the derived state means)
+    * An ``undo`` cancels the decision it points at. An undo can itself be undone: then it is
+      cancelled and its target counts again (undo of an undo = redo). Formally, a decision is
+      *effective* unless an effective undo points at it; undos always point at earlier ids, so this
+      is well defined. Two undos of the same decision cancel it once.
+    * The state of a sample is its latest effective non-undo decision (by id): status
+      ``relabeled`` / ``flagged`` / ``ok``, or ``unreviewed`` when there is none.
+    * The current label is the label of the sample's latest effective ``relabel``, else the original
+      label. ``ok`` and ``flag`` do not change the label: relabel to ``dog`` then ``ok`` means "dog
+      is right" (status ``ok``, label ``dog``). To go back to the original label, undo the relabel
+      (or relabel to the original label).
+    * :meth:`ReviewStore.undo` with a sample id reverts that sample's latest effective non-undo
+      decision, so pressing undo repeatedly walks back through the history; with a decision id it
+      reverts exactly that decision (an undo's id: redo).
+
+Retries
+    Every decision carries a ``client_id`` made by the client (a UUID per action). Writing the same
+    client id again stores nothing new and returns the id of the stored row, so a UI can resend a
+    batch whose acknowledgement it did not see.
+
+Durability
+    SQLite runs in WAL mode with ``synchronous=FULL``: when :meth:`ReviewStore.record` returns, the
+    transaction is in the WAL file and the file is fsynced, so an acknowledged decision survives a
+    killed process and a power cut (``NORMAL`` would survive a killed process but could lose the
+    last commits on power loss). A write transaction starts with ``BEGIN IMMEDIATE`` and waits up to
+    ``busy_timeout`` for other writers, so several processes or browser tabs can write at once.
+
+Labels
+    The store does not know the label palette: a label outside it is the caller's business (the
+    project layer checks it). Pass ``labels=`` (to the constructor or per call) to have the store
+    reject labels outside an allow-list.
+
+Example::
+
+    store = ReviewStore.for_project("my-project")          # sqlite:///my-project/reviews.db
+    store.decide(["cats/001.png"], "relabel", label="dog", reviewer="alice")
+    store.undo("cats/001.png", reviewer="alice")
+    state = store.current_state(samples)                    # samples: DataFrame[sample_id, label]
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import uuid
+import zlib
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+KINDS = ("relabel", "flag", "ok", "undo")
+STATUS_OF_KIND = {"relabel": "relabeled", "flag": "flagged", "ok": "ok"}
+DECISION_COLUMNS = ["id", "client_id", "sample_id", "kind", "label", "reviewer", "created_at", "undoes",
+                    "note", "view"]
+STATE_COLUMNS = ["sample_id", "original_label", "label", "status", "reviewer", "decided_at"]
+FLAG_VERDICT = "<flagged>"  # what a flag says in conflicts(): "not this label, not sure which"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_CHUNK = 500  # rows per IN (...) lookup: well under SQLite's bound-parameter limit
+_ALLOWED_KEYS = {"client_id", "sample_id", "kind", "label", "reviewer", "undoes", "note", "view"}
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """A timestamp that is always returned timezone-aware in UTC (SQLite stores naive UTC text)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValueError("created_at must be timezone-aware")
+            value = value.astimezone(_dt.timezone.utc)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        return value
+
+
+metadata = sa.MetaData()
+decisions_table = sa.Table(
+    "decisions", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("client_id", sa.String(200), nullable=False, unique=True),
+    sa.Column("sample_id", sa.Text, nullable=False, index=True),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("label", sa.Text, nullable=True),
+    sa.Column("reviewer", sa.String(200), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("undoes", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+              sa.ForeignKey("decisions.id"), nullable=True),
+    sa.Column("note", sa.Text, nullable=True),
+    sa.Column("view", sa.Text, nullable=True),
+    # The same rules as _validate(), kept by the database against any other writer.
+    sa.CheckConstraint("kind IN ('relabel', 'flag', 'ok', 'undo')", name="decisions_kind"),
+    sa.CheckConstraint("(kind = 'relabel') = (label IS NOT NULL)", name="decisions_label"),
+    sa.CheckConstraint("(kind = 'undo') = (undoes IS NOT NULL)", name="decisions_undoes"),
+    sa.CheckConstraint("length(reviewer) > 0", name="decisions_reviewer"),
+    sqlite_autoincrement=True,  # ids never reused: the log order is the id order
+)
+
+# The log is append-only, and the database says so too: UPDATE and DELETE fail.
+_APPEND_ONLY_DDL = {
+    "sqlite": [
+        "CREATE TRIGGER IF NOT EXISTS decisions_no_update BEFORE UPDATE ON decisions "
+        "BEGIN SELECT RAISE(ABORT, 'decisions are append-only: record an undo instead'); END",
+        "CREATE TRIGGER IF NOT EXISTS decisions_no_delete BEFORE DELETE ON decisions "
+        "BEGIN SELECT RAISE(ABORT, 'decisions are append-only: record an undo instead'); END",
+    ],
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION mlfix_decisions_append_only() RETURNS trigger AS $$ BEGIN "
+        "RAISE EXCEPTION 'decisions are append-only: record an undo instead'; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER decisions_no_change BEFORE UPDATE OR DELETE ON decisions "
+        "FOR EACH ROW EXECUTE FUNCTION mlfix_decisions_append_only()",
+        "CREATE TRIGGER decisions_no_truncate BEFORE TRUNCATE ON decisions "
+        "FOR EACH STATEMENT EXECUTE FUNCTION mlfix_decisions_append_only()",
+    ],
+}
+for _dialect, _statements in _APPEND_ONLY_DDL.items():
+    for _statement in _statements:
+        event.listen(decisions_table, "after_create", sa.DDL(_statement).execute_if(dialect=_dialect))
+
+
+def sqlite_url(path: str | os.PathLike) -> str:
+    """The SQLAlchemy URL of a SQLite file, e.g. ``sqlite_url("p/reviews.db") == "sqlite:////abs/p/reviews.db"``."""
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL, fsync on commit, a busy timeout, and transactions that SQLAlchemy begins itself.
+
+    pysqlite's own transaction handling begins lazily with a deferred BEGIN; a deferred transaction
+    that reads and then writes can fail with SQLITE_BUSY without waiting, so writes here take the
+    write lock up front with ``BEGIN IMMEDIATE`` (the documented SQLAlchemy recipe).
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        write = conn.get_execution_options().get("mlfix_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+class ReviewStore:
+    """An append-only decision log in SQLite (default) or PostgreSQL, and the state derived from it.
+
+    ``url``: any SQLAlchemy URL, e.g. ``sqlite:////abs/path/reviews.db`` or
+    ``postgresql+psycopg://user:pw@host:5432/db``. The table is created when missing.
+    ``labels``: optional allow-list; when given, a relabel to a label outside it raises ValueError.
+
+    A store holds a connection pool: make one per process (do not share one across ``fork``), and
+    ``close()`` it (or use ``with ReviewStore(url) as store:``).
+    """
+
+    def __init__(self, url: str, labels: Collection[str] | None = None, **engine_kwargs: Any):
+        if not isinstance(url, str) or not url:
+            raise ValueError(f"url must be a SQLAlchemy URL string such as 'sqlite:///reviews.db', got {url!r}")
+        self.url = url
+        self.labels = frozenset(labels) if labels is not None else None
+        backend = sa.engine.make_url(url).get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")
+        if backend == "sqlite":
+            engine_kwargs.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
+            self.engine = sa.create_engine(url, **engine_kwargs)
+            _configure_sqlite(self.engine)
+        else:
+            engine_kwargs.setdefault("pool_pre_ping", True)
+            self.engine = sa.create_engine(url, **engine_kwargs)
+        self.dialect = backend
+        self._create_schema()
+
+    @classmethod
+    def for_project(cls, project_dir: str | os.PathLike, labels: Collection[str] | None = None) -> "ReviewStore":
+        """The store of a project folder: ``<project_dir>/reviews.db`` (the folder must exist)."""
+        project_dir = Path(project_dir)
+        if not project_dir.is_dir():
+            raise ValueError(f"project folder {project_dir} does not exist: create the project first")
+        return cls(sqlite_url(project_dir / "reviews.db"), labels=labels)
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> "ReviewStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ReviewStore({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _write(self):
+        """A connection whose transaction takes the write lock at BEGIN (SQLite)."""
+        return self.engine.connect().execution_options(mlfix_write=True)
+
+    def _create_schema(self) -> None:
+        # Serialised, so that two processes opening a new database at once do not race on CREATE.
+        with self._write() as conn, conn.begin():
+            if self.dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key("mlfix-schema")})
+            metadata.create_all(conn, checkfirst=True)
+
+    def record(self, decisions: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+               labels: Collection[str] | None = None) -> list[int]:
+        """Append decisions in one transaction; return their ids, in input order.
+
+        Each decision is a dict with ``sample_id``, ``kind``, ``reviewer`` and optionally
+        ``client_id`` (made here when absent), ``label`` (relabel only), ``undoes`` (undo only: the
+        id of an earlier decision of the same sample; ``sample_id`` may then be left out), ``note``,
+        ``view``. A client id that is already stored is not stored again: its existing id is
+        returned (a retried batch stores nothing new). Reusing a client id for a *different*
+        decision raises ValueError, and nothing of the batch is stored.
+
+        Example: ``store.record({"sample_id": "a.png", "kind": "ok", "reviewer": "bob"}) -> [7]``
+        """
+        if isinstance(decisions, Mapping):
+            decisions = [decisions]
+        allowed = frozenset(labels) if labels is not None else self.labels
+        rows = [_validate(d, allowed, i) for i, d in enumerate(decisions)]
+        if not rows:
+            return []
+        rows = _dedupe_batch(rows)
+        with self._write() as conn, conn.begin():
+            return self._insert(conn, rows)
+
+    def _insert(self, conn: Connection, rows: list[dict]) -> list[int]:
+        """Insert validated rows (skipping stored client ids) inside the caller's transaction."""
+        self._check_undo_targets(conn, rows)
+        now = _now()
+        unique_rows = list({r["client_id"]: {**r, "created_at": now} for r in rows}.values())
+        conn.execute(self._insert_ignoring_duplicates(), unique_rows)
+        stored = self._rows_by_client_id(conn, [r["client_id"] for r in unique_rows])
+        for r in unique_rows:
+            _check_same_decision(r, stored[r["client_id"]])
+        return [int(stored[r["client_id"]]["id"]) for r in rows]
+
+    def _insert_ignoring_duplicates(self):
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(decisions_table).on_conflict_do_nothing(index_elements=["client_id"])
+
+    def _rows_by_client_id(self, conn: Connection, client_ids: list[str]) -> dict[str, dict]:
+        t = decisions_table
+        found: dict[str, dict] = {}
+        for start in range(0, len(client_ids), _CHUNK):
+            chunk = client_ids[start:start + _CHUNK]
+            for row in conn.execute(sa.select(t).where(t.c.client_id.in_(chunk))).mappings():
+                found[row["client_id"]] = dict(row)
+        return found
+
+    def _check_undo_targets(self, conn: Connection, rows: list[dict]) -> None:
+        """An undo must point at a stored decision of the same sample (fills a missing sample_id)."""
+        undos = [r for r in rows if r["kind"] == "undo"]
+        if not undos:
+            return
+        t = decisions_table
+        targets = sorted({r["undoes"] for r in undos})
+        sample_of: dict[int, str] = {}
+        for start in range(0, len(targets), _CHUNK):
+            query = sa.select(t.c.id, t.c.sample_id).where(t.c.id.in_(targets[start:start + _CHUNK]))
+            sample_of.update({int(i): s for i, s in conn.execute(query)})
+        for r in undos:
+            target = r["undoes"]
+            if target not in sample_of:
+                raise ValueError(f"undo {r['client_id']!r} points at decision {target}, which does not exist")
+            if r["sample_id"] is None:
+                r["sample_id"] = sample_of[target]
+            elif r["sample_id"] != sample_of[target]:
+                raise ValueError(f"undo of decision {target} is for sample {r['sample_id']!r}, but that "
+                                 f"decision is about {sample_of[target]!r}: leave sample_id out or fix it")
+
+    def decide(self, sample_ids: str | Iterable[str], kind: str, label: str | None = None, *,
+               reviewer: str, client_id: str | None = None, note: str | None = None,
+               view: str | None = None, labels: Collection[str] | None = None) -> list[int]:
+        """One decision per sample, all in one transaction; returns the ids in input order.
+
+        ``kind``: relabel (with ``label``), flag or ok; use :meth:`undo` to undo. ``client_id``
+        identifies the action for retries: one sample gets it as is, several samples get
+        ``f"{client_id}:{i}"`` (so resend the same list in the same order).
+
+        Example: ``store.decide(["a.png", "b.png"], "relabel", "dog", reviewer="alice") -> [3, 4]``
+        """
+        if isinstance(sample_ids, str):
+            sample_ids = [sample_ids]
+        sample_ids = list(sample_ids)
+        if kind == "undo":
+            raise ValueError("decide() makes relabel/flag/ok decisions: use undo() to undo one")
+        if client_id is None:
+            client_id = uuid.uuid4().hex
+        ids = [client_id] if len(sample_ids) == 1 else [f"{client_id}:{i}" for i in range(len(sample_ids))]
+        return self.record([{"client_id": c, "sample_id": s, "kind": kind, "label": label,
+                             "reviewer": reviewer, "note": note, "view": view}
+                            for c, s in zip(ids, sample_ids)], labels=labels)
+
+    def undo(self, target: str | int, reviewer: str, *, own: bool = False, client_id: str | None = None,
+             note: str | None = None) -> int:
+        """Undo a decision; return the id of the undo row.
+
+        ``target``: a sample id (str) reverts that sample's latest effective non-undo decision
+        (``own=True``: the latest one by ``reviewer``), so repeated undos walk back the history; a
+        decision id (int) reverts exactly that decision, and the id of an undo restores what it
+        undid (redo). Raises ValueError when there is nothing to undo, or the decision is already
+        undone. Retrying with the same ``client_id`` returns the first undo's id.
+
+        Example: ``store.undo("a.png", reviewer="alice") -> 12``
+        """
+        if isinstance(target, bool) or not isinstance(target, (str, int, np.integer)):
+            raise ValueError(f"undo target must be a sample id (str) or a decision id (int), got {target!r}")
+        client_id = client_id or uuid.uuid4().hex
+        # Validate the shape first (reviewer, client id); undoes is filled in below.
+        _validate({"client_id": client_id, "kind": "undo", "undoes": 0, "reviewer": reviewer}, None, 0)
+        # Choosing the target and writing the undo happen in one transaction, under SQLite's write
+        # lock or a per-sample advisory lock on PostgreSQL, so two tabs pressing undo at once
+        # revert two decisions, not the same one twice.
+        with self._write() as conn, conn.begin():
+            existing = self._rows_by_client_id(conn, [client_id])
+            if client_id in existing:  # a retry: answer as the first time
+                return int(existing[client_id]["id"])
+            if isinstance(target, str):
+                self._lock_sample(conn, target)
+                decision_id = self._latest_effective(conn, target, reviewer if own else None)
+            else:
+                decision_id = int(target)
+                self._check_undoable(conn, decision_id)
+            row = _validate({"client_id": client_id, "kind": "undo", "undoes": decision_id,
+                             "reviewer": reviewer, "note": note}, None, 0)
+            return self._insert(conn, [row])[0]
+
+    def _lock_sample(self, conn: Connection, sample_id: str) -> None:
+        if self.dialect == "postgresql":  # SQLite's BEGIN IMMEDIATE already serialises writers
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(sample_id)})
+
+    def _sample_log(self, conn: Connection, sample_id: str) -> pd.DataFrame:
+        t = decisions_table
+        return _to_frame(conn.execute(sa.select(t).where(t.c.sample_id == sample_id).order_by(t.c.id)))
+
+    def _latest_effective(self, conn: Connection, sample_id: str, reviewer: str | None) -> int:
+        log = self._sample_log(conn, sample_id)
+        live = log[effective_mask(log) & (log["kind"] != "undo").to_numpy()]
+        if reviewer is not None:
+            live = live[live["reviewer"] == reviewer]
+        if live.empty:
+            who = f" by {reviewer!r}" if reviewer is not None else ""
+            raise ValueError(f"nothing to undo for sample {sample_id!r}{who}")
+        return int(live["id"].iloc[-1])
+
+    def _check_undoable(self, conn: Connection, decision_id: int) -> str:
+        t = decisions_table
+        sample_id = conn.execute(sa.select(t.c.sample_id).where(t.c.id == decision_id)).scalar()
+        if sample_id is None:
+            raise ValueError(f"decision {decision_id} does not exist")
+        self._lock_sample(conn, sample_id)
+        log = self._sample_log(conn, sample_id)
+        effective = dict(zip(log["id"].tolist(), effective_mask(log).tolist()))
+        if not effective[decision_id]:
+            undone_by = log.loc[(log["undoes"] == decision_id).fillna(False).to_numpy(), "id"].tolist()
+            raise ValueError(f"decision {decision_id} is already undone (by {undone_by}): "
+                             f"undo that undo to restore it")
+        return sample_id
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def decisions(self, since_id: int | None = None) -> pd.DataFrame:
+        """The log (rows with ``id > since_id``, all when None), by id.
+
+        Columns: id, client_id, sample_id, kind, label, reviewer, created_at (UTC), undoes (Int64),
+        note, view. Example: ``store.decisions(since_id=40)`` -> the rows written after row 40.
+        """
+        t = decisions_table
+        query = sa.select(t).order_by(t.c.id)
+        if since_id is not None:
+            query = query.where(t.c.id > int(since_id))
+        with self.engine.connect() as conn:
+            return _to_frame(conn.execute(query))
+
+    def last_id(self) -> int:
+        """The id of the latest decision (0 when none): a cheap "did anything change?" check."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.max(decisions_table.c.id))).scalar() or 0)
+
+    def current_state(self, samples: pd.DataFrame) -> pd.DataFrame:
+        """The state of each sample derived from the log; see :func:`derive_state`."""
+        return derive_state(self.decisions(), samples)
+
+    def corrected_labels(self, samples: pd.DataFrame) -> pd.DataFrame:
+        """Export table: sample_id, [path], original_label, corrected_label, changed (bool).
+
+        One row per row of ``samples`` (DataFrame[sample_id, label, path?]), in its order.
+        """
+        state = self.current_state(samples)
+        out = pd.DataFrame({"sample_id": state["sample_id"].to_numpy()})
+        if "path" in samples.columns:
+            out["path"] = samples["path"].to_numpy()
+        out["original_label"] = state["original_label"].to_numpy()
+        out["corrected_label"] = state["label"].to_numpy()
+        out["changed"] = (out["corrected_label"] != out["original_label"]).to_numpy(dtype=bool)
+        return out
+
+    def per_reviewer(self) -> pd.DataFrame:
+        """One row per reviewer: decisions, relabel, flag, ok, undo (counts), effective (their
+        non-undo decisions still in force), samples (distinct), first_at, last_at."""
+        return reviewer_summary(self.decisions())
+
+    def conflicts(self, samples: pd.DataFrame) -> pd.DataFrame:
+        """Samples where reviewers' latest effective decisions disagree; see :func:`find_conflicts`."""
+        return find_conflicts(self.decisions(), samples)
+
+
+# -- validation -----------------------------------------------------------------------------------
+
+def _validate(decision: Mapping[str, Any], labels: frozenset | None, index: int) -> dict:
+    """A clean row for the insert, or ValueError that says which decision and what to fix."""
+    where = f"decision {index}"
+    if not isinstance(decision, Mapping):
+        raise ValueError(f"{where}: expected a dict with sample_id, kind, reviewer, got {type(decision).__name__}")
+    unknown = set(decision) - _ALLOWED_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_ALLOWED_KEYS)}")
+    kind = decision.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"{where}: unknown kind {kind!r}; use one of {list(KINDS)}")
+    reviewer = decision.get("reviewer")
+    if not isinstance(reviewer, str) or not reviewer.strip():
+        raise ValueError(f"{where}: reviewer is empty; pass the reviewer's name")
+    label, undoes, sample_id = decision.get("label"), decision.get("undoes"), decision.get("sample_id")
+    if kind == "relabel":
+        if not isinstance(label, str) or label == "":
+            raise ValueError(f"{where}: a relabel needs the new label (a non-empty str), got {label!r}")
+        if labels is not None and label not in labels:
+            raise ValueError(f"{where}: label {label!r} is not one of the project's labels {sorted(labels)}")
+    elif label is not None:
+        raise ValueError(f"{where}: only a relabel carries a label; drop label={label!r} for kind {kind!r}")
+    if kind == "undo":
+        if isinstance(undoes, bool) or not isinstance(undoes, (int, np.integer)):
+            raise ValueError(f"{where}: an undo needs undoes=<id of the decision it reverts>, got {undoes!r}")
+        undoes = int(undoes)
+    elif undoes is not None:
+        raise ValueError(f"{where}: only an undo has undoes; drop undoes={undoes!r} for kind {kind!r}")
+    if not (isinstance(sample_id, str) and sample_id) and not (kind == "undo" and sample_id is None):
+        raise ValueError(f"{where}: sample_id must be a non-empty str, got {sample_id!r}")
+    client_id = decision.get("client_id")
+    if client_id is None:
+        client_id = uuid.uuid4().hex
+    elif not isinstance(client_id, str) or not client_id or len(client_id) > 200:
+        raise ValueError(f"{where}: client_id must be a non-empty str of at most 200 characters, got {client_id!r}")
+    return {"client_id": client_id, "sample_id": sample_id, "kind": kind, "label": label,
+            "reviewer": reviewer, "undoes": undoes, "note": decision.get("note"), "view": decision.get("view")}
+
+
+_IDENTITY = ("sample_id", "kind", "label", "reviewer", "undoes")
+
+
+def _dedupe_batch(rows: list[dict]) -> list[dict]:
+    """Rows as given; the same client id twice in one batch must be the same decision."""
+    first: dict[str, dict] = {}
+    for r in rows:
+        seen = first.setdefault(r["client_id"], r)
+        if seen is not r:
+            _check_same_decision(r, seen)
+    return rows
+
+
+def _check_same_decision(new: dict, stored: Mapping[str, Any]) -> None:
+    for key in _IDENTITY:
+        if key == "sample_id" and new[key] is None:  # an undo whose sample is filled in from its target
+            continue
+        if new[key] != stored[key]:
+            raise ValueError(f"client_id {new['client_id']!r} was already used for a different decision "
+                             f"({key}: {stored[key]!r} stored, {new[key]!r} now): make a new client id per action")
+
+
+def _lock_key(text: str) -> int:
+    """A signed 64-bit key for pg_advisory_xact_lock."""
+    return zlib.crc32(text.encode()) - 2**31
+
+
+# -- derivation (pure functions of the log) -------------------------------------------------------
+
+def _to_frame(result) -> pd.DataFrame:
+    rows = result.all()
+    frame = pd.DataFrame.from_records(rows, columns=DECISION_COLUMNS)
+    frame["id"] = frame["id"].astype("int64")
+    frame["undoes"] = frame["undoes"].astype("Int64")
+    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+    for column in ("client_id", "sample_id", "kind", "label", "reviewer", "note", "view"):
+        frame[column] = frame[column].astype(object)
+    return frame
+
+
+def effective_mask(log: pd.DataFrame) -> np.ndarray:
+    """Which rows of the log are in force: (N,) bool, aligned with ``log``'s rows.
+
+    A row is effective unless an effective undo points at it. Resolved level by level from the
+    rows nobody undid, so the loop runs once per level of undo-of-undo nesting, not per row.
+    Example: ids 1 relabel, 2 undo->1, 3 undo->2 gives [True, False, True].
+    """
+    n = len(log)
+    ids = log["id"].to_numpy(np.int64)
+    position = pd.Index(ids)
+    undoes = pd.array(log["undoes"], dtype="Int64")
+    is_undo = (log["kind"].to_numpy() == "undo") & ~np.asarray(undoes.isna(), dtype=bool)
+    undo_pos = np.flatnonzero(is_undo)
+    target_pos = position.get_indexer(np.asarray(undoes[is_undo], dtype=np.int64)) if undo_pos.size else \
+        np.empty(0, np.int64)
+    known = target_pos >= 0  # an undo of a row outside this log cannot change it
+    undo_pos, target_pos = undo_pos[known], target_pos[known]
+    state = np.ones(n, np.int8)  # 1 effective, 0 cancelled, -1 not known yet
+    state[target_pos] = -1
+    while (state == -1).any():
+        pointer_state = state[undo_pos]
+        cancelled = np.zeros(n, bool)
+        cancelled[target_pos[pointer_state == 1]] = True
+        unresolved_pointers = np.bincount(target_pos[pointer_state == -1], minlength=n)
+        pending = state == -1
+        newly_cancelled = pending & cancelled
+        newly_effective = pending & ~cancelled & (unresolved_pointers == 0)
+        if not (newly_cancelled | newly_effective).any():
+            state[pending] = 1  # a cycle (impossible through record()): keep such rows in force
+            break
+        state[newly_cancelled] = 0
+        state[newly_effective] = 1
+    return state == 1
+
+
+def _check_samples(samples: pd.DataFrame) -> None:
+    missing = {"sample_id", "label"} - set(samples.columns)
+    if missing:
+        raise ValueError(f"samples needs columns sample_id and label; missing {sorted(missing)}")
+    if samples["sample_id"].duplicated().any():
+        dup = samples.loc[samples["sample_id"].duplicated(), "sample_id"].iloc[0]
+        raise ValueError(f"samples has duplicate sample_id values (e.g. {dup!r}): one row per sample")
+
+
+def _live(log: pd.DataFrame) -> pd.DataFrame:
+    """Effective non-undo decisions, by id."""
+    keep = effective_mask(log) & (log["kind"].to_numpy() != "undo")
+    return log[keep].sort_values("id", kind="stable")
+
+
+def derive_state(log: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """Current state per sample from a decision log (DataFrame as from ReviewStore.decisions()).
+
+    ``samples``: DataFrame[sample_id, label] (unique sample ids). Returns one row per sample, in
+    its order: sample_id, original_label, label (current), status ('unreviewed' | 'relabeled' |
+    'flagged' | 'ok'), reviewer and decided_at of the deciding decision (None / NaT when
+    unreviewed). Decisions about sample ids not in ``samples`` are ignored.
+    """
+    _check_samples(samples)
+    live = _live(log)
+    sample_ids = samples["sample_id"].to_numpy()
+    latest = live[~live["sample_id"].duplicated(keep="last").to_numpy()]
+    relabels = live[(live["kind"] == "relabel").to_numpy()]
+    relabels = relabels[~relabels["sample_id"].duplicated(keep="last").to_numpy()]
+    # Look-ups by position instead of merges: a sample with no decision gets position -1.
+    at = pd.Index(latest["sample_id"]).get_indexer(sample_ids)
+    decided = at >= 0
+    relabel_at = pd.Index(relabels["sample_id"]).get_indexer(sample_ids)
+    relabeled = relabel_at >= 0
+    labels = samples["label"].to_numpy(dtype=object).copy()
+    labels[relabeled] = relabels["label"].to_numpy(dtype=object)[relabel_at[relabeled]]
+    status = np.full(len(sample_ids), "unreviewed", dtype=object)
+    status[decided] = latest["kind"].map(STATUS_OF_KIND).to_numpy(dtype=object)[at[decided]]
+    reviewer = np.full(len(sample_ids), None, dtype=object)
+    reviewer[decided] = latest["reviewer"].to_numpy(dtype=object)[at[decided]]
+    decided_at = pd.Series(pd.NaT, index=range(len(sample_ids)), dtype="datetime64[us, UTC]")
+    decided_at[decided] = pd.to_datetime(latest["created_at"], utc=True).to_numpy()[at[decided]]
+    return pd.DataFrame({"sample_id": sample_ids, "original_label": samples["label"].to_numpy(dtype=object),
+                         "label": labels, "status": status,
+                         # object, so that "no reviewer" is None (a NaN in a str column is truthy)
+                         "reviewer": pd.Series(reviewer, dtype=object), "decided_at": decided_at})
+
+
+def find_conflicts(log: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """Samples where two reviewers' latest effective decisions disagree.
+
+    Each reviewer's verdict on a sample is their latest effective non-undo decision: a relabel says
+    its label; an ok says the label that was current when it was given (the latest effective
+    relabel before it, else the original); a flag says FLAG_VERDICT. A sample is in conflict when
+    its reviewers' verdicts are not all equal. Returns sample_id, original_label, label (current),
+    n_reviewers, verdicts ({reviewer: verdict}), in the order of ``samples``.
+    """
+    _check_samples(samples)
+    columns = ["sample_id", "original_label", "label", "n_reviewers", "verdicts"]
+    live = _live(log)
+    live = live[live["sample_id"].isin(samples["sample_id"])]
+    per = live.drop_duplicates(["sample_id", "reviewer"], keep="last").copy()
+    if per.empty:
+        return pd.DataFrame(columns=columns)
+    original = pd.Series(samples["label"].to_numpy(dtype=object), index=samples["sample_id"].to_numpy())
+    relabels = live.loc[live["kind"] == "relabel", ["id", "sample_id", "label"]].rename(columns={"label": "seen"})
+    per = pd.merge_asof(per.sort_values("id"), relabels.sort_values("id"), on="id", by="sample_id",
+                        allow_exact_matches=False, direction="backward")
+    seen = per["seen"].astype(object).where(per["seen"].notna(), per["sample_id"].map(original))
+    verdict = np.where(per["kind"] == "relabel", per["label"].astype(object),
+                       np.where(per["kind"] == "ok", seen, FLAG_VERDICT))
+    per["verdict"] = pd.Series(verdict, index=per.index).astype(str)
+    grouped = per.groupby("sample_id")["verdict"]
+    disagree = grouped.nunique()
+    disputed = set(disagree.index[disagree > 1])
+    if not disputed:
+        return pd.DataFrame(columns=columns)
+    state = derive_state(log, samples[samples["sample_id"].isin(disputed)][["sample_id", "label"]])
+    contested = per[per["sample_id"].isin(disputed)]
+    verdicts = {s: dict(zip(g["reviewer"], g["verdict"])) for s, g in contested.groupby("sample_id")}
+    state["n_reviewers"] = state["sample_id"].map(lambda s: len(verdicts[s]))
+    state["verdicts"] = state["sample_id"].map(verdicts)
+    return state[["sample_id", "original_label", "label", "n_reviewers", "verdicts"]].reset_index(drop=True)
+
+
+def reviewer_summary(log: pd.DataFrame) -> pd.DataFrame:
+    """Per reviewer: decisions, relabel, flag, ok, undo, effective, samples, first_at, last_at."""
+    columns = ["reviewer", "decisions", *KINDS, "effective", "samples", "first_at", "last_at"]
+    if log.empty:
+        return pd.DataFrame(columns=columns)
+    log = log.assign(effective=effective_mask(log) & (log["kind"].to_numpy() != "undo"))
+    counts = pd.crosstab(log["reviewer"], log["kind"]).reindex(columns=list(KINDS), fill_value=0)
+    grouped = log.groupby("reviewer")
+    out = pd.DataFrame({"decisions": grouped.size()}).join(counts)
+    out["effective"] = grouped["effective"].sum().astype("int64")
+    out["samples"] = grouped["sample_id"].nunique()
+    out["first_at"] = grouped["created_at"].min()
+    out["last_at"] = grouped["created_at"].max()
+    return out.reset_index()[columns]

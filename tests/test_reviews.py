@@ -1,0 +1,398 @@
+"""The decisions store: append-only log, retries, undo semantics, derived state, concurrency."""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import multiprocessing
+import sqlite3
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mlfix import reviews
+from mlfix.reviews import ReviewStore, derive_state, sqlite_url
+
+SAMPLES = pd.DataFrame({"sample_id": ["a", "b", "c", "d"], "label": ["cat", "cat", "dog", "dog"],
+                        "path": ["a.png", "b.png", "c.png", "d.png"]})
+
+
+@pytest.fixture
+def store(tmp_path):
+    with ReviewStore.for_project(tmp_path) as s:
+        yield s
+
+
+def state_of(store, sample_id):
+    row = store.current_state(SAMPLES).set_index("sample_id").loc[sample_id]
+    return row["label"], row["status"], row["reviewer"]
+
+
+# -- round trip, retries, validation -------------------------------------------------------------
+
+def test_round_trip_keeps_every_field(store):
+    before = dt.datetime.now(dt.timezone.utc)
+    [first] = store.record({"client_id": "c1", "sample_id": "a", "kind": "relabel", "label": "dog",
+                            "reviewer": "alice", "note": "ears", "view": "knn"})
+    second = store.undo("a", reviewer="bob", client_id="c2")
+    log = store.decisions()
+    assert list(log.columns) == reviews.DECISION_COLUMNS
+    assert log["id"].tolist() == [first, second] and first < second
+    row = log.iloc[0]
+    assert (row.client_id, row.sample_id, row.kind, row.label, row.reviewer, row.note, row.view) == \
+        ("c1", "a", "relabel", "dog", "alice", "ears", "knn")
+    assert pd.isna(row.undoes)
+    assert log.iloc[1].undoes == first and log.iloc[1].kind == "undo" and pd.isna(log.iloc[1].label)
+    assert str(log["created_at"].dt.tz) == "UTC"
+    assert before - dt.timedelta(seconds=1) <= row.created_at <= dt.datetime.now(dt.timezone.utc)
+    assert store.decisions(since_id=first)["id"].tolist() == [second]
+    assert store.last_id() == second
+
+
+def test_empty_store_reads(store):
+    assert store.decisions().empty and store.last_id() == 0
+    state = store.current_state(SAMPLES)
+    assert state["status"].tolist() == ["unreviewed"] * 4
+    assert state["label"].tolist() == SAMPLES["label"].tolist()
+    assert store.per_reviewer().empty and store.conflicts(SAMPLES).empty
+
+
+def test_retried_batch_is_stored_once(store):
+    batch = [{"client_id": f"k{i}", "sample_id": s, "kind": "ok", "reviewer": "alice"}
+             for i, s in enumerate("abc")]
+    ids = store.record(batch)
+    assert store.record(batch) == ids
+    assert store.record(batch[::-1]) == ids[::-1]
+    mixed = store.record(batch[:1] + [{"client_id": "k9", "sample_id": "d", "kind": "flag", "reviewer": "alice"}])
+    assert mixed[0] == ids[0] and mixed[1] > max(ids)
+    log = store.decisions()
+    assert len(log) == 4 and log["client_id"].is_unique
+
+
+def test_decide_client_id_makes_retries_idempotent(store):
+    ids = store.decide(["a", "b"], "relabel", "dog", reviewer="alice", client_id="act-1")
+    assert store.decide(["a", "b"], "relabel", "dog", reviewer="alice", client_id="act-1") == ids
+    assert store.decide("c", "ok", reviewer="alice", client_id="act-2") == \
+        store.decide(["c"], "ok", reviewer="alice", client_id="act-2")
+    assert len(store.decisions()) == 3
+
+
+def test_client_id_reused_for_another_decision_is_refused_and_nothing_stored(store):
+    store.decide("a", "ok", reviewer="alice", client_id="k")
+    with pytest.raises(ValueError, match="already used for a different decision"):
+        store.record([{"client_id": "new", "sample_id": "b", "kind": "ok", "reviewer": "alice"},
+                      {"client_id": "k", "sample_id": "a", "kind": "flag", "reviewer": "alice"}])
+    assert store.decisions()["client_id"].tolist() == ["k"]
+    with pytest.raises(ValueError, match="different decision"):
+        store.record([{"client_id": "z", "sample_id": "a", "kind": "ok", "reviewer": "alice"},
+                      {"client_id": "z", "sample_id": "b", "kind": "ok", "reviewer": "alice"}])
+
+
+@pytest.mark.parametrize("decision, message", [
+    ({"sample_id": "a", "kind": "approve", "reviewer": "al"}, "unknown kind 'approve'"),
+    ({"sample_id": "a", "kind": "relabel", "reviewer": "al"}, "relabel needs the new label"),
+    ({"sample_id": "a", "kind": "relabel", "label": "", "reviewer": "al"}, "relabel needs the new label"),
+    ({"sample_id": "a", "kind": "ok", "reviewer": ""}, "reviewer is empty"),
+    ({"sample_id": "a", "kind": "ok", "reviewer": "  "}, "reviewer is empty"),
+    ({"sample_id": "a", "kind": "ok"}, "reviewer is empty"),
+    ({"sample_id": "a", "kind": "ok", "label": "dog", "reviewer": "al"}, "only a relabel carries a label"),
+    ({"sample_id": "a", "kind": "undo", "reviewer": "al"}, "an undo needs undoes"),
+    ({"sample_id": "a", "kind": "ok", "undoes": 1, "reviewer": "al"}, "only an undo has undoes"),
+    ({"sample_id": "", "kind": "ok", "reviewer": "al"}, "sample_id must be a non-empty str"),
+    ({"sample_id": "a", "kind": "ok", "reviewer": "al", "lable": "x"}, "unknown keys"),
+    ({"sample_id": "a", "kind": "undo", "undoes": 99, "reviewer": "al"}, "does not exist"),
+])
+def test_invalid_decisions_raise_clear_errors(store, decision, message):
+    with pytest.raises(ValueError, match=message):
+        store.record(decision)
+    assert store.decisions().empty
+
+
+def test_undo_must_be_about_the_same_sample(store):
+    [i] = store.decide("a", "ok", reviewer="al")
+    with pytest.raises(ValueError, match="that decision is about 'a'"):
+        store.record({"sample_id": "b", "kind": "undo", "undoes": i, "reviewer": "al"})
+    [u] = store.record({"kind": "undo", "undoes": i, "reviewer": "al"})  # sample_id from the target
+    assert store.decisions().set_index("id").loc[u, "sample_id"] == "a"
+
+
+def test_label_allow_list_is_optional(tmp_path):
+    with ReviewStore(sqlite_url(tmp_path / "r.db"), labels={"cat", "dog"}) as store:
+        with pytest.raises(ValueError, match="not one of the project's labels"):
+            store.decide("a", "relabel", "cow", reviewer="al")
+        store.decide("a", "relabel", "dog", reviewer="al")
+        store.decide("b", "relabel", "cow", reviewer="al", labels={"cow"})  # per call overrides
+    with ReviewStore(sqlite_url(tmp_path / "r.db")) as store:  # without a list: caller's business
+        store.decide("c", "relabel", "anything", reviewer="al")
+        assert store.decisions()["label"].tolist() == ["dog", "cow", "anything"]
+
+
+def test_decide_rejects_undo_and_undo_rejects_bad_targets(store):
+    with pytest.raises(ValueError, match="use undo"):
+        store.decide("a", "undo", reviewer="al")
+    with pytest.raises(ValueError, match="nothing to undo"):
+        store.undo("a", reviewer="al")
+    with pytest.raises(ValueError, match="does not exist"):
+        store.undo(42, reviewer="al")
+    with pytest.raises(ValueError, match="sample id .str. or a decision id"):
+        store.undo(1.5, reviewer="al")
+    with pytest.raises(ValueError, match="reviewer is empty"):
+        store.undo("a", reviewer="")
+
+
+# -- semantics of the derived state ---------------------------------------------------------------
+
+def test_undo_walks_back_through_the_history(store):
+    store.decide("a", "relabel", "dog", reviewer="alice")
+    store.decide("a", "relabel", "bird", reviewer="alice")
+    assert state_of(store, "a") == ("bird", "relabeled", "alice")
+    store.undo("a", reviewer="alice")
+    assert state_of(store, "a") == ("dog", "relabeled", "alice")
+    store.undo("a", reviewer="alice")
+    assert state_of(store, "a") == ("cat", "unreviewed", None)
+    with pytest.raises(ValueError, match="nothing to undo"):
+        store.undo("a", reviewer="alice")
+    assert len(store.decisions()) == 4  # nothing was removed: two decisions, two undos
+
+
+def test_undo_of_an_undo_restores_the_decision(store):
+    [relabel] = store.decide("a", "relabel", "dog", reviewer="alice")
+    first_undo = store.undo("a", reviewer="alice")
+    assert state_of(store, "a")[1] == "unreviewed"
+    with pytest.raises(ValueError, match="already undone"):
+        store.undo(relabel, reviewer="alice")
+    redo = store.undo(first_undo, reviewer="alice")
+    assert state_of(store, "a") == ("dog", "relabeled", "alice")
+    store.undo(redo, reviewer="alice")  # undo the redo: the relabel is cancelled again
+    assert state_of(store, "a") == ("cat", "unreviewed", None)
+
+
+def test_undo_by_sample_skips_undos_and_can_be_limited_to_own_decisions(store):
+    store.decide("a", "relabel", "dog", reviewer="alice")
+    [bobs] = store.decide("a", "flag", reviewer="bob")
+    [alices_ok] = store.decide("a", "ok", reviewer="alice")
+    undone = store.undo("a", reviewer="bob", own=True)
+    assert store.decisions().set_index("id").loc[undone, "undoes"] == bobs
+    assert state_of(store, "a") == ("dog", "ok", "alice")
+    undone = store.undo("a", reviewer="bob")  # without own: anyone's latest
+    assert store.decisions().set_index("id").loc[undone, "undoes"] == alices_ok
+    assert state_of(store, "a") == ("dog", "relabeled", "alice")
+    with pytest.raises(ValueError, match="nothing to undo for sample 'a' by 'bob'"):
+        store.undo("a", reviewer="bob", own=True)
+
+
+def test_undo_retry_with_same_client_id_is_stored_once(store):
+    store.decide("a", "relabel", "dog", reviewer="al")
+    store.decide("a", "relabel", "bird", reviewer="al")
+    u = store.undo("a", reviewer="al", client_id="u1")
+    assert store.undo("a", reviewer="al", client_id="u1") == u
+    assert state_of(store, "a")[0] == "dog" and len(store.decisions()) == 3
+
+
+def test_relabel_then_ok_keeps_the_new_label(store):
+    store.decide("a", "relabel", "dog", reviewer="alice")
+    store.decide("a", "ok", reviewer="bob")
+    assert state_of(store, "a") == ("dog", "ok", "bob")
+    store.decide("a", "flag", reviewer="carol")
+    assert state_of(store, "a") == ("dog", "flagged", "carol")
+
+
+def test_state_corrected_labels_and_per_reviewer(store):
+    store.decide(["a", "b"], "relabel", "dog", reviewer="alice")
+    store.decide("c", "flag", reviewer="bob")
+    store.decide("d", "relabel", "dog", reviewer="bob")  # relabel to the label it had
+    store.undo("b", reviewer="alice")
+    store.decide("zz", "ok", reviewer="bob")  # a sample not in the table is ignored
+    state = store.current_state(SAMPLES)
+    assert list(state.columns) == reviews.STATE_COLUMNS
+    assert state["sample_id"].tolist() == ["a", "b", "c", "d"]
+    assert state["label"].tolist() == ["dog", "cat", "dog", "dog"]
+    assert state["status"].tolist() == ["relabeled", "unreviewed", "flagged", "relabeled"]
+    assert state["reviewer"].tolist() == ["alice", None, "bob", "bob"]
+    assert state["decided_at"].notna().tolist() == [True, False, True, True]
+
+    export = store.corrected_labels(SAMPLES.iloc[::-1])
+    assert list(export.columns) == ["sample_id", "path", "original_label", "corrected_label", "changed"]
+    assert export["sample_id"].tolist() == ["d", "c", "b", "a"]
+    assert export["path"].tolist() == ["d.png", "c.png", "b.png", "a.png"]
+    assert export["changed"].tolist() == [False, False, False, True]
+
+    summary = store.per_reviewer().set_index("reviewer")
+    assert summary.loc["alice", ["decisions", "relabel", "undo", "effective", "samples"]].tolist() == [3, 2, 1, 1, 2]
+    assert summary.loc["bob", ["decisions", "flag", "ok", "relabel", "effective"]].tolist() == [3, 1, 1, 1, 3]
+    assert summary.loc["bob", "first_at"] <= summary.loc["bob", "last_at"]
+
+
+def test_conflicts_compare_each_reviewers_latest_effective_verdict(store):
+    store.decide("a", "relabel", "dog", reviewer="alice")
+    store.decide("a", "ok", reviewer="bob")  # bob confirms dog: agreement
+    store.decide("b", "ok", reviewer="alice")  # alice says cat ...
+    store.decide("b", "relabel", "dog", reviewer="bob")  # ... bob says dog: conflict
+    store.decide("c", "flag", reviewer="alice")
+    store.decide("c", "relabel", "bird", reviewer="bob")  # conflict, until bob undoes it
+    store.undo("c", reviewer="bob")
+    store.decide("d", "relabel", "cat", reviewer="alice")
+    store.decide("d", "relabel", "bird", reviewer="alice")  # one reviewer changing their mind
+    found = store.conflicts(SAMPLES)
+    assert found["sample_id"].tolist() == ["b"]
+    assert found.iloc[0]["verdicts"] == {"alice": "cat", "bob": "dog"}
+    assert found.iloc[0]["label"] == "dog" and found.iloc[0]["n_reviewers"] == 2
+
+
+def test_samples_table_is_checked(store):
+    with pytest.raises(ValueError, match="missing"):
+        store.current_state(SAMPLES[["sample_id"]])
+    with pytest.raises(ValueError, match="duplicate sample_id"):
+        store.current_state(pd.concat([SAMPLES, SAMPLES]))
+
+
+# -- storage guarantees ----------------------------------------------------------------------------
+
+def test_file_is_sqlite_in_wal_mode_with_full_sync(store, tmp_path):
+    store.decide("a", "ok", reviewer="al")
+    path = tmp_path / "reviews.db"
+    assert path.read_bytes()[:16] == b"SQLite format 3\x00"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT count(*) FROM decisions").fetchone()[0] == 1
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == reviews.SQLITE_BUSY_TIMEOUT_MS
+
+
+def test_database_refuses_update_and_delete(store):
+    store.decide("a", "relabel", "dog", reviewer="al")
+    for statement in ("UPDATE decisions SET label = 'cow'", "DELETE FROM decisions"):
+        with pytest.raises(sa.exc.DBAPIError, match="append-only"):
+            with store.engine.begin() as conn:
+                conn.exec_driver_sql(statement)
+    assert store.decisions()["label"].tolist() == ["dog"]
+
+
+def test_code_has_no_update_or_delete_of_decisions():
+    source = inspect.getsource(reviews)
+    for forbidden in ("sa.update(", "sa.delete(", "decisions_table.update", "decisions_table.delete",
+                      "UPDATE decisions", "DELETE FROM"):
+        assert forbidden not in source
+
+
+def test_for_project_needs_an_existing_folder(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        ReviewStore.for_project(tmp_path / "missing")
+    with pytest.raises(ValueError, match="unsupported database"):
+        ReviewStore("mysql://u@h/db")
+
+
+def _write_many(url: str, worker: int, count: int) -> None:
+    """One process's share: transactions of 1 to 4 decisions, each 10 also resent once as a batch."""
+    with ReviewStore(url) as store:
+        for start in range(0, count, 10):
+            batch = [{"client_id": f"w{worker}-{i}", "sample_id": f"s{i % 50}", "kind": "relabel",
+                      "label": f"l{worker}", "reviewer": f"r{worker}"} for i in range(start, start + 10)]
+            for part in (batch[:1], batch[1:4], batch[4:7], batch[7:]):
+                store.record(part)
+            store.record(batch)  # a retry of everything just acknowledged: stores nothing
+
+
+def test_processes_writing_at_once_lose_and_duplicate_nothing(tmp_path):
+    url = sqlite_url(tmp_path / "reviews.db")
+    ReviewStore(url).close()
+    workers, per_worker = 4, 200
+    ctx = multiprocessing.get_context("fork")
+    processes = [ctx.Process(target=_write_many, args=(url, w, per_worker)) for w in range(workers)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(timeout=120)
+    assert [p.exitcode for p in processes] == [0] * workers
+    log = ReviewStore(url).decisions()
+    expected = {f"w{w}-{i}" for w in range(workers) for i in range(per_worker)}
+    assert len(log) == workers * per_worker
+    assert set(log["client_id"]) == expected and log["id"].is_unique
+
+
+# -- property: the derived state equals a plain replay of the log ---------------------------------
+
+def replay(log: pd.DataFrame, samples: pd.DataFrame) -> dict[str, tuple]:
+    """Reference semantics, written as plainly as possible: sample_id -> (label, status, reviewer)."""
+    rows = sorted(log.to_dict("records"), key=lambda r: r["id"])
+    undone_by = defaultdict(list)
+    for r in rows:
+        if r["kind"] == "undo":
+            undone_by[int(r["undoes"])].append(r["id"])
+    effective = {}
+    for r in reversed(rows):  # undos point backwards, so the undos of r are already decided
+        effective[r["id"]] = not any(effective[u] for u in undone_by[r["id"]])
+    state = {s: (label, "unreviewed", None) for s, label in zip(samples["sample_id"], samples["label"])}
+    for r in rows:
+        if effective[r["id"]] and r["kind"] != "undo" and r["sample_id"] in state:
+            label = r["label"] if r["kind"] == "relabel" else state[r["sample_id"]][0]
+            state[r["sample_id"]] = (label, reviews.STATUS_OF_KIND[r["kind"]], r["reviewer"])
+    return state
+
+
+def as_dict(state: pd.DataFrame) -> dict[str, tuple]:
+    return {r.sample_id: (r.label, r.status, r.reviewer) for r in state.itertuples()}
+
+
+PROPERTY_SAMPLES = pd.DataFrame({"sample_id": ["s0", "s1", "s2", "s3"], "label": ["x", "x", "y", "y"]})
+ops = st.lists(st.one_of(
+    st.tuples(st.just("decide"), st.sampled_from(["s0", "s1", "s2", "s3", "other"]),
+              st.sampled_from(["relabel", "flag", "ok"]), st.sampled_from(["x", "y", "z"]),
+              st.sampled_from(["ann", "ben"])),
+    st.tuples(st.just("undo"), st.integers(0, 10_000), st.sampled_from(["ann", "ben"]))), max_size=40)
+
+
+def synthetic_log(operations) -> pd.DataFrame:
+    """A log as the store would hold it: ids with gaps, undos pointing back at the same sample."""
+    rows, next_id = [], 1
+    for op in operations:
+        if op[0] == "decide":
+            _, sample, kind, label, reviewer = op
+            rows.append({"id": next_id, "sample_id": sample, "kind": kind,
+                         "label": label if kind == "relabel" else None, "reviewer": reviewer, "undoes": None})
+        elif rows:
+            target = rows[op[1] % len(rows)]
+            rows.append({"id": next_id, "sample_id": target["sample_id"], "kind": "undo", "label": None,
+                         "reviewer": op[2], "undoes": target["id"]})
+        next_id += 1 + len(rows) % 3
+    log = pd.DataFrame(rows, columns=["id", "sample_id", "kind", "label", "reviewer", "undoes"])
+    log["client_id"] = log["id"].astype(str)
+    log["created_at"] = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(log["id"], unit="s")
+    log["undoes"] = log["undoes"].astype("Int64")
+    return log
+
+
+@settings(max_examples=120, deadline=None)
+@given(ops)
+def test_derived_state_equals_plain_replay(operations):
+    log = synthetic_log(operations)
+    assert as_dict(derive_state(log, PROPERTY_SAMPLES)) == replay(log, PROPERTY_SAMPLES)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops)
+def test_store_state_equals_plain_replay(operations):
+    with tempfile.TemporaryDirectory() as folder, ReviewStore.for_project(folder) as store:
+        for op in operations:
+            if op[0] == "decide":
+                _, sample, kind, label, reviewer = op
+                store.decide(sample, kind, label if kind == "relabel" else None, reviewer=reviewer)
+            else:
+                log = store.decisions()
+                target = op[1] % 3 == 0 or log.empty
+                try:  # by sample, or by decision id (which may be an undo: a redo)
+                    store.undo(str(log["sample_id"].iloc[-1]) if not log.empty and target else
+                               int(log["id"].iloc[op[1] % len(log)]) if not log.empty else "s0",
+                               reviewer=op[2])
+                except ValueError as error:
+                    assert "nothing to undo" in str(error) or "already undone" in str(error)
+        log = store.decisions()
+        assert as_dict(store.current_state(PROPERTY_SAMPLES)) == replay(log, PROPERTY_SAMPLES)
+        assert log["client_id"].is_unique and Path(folder, "reviews.db").exists()
