@@ -109,7 +109,3 @@ def overlay_words(square: Image.Image, grid: np.ndarray, display: int = 448, alp
                 draw.text((box[0] + 2, box[1] + 1), str(int(grid[r, c])), fill=(255, 255, 255))
     return out
 
-
-def thumbnail_image(image: Image.Image, size: int) -> Image.Image:
-    """A ``size x size`` square thumbnail (center crop), for pages while no disk cache is at hand."""
-    return model_view(image, size)

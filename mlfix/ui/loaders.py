@@ -64,6 +64,7 @@ def _open_project(project_dir: str, files: tuple):
     return Project.open(project_dir)
 
 
+# Cached functions take the stamp as ``files`` (no leading underscore: Streamlit must hash it).
 def _key(project) -> tuple[str, tuple]:
     folder = str(project.dir)
     return folder, project_stamp(folder)
@@ -103,32 +104,12 @@ def _examples_per_class(project_dir: str, files: tuple, per_class: int, seed: in
     return out
 
 
-def thumbnail(project, sample_id: str, size: int = 96):
-    """Something ``st.image`` shows: the disk-cached thumbnail when :mod:`mlfix.thumbnails` is
-    there, else JPEG bytes made here (cached in memory)."""
-    try:
-        from mlfix.thumbnails import thumbnail as disk_thumbnail
-    except ImportError:
-        disk_thumbnail = None
-    if disk_thumbnail is not None:
-        return str(disk_thumbnail(project, sample_id, size))
-    return _thumbnail_bytes(*_key(project), sample_id, size)
+def thumbnails(project, sample_ids: list[str], size: int = 96) -> list:
+    """Things ``st.image`` shows, one per id: paths of disk-cached JPEGs (``<project>/thumbs``,
+    made in parallel on first use; a placeholder for an unreadable image)."""
+    from mlfix.thumbnails import for_project
 
-
-@st.cache_data(show_spinner=False, max_entries=5000)
-def _thumbnail_bytes(project_dir: str, files: tuple, sample_id: str, size: int) -> bytes:
-    image = imaging.thumbnail_image(open_project(project_dir).image(sample_id), size)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
-
-
-def safe_thumbnail(project, sample_id: str, size: int = 96):
-    """:func:`thumbnail`, or None when the image cannot be read (the caller shows a placeholder)."""
-    try:
-        return thumbnail(project, sample_id, size)
-    except Exception:
-        return None
+    return [str(path) for path in for_project(project, size).ensure_many(list(sample_ids))]
 
 
 # ----------------------------------------------------------------------------------------- codebook
@@ -274,6 +255,57 @@ def clear() -> None:
     """Forget every cached project artifact (after the project was rebuilt in place)."""
     for fn in (_open_project, _word_grids, _bags, _sample_positions):
         fn.clear()
-    for fn in (_class_counts, _examples_per_class, _thumbnail_bytes, _word_frequency,
+    for fn in (_class_counts, _examples_per_class, _word_frequency,
                _images_with_word, _word_classes, _word_patches, _word_overlay):
         fn.clear()
+    _export_table.clear()
+    export_bytes.clear()
+
+
+# ----------------------------------------------------------------------------------------- reviews
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _review_store(project_dir: str):
+    from mlfix.reviews import ReviewStore
+
+    return ReviewStore.for_project(project_dir)
+
+
+def review_store(project):
+    """The project's decisions store (one per process and project: it holds a connection pool)."""
+    return _review_store(str(project.dir))
+
+
+def export_table(project):
+    """``(table, last_decision_id)``: :func:`mlfix.export.export_table` of the current decisions,
+    recomputed only when a decision was added (or the samples changed)."""
+    last_id = review_store(project).last_id()
+    return _export_table(*_key(project), last_id), last_id
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _export_table(project_dir: str, files: tuple, last_id: int) -> pd.DataFrame:
+    from mlfix import export
+
+    samples = open_project(project_dir).samples
+    store = _review_store(project_dir)
+    state = store.current_state(samples[["sample_id", "label"]]) if last_id else None
+    return export.export_table(samples, state)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def export_bytes(project_dir: str, files: tuple, last_id: int, fmt: str) -> bytes:
+    """The export file in ``fmt`` (csv, json, coco); keyed like :func:`export_table`."""
+    from mlfix import export
+
+    project = open_project(project_dir)
+    table = _export_table(project_dir, files, last_id)
+    if fmt == "csv":
+        return export.to_csv(table)
+    if fmt == "json":
+        return export.to_json(table, project={"dir": project_dir, "source": project.source,
+                                              "last_decision_id": last_id})
+    if fmt == "coco":
+        return export.to_coco(project.source["coco"], table)
+    raise ValueError(f"unknown export format {fmt!r}; use csv, json or coco")

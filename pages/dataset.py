@@ -1,0 +1,236 @@
+"""Dataset: create or open a project; class counts, examples per class, and the problems table."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from mlfix import jobs
+from mlfix.ui import loaders, state
+
+FLASH_KEY = "mlfix_dataset_flash"
+SOURCES = {"folder": "Folder names (ImageFolder) or unlabeled", "csv": "A CSV file (path, label)",
+           "coco": "A COCO JSON file (boxes become crops)"}
+WEIGHTS = ["auto", "random", "offline", "imagenet"]
+
+
+def _flash(kind: str, text: str) -> None:
+    """A message that survives the st.rerun() after a project was opened or created."""
+    st.session_state[FLASH_KEY] = (kind, text)
+
+
+def _show_flash() -> None:
+    kind, text = st.session_state.pop(FLASH_KEY, (None, None))
+    if kind:
+        getattr(st, kind)(text)
+
+
+def _open_form() -> None:
+    with st.form("mlfix_open_project", border=False):
+        folder = st.text_input("Project folder", key="ds_open_dir", placeholder="/path/to/project")
+        if st.form_submit_button("Open project"):
+            _open(folder)
+
+
+def _open(folder: str) -> None:
+    from mlfix.project import Project
+
+    folder = (folder or "").strip()
+    if not folder:
+        st.error("Type the folder of a project to open it.")
+        return
+    if not Project.is_project(folder):
+        st.error(f"`{folder}` is not an mlfix project (no mlfix.toml). Create one below, or "
+                 "choose the folder that `mlfix index --project DIR` made.")
+        return
+    state.set_project_dir(folder)
+    _flash("success", f"Opened `{folder}`.")
+    st.rerun()
+
+
+def _save_upload(upload, folder: Path) -> Path:
+    """Keep an uploaded labels file inside the project (so the project stays self-contained)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(upload.name).name) or "labels"
+    target = folder / "uploads" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(upload.getvalue())
+    return target
+
+
+def _check_csv(data: bytes) -> str | None:
+    """Why an uploaded labels CSV cannot be used, or None when it parses with a ``path`` column."""
+    try:
+        table = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, nrows=1000)
+    except UnicodeDecodeError:
+        return "it is not UTF-8 text (is it really a CSV?)"
+    except Exception as err:  # pandas' parser errors come in many types
+        return f"it does not parse as CSV: {str(err).strip() or type(err).__name__}"
+    columns = [str(c).strip().lower() for c in table.columns]
+    if "path" not in columns:
+        return f"it needs a `path` column (and usually a `label` column); its columns are {columns}"
+    return None
+
+
+def _create_form() -> None:
+    st.caption("Scans the images (headers only) and writes the project folder; indexing runs in "
+               "the background afterwards, on the Training page.")
+    target = st.text_input("New project folder", key="ds_new_dir", placeholder="/path/to/new-project")
+    images = st.text_input("Images: a folder or a .zip", key="ds_images", placeholder="/path/to/images")
+    source = st.radio("Labels from", list(SOURCES), format_func=SOURCES.get, key="ds_source",
+                      horizontal=True)
+    labels_path = upload = None
+    padding = 0.0
+    if source == "csv":
+        labels_path = st.text_input("Labels CSV path", key="ds_csv_path",
+                                    help="Columns `path` (relative to the images) and `label`.")
+        upload = st.file_uploader("…or upload the CSV", type=["csv", "txt"], key="ds_csv_upload")
+    elif source == "coco":
+        labels_path = st.text_input("COCO JSON path", key="ds_coco_path")
+        upload = st.file_uploader("…or upload the COCO JSON", type=["json"], key="ds_coco_upload")
+        padding = st.number_input("Context around each box (fraction of its size)", 0.0, 2.0, 0.0, 0.05,
+                                  key="ds_padding")
+    with st.expander("Index settings"):
+        c1, c2, c3, c4 = st.columns(4)
+        settings = {
+            "image_size": c1.number_input("Image size (px)", 32, 1024, 224, 16, key="ds_image_size"),
+            "words": c2.number_input("Visual words", 8, 65536, 1024, 64, key="ds_words"),
+            "backbone": c3.text_input("Backbone (timm)", "resnet18", key="ds_backbone"),
+            "weights": c4.selectbox("Weights", WEIGHTS, key="ds_weights",
+                                    help="auto: the project's trained checkpoint when there is one, "
+                                         "else random initialisation"),
+        }
+    start_index = st.checkbox("Start indexing right away", value=True, key="ds_start_index")
+    if st.button("Create project", type="primary", key="ds_create"):
+        _create(target, images, source, labels_path, upload, padding, settings, start_index)
+
+
+def _create(target: str, images: str, source: str, labels_path: str | None, upload, padding: float,
+            settings: dict, start_index: bool) -> None:
+    from mlfix.project import Project
+
+    target, images = (target or "").strip(), (images or "").strip()
+    if not target or not images:
+        st.error("Give both the new project folder and the images (a folder or a .zip).")
+        return
+    if not Path(images).expanduser().exists():
+        st.error(f"The images were not found at `{images}`.")
+        return
+    labels = None
+    if source in ("csv", "coco"):
+        if upload is not None:
+            if source == "csv":
+                problem = _check_csv(upload.getvalue())
+                if problem:
+                    st.error(f"The uploaded CSV `{upload.name}` cannot be used: {problem}.")
+                    return
+            labels = _save_upload(upload, Path(target).expanduser())
+        elif labels_path and labels_path.strip():
+            labels = Path(labels_path.strip()).expanduser()
+        else:
+            st.error(f"Give the {source.upper()} file: a path or an upload.")
+            return
+    kwargs = {"labels": labels} if source == "csv" else {"coco": labels} if source == "coco" else {}
+    try:
+        with st.spinner("Scanning the images…"):
+            project = Project.create(target, images=images, padding=float(padding), **kwargs,
+                                     **{k: (int(v) if isinstance(v, float) else v) for k, v in settings.items()})
+    except (ValueError, FileNotFoundError, OSError) as err:
+        st.error(f"Cannot create the project: {err}")
+        return
+    state.set_project_dir(project.dir)
+    message = f"Created `{project.dir}`: {len(project.samples):,} samples, {len(project.problems):,} problems."
+    if start_index:
+        try:
+            jobs.start_job(project.dir, "index")
+            message += " Indexing started: follow it on the Training page."
+        except jobs.JobError as err:
+            message += f" Indexing did not start: {err}"
+    _flash("success", message)
+    st.rerun()
+
+
+def _overview(project) -> None:
+    samples, problems = project.samples, project.problems
+    counts = loaders.class_counts(project)
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Samples", f"{len(samples):,}")
+    c2.metric("Classes", f"{len(project.labels):,}")
+    c3.metric("Problems", f"{len(problems):,}")
+    c4.metric("Index", "ready" if project.is_indexed else "not built")
+    if not project.is_indexed:
+        st.info("This project is not indexed yet: start indexing on the **Training** page.")
+
+    st.subheader("Samples per class")
+    height = 320 if len(counts) <= 40 else min(1600, 14 * len(counts))
+    horizontal = len(counts) > 40  # many classes read better as rows
+    fig = px.bar(counts, x="count" if horizontal else "label", y="label" if horizontal else "count",
+                 orientation="h" if horizontal else "v", text="count")
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), xaxis_title=None,
+                      yaxis_title=None)
+    fig.update_xaxes(type="category") if not horizontal else fig.update_yaxes(type="category",
+                                                                              autorange="reversed")
+    st.plotly_chart(fig, key="ds_class_counts", width="stretch")
+
+    _examples(project, counts)
+
+    st.subheader(f"Problems ({len(problems):,})")
+    if problems.empty:
+        st.success("No problems: every file listed was read.")
+    else:
+        st.caption("Files that were skipped, and why.")
+        by_reason = problems.groupby(["stage", "reason"], dropna=False).size().rename("files")
+        if len(by_reason) > 1:
+            st.dataframe(by_reason.reset_index().sort_values("files", ascending=False),
+                         hide_index=True, key="ds_problem_reasons")
+        st.dataframe(problems, hide_index=True, key="ds_problems", width="stretch")
+
+
+def _examples(project, counts: pd.DataFrame) -> None:
+    st.subheader("Examples per class")
+    labels = counts["label"].tolist()
+    c1, c2 = st.columns([3, 1])
+    default = labels[:12]
+    chosen = c1.multiselect("Classes", labels, default=default, key="ds_example_classes")
+    per_class = c2.slider("Per class", 2, 16, 8, key="ds_per_class")
+    examples = loaders.examples_per_class(project, per_class)
+    for label in chosen:
+        ids = examples.get(label, [])
+        st.markdown(f"**{label}** · {int(counts.set_index('label').loc[label, 'count']):,} samples")
+        if not ids:
+            continue
+        paths = loaders.thumbnails(project, ids, 96)
+        st.image(paths, width=96, caption=[Path(i).name for i in ids])
+
+
+st.title("Dataset")
+_show_flash()
+folder = state.project_dir()
+project = None
+if folder is not None:
+    try:
+        project = state.current_project()
+    except Exception as err:
+        st.error(f"{err}" if "not an mlfix project" in str(err) else f"Cannot open `{folder}`: {err}")
+
+if project is None:
+    st.info("Open an existing project, or create one from a folder, a zip, a CSV or a COCO file.")
+    open_tab, create_tab = st.tabs(["Open a project", "Create a project"])
+    with open_tab:
+        _open_form()
+    with create_tab:
+        _create_form()
+    st.stop()
+
+st.caption(f"Project `{project.dir}` · images from `{project.source.get('images')}`")
+_overview(project)
+with st.expander("Open or create another project"):
+    open_tab, create_tab = st.tabs(["Open a project", "Create a project"])
+    with open_tab:
+        _open_form()
+    with create_tab:
+        _create_form()
