@@ -227,6 +227,58 @@ class Project:
         ids = self.samples["sample_id"].to_numpy()
         return [ids[i] for i in found[0] if i >= 0 and i != row and ok[i]][:k]
 
+    # ---- review: decisions, corrected labels, views ---------------------------------------------
+
+    @property
+    def reviews(self):
+        """The decisions store: ``MLFIX_DB_URL`` when set, else ``reviews.db`` in the project."""
+        from mlfix.reviews import ReviewStore, sqlite_url
+
+        if "reviews" not in self._cache:
+            url = os.environ.get("MLFIX_DB_URL") or sqlite_url(self.dir / "reviews.db")
+            self._cache["reviews"] = ReviewStore(url, labels=self.labels)
+        return self._cache["reviews"]
+
+    def decisions(self) -> pd.DataFrame:
+        """The decision log: id, client_id, sample_id, kind, label, reviewer, created_at, undoes."""
+        return self.reviews.decisions()
+
+    def corrected_labels(self) -> pd.DataFrame:
+        """One row per sample: original and corrected label, status, reviewer (see mlfix.export)."""
+        from mlfix.export import export_table
+
+        samples = self.samples
+        return export_table(samples, self.reviews.current_state(samples[["sample_id", "label"]]))
+
+    def publish_view(self, name: str, sample_ids, note: str = "") -> Path:
+        """Publish a named list of samples; it appears in the Review page's view picker."""
+        from mlfix.views import publish_view
+
+        return publish_view(self.dir, name, sample_ids, note=note,
+                            known_ids=self.samples["sample_id"].to_numpy())
+
+    def views(self) -> dict[str, dict]:
+        """Published views: ``{name: {"sample_ids", "note", "created"}}``."""
+        from mlfix.views import list_views
+
+        return list_views(self.dir)
+
+    def serve(self, port: int | None = None, address: str = "localhost") -> str:
+        """Start the app on this project in a background process; returns its URL."""
+        import socket
+        import subprocess
+
+        from mlfix.cli import streamlit_command
+
+        if port is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        log = open(self.dir / "serve.log", "ab")
+        self._cache["server"] = subprocess.Popen(streamlit_command(self.dir, port, address), stdout=log,
+                                                 stderr=subprocess.STDOUT, start_new_session=True)
+        return f"http://{address}:{port}"
+
     def progress_log(self, job: str) -> list[dict]:
         """Progress records of a job (``index``, ``train``) as written by :class:`~mlfix.progress.Progress`."""
         from mlfix.progress import read_progress
