@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := demo-project
 
-.PHONY: install run demo test test-fast bench-quick browser clean
+.PHONY: install run demo test test-fast bench-quick browser postgres clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -31,7 +31,15 @@ browser:
 	      || echo "warning: could not install chromium; the browser test will be skipped"; \
 	  else echo "warning: chromium missing and not root; the browser test will be skipped"; fi; }
 
-test: install browser
+# PostgreSQL server binaries for the decisions-store tests (tests/pg.py starts a throwaway server).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	      || echo "warning: could not install postgresql; the PostgreSQL tests will be skipped"; \
+	  else echo "warning: postgresql missing and not root; the PostgreSQL tests will be skipped"; fi; }
+
+test: install browser postgres
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: install
