@@ -1,0 +1,60 @@
+"""The `mlfix` command end to end on a tiny generated dataset."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+
+from mlfix.cli import main
+from mlfix.project import Project
+from tests.conftest import shape_image
+
+
+def test_index_from_a_csv_with_bad_rows_reports_problems_and_completes(tiny_image_folder, tmp_path, capsys):
+    shape_image((0, 0, 0), seed=1).save(tmp_path / "outside.png")
+    (tiny_image_folder / "red" / "broken.png").write_bytes(b"garbage")
+    rows = [f"{c}/{i:03d}.png,{c}" for c in ("red", "green", "blue", "yellow") for i in range(10)]
+    rows += ["red/broken.png,red", "../outside.png,red", "red/missing.png,red"]
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\n" + "\n".join(rows) + "\n")
+    project_dir = tmp_path / "project"
+    code = main(["index", "--images", str(tiny_image_folder), "--labels", str(csv), "--project",
+                 str(project_dir), "--image-size", "64", "--words", "32", "--weights", "random"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "40 samples indexed in 4 classes" in out
+    assert "3 files skipped" in out and "leaves the data root" in out and "not an image" in out
+    project = Project.open(project_dir)
+    assert project.is_indexed and len(project.problems) == 3
+    assert project.settings["image_size"] == 64 and project.settings["words"] == 32
+
+
+def test_index_without_images_on_a_new_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["index", "--project", str(tmp_path / "nothing")]) == 2
+    assert "give --images to create it" in capsys.readouterr().err
+
+
+def test_missing_image_source_is_a_clear_error(tmp_path, capsys):
+    assert main(["index", "--images", str(tmp_path / "nope"), "--project", str(tmp_path / "p")]) == 2
+    assert "image source not found" in capsys.readouterr().err
+
+
+def test_scores_on_a_folder_that_is_not_a_project(tmp_path, capsys):
+    assert main(["scores", "--project", str(tmp_path)]) == 2
+    assert "not an mlfix project" in capsys.readouterr().err
+
+
+def test_console_script_runs_as_a_module(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "mlfix.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "index" in result.stdout and "train" in result.stdout
+
+
+def test_demo_builds_digits_with_planted_errors(demo_project):
+    truth = pd.read_csv(demo_project.dir / "truth.csv")
+    assert len(truth) == 200 == len(demo_project.samples)
+    assert (truth["label"] != truth["true_label"]).sum() == 10  # 5% of 200
+    assert demo_project.is_indexed
+    assert set(demo_project.labels) <= {"zero", "one", "two", "three", "four", "five", "six", "seven",
+                                        "eight", "nine"}
