@@ -227,6 +227,42 @@ class Project:
         ids = self.samples["sample_id"].to_numpy()
         return [ids[i] for i in found[0] if i >= 0 and i != row and ok[i]][:k]
 
+    # ---- suspected label errors -----------------------------------------------------------------
+
+    def scores(self, methods=None) -> pd.DataFrame:
+        """Suspected label errors, highest score first is most suspect (see mlfix.scores).
+
+        Columns: sample_id, path, label, score, suggested_label, then ``score_<method>`` and
+        ``suggested_<method>`` per method. The review loop learns: labels are the corrected ones
+        and samples a reviewer relabeled or confirmed are trusted. Recomputed only when the index
+        or the decisions changed since the last call; :meth:`cached_scores` never recomputes.
+        """
+        from mlfix.scores import compute_scores
+
+        self._require_index()
+        samples = self.samples
+        state = self.reviews.current_state(samples[["sample_id", "label"]])
+        key = {"index": read_key(self.dir / "orders" / "orders.key.json"), "decisions": self.reviews.last_id(),
+               "methods": sorted(methods) if methods else None}
+        path = self.dir / "scores.parquet"
+        if read_key(self.dir / "scores.key.json") == json.loads(json.dumps(key, default=str)) and path.exists():
+            return pd.read_parquet(path)
+        rows = np.flatnonzero(self.readable())
+        trusted = state["status"].isin(["ok", "relabeled"]).to_numpy()
+        table = compute_scores(np.asarray(self.pooled()[rows], dtype=np.float32),
+                               state["label"].to_numpy()[rows], samples["sample_id"].to_numpy()[rows],
+                               bags=np.asarray(self.bags()[rows]), trusted=trusted[rows],
+                               methods=methods, seed=int(self.settings["seed"]))
+        table.insert(1, "path", samples["path"].to_numpy()[rows])
+        _atomic_parquet(table, path)
+        write_key(self.dir / "scores.key.json", key)
+        return table
+
+    def cached_scores(self) -> pd.DataFrame | None:
+        """The last computed scores table (possibly older than the latest decisions), or None."""
+        path = self.dir / "scores.parquet"
+        return self._load_parquet("scores.parquet") if path.exists() else None
+
     # ---- review: decisions, corrected labels, views ---------------------------------------------
 
     @property

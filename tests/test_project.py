@@ -131,3 +131,18 @@ def test_decisions_reach_corrected_labels_and_views(indexed_copy):
         store.decide(["red/002.png"], "relabel", label="purple", reviewer="ann")
     indexed.publish_view("first reds", ["red/000.png", "red/001.png"], note="from a notebook")
     assert indexed.views()["first reds"]["sample_ids"] == ["red/000.png", "red/001.png"]
+
+
+def test_scores_cover_readable_samples_and_learn_from_decisions(indexed_copy):
+    project = indexed_copy
+    table = project.scores()
+    assert set(table.columns[:5]) == {"sample_id", "path", "label", "score", "suggested_label"}
+    assert sorted(table["sample_id"]) == sorted(project.samples["sample_id"])
+    mtime = (project.dir / "scores.parquet").stat().st_mtime_ns
+    project.scores()
+    assert (project.dir / "scores.parquet").stat().st_mtime_ns == mtime
+    top = table.sort_values("score", ascending=False)["sample_id"].iloc[0]
+    project.reviews.decide([top], "ok", reviewer="ann")
+    rescored = project.scores().set_index("sample_id")
+    assert rescored.loc[top, "score"] == rescored["score"].min()  # confirmed: leaves the queue
+    assert project.cached_scores() is not None
