@@ -99,13 +99,18 @@ def _add_train(commands) -> None:
 
 
 def run_train(args) -> int:
-    from mlfix.pretrain import train_project
+    from mlfix.pretrain import train_barlow_twins
     from mlfix.project import Project
 
     project = Project.open(args.project)
-    checkpoint = train_project(project, epochs=args.epochs, batch_size=args.batch_size,
-                               image_size=args.image_size, init=args.init, flip=not args.no_flip,
-                               head_dim=args.head_dim, workers=args.workers, device=args.device)
+    readable = project.samples[project.samples["status"] == "ok"]
+    progress = Progress("train", project.dir / "progress")
+    checkpoint = train_barlow_twins(project.root, readable, project.dir / "models",
+                                    backbone=project.settings["backbone"], init=args.init,
+                                    epochs=args.epochs, batch_size=args.batch_size,
+                                    image_size=args.image_size, flip=not args.no_flip,
+                                    head_dim=args.head_dim, seed=int(project.settings["seed"]),
+                                    workers=args.workers, device=args.device, progress=progress)
     print(f"checkpoint: {checkpoint}\nrun `mlfix index --project {args.project}` to index with it")
     return 0
 
