@@ -31,7 +31,7 @@ def machine() -> dict:
 def emit(bench: str, metric: str, value, unit: str, n: int | None = None, **setup) -> dict:
     """Print one figure as a JSON line (and append it to bench/results/BENCH.jsonl)."""
     line = {"bench": bench, "metric": metric, "value": value, "unit": unit, "n": n,
-            "setup": {**setup, **machine()}}
+            "setup": {"quick": "--quick" in sys.argv, **setup, **machine()}}
     text = json.dumps(line, default=float)
     print(text, flush=True)
     RESULTS_DIR.mkdir(exist_ok=True)
