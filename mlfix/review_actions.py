@@ -18,8 +18,9 @@ Batch shape (JSON from the browser)::
                  {"seq": 8, "client_id": "<uuid>", "kind": "page", "delta": 1}]}
 
 ``kind`` is ``relabel`` (needs ``label``, one of the project's labels), ``flag`` (wrong, no new
-label), ``ok`` (checked and fine), ``undo`` (undo the latest decision on each id) or ``page``
-(``delta`` pages forward or back; not stored). An action that cannot be applied (unknown label,
+label), ``ok`` (checked and fine), ``undo`` (with ``undoes``, the client id of an earlier grid
+action: reverts exactly the decisions that action stored; without it, the reviewer's latest
+decision on each id) or ``page`` (``delta`` pages forward or back; not stored). An action that cannot be applied (unknown label,
 unknown sample) is acknowledged with a clear error and nothing of it is stored.
 
 Example:
@@ -55,6 +56,7 @@ class Action:
     sample_ids: tuple[str, ...] = ()
     label: str | None = None
     delta: int = 0
+    undoes: str | None = None  # undo: the client id of the grid action it reverts
 
 
 @dataclass
@@ -130,7 +132,11 @@ def _parse_action(item: Any) -> Action:
     label = item.get("label")
     if kind == "relabel" and (not isinstance(label, str) or not label):
         raise ValueError(f"action {seq}: a relabel needs a 'label'")
-    return Action(seq, client_id, kind, tuple(dict.fromkeys(ids)), label if kind == "relabel" else None)
+    undoes = item.get("undoes") if kind == "undo" else None
+    if undoes is not None and (not isinstance(undoes, str) or not undoes or len(undoes) > 100):
+        raise ValueError(f"action {seq}: 'undoes' must be the client id of an earlier action")
+    return Action(seq, client_id, kind, tuple(dict.fromkeys(ids)), label if kind == "relabel" else None,
+                  undoes=undoes)
 
 
 def action_records(action: Action, reviewer: str) -> list[dict]:
@@ -143,10 +149,14 @@ def action_records(action: Action, reviewer: str) -> list[dict]:
 class BatchApplier:
     """Applies grid batches exactly once; keep one per browser tab (Streamlit session state).
 
-    ``apply(payload, store, labels, reviewer, known_ids=None)``: ``store`` is anything with
-    ``record(list_of_dicts)`` (a :class:`mlfix.reviews.ReviewStore`), or None to only compute the
-    records; ``labels`` are the allowed new labels; ``known_ids`` (a set, or a function id -> bool),
-    when given, refuses actions on samples the project does not have.
+    ``apply(payload, store, labels, reviewer, known_ids=None)``: ``store`` is a
+    :class:`mlfix.reviews.ReviewStore` (``record``, ``decisions``, ``undo``), or None to only compute
+    the records; ``labels`` are the allowed new labels; ``known_ids`` (a set, or a function
+    id -> bool), when given, refuses actions on samples the project does not have.
+
+    Decisions are written in as few transactions as possible: consecutive relabel/flag/ok actions
+    go in one :meth:`record` call; an undo first writes what precedes it (it may undo an action of
+    the same batch), then finds the decisions it reverts by their client ids.
     """
 
     def __init__(self) -> None:
@@ -156,11 +166,22 @@ class BatchApplier:
               known_ids: Collection[str] | Callable[[str], bool] | None = None) -> BatchResult:
         if not isinstance(reviewer, str) or not reviewer.strip():
             raise ValueError("reviewer must be a non-empty name (set it in the sidebar)")
+        reviewer = reviewer.strip()
         session, actions, errors = parse_batch(payload)
         last = self.last_seq.get(session, 0)
         result = BatchResult(session=session, ack=last, errors=list(errors))
         allowed = set(labels)
         is_known = _membership(known_ids)
+        waiting: list[dict] = []  # records not written yet
+        waiting_upto = last
+
+        def flush() -> None:
+            # Remember a seq only once the store has its rows: a failed write is resent by the grid.
+            if waiting and store is not None:
+                store.record(waiting)
+            waiting.clear()
+            self.last_seq[session] = waiting_upto
+
         for action in actions:
             if action.seq <= last:
                 result.skipped.append(action.seq)
@@ -171,15 +192,51 @@ class BatchApplier:
             elif action.kind == "page":
                 result.page_delta += action.delta
                 result.applied.append(action)
+            elif action.kind == "undo":
+                flush()
+                rows, undo_errors = undo_records(action, store, reviewer)
+                result.errors.extend(undo_errors)
+                waiting.extend(rows)
+                result.records.extend(rows)
+                result.applied.append(action)
             else:
-                result.records.extend(action_records(action, reviewer.strip()))
+                rows = action_records(action, reviewer)
+                waiting.extend(rows)
+                result.records.extend(rows)
                 result.applied.append(action)
             result.ack = max(result.ack, action.seq)
-        if result.records and store is not None:
-            store.record(result.records)  # one call, one transaction: all of the batch or none
-        # Remember only after the store accepted the rows: a failed write is retried by the grid.
-        self.last_seq[session] = result.ack
+            waiting_upto = result.ack
+        flush()
         return result
+
+
+def undo_records(action: Action, store, reviewer: str) -> tuple[list[dict], list[str]]:
+    """The undo rows of an undo action, and messages for samples with nothing to undo.
+
+    With ``undoes`` (the client id of the grid action being undone) each sample's decision made by
+    that action is reverted, exactly. Without it, each sample's latest decision by ``reviewer``.
+    """
+    if store is None:
+        return [], []
+    if action.undoes:
+        wanted = {f"{action.undoes}:{s}": s for s in action.sample_ids}
+        log = store.decisions()
+        found = log[log["client_id"].isin(list(wanted))]
+        ids = dict(zip(found["client_id"], found["id"].astype(int)))
+        rows = [{"client_id": f"{action.client_id}:{sample}", "sample_id": sample, "kind": "undo",
+                 "undoes": ids[cid], "reviewer": reviewer} for cid, sample in wanted.items() if cid in ids]
+        missing = [sample for cid, sample in wanted.items() if cid not in ids]
+        errors = [f"nothing to undo for {len(missing)} image(s) ({missing[0]!r}...): that action was "
+                  f"not stored"] if missing else []
+        return rows, errors
+    rows, missing = [], []
+    for sample in action.sample_ids:  # one transaction each: the store picks the target under its lock
+        try:
+            store.undo(sample, reviewer=reviewer, own=True, client_id=f"{action.client_id}:{sample}")
+        except ValueError:
+            missing.append(sample)
+    errors = [f"nothing of yours to undo on {len(missing)} image(s) ({missing[0]!r}...)"] if missing else []
+    return rows, errors
 
 
 def _problem(action: Action, allowed: set[str], is_known: Callable[[str], bool] | None) -> str | None:

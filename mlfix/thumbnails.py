@@ -141,35 +141,39 @@ class ThumbnailCache:
 
 
 def for_project(project, size: int = DEFAULT_SIZE, workers: int = 4) -> ThumbnailCache:
-    """The thumbnail cache of a :class:`mlfix.project.Project` (``<project>/thumbs``).
+    """The thumbnail cache of a :class:`mlfix.project.Project` (``<project>/thumbs``), one per
+    project and size (reused, so its error notes survive page reruns).
 
-    Decodes through ``mlfix.dataset.load_image`` with ``target_size`` (JPEG draft mode: large photos
-    decode several times faster) when the project exposes its data root and samples; otherwise
-    through ``project.image``.
+    Decodes with ``project.image(sample_id, target_size=2 * size)`` (JPEG draft mode: large photos
+    decode several times faster) when the project accepts ``target_size``.
     """
-    return ThumbnailCache(Path(project.dir) / "thumbs", _project_loader(project, size), size, workers)
+    key = (str(project.dir), int(size), id(project))
+    cache = _CACHES.get(key)
+    if cache is None:
+        cache = ThumbnailCache(Path(project.dir) / "thumbs", _project_loader(project, size), size, workers)
+        if len(_CACHES) > 32:  # a long-lived server opening many projects
+            _CACHES.clear()
+        _CACHES[key] = cache
+    return cache
+
+
+def thumbnail(project, sample_id: str, size: int = DEFAULT_SIZE) -> Path:
+    """The path of one sample's thumbnail (made if needed); a placeholder for an unreadable image.
+
+    Example: ``st.image(str(thumbnail(project, "cats/001.png", 96)))``
+    """
+    return for_project(project, size).ensure(sample_id)
+
+
+_CACHES: dict[tuple, ThumbnailCache] = {}
 
 
 def _project_loader(project, size: int) -> LoadFn:
-    root = getattr(project, "root", None)
-    if root is None:
-        return project.image
-    rows: dict | None = None
-
     def load(sample_id: str) -> Image.Image:
-        nonlocal rows
-        from mlfix.dataset import load_image  # no torch: dataset.py is numpy/pandas/PIL only
-
-        if rows is None:  # one lookup table per cache, built on the first miss only
-            table = project.samples
-            if "box_x" not in table.columns:
-                return project.image(sample_id)
-            rows = {s: i for i, s in enumerate(table["sample_id"].tolist())}
-        index = rows.get(sample_id)
-        if index is None:
-            raise KeyError(f"unknown sample_id {sample_id!r}")
-        row = project.samples.iloc[index].to_dict()
-        return load_image(root, row, target_size=size * 2)
+        try:
+            return project.image(sample_id, target_size=2 * size)
+        except TypeError:  # a project object whose image() takes no target_size
+            return project.image(sample_id)
 
     return load
 

@@ -108,22 +108,20 @@ def test_placeholder_is_the_requested_size():
 
 
 def test_for_project_uses_the_project_images(tmp_path):
-    import pandas as pd
-
-    from mlfix.dataset import DataRoot
-    from mlfix.thumbnails import for_project
+    from mlfix.project import Project
+    from mlfix.thumbnails import for_project, thumbnail
 
     (tmp_path / "data" / "cat").mkdir(parents=True)
     colour_image(400, 300).save(tmp_path / "data" / "cat" / "1.jpg")
+    colour_image(60, 80).save(tmp_path / "data" / "cat" / "2.png")
+    project = Project.create(tmp_path / "project", images=tmp_path / "data")
 
-    class FakeProject:  # just the attributes for_project reads
-        dir = tmp_path / "project"
-        root = DataRoot(tmp_path / "data")
-        samples = pd.DataFrame([{"sample_id": "cat/1.jpg", "path": "cat/1.jpg", "label": "cat",
-                                 "box_x": None, "box_y": None, "box_w": None, "box_h": None}])
-
-    cache = for_project(FakeProject(), size=128)
+    cache = for_project(project, size=128)
+    assert for_project(project, size=128) is cache  # one cache per project and size
     path = cache.ensure("cat/1.jpg")
     assert path.is_relative_to(tmp_path / "project" / "thumbs")
     with Image.open(path) as im:
         assert im.size == (128, 96)
+    with Image.open(thumbnail(project, "cat/2.png", 64)) as im:
+        assert im.size == (48, 64)
+    assert cache.ensure_many(["nope.png"])[0].exists() and cache.is_placeholder("nope.png")

@@ -1,0 +1,162 @@
+"""The review grid: a keyboard-driven custom component (``st.components.v2``, html/css/js, no build).
+
+The browser side is ``grid.js`` / ``grid.css`` beside this file. How it talks to Python:
+
+- Python sends ``data`` (see :func:`render`): the page's items ``{id, url, label, status,
+  new_label, suggested}``, the label palette ``{label, key, color}``, the side panel of the focused
+  image, the counter, the page, and ``acks`` (per browser session, the highest action ``seq`` that
+  Python has applied).
+- The browser sends one trigger, ``actions``: ``{session, actions: [...]}`` with every action it has
+  not seen acknowledged yet (see :mod:`mlfix.review_actions`), and one state value, ``focus`` (the
+  focused sample id, for the side panel's neighbours).
+
+Thumbnails travel by URL, not inside ``data``: with ``server.enableStaticServing`` the page's
+thumbnails are hard-linked (or copied) from ``<project>/thumbs`` into the app's ``static/`` folder
+and served under ``app/static/``; without it they are sent as data URLs (slower, but it works).
+
+Example (a page)::
+
+    result = grid.render(items, grid.palette(project.labels), key="review", view="cat|0", ...)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import streamlit as st
+
+HERE = Path(__file__).resolve().parent
+COMPONENT_NAME = "mlfix_review_grid"
+STATIC_SUBDIR = "mlfix-thumbs"
+# Keys that are commands in the grid; labels get the digits, then the remaining letters.
+COMMAND_KEYS = frozenset("foznp")
+PALETTE_KEYS = tuple("1234567890") + tuple(c for c in "abcdeghijklmqrstuvwxy" if c not in COMMAND_KEYS)
+# A qualitative palette readable as white-on-colour badges (Tableau 10, then darker variants).
+COLORS = ("#1f77b4", "#e8590c", "#2b8a3e", "#c92a2a", "#7048e8", "#8c564b", "#d6336c", "#495057",
+          "#808000", "#0c8599", "#364fc7", "#a61e4d", "#5c940d", "#862e9c", "#d9480f", "#087f5b")
+
+
+def _read(name: str) -> str:
+    text = (HERE / name).read_text(encoding="utf-8")
+    # A one-line string with "/" or ending in ".js" is taken for a file path by Streamlit.
+    return text if "\n" in text else text + "\n"
+
+
+_renderer = st.components.v2.component(
+    COMPONENT_NAME,
+    html='<div id="mlfix-root"></div>\n',
+    css=_read("grid.css"),
+    js=_read("grid.js"),
+    isolate_styles=True,
+)
+
+
+def palette(labels: Sequence[str]) -> list[dict]:
+    """One entry per label: ``{label, key, color}``; keys 1-9, 0, then letters that are not commands.
+
+    Labels past the 31st get no key (their chips in the palette are still clickable).
+
+    >>> [p["key"] for p in palette(["a", "b", "c"])]
+    ['1', '2', '3']
+    >>> palette([str(i) for i in range(12)])[10]["key"]
+    'a'
+    """
+    labels = [str(label) for label in labels]
+    if len(set(labels)) != len(labels):
+        raise ValueError("palette labels must be unique")
+    return [{"label": label, "key": PALETTE_KEYS[i] if i < len(PALETTE_KEYS) else None,
+             "color": COLORS[i % len(COLORS)]} for i, label in enumerate(labels)]
+
+
+# ------------------------------------------------------------------------------------ thumbnails
+
+
+def static_serving_dir() -> Path | None:
+    """The app's ``static/`` folder when ``server.enableStaticServing`` is on, else None."""
+    from streamlit import config
+    from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+
+    if not config.get_option("server.enableStaticServing"):
+        return None
+    ctx = get_script_run_ctx(suppress_warning=True)
+    main = getattr(ctx, "main_script_path", None) if ctx is not None else None
+    if not main:
+        return None
+    return Path(main).resolve().parent / "static"
+
+
+def thumbnail_urls(cache, sample_ids: Sequence[str], static_dir: Path | None = None) -> list[str]:
+    """URLs the browser loads the thumbnails of ``sample_ids`` from (made on disk when missing).
+
+    ``cache`` is a :class:`mlfix.thumbnails.ThumbnailCache`. With a ``static_dir`` the files are
+    hard-linked there (copied across file systems) and the URLs are ``app/static/...``; without one
+    they are ``data:`` URLs.
+    """
+    paths = cache.ensure_many(sample_ids)
+    if static_dir is None:
+        return [_data_url(p) for p in paths]
+    project_key = hashlib.sha1(str(Path(cache.folder).resolve()).encode()).hexdigest()[:12]
+    base = Path(static_dir) / STATIC_SUBDIR / project_key
+    urls = []
+    for sample_id, path in zip(sample_ids, paths):
+        rel = cache.relpath(sample_id)
+        target = base / rel
+        if not target.exists():
+            _link_or_copy(path, target)
+        urls.append(f"app/static/{STATIC_SUBDIR}/{project_key}/{rel}")
+    return urls
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)  # a hard link: no copy, and the static route accepts it
+    except FileExistsError:
+        pass
+    except OSError:
+        tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+
+
+def _data_url(path: Path) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+# ------------------------------------------------------------------------------------ the component
+
+
+def render(*, key: str, view: str, items: list[dict], palette: list[dict], counter: dict,
+           page: dict, acks: dict, panel: dict | None = None, errors: Sequence[str] = (),
+           show_labels: bool = False, batches: int = 0,
+           on_actions: Callable[[], None] | None = None,
+           on_focus: Callable[[], None] | None = None) -> Any:
+    """Mount (or update) the grid; returns the component result (``.focus``, ``.actions``).
+
+    Args:
+        key: the component key; keep it fixed so the browser side keeps focus and selection.
+        view: changes whenever the set of items changes (class, sort, page, view): the grid then
+            resets its focus and selection.
+        items: ``[{id, url, label, status, new_label, suggested}]`` for this page.
+        palette: from :func:`palette`.
+        counter: ``{reviewed, total, title}``; page: ``{index, count}``.
+        acks: ``{browser_session: highest applied seq}``.
+        panel: the focused image's side panel (``{id, url, label, ..., neighbours: [items]}``).
+        batches: how many batches Python has received: a new value makes the browser re-read
+            ``acks`` even when nothing else changed.
+        on_actions / on_focus: callbacks, run before the script when the browser sends them.
+    """
+    data = {"view": view, "items": items, "palette": palette, "counter": counter, "page": page,
+            "acks": acks, "panel": panel, "errors": list(errors), "show_labels": bool(show_labels),
+            "batches": int(batches)}
+    return _renderer(key=key, data=data, default={"focus": None},
+                     on_actions_change=on_actions or _noop, on_focus_change=on_focus or _noop)
+
+
+def _noop() -> None:
+    return None

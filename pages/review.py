@@ -1,0 +1,288 @@
+"""Review: the sorted grid, one class (or one published view) at a time.
+
+Similar images sit side by side (the project's similarity ordering) or the most suspicious come
+first (any score column). Every key press in the grid is a decision stored at once in the project's
+decisions store; see :mod:`mlfix.ui.grid` for how the grid and this script talk.
+
+Runs inside ``app.py`` (st.navigation) and on its own (``streamlit run pages/review.py -- --project
+DIR``, and AppTest). Imports no torch.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from mlfix import review_actions, thumbnails
+from mlfix.ui import grid, state
+
+GRID_KEY = "mlfix_review_grid"
+PAGE_KEY = "mlfix_review_page"
+CONTEXT_KEY = "mlfix_review_context"
+APPLIER_KEY = "mlfix_review_applier"
+ERRORS_KEY = "mlfix_review_errors"
+BATCHES_KEY = "mlfix_review_batches"
+ALL_IMAGES = "(all images)"
+BY_CLASS = "By class"
+SIMILARITY = "Similarity"
+PAGE_SIZES = (100, 150, 200)
+THUMB_SIZE = 128
+PANEL_SIZE = 256
+NEIGHBOURS = 8
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _store_for(project_dir: str):
+    from mlfix.reviews import ReviewStore
+
+    return ReviewStore.for_project(project_dir)
+
+
+def review_store(project):
+    """The project's decisions store (``project.reviews`` when the project offers it)."""
+    store = getattr(project, "reviews", None)
+    return store if store is not None and hasattr(store, "record") else _store_for(str(project.dir))
+
+
+def published_views(project) -> dict[str, dict]:
+    """``{name: {sample_ids, note, created}}`` published from a notebook; {} when none or unsupported."""
+    try:
+        if hasattr(project, "views"):
+            return dict(project.views())
+        from mlfix.views import list_views
+
+        return list_views(project.dir)
+    except Exception:  # a damaged view file must not break the page
+        return {}
+
+
+def score_table(project) -> pd.DataFrame | None:
+    """The project's last computed scores, or None. Never computes them here: that is slow work
+    for the Training page or a notebook (``project.scores()``), and would import torch."""
+    path = Path(project.dir) / "scores.parquet"
+    if not path.exists():
+        return None
+    try:
+        table = project.cached_scores() if hasattr(project, "cached_scores") else pd.read_parquet(path)
+    except Exception:  # scores being rewritten, or an old format: sort by similarity only
+        return None
+    return table if isinstance(table, pd.DataFrame) and "sample_id" in table.columns else None
+
+
+def score_columns(table: pd.DataFrame | None) -> list[str]:
+    if table is None:
+        return []
+    return [c for c in table.columns if c == "score" or c.startswith("score_")]
+
+
+def ordered_ids(project, label: str | None, view: dict | None, sort: str,
+                scores: pd.DataFrame | None) -> tuple[np.ndarray, str | None]:
+    """The sample ids to review in order, and a note when the order is a fallback."""
+    samples = project.samples
+    note = None
+    if view is not None:
+        known = set(samples["sample_id"])
+        ids = np.array([s for s in view["sample_ids"] if s in known], dtype=object)
+    elif getattr(project, "is_indexed", False):
+        ids = np.asarray(project.order(label), dtype=object)
+    else:
+        subset = samples if label is None else samples[samples["label"] == label]
+        ids = subset["sample_id"].to_numpy(dtype=object)
+        note = "The project is not indexed yet: images are in file order. Index it to see similar images side by side."
+    if sort != SIMILARITY and scores is not None and sort in scores.columns:
+        by_id = scores.drop_duplicates("sample_id").set_index("sample_id")[sort]
+        values = by_id.reindex(ids).to_numpy(dtype=float)
+        ids = ids[np.argsort(np.where(np.isnan(values), -np.inf, -values), kind="stable")]
+    return ids, note
+
+
+def _state_of(store, project, ids: np.ndarray) -> pd.DataFrame:
+    samples = project.samples
+    subset = samples.loc[samples["sample_id"].isin(ids), ["sample_id", "label"]]
+    return store.current_state(subset).set_index("sample_id")
+
+
+def make_items(ids: list[str], urls: list[str], current: pd.DataFrame, originals: pd.Series,
+               suggested: pd.Series | None) -> list[dict]:
+    """The grid's items: ``{id, url, label, status, new_label, suggested}``."""
+    items = []
+    for sample_id, url in zip(ids, urls):
+        row = current.loc[sample_id] if sample_id in current.index else None
+        status = str(row["status"]) if row is not None else "unreviewed"
+        label = originals.get(sample_id)
+        item = {"id": sample_id, "url": url, "label": None if pd.isna(label) else str(label),
+                "status": status,
+                "new_label": str(row["label"]) if status == "relabeled" else None}
+        if suggested is not None:
+            value = suggested.get(sample_id)
+            item["suggested"] = None if value is None or pd.isna(value) else str(value)
+        items.append(item)
+    return items
+
+
+# ------------------------------------------------------------------------------------ actions
+
+
+def _applier() -> review_actions.BatchApplier:
+    if APPLIER_KEY not in st.session_state:
+        st.session_state[APPLIER_KEY] = review_actions.BatchApplier()
+    return st.session_state[APPLIER_KEY]
+
+
+def _apply_actions(project, store, labels: list[str]) -> None:
+    """Callback of the grid's ``actions`` trigger: store the batch (exactly once), move pages."""
+    st.session_state[BATCHES_KEY] = st.session_state.get(BATCHES_KEY, 0) + 1
+    try:
+        payload = st.session_state[GRID_KEY]["actions"]
+    except (KeyError, TypeError):
+        return
+    if payload is None:
+        return
+    known = project.row_of if hasattr(project, "row_of") else None
+    try:
+        result = _applier().apply(payload, store, labels, state.reviewer(),
+                                  known_ids=(lambda s: _is_known(known, s)) if known else None)
+    except Exception as err:  # the grid resends the batch; say why it was not stored
+        st.session_state[ERRORS_KEY] = [f"Not stored yet ({type(err).__name__}: {err}); retrying."]
+        return
+    st.session_state[ERRORS_KEY] = result.errors
+    if result.page_delta:
+        st.session_state[PAGE_KEY] = st.session_state.get(PAGE_KEY, 0) + result.page_delta
+
+
+def _is_known(row_of, sample_id: str) -> bool:
+    try:
+        row_of(sample_id)
+        return True
+    except KeyError:
+        return False
+
+
+def _turn_page(delta: int) -> None:
+    st.session_state[PAGE_KEY] = st.session_state.get(PAGE_KEY, 0) + delta
+
+
+# ------------------------------------------------------------------------------------ page
+
+
+def _focused_id() -> str | None:
+    try:
+        value = st.session_state[GRID_KEY]["focus"]
+    except (KeyError, TypeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _panel(project, store, focus: str, url_for, originals: pd.Series, scores: pd.DataFrame | None,
+           sort: str) -> dict:
+    """The side panel of the focused image: a larger thumbnail and its nearest neighbours."""
+    big = thumbnails.for_project(project, PANEL_SIZE)
+    panel = {"id": focus, "url": url_for(big, [focus])[0], "label": _text(originals.get(focus))}
+    if scores is not None:
+        row = scores.loc[scores["sample_id"] == focus]
+        if len(row):
+            panel["suggested"] = _text(row["suggested_label"].iloc[0]) if "suggested_label" in row else None
+            column = sort if sort in row.columns else "score" if "score" in row.columns else None
+            if column is not None and not pd.isna(row[column].iloc[0]):
+                panel["score"] = float(row[column].iloc[0])
+    try:
+        near = list(project.neighbours(focus, k=NEIGHBOURS)) if getattr(project, "is_indexed", False) else []
+    except Exception:
+        near = []
+    if near:
+        small = thumbnails.for_project(project, THUMB_SIZE)
+        current = _state_of(store, project, np.asarray(near, dtype=object))
+        panel["neighbours"] = make_items(near, url_for(small, near), current, originals, None)
+    return panel
+
+
+def _text(value) -> str | None:
+    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
+
+
+def main() -> None:
+    project = state.require_project()
+    store = review_store(project)
+    labels = list(project.labels)
+    samples = project.samples
+    originals = pd.Series(samples["label"].to_numpy(dtype=object), index=samples["sample_id"].to_numpy())
+    views = published_views(project)
+    scores = score_table(project)
+    # A dense tool: use the width of the window (this style lives only while the page is shown).
+    st.html("<style>.block-container{padding:2.2rem 1.5rem 0.5rem 1.5rem;max-width:none}</style>")
+
+    # ---- pickers ---------------------------------------------------------------------------
+    widths = ([1.3] if views else []) + [1.3, 1.2, 0.7, 0.75, 0.75]
+    cols = list(st.columns(widths, vertical_alignment="bottom"))
+    view_name = BY_CLASS
+    if views:
+        view_name = cols.pop(0).selectbox("Images", [BY_CLASS] + list(views), key="mlfix_review_view",
+                                          help="Views are published from Python with project.publish_view().")
+    view = views.get(view_name) if view_name != BY_CLASS else None
+    label_options = labels + [ALL_IMAGES] if labels else [ALL_IMAGES]
+    label = cols[0].selectbox("Class", label_options, key="mlfix_review_class", disabled=view is not None,
+                              help="Images whose given label is this class.")
+    sort = cols[1].selectbox("Sort by", [SIMILARITY] + score_columns(scores), key="mlfix_review_sort",
+                             help="Similarity: similar images side by side. A score: most likely "
+                                  "mislabeled first.")
+    page_size = cols[2].selectbox("Per page", PAGE_SIZES, index=len(PAGE_SIZES) - 1, key="mlfix_review_size")
+
+    ids, note = ordered_ids(project, None if label == ALL_IMAGES else label, view, sort, scores)
+    context = (view_name, label, sort, page_size)
+    if st.session_state.get(CONTEXT_KEY) != context:
+        st.session_state[CONTEXT_KEY] = context
+        st.session_state[PAGE_KEY] = 0
+    pages = max(1, math.ceil(len(ids) / page_size))
+    page = min(max(0, int(st.session_state.get(PAGE_KEY, 0))), pages - 1)
+    st.session_state[PAGE_KEY] = page
+    cols[3].button("Prev", key="mlfix_review_prev", icon=":material/chevron_left:", on_click=_turn_page,
+                   args=(-1,), disabled=page == 0, width="stretch", help="Previous page (p)")
+    cols[4].button("Next", key="mlfix_review_next", icon=":material/chevron_right:", on_click=_turn_page,
+                   args=(1,), disabled=page >= pages - 1, width="stretch", help="Next page (n)")
+    if note:
+        st.caption(note)
+    if view is not None and view.get("note"):
+        st.caption(f"View **{view_name}**: {view['note']}")
+    if len(ids) == 0:
+        st.info("No images here.")
+        return
+
+    # ---- the grid ----------------------------------------------------------------------------
+    page_ids = [str(s) for s in ids[page * page_size:(page + 1) * page_size]]
+    static_dir = grid.static_serving_dir()
+
+    def url_for(cache, some_ids):
+        return grid.thumbnail_urls(cache, some_ids, static_dir)
+
+    urls = url_for(thumbnails.for_project(project, THUMB_SIZE), page_ids)
+    current = _state_of(store, project, ids)
+    suggested = None
+    if scores is not None and "suggested_label" in scores.columns:
+        suggested = scores.drop_duplicates("sample_id").set_index("sample_id")["suggested_label"]
+    items = make_items(page_ids, urls, current, originals, suggested)
+    reviewed = int((current["status"] != "unreviewed").sum())
+    title = f"View: {view_name}" if view is not None else f"Class: {label}"
+    focus = _focused_id()
+    if focus not in set(page_ids):
+        focus = page_ids[0]
+    panel = _panel(project, store, focus, url_for, originals, scores, sort)
+    errors = st.session_state.get(ERRORS_KEY) or []
+    grid.render(key=GRID_KEY, view=f"{context}|{page}", items=items, palette=grid.palette(labels),
+                counter={"reviewed": reviewed, "total": len(ids), "title": title},
+                page={"index": page, "count": pages}, acks=dict(_applier().last_seq), panel=panel,
+                errors=errors, show_labels=view is not None or label == ALL_IMAGES,
+                batches=st.session_state.get(BATCHES_KEY, 0),
+                on_actions=lambda: _apply_actions(project, store, labels))
+    if static_dir is None:
+        st.caption("Tip: set `server.enableStaticServing = true` in `.streamlit/config.toml` for faster "
+                   "thumbnails.")
+
+
+main()

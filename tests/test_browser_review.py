@@ -1,0 +1,177 @@
+"""The Review page in a real browser (Debian Chromium + Playwright): keyboard to stored decisions.
+
+Starts ``streamlit run app.py`` on a free loopback port with a copy of the demo project, selects three
+images with the keyboard, relabels them with a palette key, and checks the three rows in the
+decisions store and in the exported corrected-labels CSV; then undoes with ``z``. Screenshots (1280x800)
+go to ``test-output/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+OUTPUT = REPO / "test-output"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+REVIEWER = "browser-test"
+
+
+def copy_project(source: Path, target: Path) -> Path:
+    """A private copy of an indexed project (its own decisions store and thumbnails)."""
+    skip = shutil.ignore_patterns("images", "thumbs", "reviews.db*", "cells.npy", "progress")
+    shutil.copytree(source, target, ignore=skip)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited early with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"streamlit did not answer at {url} within {timeout} s")
+
+
+@pytest.fixture
+def app_url(demo_project, tmp_path):
+    project = copy_project(Path(demo_project.dir), tmp_path / "project")
+    port = free_port()
+    env = {**os.environ, "MLFIX_REVIEWER": REVIEWER, "MLFIX_PROJECT": str(project)}
+    log = open(tmp_path / "streamlit.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
+         "--server.enableStaticServing", "true", "--browser.gatherUsageStats", "false",
+         "--", "--project", str(project)],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        yield url, project
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def poll(check, timeout: float = 20.0, every: float = 0.25):
+    """Call ``check`` until it returns something truthy; return it (or the last value)."""
+    deadline = time.monotonic() + timeout
+    value = check()
+    while not value and time.monotonic() < deadline:
+        time.sleep(every)
+        value = check()
+    return value
+
+
+def test_select_three_with_the_keyboard_relabel_and_undo(app_url):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian Chromium is not installed at /usr/bin/chromium (make browser installs it)")
+    from playwright.sync_api import sync_playwright
+
+    from mlfix.export import export_table, to_csv
+    from mlfix.project import Project
+    from mlfix.reviews import ReviewStore
+
+    url, project_dir = app_url
+    project = Project.open(project_dir)
+    store = ReviewStore.for_project(project_dir)
+    OUTPUT.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        # The app's entry first: with a pages/ folder beside app.py, Streamlit 1.67 runs a deep link
+        # as a legacy multipage app until app.py's st.navigation has run once in the server.
+        page.goto(url)
+        page.get_by_text("Project folder").first.wait_for(timeout=60_000)
+        page.goto(url + "/review")
+        page.locator(".tile").first.wait_for(timeout=60_000)
+        tiles = page.locator(".tile")
+        # every thumbnail of the first rows is loaded by URL (not a data URL) and decoded
+        first = tiles.first.locator("img")
+        assert first.get_attribute("src").startswith("app/static/")
+        poll(lambda: first.evaluate("img => img.complete && img.naturalWidth > 0"), timeout=10)
+        assert first.evaluate("img => img.naturalWidth") > 0
+        page.screenshot(path=str(OUTPUT / "review-1-initial.png"))
+
+        current_class = page.locator(".ctitle").inner_text().split(": ", 1)[1]
+        chips = page.locator(".chip")
+        target_label, key = next((c.get_attribute("data-label"), c.locator("kbd").inner_text())
+                                 for c in chips.all() if c.get_attribute("data-label") != current_class)
+        ids = [tiles.nth(i).locator("img").get_attribute("alt") for i in range(3)]
+
+        page.locator(".wrap").focus()
+        page.keyboard.press("Space")
+        for _ in range(2):
+            page.keyboard.press("ArrowRight")
+            page.keyboard.press("Space")
+        assert page.locator(".tile.selected").count() == 3
+        page.locator(".tile").nth(6).hover()  # the hover enlargement, for the screenshot
+        time.sleep(0.6)
+        page.screenshot(path=str(OUTPUT / "review-2-selected.png"))
+        page.mouse.move(5, 790)
+
+        page.keyboard.press(key)
+        poll(lambda: len(store.decisions()) >= 3)
+        stored = store.decisions()
+        assert len(stored) == 3, "the three decisions did not reach the store (exactly once)"
+        assert sorted(stored["sample_id"]) == sorted(ids)
+        assert set(stored["kind"]) == {"relabel"} and set(stored["label"]) == {target_label}
+        assert set(stored["reviewer"]) == {REVIEWER}
+        assert stored["client_id"].is_unique
+
+        table = export_table(project.samples, store.current_state(project.samples))
+        exported = pd.read_csv(io.BytesIO(to_csv(table)))
+        changed = exported[exported["changed"]]
+        assert sorted(changed["sample_id"]) == sorted(ids)
+        assert set(changed["corrected_label"]) == {target_label}
+        assert set(changed["original_label"]) == {current_class}
+
+        badges = page.locator(".tile[data-status='relabeled'] .badge")
+        poll(lambda: badges.count() == 3 and not page.locator(".tile.pending").count(), timeout=10)
+        assert badges.count() == 3 and badges.first.inner_text() == f"→ {target_label}"
+        assert page.locator(".counter").get_attribute("data-reviewed") == "3"
+        page.screenshot(path=str(OUTPUT / "review-3-relabeled.png"))
+
+        # z undoes the last action: three undo rows, the labels are back
+        page.locator(".wrap").focus()
+        page.keyboard.press("z")
+        poll(lambda: len(store.decisions()) >= 6)
+        undone = store.decisions()
+        assert len(undone) == 6 and (undone["kind"] == "undo").sum() == 3
+        assert set(undone.loc[undone["kind"] == "undo", "undoes"]) == set(stored["id"])
+        after = store.corrected_labels(project.samples[["sample_id", "label"]])
+        assert not after["changed"].any()
+        poll(lambda: page.locator(".tile[data-status='relabeled']").count() == 0, timeout=10)
+        assert page.locator(".tile[data-status='relabeled']").count() == 0
+        browser.close()
+    store.close()
