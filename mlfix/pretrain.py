@@ -1,0 +1,568 @@
+"""Barlow Twins self-supervised training of a project's backbone on its own images.
+
+:func:`train_barlow_twins` trains a timm backbone (ResNet18 by default) with lightly's
+``BarlowTwinsLoss``, ``BarlowTwinsProjectionHead`` and BYOL two-view augmentations (lightly's own
+Barlow Twins recipe), SGD with a linear warmup and a cosine decay, seeded. The features it learns
+reflect the dataset's own domain (traffic-sign crops, product photos) rather than ImageNet.
+
+Checkpoints (``<checkpoint_dir>/last.pt``) are written after every epoch, and every few minutes
+within long epochs, to a temporary file in the same folder that then replaces ``last.pt``
+(``os.replace`` is atomic), so a kill or a full disk never leaves a half-written checkpoint. Calling
+again resumes from ``last.pt`` at the saved epoch and step; a larger ``epochs`` extends a finished
+run (the cosine schedule is stretched to the new length from the current step on).
+
+A checkpoint that cannot be read is never overwritten silently: :class:`CheckpointError` names the
+file and says what to do (rename or delete it, or pass ``resume=False`` to start over and replace it).
+
+Example:
+    >>> from mlfix.dataset import scan, DataRoot                               # doctest: +SKIP
+    >>> found = scan("photos/")                                                # doctest: +SKIP
+    >>> path = train_barlow_twins(DataRoot("photos/"), found.samples,          # doctest: +SKIP
+    ...                           Path("proj/models"), epochs=5, image_size=64)
+    >>> backbone = create_backbone("resnet18", weights=path)                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlfix.backbone import MIN_IMAGE_SIZE
+from mlfix.dataset import DataRoot, ImageError, load_image
+
+if TYPE_CHECKING:  # torch is imported lazily: the app's pages import this module
+    import pandas as pd
+    import torch
+
+    from mlfix.progress import Progress
+
+CHECKPOINT_NAME = "last.pt"
+SUMMARY_NAME = "last.json"
+MIN_BATCH = 2  # Barlow Twins normalises over the batch: one sample has no variance
+SETTINGS_THAT_MUST_MATCH = ("backbone", "init", "batch_size", "image_size", "flip", "head_dim", "lr",
+                            "weight_decay", "seed")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the requested run; the message says why."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that defines a training run; stored in every checkpoint."""
+
+    backbone: str
+    init: str
+    epochs: int
+    batch_size: int
+    image_size: int
+    flip: bool
+    head_dim: int
+    lr: float
+    weight_decay: float
+    seed: int
+    warmup_steps: int = 0
+
+
+@dataclass
+class _Position:
+    epoch: int = 0      # completed epochs
+    batch: int = 0      # batches done within the current epoch
+    step: int = 0       # batches done in total (the schedule's clock)
+
+
+def trained_weights_path(project_dir: str | os.PathLike) -> Path | None:
+    """``<project>/models/last.pt`` if training has written a checkpoint there, else None.
+
+    The file holds ``{'backbone': state_dict, 'settings': {...}, ...}``; pass it as
+    ``create_backbone(settings['backbone'], weights=path)`` (see :func:`checkpoint_summary`).
+    """
+    path = Path(project_dir) / "models" / CHECKPOINT_NAME
+    return path if path.is_file() else None
+
+
+def checkpoint_summary(checkpoint_dir: str | os.PathLike) -> dict | None:
+    """The small JSON beside ``last.pt``: settings, epoch, step, loss, time; None if absent.
+
+    Cheap to read (the app and CLI use it to show a run's state without loading the weights).
+    """
+    path = Path(checkpoint_dir) / SUMMARY_NAME
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def train_barlow_twins(root: DataRoot, samples: pd.DataFrame, checkpoint_dir: str | os.PathLike, *,
+                       backbone: str = "resnet18", init: str = "random", epochs: int = 10,
+                       batch_size: int = 128, image_size: int = 64, flip: bool = True,
+                       head_dim: int = 2048, lr: float | None = None, weight_decay: float = 5e-4,
+                       seed: int = 0, workers: int | None = None, device: str | None = None,
+                       progress: Progress | None = None, resume: bool = True,
+                       checkpoint_minutes: float = 10.0, channels_last: bool = True) -> Path:
+    """Train ``backbone`` with Barlow Twins on ``samples`` and return the path of ``last.pt``.
+
+    Args:
+        root: the data root the ``path`` column of ``samples`` is relative to.
+        samples: the sample table (``path`` and optional ``box_x/y/w/h`` crop columns).
+        checkpoint_dir: folder for ``last.pt`` and ``last.json`` (a project's ``models/``).
+        backbone: a timm model name (``resnet18``, ``efficientnet_lite0``...).
+        init: starting weights: ``random``, ``imagenet`` (needs the internet), ``offline`` or a file.
+        epochs: total epochs of the run; more than a finished run's extends it.
+        batch_size: images per step; clamped (with a warning) to the number of samples.
+        image_size: side of the square training crops in pixels (at least 32).
+        flip: random horizontal flips; turn off where a mirror image means another class.
+        head_dim: width of the projection head (lightly's default 8192 is ~8x slower on a CPU).
+        lr: SGD learning rate; None means ``0.06 * batch_size / 128`` (lightly's Barlow Twins
+            CIFAR-10 recipe), after a linear warmup of up to one epoch, then a cosine decay.
+        weight_decay: applied to weights, not to biases and norm parameters.
+        seed: seeds the initialisation, the per-epoch sample order and the augmentations.
+        workers: DataLoader worker processes; None picks one from the device and CPU count.
+        device: ``cuda``, ``cpu`` or None (CUDA when available, else the CPU with all cores).
+        progress: a :class:`mlfix.progress.Progress`; the ``train`` stage gets a bar and
+            records with ``step, epoch, loss, images_per_s, eta_s, done, total``. None: a bar only.
+        resume: continue from ``last.pt`` if present (the default). False starts over and replaces it.
+        checkpoint_minutes: also checkpoint within an epoch when this much time passed since the last.
+        channels_last: NHWC memory format (faster convolutions on CPU and CUDA).
+
+    Returns:
+        The path of the last checkpoint, ``checkpoint_dir / "last.pt"``.
+
+    Raises:
+        ValueError: bad arguments, too few images, a backbone that cannot take ``image_size``.
+        CheckpointError: ``last.pt`` is unreadable, or was made with other settings.
+        OSError: a checkpoint could not be written (disk full...); the previous one is intact.
+        RuntimeError: the loss became NaN/inf, or no image of an epoch could be read.
+    """
+    import torch
+
+    checkpoint_dir = Path(checkpoint_dir)
+    rows = _sample_rows(samples)
+    settings = _settings(len(rows), backbone=backbone, init=str(init), epochs=epochs,
+                         batch_size=batch_size, image_size=image_size, flip=flip, head_dim=head_dim,
+                         lr=lr, weight_decay=weight_decay, seed=seed)
+    dev = _pick_device(device)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(checkpoint_dir)
+    saved = _load_checkpoint(checkpoint_dir / CHECKPOINT_NAME, settings) if resume else None
+
+    torch.manual_seed(seed)
+    model, head = _build(settings, dev, channels_last, from_checkpoint=saved is not None)
+    optimizer = _optimizer(model, head, settings)
+    steps_per_epoch = len(rows) // settings.batch_size
+    total_steps = settings.epochs * steps_per_epoch
+    scheduler = _scheduler(optimizer, settings, total_steps)
+    position = _restore(saved, model, head, optimizer, scheduler, steps_per_epoch) if saved else _Position()
+    if position.step >= total_steps:
+        _close(progress)
+        return checkpoint_dir / CHECKPOINT_NAME
+
+    loop = _Loop(settings, model, head, optimizer, scheduler, dev, channels_last, checkpoint_dir,
+                 progress, total_steps, steps_per_epoch, checkpoint_minutes)
+    loader = _loader(root, rows, settings, dev, workers, position)
+    try:
+        loop.run(loader, position)
+    finally:
+        _close(progress)
+    return checkpoint_dir / CHECKPOINT_NAME
+
+
+# ---------------------------------------------------------------- arguments and setup
+
+
+def _sample_rows(samples: pd.DataFrame) -> list[dict]:
+    if "path" not in samples.columns:
+        raise ValueError(f"samples need a 'path' column (the sample table from mlfix.dataset.scan); "
+                         f"got columns {list(samples.columns)}")
+    keep = [c for c in ("sample_id", "path", "box_x", "box_y", "box_w", "box_h") if c in samples.columns]
+    rows = samples[keep].to_dict("records")
+    for row in rows:  # plain floats/None pickle small and load_image reads them directly
+        for key in ("box_x", "box_y", "box_w", "box_h"):
+            if key in row and (row[key] is None or _is_nan(row[key])):
+                row[key] = None
+    return rows
+
+
+def _is_nan(value: Any) -> bool:
+    try:
+        return math.isnan(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _settings(n: int, *, backbone: str, init: str, epochs: int, batch_size: int, image_size: int,
+              flip: bool, head_dim: int, lr: float | None, weight_decay: float, seed: int) -> TrainSettings:
+    if n < MIN_BATCH:
+        raise ValueError(f"Barlow Twins needs at least {MIN_BATCH} images (it compares images within "
+                         f"a batch); the sample table has {n}. Add images or check the scan's problems.")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a whole number >= 1, got {epochs!r}")
+    if not isinstance(batch_size, int) or batch_size < MIN_BATCH:
+        raise ValueError(f"batch size must be a whole number >= {MIN_BATCH} (batch statistics need "
+                         f"several images), got {batch_size!r}; 64-256 is typical")
+    if batch_size > n:
+        warnings.warn(f"batch size {batch_size} is larger than the dataset ({n} images); using "
+                      f"{n}, one step per epoch", stacklevel=3)
+        batch_size = n
+    if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image size {image_size!r} px is too small for the backbone's stride-32 "
+                         f"stages; use at least {MIN_IMAGE_SIZE} (64 is a good CPU default)")
+    if head_dim < 8:
+        raise ValueError(f"head_dim must be >= 8 (2048 is the CPU-friendly default), got {head_dim}")
+    lr = 0.06 * batch_size / 128 if lr is None else float(lr)
+    if not lr > 0 or weight_decay < 0:
+        raise ValueError(f"learning rate must be > 0 and weight decay >= 0; got lr={lr}, "
+                         f"weight_decay={weight_decay}")
+    steps_per_epoch = n // batch_size
+    warmup = max(1, min(steps_per_epoch, 500))  # fixed, so that extending a run keeps it
+    return TrainSettings(backbone=backbone, init=init, epochs=epochs, batch_size=batch_size,
+                         image_size=image_size, flip=bool(flip), head_dim=int(head_dim), lr=lr,
+                         weight_decay=float(weight_decay), seed=int(seed), warmup_steps=warmup)
+
+
+def _pick_device(device: str | None) -> torch.device:
+    import torch
+
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        torch.set_num_threads(os.cpu_count() or 1)
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use device=None "
+                         "(automatic) or 'cpu'")
+    return dev
+
+
+def _build(settings: TrainSettings, dev: torch.device, channels_last: bool, from_checkpoint: bool):
+    """Backbone and projection head on ``dev``; checks the backbone takes ``image_size``."""
+    import torch
+    from lightly.models.modules import BarlowTwinsProjectionHead
+
+    from mlfix.backbone import create_backbone
+
+    # The weights come from the checkpoint when resuming: do not fetch 'imagenet' again.
+    model = create_backbone(settings.backbone, weights="random" if from_checkpoint else settings.init)
+    head = BarlowTwinsProjectionHead(model.pooled_dim, settings.head_dim, settings.head_dim)
+    _check_image_size(model, settings)
+    model, head = model.to(dev), head.to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return model, head
+
+
+def _check_image_size(model, settings: TrainSettings) -> None:
+    import torch
+
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, 3, settings.image_size, settings.image_size))
+    except RuntimeError as err:
+        raise ValueError(f"backbone {settings.backbone!r} cannot take {settings.image_size} px "
+                         f"images ({err}); use a larger image size") from None
+    finally:
+        model.train()
+
+
+def _optimizer(model, head, settings: TrainSettings):
+    import torch
+
+    decay, no_decay = [], []
+    for module in (model, head):
+        for param in module.parameters():
+            # biases and norm scales are 1-d: decaying them only hurts
+            (decay if param.ndim > 1 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": settings.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=settings.lr, momentum=0.9)
+
+
+def _scheduler(optimizer, settings: TrainSettings, total_steps: int):
+    from lightly.utils.scheduler import CosineWarmupScheduler
+
+    return CosineWarmupScheduler(optimizer, warmup_epochs=min(settings.warmup_steps, total_steps),
+                                 max_epochs=max(total_steps, 1))
+
+
+def _close(progress) -> None:
+    if progress is not None:
+        progress.close()
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _load_checkpoint(path: Path, settings: TrainSettings) -> dict | None:
+    """The saved checkpoint if there is one that fits ``settings``; raises :class:`CheckpointError`."""
+    import torch
+
+    if not path.exists():
+        return None
+    advice = (f"Rename or delete {path} to start training over (or pass resume=False / "
+              f"`mlfix train --restart` to replace it).")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, wrong format, unpickling refused...
+        raise CheckpointError(f"checkpoint {path} cannot be read (corrupt or not an mlfix "
+                              f"checkpoint: {type(err).__name__}: {err}). It was left untouched. "
+                              f"{advice}") from None
+    needed = ("backbone", "head", "optimizer", "scheduler", "epoch", "step", "settings")
+    if not isinstance(saved, dict) or any(key not in saved for key in needed):
+        raise CheckpointError(f"checkpoint {path} is not an mlfix training checkpoint (it lacks "
+                              f"{[k for k in needed if not isinstance(saved, dict) or k not in saved]}). "
+                              f"{advice}")
+    old = saved["settings"]
+    new = asdict(settings)
+    differ = {k: (old.get(k), new[k]) for k in SETTINGS_THAT_MUST_MATCH if old.get(k) != new[k]}
+    if differ:
+        text = ", ".join(f"{k}: saved {a!r}, asked {b!r}" for k, (a, b) in differ.items())
+        raise CheckpointError(f"checkpoint {path} was trained with other settings ({text}). "
+                              f"Resume with the saved settings, or: {advice}")
+    return saved
+
+
+def _restore(saved: dict, model, head, optimizer, scheduler, steps_per_epoch: int) -> _Position:
+    model.model.load_state_dict(saved["backbone"])
+    head.load_state_dict(saved["head"])
+    optimizer.load_state_dict(saved["optimizer"])
+    position = _Position(epoch=int(saved["epoch"]), batch=int(saved.get("batch", 0)),
+                         step=int(saved["step"]))
+    if position.batch >= steps_per_epoch:  # the dataset shrank since: that epoch is done
+        position.epoch, position.batch = position.epoch + 1, 0
+    # The schedule is a function of the step: re-derive the lr for the (possibly longer) run.
+    scheduler.last_epoch = position.step - 1
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()
+    return position
+
+
+def _save_atomic(state: dict, path: Path) -> None:
+    """Write ``state`` to a temporary file beside ``path``, then rename it over ``path``."""
+    import torch
+
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        kept = f"the previous checkpoint {path} is intact" if path.exists() else "no checkpoint was kept"
+        raise OSError(err.errno, f"cannot write checkpoint {path}: {err.strerror or err} "
+                      f"(is the disk full?); {kept}. Free some space and run again to resume.") from err
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    for leftover in glob.glob(str(folder / f".{CHECKPOINT_NAME}.*.tmp")):
+        Path(leftover).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- data
+
+
+class _TwoViews:
+    """Dataset of (index, view0, view1); an unreadable image gives (index, None, reason)."""
+
+    def __init__(self, root: DataRoot, rows: list[dict], image_size: int, flip: bool):
+        from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform
+
+        self.root, self.rows, self.image_size = root, rows, image_size
+        # lightly's small-image recipe: no blur below 64 px (it wipes out small images)
+        blur = 0.0 if image_size <= 64 else None
+        hf = 0.5 if flip else 0.0
+        v1 = {"input_size": image_size, "hf_prob": hf, **({"gaussian_blur": blur} if blur is not None else {})}
+        v2 = {"input_size": image_size, "hf_prob": hf, **({"gaussian_blur": blur} if blur is not None else {})}
+        self.transform = BYOLTransform(BYOLView1Transform(**v1), BYOLView2Transform(**v2))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int):
+        try:
+            image = load_image(self.root, self.rows[index], target_size=2 * self.image_size)
+        except (ImageError, OSError) as err:
+            return index, None, str(err)
+        side = min(image.size)
+        if side > 2 * self.image_size:  # smaller source: cheaper random crops, same result
+            scale = 2 * self.image_size / side
+            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+        view0, view1 = self.transform(image)
+        return index, view0, view1
+
+
+def _collate(items: list):
+    """Stack the readable pairs; return (x0, x1, failures [(index, reason)])."""
+    import torch
+
+    good = [item for item in items if item[1] is not None]
+    failures = [(item[0], item[2]) for item in items if item[1] is None]
+    if not good:
+        return None, None, failures
+    return (torch.stack([g[1] for g in good]), torch.stack([g[2] for g in good]), failures)
+
+
+class _EpochBatches:
+    """Batches of indices: a seeded permutation per epoch, resumable at any batch of it.
+
+    ``drop_last``: every batch has ``batch_size`` images (batch statistics stay comparable); the
+    permutation changes every epoch, so no image is left out for good.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size - self.skip
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        for b in range(self.skip, self.n // self.batch_size):
+            yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+
+
+def _loader(root: DataRoot, rows: list[dict], settings: TrainSettings, dev, workers: int | None,
+            position: _Position):
+    import torch
+    from torch.utils.data import DataLoader
+
+    if workers is None:
+        cpus = os.cpu_count() or 1
+        # CPU training: workers compete with the compute threads, so keep them few
+        workers = min(8, cpus) if dev.type == "cuda" else max(1, min(4, cpus // 2))
+    batches = _EpochBatches(len(rows), settings.batch_size, settings.seed)
+    batches.set_epoch(position.epoch, position.batch)
+    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + position.step)
+    return DataLoader(_TwoViews(root, rows, settings.image_size, settings.flip), batch_sampler=batches,
+                      num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
+                      persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,
+                      generator=generator)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class _Loop:
+    def __init__(self, settings: TrainSettings, model, head, optimizer, scheduler, dev, channels_last,
+                 checkpoint_dir: Path, progress, total_steps: int, steps_per_epoch: int,
+                 checkpoint_minutes: float):
+        from lightly.loss import BarlowTwinsLoss
+
+        self.settings, self.model, self.head = settings, model, head
+        self.optimizer, self.scheduler, self.dev = optimizer, scheduler, dev
+        self.channels_last, self.dir = channels_last, checkpoint_dir
+        self.total, self.per_epoch = total_steps, steps_per_epoch
+        self.every = checkpoint_minutes * 60
+        self.criterion = BarlowTwinsLoss()
+        if progress is None:
+            from mlfix.progress import Progress
+
+            progress = Progress("train", log_dir=None)
+        self.progress = progress
+        self.callback = progress.stage("train")
+        self.failed: dict[int, str] = {}
+        self.recent: list[tuple[float, int]] = []  # (seconds, images) of the last steps
+        self.last_loss = float("nan")
+
+    def run(self, loader, position: _Position) -> None:
+        last_save = time.monotonic()
+        while position.epoch < self.settings.epochs:
+            loader.batch_sampler.set_epoch(position.epoch, position.batch)
+            used = 0
+            start = time.perf_counter()
+            for x0, x1, failures in loader:
+                self._note_failures(failures, loader.dataset.rows)
+                if x0 is not None and len(x0) >= MIN_BATCH:
+                    self.last_loss = self._step(x0, x1, position)
+                    used += 1
+                position.batch += 1
+                position.step += 1
+                self.scheduler.step()
+                now = time.perf_counter()
+                self._report(position, now - start, 0 if x0 is None else len(x0))
+                start = now
+                if time.monotonic() - last_save > self.every and position.batch < self.per_epoch:
+                    self._save(position)
+                    last_save = time.monotonic()
+            if used == 0 and position.batch > 0:
+                raise RuntimeError(f"no image of epoch {position.epoch + 1} could be read "
+                                   f"({len(self.failed)} failures, e.g. {next(iter(self.failed.values()), '')})")
+            position.epoch, position.batch = position.epoch + 1, 0
+            self._save(position)
+            last_save = time.monotonic()
+
+    def _step(self, x0, x1, position: _Position) -> float:
+        import torch
+
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        x0 = x0.to(self.dev, non_blocking=True, memory_format=fmt)
+        x1 = x1.to(self.dev, non_blocking=True, memory_format=fmt)
+        z0 = self.head(self.model(x0)[1])
+        z1 = self.head(self.model(x1)[1])
+        loss = self.criterion(z0, z1)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise RuntimeError(f"the loss became {value} at step {position.step + 1}; lower the "
+                               f"learning rate (lr={self.settings.lr}). The last checkpoint in "
+                               f"{self.dir} is kept.")
+        self.optimizer.step()
+        return value
+
+    def _note_failures(self, failures, rows) -> None:
+        for index, reason in failures:
+            if index not in self.failed:
+                self.failed[index] = reason
+                self.progress.record(stage="train_problem", sample_id=str(rows[index].get("sample_id",
+                                     rows[index]["path"])), path=str(rows[index]["path"]), reason=reason)
+
+    def _report(self, position: _Position, seconds: float, images: int) -> None:
+        self.recent = (self.recent + [(seconds, images)])[-20:]
+        elapsed = sum(s for s, _ in self.recent)
+        rate = sum(i for _, i in self.recent) / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - position.step) * elapsed / len(self.recent)
+        self.callback(position.step, self.total, step=position.step, epoch=position.epoch + 1,
+                      loss=round(self.last_loss, 4), images_per_s=round(rate, 1), eta_s=round(eta, 1),
+                      lr=self.optimizer.param_groups[0]["lr"], skipped=len(self.failed))
+
+    def _save(self, position: _Position) -> None:
+        state = {"backbone": self.model.model.state_dict(), "head": self.head.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "epoch": position.epoch, "batch": position.batch, "step": position.step,
+                 "settings": asdict(self.settings), "loss": self.last_loss}
+        state["scheduler"] = {k: v for k, v in state["scheduler"].items() if k != "lr_lambdas"}
+        path = self.dir / CHECKPOINT_NAME
+        _save_atomic(state, path)
+        summary = {"settings": asdict(self.settings), "epoch": position.epoch, "batch": position.batch,
+                   "step": position.step, "total_steps": self.total, "loss": self.last_loss,
+                   "skipped_images": len(self.failed), "time": time.time(), "checkpoint": str(path)}
+        try:  # informational only: last.pt is the truth
+            temporary = self.dir / f".{SUMMARY_NAME}.tmp"
+            temporary.write_text(json.dumps(summary, default=float))
+            os.replace(temporary, self.dir / SUMMARY_NAME)
+        except OSError:
+            pass
+        self.progress.record(stage="checkpoint", epoch=position.epoch, step=position.step,
+                             path=str(path), loss=self.last_loss)
