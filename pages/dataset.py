@@ -172,8 +172,10 @@ def _overview(project) -> None:
                  orientation="h" if horizontal else "v", text="count")
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), xaxis_title=None,
                       yaxis_title=None)
-    fig.update_xaxes(type="category") if not horizontal else fig.update_yaxes(type="category",
-                                                                              autorange="reversed")
+    if horizontal:
+        fig.update_yaxes(type="category", autorange="reversed")
+    else:
+        fig.update_xaxes(type="category")
     st.plotly_chart(fig, key="ds_class_counts", width="stretch")
 
     _examples(project, counts)
