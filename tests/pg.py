@@ -92,20 +92,35 @@ class PostgresServer:
             shutil.chown(folder, run_as, run_as)
             shutil.chown(folder / "sock", run_as, run_as)
         server = cls(folder, bin_dir, free_port(), run_as)
-        server.durable = durable
+        server.durable = durable  # before _pg_start: it picks the fsync settings
         try:
             server._run("initdb", "-D", str(folder / "data"), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
                         "--no-sync", timeout=timeout)
-            options = (f"-c listen_addresses=127.0.0.1 -p {server.port} -c unix_socket_directories={folder / 'sock'}"
-                       f" -c max_connections=200")
-            if not durable:
-                options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-            server._run("pg_ctl", "-D", str(folder / "data"), "-l", str(folder / "server.log"), "-o", options,
-                        "-w", "-t", str(int(timeout)), "start", timeout=timeout + 5)
+            server._pg_start(timeout)
         except PostgresUnavailable:
             server._remove()
             raise
         return server
+
+    def _pg_start(self, timeout: float = 60) -> None:
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.folder / 'sock'}"
+                   f" -c max_connections=200")
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        self._run("pg_ctl", "-D", str(self.folder / "data"), "-l", str(self.folder / "server.log"), "-o", options,
+                  "-w", "-t", str(int(timeout)), "start", timeout=timeout + 5)
+
+    def crash(self) -> None:
+        """Stop the server the way a crash would (``pg_ctl stop -m immediate``: no checkpoint, the
+        next start replays the WAL). Open connections break."""
+        if self._admin_connection is not None:
+            self._admin_connection.close()
+            self._admin_connection = None
+        self._run("pg_ctl", "-D", str(self.folder / "data"), "-m", "immediate", "-w", "stop", timeout=60)
+
+    def restart(self, timeout: float = 60) -> None:
+        """Start the server again on the same folder and port (after :meth:`crash`)."""
+        self._pg_start(timeout)
 
     def _run(self, program: str, *args: str, timeout: float) -> str:
         command = [str(self.bin_dir / program), *args]

@@ -6,6 +6,7 @@ import datetime as dt
 import inspect
 import multiprocessing
 import sqlite3
+import threading
 from collections import defaultdict
 from pathlib import Path
 
@@ -281,6 +282,7 @@ def test_file_is_sqlite_in_wal_mode_with_full_sync(sqlite_store, tmp_path):
     store.decide("a", "ok", reviewer="al")
     path = tmp_path / "reviews.db"
     assert path.read_bytes()[:16] == b"SQLite format 3\x00"
+    assert (tmp_path / "reviews.db.lock").exists()  # writers queue on it
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("SELECT count(*) FROM decisions").fetchone()[0] == 1
@@ -342,6 +344,22 @@ def test_processes_writing_at_once_lose_and_duplicate_nothing(url):
     expected = {f"w{w}-{i}" for w in range(workers) for i in range(per_worker)}
     assert len(log) == workers * per_worker
     assert set(log["client_id"]) == expected and log["id"].is_unique
+
+
+def test_threads_sharing_one_store_lose_and_duplicate_nothing(store):
+    """The app's case: one store per server process, used by the sessions' threads at once."""
+    def write(worker: int) -> None:
+        for i in range(25):
+            store.decide(f"s{i}", "relabel", f"l{worker}", reviewer=f"r{worker}", client_id=f"{worker}-{i}")
+            store.decide(f"s{i}", "relabel", f"l{worker}", reviewer=f"r{worker}", client_id=f"{worker}-{i}")
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log = store.decisions()
+    assert sorted(log["client_id"]) == sorted(f"{w}-{i}" for w in range(4) for i in range(25))
 
 
 def _undo_many(url: str, worker: int, count: int) -> None:
