@@ -26,6 +26,7 @@ CONTEXT_KEY = "mlfix_review_context"
 APPLIER_KEY = "mlfix_review_applier"
 ERRORS_KEY = "mlfix_review_errors"
 BATCHES_KEY = "mlfix_review_batches"
+FOCUS_KEY = "mlfix_review_focus"
 ALL_IMAGES = "(all images)"
 BY_CLASS = "By class"
 SIMILARITY = "Similarity"
@@ -143,8 +144,12 @@ def _apply_actions(project, store, labels: list[str]) -> None:
         payload = st.session_state[GRID_KEY]["actions"]
     except (KeyError, TypeError):
         return
-    if payload is None:
+    if not isinstance(payload, dict):
         return
+    if isinstance(payload.get("focus"), str):
+        st.session_state[FOCUS_KEY] = payload["focus"]
+    if not payload.get("actions"):
+        return  # a focus move only
     known = project.row_of if hasattr(project, "row_of") else None
     try:
         result = _applier().apply(payload, store, labels, state.reviewer(),
@@ -173,10 +178,7 @@ def _turn_page(delta: int) -> None:
 
 
 def _focused_id() -> str | None:
-    try:
-        value = st.session_state[GRID_KEY]["focus"]
-    except (KeyError, TypeError):
-        return None
+    value = st.session_state.get(FOCUS_KEY)
     return value if isinstance(value, str) else None
 
 

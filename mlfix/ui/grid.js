@@ -13,9 +13,10 @@
 //   acks       {session: highest seq Python has applied}
 //   errors     [string]                          (shown in the bar)
 // JS -> Python:
-//   trigger `actions`: {session, actions: [{seq, client_id, kind, ids?, label?, delta?}]} — every
-//       action not yet acknowledged, resent until `acks[session]` covers it (applied exactly once)
-//   state   `focus`:   the focused sample id (debounced), for the side panel's neighbours
+//   trigger `actions`: {session, focus, actions: [{seq, client_id, kind, ids?, label?, delta?, undoes?}]}
+//       every action not yet acknowledged, resent until `acks[session]` covers it (applied exactly
+//       once), and the focused sample id (for the side panel's neighbours). One channel, so that a
+//       decision and the focus move it causes cost one script run, not two.
 
 const LETTER_KEYS = new Set(["f", "o", "z", "n", "p"]);
 const STATUS_TEXT = { flagged: "⚑ wrong", ok: "✓ ok" };
@@ -47,7 +48,8 @@ function init(parentElement) {
   const help = el("div", "help");
   help.innerHTML =
     "<kbd>←↑↓→</kbd> move <kbd>space</kbd> select <kbd>shift</kbd> range " +
-    "<kbd>f</kbd> wrong <kbd>o</kbd> ok <kbd>z</kbd> undo <kbd>n</kbd>/<kbd>p</kbd> page <kbd>esc</kbd> clear";
+    "<kbd>f</kbd> wrong <kbd>o</kbd> ok <kbd>z</kbd> undo <kbd>n</kbd>/<kbd>p</kbd> page <kbd>esc</kbd> clear" +
+    "<span class='nofocus'> · click the grid to use the keys</span>";
   const message = el("div", "message");
   bar.append(counter, palette, help, message);
   const main = el("div", "main");
@@ -284,9 +286,12 @@ function push(s, action) {
 }
 
 function send(s) {
-  if (!s.setTrigger || !s.pending.length) return;
+  if (!s.setTrigger) return;
+  const it = s.items[s.focus];
   s.lastSent = Date.now();
-  s.setTrigger("actions", { session: s.session, actions: s.pending.slice() });
+  s.sentFocus = it ? it.id : null;
+  clearTimeout(s.focusTimer);
+  s.setTrigger("actions", { session: s.session, focus: s.sentFocus, actions: s.pending.slice() });
 }
 
 function acknowledge(s) {
@@ -303,12 +308,13 @@ function decide(s, kind, label) {
     const it = shown(s, s.items[s.index.get(id)]);
     return [id, { status: it.status || "unreviewed", new_label: it.new_label || null }];
   });
+  const single = !s.selected.size;
+  s.selected.clear();
+  // Move on first, so that the batch carries the new focus: one script run answers both.
+  if (single && s.focus < s.items.length - 1) moveFocus(s, s.focus + 1, false, true);
   const action = push(s, kind === "relabel" ? { kind, ids, label } : { kind, ids });
   for (const id of ids) s.overlay.set(id, { status, new_label: kind === "relabel" ? label : null, seq: action.seq });
   s.history.push({ ids, before, client_id: action.client_id });
-  const single = !s.selected.size;
-  s.selected.clear();
-  if (single && s.focus < s.items.length - 1) moveFocus(s, s.focus + 1, false);
   repaint(s);
 }
 
@@ -358,7 +364,7 @@ function columns(s) {
   return n;
 }
 
-function moveFocus(s, i, extend) {
+function moveFocus(s, i, extend, quiet) {
   if (!s.items.length) return;
   const prev = s.focus;
   s.focus = Math.max(0, Math.min(s.items.length - 1, i));
@@ -369,16 +375,15 @@ function moveFocus(s, i, extend) {
   s.tiles[s.focus].scrollIntoView({ block: "nearest", inline: "nearest" });
   paintPanel(s);
   paintCounter(s);
-  sendFocus(s);
+  if (!quiet) sendFocus(s);
 }
 
 function sendFocus(s) {
   clearTimeout(s.focusTimer);
   s.focusTimer = setTimeout(() => {
     const it = s.items[s.focus];
-    if (!it || !s.setState || it.id === s.sentFocus) return;
-    s.sentFocus = it.id;
-    s.setState("focus", it.id);
+    if (!it || it.id === s.sentFocus) return;
+    send(s);
   }, FOCUS_DEBOUNCE_MS);
 }
 
@@ -446,7 +451,7 @@ function onKey(s, e) {
 }
 
 export default function (component) {
-  const { data, parentElement, setStateValue, setTriggerValue } = component;
+  const { data, parentElement, setTriggerValue } = component;
   let s = parentElement.__mlfixGrid;
   if (!s || !s.root.isConnected) {
     s = init(parentElement);
@@ -454,6 +459,5 @@ export default function (component) {
     requestAnimationFrame(() => s.wrap.focus({ preventScroll: true }));
   }
   s.setTrigger = setTriggerValue;
-  s.setState = setStateValue;
   update(s, data);
 }

@@ -6,9 +6,10 @@ The browser side is ``grid.js`` / ``grid.css`` beside this file. How it talks to
   new_label, suggested}``, the label palette ``{label, key, color}``, the side panel of the focused
   image, the counter, the page, and ``acks`` (per browser session, the highest action ``seq`` that
   Python has applied).
-- The browser sends one trigger, ``actions``: ``{session, actions: [...]}`` with every action it has
-  not seen acknowledged yet (see :mod:`mlfix.review_actions`), and one state value, ``focus`` (the
-  focused sample id, for the side panel's neighbours).
+- The browser sends one trigger, ``actions``: ``{session, focus, actions: [...]}`` with every action
+  it has not seen acknowledged yet (see :mod:`mlfix.review_actions`) and the focused sample id (for
+  the side panel's neighbours). One channel: a key press that decides and moves the focus costs
+  one script run.
 
 Thumbnails travel by URL, not inside ``data``: with ``server.enableStaticServing`` the page's
 thumbnails are hard-linked (or copied) from ``<project>/thumbs`` into the app's ``static/`` folder
@@ -33,6 +34,7 @@ import streamlit as st
 HERE = Path(__file__).resolve().parent
 COMPONENT_NAME = "mlfix_review_grid"
 STATIC_SUBDIR = "mlfix-thumbs"
+MAX_MIRRORS = 16  # projects whose thumbnails stay linked under static/ (the rest are re-linked on use)
 # Keys that are commands in the grid; labels get the digits, then the remaining letters.
 COMMAND_KEYS = frozenset("foznp")
 PALETTE_KEYS = tuple("1234567890") + tuple(c for c in "abcdeghijklmqrstuvwxy" if c not in COMMAND_KEYS)
@@ -102,6 +104,8 @@ def thumbnail_urls(cache, sample_ids: Sequence[str], static_dir: Path | None = N
         return [_data_url(p) for p in paths]
     project_key = hashlib.sha1(str(Path(cache.folder).resolve()).encode()).hexdigest()[:12]
     base = Path(static_dir) / STATIC_SUBDIR / project_key
+    if not base.exists():
+        _prune_mirrors(base.parent)
     urls = []
     for sample_id, path in zip(sample_ids, paths):
         rel = cache.relpath(sample_id)
@@ -110,6 +114,16 @@ def thumbnail_urls(cache, sample_ids: Sequence[str], static_dir: Path | None = N
             _link_or_copy(path, target)
         urls.append(f"app/static/{STATIC_SUBDIR}/{project_key}/{rel}")
     return urls
+
+
+def _prune_mirrors(folder: Path, keep: int = MAX_MIRRORS) -> None:
+    """Forget the static mirrors of the projects used longest ago (temporary projects pile up)."""
+    try:
+        mirrors = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    except OSError:
+        return
+    for old in mirrors[:max(0, len(mirrors) - keep + 1)]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -134,9 +148,8 @@ def _data_url(path: Path) -> str:
 def render(*, key: str, view: str, items: list[dict], palette: list[dict], counter: dict,
            page: dict, acks: dict, panel: dict | None = None, errors: Sequence[str] = (),
            show_labels: bool = False, batches: int = 0,
-           on_actions: Callable[[], None] | None = None,
-           on_focus: Callable[[], None] | None = None) -> Any:
-    """Mount (or update) the grid; returns the component result (``.focus``, ``.actions``).
+           on_actions: Callable[[], None] | None = None) -> Any:
+    """Mount (or update) the grid; returns the component result (``.actions``: the last batch).
 
     Args:
         key: the component key; keep it fixed so the browser side keeps focus and selection.
@@ -149,13 +162,13 @@ def render(*, key: str, view: str, items: list[dict], palette: list[dict], count
         panel: the focused image's side panel (``{id, url, label, ..., neighbours: [items]}``).
         batches: how many batches Python has received: a new value makes the browser re-read
             ``acks`` even when nothing else changed.
-        on_actions / on_focus: callbacks, run before the script when the browser sends them.
+        on_actions: the callback that applies a batch; it runs before the script, when the browser
+            sends one (read the batch from ``st.session_state[key]["actions"]``).
     """
     data = {"view": view, "items": items, "palette": palette, "counter": counter, "page": page,
             "acks": acks, "panel": panel, "errors": list(errors), "show_labels": bool(show_labels),
             "batches": int(batches)}
-    return _renderer(key=key, data=data, default={"focus": None},
-                     on_actions_change=on_actions or _noop, on_focus_change=on_focus or _noop)
+    return _renderer(key=key, data=data, on_actions_change=on_actions or _noop)
 
 
 def _noop() -> None:

@@ -1,0 +1,222 @@
+"""How fast the Review page answers with 200 thumbnails on the page (goal: under 1 s after warm-up).
+
+    python -m bench.review_page [--quick] [--project DIR] [--no-browser]
+
+Figures (median and p90 over repeated runs, after warm-up):
+- ``apptest_rerun_after_decision_s``: one script run of the Review page (AppTest) after a decision
+  was stored: the store is re-read, badges and counter recomputed, the 200 items resent.
+- ``apptest_page_flip_s``: one script run that shows the other page of 200 (thumbnails cached).
+- ``grid_payload_kb``: size of the data the page sends the grid (thumbnails travel by URL).
+- in a real browser (Debian Chromium, when installed), against ``streamlit run app.py``:
+  ``browser_key_to_stored_s`` (press ``o``: the decision is stored and the grid has the server's
+  answer) and ``browser_page_flip_s`` (press ``n``: the next 200 tiles are in the page, and
+  ``browser_page_flip_images_s``: their thumbnails are decoded).
+
+Without ``--project`` it builds the demo (sklearn digits; 300 of them with ``--quick``) with fast
+index settings in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import emit, parser
+
+REPO = Path(__file__).resolve().parents[1]
+PAGE = str(REPO / "pages" / "review.py")
+CHROMIUM = Path("/usr/bin/chromium")
+FAST = {"backbone": "resnet18", "weights": "random", "image_size": 64, "words": 64, "batch_size": 64}
+
+
+def stats(values: list[float]) -> tuple[float, float]:
+    return float(np.median(values)), float(np.percentile(values, 90))
+
+
+def build_project(folder: Path, limit: int | None):
+    from mlfix.demo import build_demo
+
+    return build_demo(folder, limit=limit, **FAST)
+
+
+def bench_apptest(project, repeats: int) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from mlfix.reviews import ReviewStore
+
+    at = AppTest.from_file(PAGE, default_timeout=300)
+    at.session_state["mlfix_project_dir"] = str(project.dir)
+    at.session_state["mlfix_reviewer"] = "bench"
+    at.session_state["mlfix_review_class"] = "(all images)"
+    at.session_state["mlfix_review_size"] = 200
+    at.run()
+    for _ in range(2):  # warm-up: thumbnails of both pages made, caches filled
+        next(b for b in at.button if b.label == "Next").click().run()
+        next(b for b in at.button if b.label == "Prev").click().run()
+    assert not at.exception, at.exception
+    [element] = at.get("bidi_component")
+    data = json.loads(element.proto.json)
+    n_items = len(data["items"])
+    emit("review_page", "grid_payload_kb", round(len(element.proto.json) / 1024, 1), "KiB", n=n_items,
+         thumbnails="url" if data["items"][0]["url"].startswith("app/") else "data-url")
+
+    ids = [item["id"] for item in data["items"]]
+    decision_times, flip_times = [], []
+    with ReviewStore.for_project(project.dir) as store:
+        for i in range(repeats):
+            store.decide([ids[i % len(ids)]], "ok", reviewer="bench")
+            start = time.perf_counter()
+            at.run()
+            decision_times.append(time.perf_counter() - start)
+    for i in range(repeats):
+        label = "Next" if i % 2 == 0 else "Prev"
+        button = next(b for b in at.button if b.label == label)
+        start = time.perf_counter()
+        button.click().run()
+        flip_times.append(time.perf_counter() - start)
+    assert not at.exception, at.exception
+    for metric, values in (("apptest_rerun_after_decision_s", decision_times),
+                           ("apptest_page_flip_s", flip_times)):
+        median, p90 = stats(values)
+        emit("review_page", metric + "_median", round(median, 4), "s", n=n_items, repeats=repeats)
+        emit("review_page", metric + "_p90", round(p90, 4), "s", n=n_items, repeats=repeats)
+
+
+# ------------------------------------------------------------------------------------ browser
+
+_TIMED_KEY = """
+async ([key, until]) => {
+  const host = [...document.querySelectorAll('*')].find(e => e.shadowRoot && e.shadowRoot.querySelector('.wrap'));
+  const root = host.shadowRoot, wrap = root.querySelector('.wrap');
+  const firstId = () => { const img = root.querySelector('.tile img'); return img && img.alt; };
+  const before = firstId();
+  const t0 = performance.now();
+  wrap.dispatchEvent(new KeyboardEvent('keydown', {key, bubbles: true, composed: true}));
+  const frame = () => new Promise(r => requestAnimationFrame(r));
+  let tDom = null;
+  while (performance.now() - t0 < 20000) {
+    await frame();
+    if (until === 'ack' && !root.querySelector('.tile.pending')) return [performance.now() - t0, null];
+    if (until === 'page' && tDom === null && firstId() !== before) tDom = performance.now() - t0;
+    if (until === 'page' && tDom !== null) {
+      const imgs = [...root.querySelectorAll('.tile img')].filter(i => {
+        const r = i.getBoundingClientRect(); return r.bottom > 0 && r.top < innerHeight; });
+      if (imgs.every(i => i.complete && i.naturalWidth > 0)) return [tDom, performance.now() - t0];
+    }
+  }
+  return [null, null];
+}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_browser(project, repeats: int) -> None:
+    if not CHROMIUM.exists():
+        print(json.dumps({"bench": "skip", "reason": "no /usr/bin/chromium"}), file=sys.stderr)
+        return
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    env = {**os.environ, "MLFIX_REVIEWER": "bench"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
+         str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
+         "--server.enableStaticServing", "true", "--browser.gatherUsageStats", "false", "--",
+         "--project", str(project.dir)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(url)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"])
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(url)
+            page.get_by_text("Project folder").first.wait_for(timeout=120_000)
+            page.goto(url + "/review")
+            page.locator(".tile").first.wait_for(timeout=120_000)
+            _choose(page, "Class", "(all images)")
+            page.wait_for_function("() => true")
+            time.sleep(2)
+            for _ in range(2):  # warm-up
+                page.evaluate(_TIMED_KEY, ["n", "page"])
+                page.evaluate(_TIMED_KEY, ["p", "page"])
+            acks, flips, flips_images = [], [], []
+            for i in range(repeats):
+                page.evaluate("() => new Promise(r => setTimeout(r, 300))")
+                ack, _ = page.evaluate(_TIMED_KEY, ["o", "ack"])
+                if ack is not None:
+                    acks.append(ack / 1000)
+            for i in range(repeats):
+                dom, images = page.evaluate(_TIMED_KEY, ["n" if i % 2 == 0 else "p", "page"])
+                if dom is not None:
+                    flips.append(dom / 1000)
+                    flips_images.append(images / 1000)
+            tiles = page.locator(".tile").count()
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(10)
+    for metric, values in (("browser_key_to_stored_s", acks), ("browser_page_flip_s", flips),
+                           ("browser_page_flip_images_s", flips_images)):
+        if values:
+            median, p90 = stats(values)
+            emit("review_page", metric + "_median", round(median, 4), "s", n=tiles, repeats=len(values),
+                 browser="chromium headless 1280x800")
+            emit("review_page", metric + "_p90", round(p90, 4), "s", n=tiles, repeats=len(values),
+                 browser="chromium headless 1280x800")
+
+
+def _choose(page, label: str, option: str) -> None:
+    box = page.locator("[data-testid=stSelectbox]").filter(has_text=label).locator("input").first
+    box.click()
+    page.keyboard.type(option)  # filters the (virtualised) option list
+    page.keyboard.press("Enter")
+    page.locator(".ctitle").filter(has_text=option).wait_for(timeout=60_000)
+
+
+def _wait(url: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"streamlit did not start at {url}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--project", help="an indexed project with at least 400 images (default: build the demo)")
+    p.add_argument("--no-browser", action="store_true", help="AppTest figures only")
+    args = p.parse_args(argv)
+    repeats = 5 if args.quick else 15
+    with tempfile.TemporaryDirectory(prefix="mlfix-bench-review-") as tmp:
+        if args.project:
+            from mlfix.project import Project
+
+            project = Project.open(args.project)
+        else:
+            project = build_project(Path(tmp) / "demo", limit=240 if args.quick else None)
+        bench_apptest(project, repeats)
+        if not args.no_browser and not args.quick:
+            bench_browser(project, repeats)
+
+
+if __name__ == "__main__":
+    main()
