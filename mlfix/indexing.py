@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlfix.codebook import Codebook, pack_bags, unpack_bags
+from mlfix.codebook import Codebook, pack_bags
 from mlfix.progress import Progress
 from mlfix.project import (Project, _atomic_parquet, atomic_save_npy, frame_digest, read_key,
                            write_key)
@@ -212,11 +212,13 @@ def _record_decode_failures(project: Project, ok: np.ndarray, failures: pd.DataF
 
 
 def _orders(project: Project, order_key: dict, progress: Progress) -> None:
+    from mlfix.ordering import order as order_bags
+
     orders_dir = project.dir / "orders"
     samples = project.samples
     ok = np.load(project.dir / "features" / "ok.npy")
     packed = np.load(project.dir / "codebook" / "bags.npy", mmap_mode="r")
-    k, exact_max = int(project.settings["words"]), int(project.settings["exact_order_max"])
+    exact_max = int(project.settings["exact_order_max"])
     labels = samples["label"]
     groups = {None: np.flatnonzero(ok)}
     for i, label in enumerate(sorted(labels.dropna().unique())):
@@ -224,7 +226,7 @@ def _orders(project: Project, order_key: dict, progress: Progress) -> None:
     names = {}
     for done, (label, rows) in enumerate(groups.items(), start=1):
         name = "all" if label is None else f"class-{done - 2:04d}"
-        order = _order_group(np.asarray(packed[rows]), k, exact_max)
+        order = order_bags(np.asarray(packed[rows]), exact_max=exact_max)
         atomic_save_npy(orders_dir / f"{name}.npy", rows[order].astype(np.int64))
         if label is not None:
             names[label] = name
@@ -232,11 +234,3 @@ def _orders(project: Project, order_key: dict, progress: Progress) -> None:
     (orders_dir / "orders.json").write_text(json.dumps({"labels": names}, ensure_ascii=False, indent=1))
     write_key(orders_dir / "orders.key.json", order_key)
 
-
-def _order_group(packed: np.ndarray, k: int, exact_max: int) -> np.ndarray:
-    """Exact greedy chain for groups up to ``exact_max`` images, the approximate one above."""
-    from mlfix.ordering import approximate_order, greedy_order
-
-    if len(packed) <= exact_max:
-        return greedy_order(unpack_bags(packed, k))
-    return approximate_order(packed)
