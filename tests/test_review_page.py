@@ -64,7 +64,7 @@ def test_the_grid_shows_one_class_in_similarity_order(project):
     assert [p["key"] for p in data["palette"]][:3] == ["1", "2", "3"]
     # thumbnails travel by URL (static serving) or, without it, as data URLs; never missing
     assert all(item["url"].startswith(("app/static/", "data:image/jpeg")) for item in data["items"])
-    assert len((project.dir / "thumbs").glob("*/*.jpg").__iter__().__next__().name) > 0
+    assert len(list((project.dir / "thumbs").rglob("*_128.jpg"))) >= len(expected)  # cached on disk
     # the side panel: the first image, larger, with its nearest neighbours
     panel = data["panel"]
     assert panel["id"] == expected[0]
