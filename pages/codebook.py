@@ -14,6 +14,7 @@ import streamlit as st
 from mlfix.ui import loaders, state
 
 PATCHES = 48
+DISPLAY = 320  # px of the image and its word-grid overlay
 
 
 def _frequency_section(project, freq) -> None:
@@ -42,7 +43,11 @@ def _word_section(project, freq) -> None:
         st.info("No word occurs in any image.")
         return
     counts = dict(zip(ranked["word"].tolist(), ranked["images"].tolist()))
-    word = st.selectbox("Word", list(counts), key="cb_word",
+    words = list(counts)
+    # Words in most images are background; start on the most frequent word that is distinctive.
+    half = len(project.samples) / 2
+    start = next((i for i, w in enumerate(words) if counts[w] <= half), 0)
+    word = st.selectbox("Word (most frequent first)", words, index=start, key="cb_word",
                         format_func=lambda w: f"word {w} · in {counts[w]:,} images")
     left, right = st.columns([3, 2], gap="large")
     with left:
@@ -76,7 +81,8 @@ def _image_section(project) -> None:
         return
     sample_id = c2.selectbox("Image", ids, key="cb_image")
     try:
-        png, grid = loaders.word_overlay(project, sample_id)
+        plain = loaders.model_view_png(project, sample_id, DISPLAY)
+        png, grid = loaders.word_overlay(project, sample_id, display=DISPLAY)
     except Exception as err:  # an unreadable image: say so, keep the page
         st.error(f"Cannot show `{sample_id}`: {err}")
         return
@@ -86,7 +92,7 @@ def _image_section(project) -> None:
         highlight = st.selectbox("Highlight a word", [None] + words.tolist(), key="cb_highlight",
                                  format_func=lambda w: "all words" if w is None else f"word {w}")
         if highlight is not None:
-            png, grid = loaders.word_overlay(project, sample_id, highlight=int(highlight))
+            png, grid = loaders.word_overlay(project, sample_id, display=DISPLAY, highlight=int(highlight))
         freq = loaders.word_frequency(project).set_index("word")
         table = {"word": words.tolist(), "cells here": cells.tolist(),
                  "images with it": freq.loc[words, "images"].tolist()}
@@ -94,7 +100,9 @@ def _image_section(project) -> None:
         st.caption(f"{grid.shape[0]}×{grid.shape[1]} cells, {len(words)} distinct words. Common words "
                    "(in many images) describe background; rare ones are distinctive.")
     with left:
-        st.image(png, width=448, caption=f"{sample_id} · label {samples.set_index('sample_id').loc[sample_id, 'label']}")
+        label = samples.set_index("sample_id").loc[sample_id, "label"]
+        st.image([plain, png], width=DISPLAY,
+                 caption=[f"{sample_id} · label {label} (as the model sees it)", "its visual words"])
 
 
 project = state.require_project()

@@ -209,6 +209,7 @@ def _examples(project, counts: pd.DataFrame) -> None:
         st.image(paths, width=96, caption=[Path(i).name for i in ids])
 
 
+state.ensure_app_shell()
 st.title("Dataset")
 _show_flash()
 folder = state.project_dir()

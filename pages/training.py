@@ -118,8 +118,9 @@ def _train_controls(project, running: bool) -> None:
     init = c4.selectbox("Start from", inits, index=inits.index(saved.get("init", "random"))
                         if saved.get("init", "random") in inits else 0, key="tr_init")
     head = c5.number_input("Head width", 128, 8192, int(saved.get("head_dim", 2048)), 128, key="tr_head")
-    flip = c6.checkbox("Horizontal flips", value=bool(saved.get("flip", True)), key="tr_flip",
-                       help="Turn off where a mirror image means another class (digits, signs).")
+    flip = c6.checkbox("Flips", value=bool(saved.get("flip", True)), key="tr_flip",
+                       help="Random horizontal flips. Turn off where a mirror image means another class "
+                       "(digits, text, signs).")
     args = ["--epochs", str(int(epochs)), "--batch-size", str(int(batch)), "--image-size", str(int(size)),
             "--init", init, "--head-dim", str(int(head))] + ([] if flip else ["--no-flip"])
     b1, b2 = st.columns(2)
@@ -177,7 +178,7 @@ def _loss_figure(train: list[dict]) -> go.Figure | None:
     fig.add_trace(go.Scatter(x=frame["step"], y=frame["loss"], mode="lines", name="loss",
                              line=dict(color="#93c5fd")))
     if len(frame) >= 10:
-        smooth = frame["loss"].rolling(max(3, len(frame) // 20), min_periods=1).mean()
+        smooth = frame["loss"].rolling(max(3, len(frame) // 20), min_periods=1, center=True).mean()
         fig.add_trace(go.Scatter(x=frame["step"], y=smooth, mode="lines", name="smoothed",
                                  line=dict(color="#1d4ed8", width=2)))
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="step",
@@ -222,6 +223,7 @@ def _progress_view(project_dir: Path, was_running: bool) -> None:
             st.code(status.log_tail[-3000:] or "(nothing yet)", language=None)
 
 
+state.ensure_app_shell()
 project = state.require_project()
 st.title("Training")
 status = jobs.job_status(project.dir)

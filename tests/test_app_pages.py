@@ -32,6 +32,25 @@ TIMEOUT = 120  # generous: the CI machine is small and shared
 # ------------------------------------------------------------------------------------ helpers
 
 
+@pytest.fixture(autouse=True)
+def served_through_the_shell(monkeypatch):
+    """Run pages the way a server does once ``app.py`` has run: always through its navigation.
+
+    AppTest starts every run as a fresh process would (legacy ``pages/`` mode, see
+    ``state.ensure_app_shell``); a page would then rerun itself once per run and lose a button's
+    click. The deep-link path itself is tested in ``test_a_deep_link_runs_the_page_inside_the_shell``.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
+
 def app_on(project_dir, page: str | None = None) -> AppTest:
     """The app, run once with ``project_dir`` open, then switched to ``page`` and run again."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
@@ -138,6 +157,23 @@ def test_the_sidebar_shows_the_project_and_the_reviewer(project_with_problems, t
     side.sidebar.text_input(key="mlfix_project_input").input(str(tmp_path)).run()
     assert side.markdown[1].value == str(tmp_path.resolve())
     assert any("Not an mlfix project" in w.value for w in side.sidebar.warning)
+    at.switch_page("pages/export.py").run()  # the shared sidebar is on every page
+    assert at.sidebar.text_input(key="mlfix_project_input").value == str(project_with_problems.dir)
+
+
+def test_a_deep_link_runs_the_page_inside_the_shell(project_with_problems, monkeypatch):
+    """A first request for /training (legacy pages/ mode) still gets the sidebar and the page."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    monkeypatch.undo()  # the same monkeypatch as the autouse fixture's: Streamlit's own behaviour
+    assert PagesManager.__init__.__name__ == "__init__" and "init" not in PagesManager.__init__.__qualname__.split(".")[0]
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state[ui_state.PROJECT_KEY] = str(project_with_problems.dir)
+    at.switch_page("pages/training.py")
+    at.run()
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Training"]
+    assert at.sidebar.text_input(key="mlfix_project_input").value == str(project_with_problems.dir)
 
 
 @pytest.mark.parametrize("page", ["pages/dataset.py", "pages/training.py", "pages/codebook.py",
@@ -318,13 +354,17 @@ def test_a_job_that_crashes_is_a_clear_message_with_its_log(project_copy):
 def test_codebook_page_shows_word_frequencies_patches_classes_and_an_overlay(demo_project):
     at = app_on(demo_project.dir, "pages/codebook.py")
     k = int(demo_project.settings["words"])
-    in_images = np.unpackbits(np.asarray(demo_project.bags()), axis=1, bitorder="little")[:, :k].sum(0)
+    in_images = np.unpackbits(np.asarray(demo_project.bags()), axis=1, bitorder="little")[:, :k].sum(0).astype(int)
     frequency, classes = plotly_figures(at)[:2]
     assert sorted(values(frequency.data[0].y), reverse=True) == sorted(in_images.tolist(), reverse=True)
     assert {m.label: m.value for m in at.metric}["Words in use"] == str(int((in_images > 0).sum()))
     word = at.selectbox(key="cb_word").value
-    assert word == int(np.argmax(in_images))  # the most frequent word first
-    patches, overlay = at.get("image")
+    # the first word shown is the most frequent one that is in at most half of the images
+    ranked = sorted(range(k), key=lambda w: (-in_images[w], w))
+    half = len(demo_project.samples) / 2
+    assert word == next((w for w in ranked if 0 < in_images[w] <= half), ranked[0])
+    patches, pictures = at.get("image")
+    assert len(pictures.value) == 2  # the image as the model sees it, and its word grid
     assert len(patches.value) == min(48, int(in_images[word]))
     # the classes chart counts the images of each class that contain the word
     labels = demo_project.samples["label"].to_numpy()
@@ -338,7 +378,7 @@ def test_codebook_page_shows_word_frequencies_patches_classes_and_an_overlay(dem
     assert dict(zip(words["word"], words["cells here"])) == dict(zip(*np.unique(grid, return_counts=True)))
     # highlighting a word redraws the overlay without an error
     at.selectbox(key="cb_highlight").set_value(int(words["word"].iloc[0])).run()
-    assert not at.exception and len(at.get("image")) == 2
+    assert not at.exception and len(at.get("image")[1].value) == 2
 
 
 def test_codebook_page_asks_for_an_index_first(project_with_problems):

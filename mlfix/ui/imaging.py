@@ -46,21 +46,23 @@ def cell_box(row: int, col: int, grid_shape: tuple[int, int], size: int) -> tupl
 
 def cut_cell(square: Image.Image, row: int, col: int, grid_shape: tuple[int, int],
              display: int = 64, context: float = 0.5) -> Image.Image:
-    """The region of cell ``(row, col)`` (plus ``context`` of a cell on each side), scaled to ``display``.
+    """The region of cell ``(row, col)`` with ``context`` of a cell around it, scaled to ``display``.
 
-    The cell's receptive field is wider than the cell itself, so a little context helps the eye;
-    the cell proper is outlined.
+    The cell's receptive field is wider than the cell itself, so a little context helps the eye.
+    The cell always sits in the middle, outlined in red; context beyond the image edge is grey.
     """
     size = square.size[0]
     left, top, right, bottom = cell_box(row, col, grid_shape, size)
-    pad_x, pad_y = (right - left) * context, (bottom - top) * context
-    box = (max(0, int(left - pad_x)), max(0, int(top - pad_y)),
-           min(size, int(right + pad_x)), min(size, int(bottom + pad_y)))
-    patch = square.crop(box).resize((display, display), Image.NEAREST if size < display else Image.BILINEAR)
-    sx, sy = display / (box[2] - box[0]), display / (box[3] - box[1])
+    pad_x, pad_y = int(round((right - left) * context)), int(round((bottom - top) * context))
+    window = (left - pad_x, top - pad_y, right + pad_x, bottom + pad_y)
+    canvas = Image.new("RGB", (window[2] - window[0], window[3] - window[1]), (128, 128, 128))
+    inside = (max(0, window[0]), max(0, window[1]), min(size, window[2]), min(size, window[3]))
+    canvas.paste(square.crop(inside), (inside[0] - window[0], inside[1] - window[1]))
+    patch = canvas.resize((display, display), Image.NEAREST if canvas.size[0] < display else Image.BILINEAR)
+    sx, sy = display / canvas.size[0], display / canvas.size[1]
     draw = ImageDraw.Draw(patch)
-    draw.rectangle(((left - box[0]) * sx, (top - box[1]) * sy,
-                    (right - box[0]) * sx - 1, (bottom - box[1]) * sy - 1), outline=(255, 64, 64))
+    draw.rectangle((pad_x * sx, pad_y * sy, (pad_x + right - left) * sx - 1, (pad_y + bottom - top) * sy - 1),
+                   outline=(255, 64, 64), width=max(1, display // 48))
     return patch
 
 
@@ -74,7 +76,7 @@ def word_colours(words: np.ndarray) -> dict[int, tuple[int, int, int]]:
     return colours
 
 
-def overlay_words(square: Image.Image, grid: np.ndarray, display: int = 448, alpha: float = 0.45,
+def overlay_words(square: Image.Image, grid: np.ndarray, display: int = 448, alpha: float = 0.3,
                   highlight: int | None = None, labels: bool = True) -> Image.Image:
     """``square`` scaled to ``display`` with each cell tinted by its word and the word id written in it.
 

@@ -231,6 +231,20 @@ def _word_overlay(project_dir: str, files: tuple, sample_id: str, display: int,
     return buffer.getvalue(), grid
 
 
+def model_view_png(project, sample_id: str, display: int = 320) -> bytes:
+    """The image as the model saw it (resized, center-cropped), scaled to ``display`` px, as PNG."""
+    return _model_view_png(*_key(project), sample_id, display)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _model_view_png(project_dir: str, files: tuple, sample_id: str, display: int) -> bytes:
+    project = open_project(project_dir)
+    square = imaging.model_view(project.image(sample_id), int(project.settings.get("image_size", 224)))
+    buffer = io.BytesIO()
+    square.resize((display, display)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def sample_row(project, sample_id: str) -> int:
     """Row index of ``sample_id`` in ``project.samples``; ``KeyError`` if it is not there."""
     positions = _sample_positions(*_key(project))
@@ -255,7 +269,7 @@ def clear() -> None:
     """Forget every cached project artifact (after the project was rebuilt in place)."""
     for fn in (_open_project, _word_grids, _bags, _sample_positions):
         fn.clear()
-    for fn in (_class_counts, _examples_per_class, _word_frequency,
+    for fn in (_class_counts, _examples_per_class, _word_frequency, _model_view_png,
                _images_with_word, _word_classes, _word_patches, _word_overlay):
         fn.clear()
     _export_table.clear()
