@@ -190,14 +190,14 @@ def seed_greedy_order(bags: np.ndarray, start: int = 0) -> np.ndarray:
 # Approximate order for large N
 
 
-def approximate_order(bags: np.ndarray, start: int = 0, *, cluster_size: int = 2048, dims: int = 64,
+def approximate_order(bags: np.ndarray, start: int = 0, *, cluster_size: int = 1024, dims: int = 64,
                       next_clusters: int = 4, seed: int = 0, threads: int | None = 1,
                       progress: ProgressFn | None = None) -> np.ndarray:
     """A greedy-like ordering for large N: a permutation of ``range(N)`` (int64), starting at ``start``.
 
     1. Project the bags (rows scaled to unit length) on their first ``dims`` principal axes.
-    2. KMeans (faiss) into clusters of about ``cluster_size`` images; clusters over twice that are
-       split again.
+    2. KMeans (faiss) into clusters of about ``cluster_size`` images (at most twice that),
+       hierarchically: at most 32 clusters per split, and clusters still too large are split again.
     3. Inside each cluster, the exact greedy chain (:func:`greedy_order`).
     4. Clusters follow one another tail to head: after a cluster's last image, the next image is the
        one sharing the most words with it among the ``next_clusters`` remaining clusters whose
@@ -211,7 +211,8 @@ def approximate_order(bags: np.ndarray, start: int = 0, *, cluster_size: int = 2
     Args:
         bags: bool (N, k) or uint8 packed bits (N, ceil(k/8)).
         start: row index of the first image.
-        cluster_size: target images per cluster (larger: closer to exact, slower).
+        cluster_size: target images per cluster (larger: slower; at N=20,000, 512, 1024 and 2048
+            all kept 98-99% of the exact chain's mean shared words).
         dims: PCA dimensions used for clustering.
         next_clusters: how many nearest clusters are searched for the next image at a junction.
         seed: KMeans seed (the result is deterministic for a given seed and thread count).
