@@ -90,6 +90,27 @@ FLAG_VERDICT = "<flagged>"  # what a flag says in conflicts(): "not this label, 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _CHUNK = 500  # rows per IN (...) lookup: well under SQLite's bound-parameter limit
 _ALLOWED_KEYS = {"client_id", "sample_id", "kind", "label", "reviewer", "undoes", "note", "view"}
+FINAL_RULES = ("latest", "majority", "admin_wins")
+
+
+class StoreUnavailable(RuntimeError):
+    """The decisions database cannot be reached (down, unreachable, locked for too long).
+
+    Nothing of the failed call was stored: retry it with the same client ids once the database is
+    back (a retry stores each decision once). The message names the database, never its password.
+    """
+
+
+@contextmanager
+def _unavailable_as_error(url: str) -> Iterator[None]:
+    """Turn "cannot reach the database" errors of the driver into :class:`StoreUnavailable`."""
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+        shown = sa.engine.make_url(url).render_as_string(hide_password=True)
+        reason = str(getattr(error, "orig", error) or error).strip().splitlines()
+        raise StoreUnavailable(f"the decisions database {shown} is unavailable ({reason[0] if reason else error}): "
+                               "decisions are NOT being saved; retry when it is back") from error
 
 
 class UTCDateTime(sa.types.TypeDecorator):
@@ -225,7 +246,32 @@ class ReviewStore:
         self._thread_lock = threading.Lock()
         self._lock_fd: int | None = None
         self._lock_pid: int | None = None
-        self._create_schema()
+        with _unavailable_as_error(url):
+            self._create_schema()
+
+    @classmethod
+    def connect_with_retry(cls, url: str, attempts: int = 5, delay: float = 2.0, labels: Collection[str] | None = None,
+                           sleep=None, **engine_kwargs: Any) -> "ReviewStore":
+        """Open the store, retrying while the database is unavailable (e.g. still starting).
+
+        Tries ``attempts`` times, ``delay`` seconds apart (doubling, at most 30 s); then raises
+        :class:`StoreUnavailable` saying how often it tried. Example:
+        ``ReviewStore.connect_with_retry("postgresql+psycopg://mlfix@db/mlfix", attempts=10)``.
+        """
+        import time
+
+        if attempts < 1:
+            raise ValueError(f"attempts must be at least 1, got {attempts}")
+        sleep = time.sleep if sleep is None else sleep
+        for attempt in range(1, attempts + 1):
+            try:
+                return cls(url, labels=labels, **engine_kwargs)
+            except StoreUnavailable as error:
+                if attempt == attempts:
+                    raise StoreUnavailable(f"{error} (tried {attempts} times over about "
+                                           f"{sum(min(30.0, delay * 2**i) for i in range(attempts - 1)):.0f} s)") from error
+                sleep(min(30.0, delay * 2 ** (attempt - 1)))
+        raise AssertionError("unreachable")
 
     @classmethod
     def for_project(cls, project_dir: str | os.PathLike, labels: Collection[str] | None = None) -> "ReviewStore":
@@ -264,7 +310,7 @@ class ReviewStore:
         a writer waited more than 30 s). The transaction itself begins with BEGIN IMMEDIATE, and the
         busy timeout still covers other programs writing to the file.
         """
-        with self._file_lock():
+        with _unavailable_as_error(self.url), self._file_lock():
             with self.engine.connect() as conn:
                 conn = conn.execution_options(mlfix_write=True)
                 with conn.begin():
@@ -473,12 +519,12 @@ class ReviewStore:
         query = self._log_query()
         if since_id is not None:
             query = query.where(t.c.id > int(since_id))
-        with self.engine.connect() as conn:
+        with _unavailable_as_error(self.url), self.engine.connect() as conn:
             return _to_frame(conn.execute(query))
 
     def last_id(self) -> int:
         """The id of the latest decision (0 when none): a cheap "did anything change?" check."""
-        with self.engine.connect() as conn:
+        with _unavailable_as_error(self.url), self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.max(decisions_table.c.id))).scalar() or 0)
 
     def current_state(self, samples: pd.DataFrame) -> pd.DataFrame:
@@ -507,6 +553,14 @@ class ReviewStore:
     def conflicts(self, samples: pd.DataFrame) -> pd.DataFrame:
         """Samples where reviewers' latest effective decisions disagree; see :func:`find_conflicts`."""
         return find_conflicts(self.decisions(), samples)
+
+    def final_labels(self, samples: pd.DataFrame, rule: str = "latest", admins: Collection[str] = ()) -> pd.DataFrame:
+        """The final label of each sample under a rule for disagreements; see :func:`final_labels`."""
+        return final_labels(self.decisions(), samples, rule, admins)
+
+    def final_state(self, samples: pd.DataFrame, rule: str = "latest", admins: Collection[str] = ()) -> pd.DataFrame:
+        """:meth:`current_state` with ``label`` decided by ``rule`` (input for ``export.export_table``)."""
+        return final_state(self.decisions(), samples, rule, admins)
 
 
 # -- validation -----------------------------------------------------------------------------------
@@ -724,3 +778,132 @@ def reviewer_summary(log: pd.DataFrame) -> pd.DataFrame:
     out["first_at"] = grouped["created_at"].min()
     out["last_at"] = grouped["created_at"].max()
     return out.reset_index()[columns]
+
+
+# -- final labels under disagreement ---------------------------------------------------------------
+
+FINAL_COLUMNS = ["sample_id", "original_label", "label", "changed", "basis", "n_reviewers", "conflict", "tie",
+                 "votes"]
+
+
+def reviewer_verdicts(log: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """Each reviewer's verdict on each sample: their latest effective non-undo decision.
+
+    A relabel says its label; an ok says the label current when it was given (the latest effective
+    relabel before it, else the original); a flag says :data:`FLAG_VERDICT` (no label). Returns
+    DataFrame[id, sample_id, reviewer, kind, verdict], one row per (sample, reviewer), by id;
+    samples not in ``samples`` are left out. The same verdicts as :func:`find_conflicts`.
+    """
+    _check_samples(samples)
+    live = _live(log)
+    live = live[live["sample_id"].isin(samples["sample_id"])]
+    per = live.drop_duplicates(["sample_id", "reviewer"], keep="last")
+    columns = ["id", "sample_id", "reviewer", "kind", "verdict"]
+    if per.empty:
+        return pd.DataFrame(columns=columns)
+    original = pd.Series(samples["label"].to_numpy(dtype=object), index=samples["sample_id"].to_numpy())
+    relabels = live.loc[live["kind"] == "relabel", ["id", "sample_id", "label"]].rename(columns={"label": "seen"})
+    per = pd.merge_asof(per.sort_values("id"), relabels.sort_values("id"), on="id", by="sample_id",
+                        allow_exact_matches=False, direction="backward")
+    seen = per["seen"].astype(object).where(per["seen"].notna(), per["sample_id"].map(original))
+    verdict = np.where(per["kind"] == "relabel", per["label"].astype(object),
+                       np.where(per["kind"] == "ok", seen, FLAG_VERDICT))
+    per["verdict"] = pd.Series(verdict, index=per.index).astype(str)
+    return per[columns].reset_index(drop=True)
+
+
+def final_labels(log: pd.DataFrame, samples: pd.DataFrame, rule: str = "latest",
+                 admins: Collection[str] = ()) -> pd.DataFrame:
+    """The final label of each sample when reviewers may disagree, by ``rule``.
+
+    Every reviewer has one verdict per sample (:func:`reviewer_verdicts`: their latest effective
+    decision; a flag names no label). Rules:
+
+    ``latest``      the label derived from the whole log (:func:`derive_state`): the latest effective
+                    relabel, else the original label. What the store shows everywhere.
+    ``majority``    the label named by the most reviewers (an ok votes for the label it confirmed).
+                    Ties go to the tied label whose most recent supporting verdict is latest
+                    (``tie`` is True so an admin can look). Flags are not votes: with flags only,
+                    the label is the ``latest`` one.
+    ``admin_wins``  the latest verdict naming a label by a reviewer in ``admins`` (two admins who
+                    disagree: the later wins); samples no admin named a label for follow
+                    ``majority``. An admin's flag names no label, so it cannot win.
+
+    Samples nobody decided keep their original label. ``samples``: DataFrame[sample_id, label].
+    Returns one row per sample, in its order: sample_id, original_label, label (final), changed,
+    basis ('unreviewed' | 'agreed' | 'latest' | 'majority' | 'tie' | 'admin' | 'flagged'),
+    n_reviewers, conflict (verdicts differ), tie, votes ({label: reviewers}).
+
+    Example: ann relabels ``a`` to dog, bob and cy relabel it to fox: ``majority`` -> fox (2 votes
+    to 1), ``admin_wins`` with ``admins=["ann"]`` -> dog, ``latest`` -> whoever decided last.
+    """
+    if rule not in FINAL_RULES:
+        raise ValueError(f"unknown final-label rule {rule!r}; use one of {list(FINAL_RULES)}")
+    state = derive_state(log, samples)
+    verdicts = reviewer_verdicts(log, samples)
+    n = len(state)
+    sample_ids = state["sample_id"].to_numpy()
+    position = pd.Index(sample_ids)
+    final = state["label"].to_numpy(dtype=object).copy()
+    basis = np.where(state["status"].to_numpy() == "unreviewed", "unreviewed", "latest").astype(object)
+    tie = np.zeros(n, bool)
+    n_reviewers = np.zeros(n, np.int64)
+    conflict = np.zeros(n, bool)
+    votes: list[dict] = [{} for _ in range(n)]
+    if len(verdicts):
+        at = position.get_indexer(verdicts["sample_id"].to_numpy())
+        n_reviewers = np.bincount(at, minlength=n).astype(np.int64)
+        distinct = verdicts.drop_duplicates(["sample_id", "verdict"])
+        conflict = np.bincount(position.get_indexer(distinct["sample_id"].to_numpy()), minlength=n) > 1
+        named = verdicts[verdicts["verdict"] != FLAG_VERDICT]
+        counted = (named.groupby(["sample_id", "verdict"], sort=False)
+                   .agg(n=("id", "size"), last=("id", "max")).reset_index())
+        for s, v, k in zip(counted["sample_id"], counted["verdict"], counted["n"]):
+            votes[position.get_loc(s)][v] = int(k)
+        flag_only = (n_reviewers > 0) & (np.bincount(position.get_indexer(named["sample_id"].to_numpy()),
+                                                      minlength=n) == 0)
+        basis[flag_only] = "flagged"
+        if rule != "latest" and len(counted):
+            ranked = counted.sort_values(["sample_id", "n", "last"], ascending=[True, False, False], kind="stable")
+            top = ranked.drop_duplicates("sample_id")
+            best = top.set_index("sample_id")["n"]
+            tied = ranked[ranked["n"].to_numpy() == ranked["sample_id"].map(best).to_numpy()]
+            where = position.get_indexer(top["sample_id"].to_numpy())
+            final[where] = top["verdict"].to_numpy(dtype=object)
+            is_tie = tied.groupby("sample_id").size() > 1
+            tie[position.get_indexer(is_tie.index[is_tie.to_numpy()])] = True
+            basis[where] = np.where(tie[where], "tie", "majority")
+        if rule == "admin_wins" and len(named):
+            admin_set = set(admins)
+            by_admin = named[named["reviewer"].isin(admin_set)].sort_values("id")
+            latest_admin = by_admin.drop_duplicates("sample_id", keep="last")
+            where = position.get_indexer(latest_admin["sample_id"].to_numpy())
+            final[where] = latest_admin["verdict"].to_numpy(dtype=object)
+            basis[where] = "admin"
+            tie[where] = False
+        basis[(n_reviewers > 0) & ~conflict & ~flag_only] = "agreed"
+    original = state["original_label"].to_numpy(dtype=object)
+    return pd.DataFrame({"sample_id": sample_ids, "original_label": original, "label": final,
+                         "changed": final != original, "basis": basis, "n_reviewers": n_reviewers,
+                         "conflict": conflict, "tie": tie, "votes": votes})[FINAL_COLUMNS]
+
+
+def final_state(log: pd.DataFrame, samples: pd.DataFrame, rule: str = "latest",
+                admins: Collection[str] = ()) -> pd.DataFrame:
+    """:func:`derive_state` with the final label of ``rule`` (see :func:`final_labels`).
+
+    The status follows the outcome: ``relabeled`` when the final label differs from the original,
+    ``ok`` when a relabel was overruled back to the original label, else the derived status.
+    Feed it to ``mlfix.export.export_table(samples, state)`` to export under a rule.
+    """
+    state = derive_state(log, samples)
+    if rule == "latest":
+        return state
+    final = final_labels(log, samples, rule, admins)
+    state["label"] = final["label"].to_numpy(dtype=object)
+    changed = final["changed"].to_numpy(dtype=bool)
+    status = state["status"].to_numpy(dtype=object).copy()
+    status[changed] = "relabeled"
+    status[~changed & (status == "relabeled")] = "ok"
+    state["status"] = status
+    return state
