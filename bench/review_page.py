@@ -12,6 +12,10 @@ Figures (median and p90 over repeated runs, after warm-up):
   answer) and ``browser_page_flip_s`` (press ``n``: the next 200 tiles are in the page, and
   ``browser_page_flip_images_s``: their thumbnails are decoded).
 
+- ``large_*``: the page on a synthetic project of ``--large`` samples (1,000,000; 20,000 with
+  ``--quick``) in 10 classes: the first run (opening the project, 200 thumbnails) and a rerun after
+  a decision.
+
 Without ``--project`` it builds the demo (sklearn digits; 300 of them with ``--quick``) with fast
 index settings in a temporary folder.
 """
@@ -29,6 +33,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from bench.common import emit, parser
 
@@ -89,6 +94,74 @@ def bench_apptest(project, repeats: int) -> None:
         median, p90 = stats(values)
         emit("review_page", metric + "_median", round(median, 4), "s", n=n_items, repeats=repeats)
         emit("review_page", metric + "_p90", round(p90, 4), "s", n=n_items, repeats=repeats)
+
+
+def large_project(folder: Path, n: int, classes: int = 10):
+    """A synthetic indexed-looking project of ``n`` samples over 200 real image files (sample table
+    and orderings only: no features, so the side panel has no neighbours)."""
+    from PIL import Image
+
+    from mlfix.project import Project
+
+    images = folder / "images" / "img"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8), "RGB").save(images / f"{i}.png")
+    project = Project.create(folder / "project", images=folder / "images")
+    rows = np.arange(n)
+    labels = np.array([f"class{c}" for c in range(classes)], dtype=object)[rows % classes]
+    samples = pd.DataFrame({"sample_id": [f"{labels[i]}/{i:07d}.png" for i in rows],
+                            "path": [f"img/{i % 200}.png" for i in rows], "label": labels})
+    for column in ("box_x", "box_y", "box_w", "box_h"):
+        samples[column] = np.nan
+    samples["width"], samples["height"], samples["status"] = 48, 48, "ok"
+    samples.to_parquet(project.dir / "samples.parquet")
+    orders = project.dir / "orders"
+    orders.mkdir()
+    names = {}
+    for c in range(classes):
+        names[f"class{c}"] = f"label_{c}"
+        np.save(orders / f"label_{c}.npy", rows[rows % classes == c])
+    np.save(orders / "all.npy", rows)
+    (orders / "orders.json").write_text(json.dumps({"labels": names}))
+    (orders / "orders.key.json").write_text("{}")
+    return Project.open(project.dir)
+
+
+def bench_large(n: int, repeats: int) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from mlfix.reviews import ReviewStore
+
+    with tempfile.TemporaryDirectory(prefix="mlfix-bench-large-") as tmp:
+        start = time.perf_counter()
+        project = large_project(Path(tmp), n)
+        setup_s = time.perf_counter() - start
+        at = AppTest.from_file(PAGE, default_timeout=600)
+        at.session_state["mlfix_project_dir"] = str(project.dir)
+        at.session_state["mlfix_reviewer"] = "bench"
+        start = time.perf_counter()
+        at.run()
+        first = time.perf_counter() - start
+        assert not at.exception, at.exception
+        [element] = at.get("bidi_component")
+        ids = [item["id"] for item in json.loads(element.proto.json)["items"]]
+        times = []
+        with ReviewStore.for_project(project.dir) as store:
+            for i in range(repeats):
+                store.decide([ids[i]], "ok", reviewer="bench")
+                start = time.perf_counter()
+                at.run()
+                times.append(time.perf_counter() - start)
+        median, p90 = stats(times)
+        per_class = n // 10
+        emit("review_page", "large_first_run_s", round(first, 3), "s", n=n, per_class=per_class,
+             includes="open project, first 200 thumbnails", setup_s=round(setup_s, 1))
+        emit("review_page", "large_rerun_after_decision_s_median", round(median, 4), "s", n=n,
+             per_class=per_class, repeats=repeats)
+        emit("review_page", "large_rerun_after_decision_s_p90", round(p90, 4), "s", n=n,
+             per_class=per_class, repeats=repeats)
 
 
 # ------------------------------------------------------------------------------------ browser
@@ -204,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--project", help="an indexed project with at least 400 images (default: build the demo)")
     p.add_argument("--no-browser", action="store_true", help="AppTest figures only")
+    p.add_argument("--large", type=int, default=1_000_000, help="samples in the synthetic large project")
     args = p.parse_args(argv)
     repeats = 5 if args.quick else 15
     with tempfile.TemporaryDirectory(prefix="mlfix-bench-review-") as tmp:
@@ -216,6 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         bench_apptest(project, repeats)
         if not args.no_browser and not args.quick:
             bench_browser(project, repeats)
+    bench_large(20_000 if args.quick else args.large, repeats)
 
 
 if __name__ == "__main__":

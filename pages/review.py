@@ -89,8 +89,8 @@ def ordered_ids(project, label: str | None, view: dict | None, sort: str,
     samples = project.samples
     note = None
     if view is not None:
-        known = set(samples["sample_id"])
-        ids = np.array([s for s in view["sample_ids"] if s in known], dtype=object)
+        wanted = np.asarray(view["sample_ids"], dtype=object)
+        ids = wanted[pd.Index(samples["sample_id"].to_numpy()).get_indexer(wanted) >= 0]
     elif getattr(project, "is_indexed", False):
         ids = np.asarray(project.order(label), dtype=object)
     else:
@@ -104,10 +104,54 @@ def ordered_ids(project, label: str | None, view: dict | None, sort: str,
     return ids, note
 
 
-def _state_of(store, project, ids: np.ndarray) -> pd.DataFrame:
-    samples = project.samples
-    subset = samples.loc[samples["sample_id"].isin(ids), ["sample_id", "label"]]
-    return store.current_state(subset).set_index("sample_id")
+ORDER_FILES = ("samples.parquet", "orders/orders.json", "orders/orders.key.json", "scores.parquet")
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _ordering(project_dir: str, stamp: tuple, label: str | None, view_key: tuple | None, sort: str,
+              _project, _view, _scores) -> tuple[np.ndarray, pd.Index, str | None]:
+    ids, note = ordered_ids(_project, label, _view, sort, _scores)
+    return ids, pd.Index(ids), note
+
+
+def ordering(project, label: str | None, view_name: str, view: dict | None, sort: str,
+             scores: pd.DataFrame | None) -> tuple[np.ndarray, pd.Index, str | None]:
+    """:func:`ordered_ids` plus a hash index of them, cached while the files that made them are
+    unchanged (a class of 100,000 is not re-read and re-hashed at every key press)."""
+    from mlfix.ui import loaders
+
+    view_key = (view_name, view.get("created"), len(view["sample_ids"])) if view is not None else None
+    return _ordering(str(project.dir), loaders.stamp(project.dir, ORDER_FILES), label, view_key, sort,
+                     project, view, scores)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _sample_tables(project_dir: str, stamp: tuple, _project) -> tuple[pd.Series, list[str]]:
+    samples = _project.samples
+    originals = pd.Series(samples["label"].to_numpy(dtype=object), index=samples["sample_id"].to_numpy())
+    if len(originals):
+        originals.index.get_loc(originals.index[0])  # builds the hash table once, here
+    return originals, list(_project.labels)
+
+
+def sample_tables(project) -> tuple[pd.Series, list[str]]:
+    """(given label by sample id, sorted labels), made once per version of samples.parquet."""
+    from mlfix.ui import loaders
+
+    return _sample_tables(str(project.dir), loaders.stamp(project.dir, ("samples.parquet",)), project)
+
+
+def _state_of(store, index: pd.Index, originals: pd.Series) -> pd.DataFrame:
+    """The review state (status, current label) of those samples of ``index`` that have decisions,
+    by sample id; the others are unreviewed. Costs lookups of the decided ids, not a pass over the
+    class (a class of a million images is as fast as one of a hundred)."""
+    from mlfix.reviews import derive_state
+
+    log = store.decisions()
+    decided = log["sample_id"].unique()
+    touched = decided[index.get_indexer(decided) >= 0] if len(decided) else decided
+    subset = pd.DataFrame({"sample_id": touched, "label": originals.reindex(touched).to_numpy()})
+    return derive_state(log, subset).set_index("sample_id")
 
 
 def make_items(ids: list[str], urls: list[str], current: pd.DataFrame, originals: pd.Series,
@@ -200,7 +244,7 @@ def _panel(project, store, focus: str, url_for, originals: pd.Series, scores: pd
         near = []
     if near:
         small = thumbnails.for_project(project, THUMB_SIZE)
-        current = _state_of(store, project, np.asarray(near, dtype=object))
+        current = _state_of(store, pd.Index(near), originals)
         panel["neighbours"] = make_items(near, url_for(small, near), current, originals, None)
     return panel
 
@@ -212,9 +256,7 @@ def _text(value) -> str | None:
 def main() -> None:
     project = state.require_project()
     store = review_store(project)
-    labels = list(project.labels)
-    samples = project.samples
-    originals = pd.Series(samples["label"].to_numpy(dtype=object), index=samples["sample_id"].to_numpy())
+    originals, labels = sample_tables(project)
     views = published_views(project)
     scores = score_table(project)
     # A dense tool: use the width of the window (this style lives only while the page is shown).
@@ -236,7 +278,8 @@ def main() -> None:
                                   "mislabeled first.")
     page_size = cols[2].selectbox("Per page", PAGE_SIZES, index=len(PAGE_SIZES) - 1, key="mlfix_review_size")
 
-    ids, note = ordered_ids(project, None if label == ALL_IMAGES else label, view, sort, scores)
+    ids, id_index, note = ordering(project, None if label == ALL_IMAGES else label, view_name, view, sort,
+                                   scores)
     context = (view_name, label, sort, page_size)
     if st.session_state.get(CONTEXT_KEY) != context:
         st.session_state[CONTEXT_KEY] = context
@@ -264,7 +307,7 @@ def main() -> None:
         return grid.thumbnail_urls(cache, some_ids, static_dir)
 
     urls = url_for(thumbnails.for_project(project, THUMB_SIZE), page_ids)
-    current = _state_of(store, project, ids)
+    current = _state_of(store, id_index, originals)
     suggested = None
     if scores is not None and "suggested_label" in scores.columns:
         suggested = scores.drop_duplicates("sample_id").set_index("sample_id")["suggested_label"]

@@ -110,10 +110,15 @@ def thumbnail_urls(cache, sample_ids: Sequence[str], static_dir: Path | None = N
     for sample_id, path in zip(sample_ids, paths):
         rel = cache.relpath(sample_id)
         target = base / rel
-        if not target.exists():
-            _link_or_copy(path, target)
+        if str(target) not in _LINKED:
+            if not target.exists():
+                _link_or_copy(path, target)
+            _LINKED.add(str(target))
         urls.append(f"app/static/{STATIC_SUBDIR}/{project_key}/{rel}")
     return urls
+
+
+_LINKED: set[str] = set()  # mirror files known to exist (this process): no stat per page view
 
 
 def _prune_mirrors(folder: Path, keep: int = MAX_MIRRORS) -> None:
@@ -124,6 +129,8 @@ def _prune_mirrors(folder: Path, keep: int = MAX_MIRRORS) -> None:
         return
     for old in mirrors[:max(0, len(mirrors) - keep + 1)]:
         shutil.rmtree(old, ignore_errors=True)
+        prefix = str(old) + os.sep
+        _LINKED.difference_update({p for p in _LINKED if p.startswith(prefix)})
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
