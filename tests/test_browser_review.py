@@ -135,6 +135,10 @@ def test_select_three_with_the_keyboard_relabel_and_undo(app_url):
             page.keyboard.press("ArrowRight")
             page.keyboard.press("Space")
         assert page.locator(".tile.selected").count() == 3
+        # the side panel follows the focus: the third image, larger, with its neighbours from Python
+        assert page.locator(".panel .name").inner_text() == ids[2]
+        poll(lambda: page.locator(".panel .nb").count() == 8, timeout=15)
+        assert page.locator(".panel .nb").count() == 8
         page.locator(".tile").nth(6).hover()  # the hover enlargement, for the screenshot
         time.sleep(0.6)
         page.screenshot(path=str(OUTPUT / "review-2-selected.png"))
@@ -161,6 +165,13 @@ def test_select_three_with_the_keyboard_relabel_and_undo(app_url):
         assert badges.count() == 3 and badges.first.inner_text() == f"→ {target_label}"
         assert page.locator(".counter").get_attribute("data-reviewed") == "3"
         page.screenshot(path=str(OUTPUT / "review-3-relabeled.png"))
+
+        # click selects, shift-click selects the range in between, Escape clears
+        tiles.nth(5).click()
+        tiles.nth(8).click(modifiers=["Shift"])
+        assert page.locator(".tile.selected").count() == 4
+        page.keyboard.press("Escape")
+        assert page.locator(".tile.selected").count() == 0
 
         # z undoes the last action: three undo rows, the labels are back
         page.locator(".wrap").focus()
