@@ -69,6 +69,18 @@ def _stage_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
+def _recently_written(project_dir: Path, seconds: float = 30.0) -> bool:
+    """A progress log written in the last ``seconds``: work started outside the app (a terminal)."""
+    now = time.time()
+    for name in ("train.jsonl", "index.jsonl"):
+        try:
+            if now - (project_dir / "progress" / name).stat().st_mtime < seconds:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def _status_panel(status: jobs.JobStatus) -> None:
     record = status.record
     name = JOB_NAMES.get(status.kind, status.kind or "Job")
@@ -188,7 +200,7 @@ def _loss_figure(train: list[dict]) -> go.Figure | None:
 
 def _progress_view(project_dir: Path, was_running: bool) -> None:
     status = jobs.job_status(project_dir)
-    if was_running and not status.running:
+    if was_running and not status.running and not _recently_written(project_dir):
         st.rerun()  # the job ended: redraw the whole page (buttons, status)
     train = read_progress(project_dir / "progress" / "train.jsonl")
     index = read_progress(project_dir / "progress" / "index.jsonl")
@@ -240,5 +252,8 @@ with left:
 with right:
     _index_controls(project, status.running)
 
-# Refresh only the progress, and only while a job runs.
-st.fragment(run_every=REFRESH_S if status.running else None)(_progress_view)(project.dir, status.running)
+# Refresh only the progress, and only while a job runs (here, or from a terminal: `mlfix index`).
+live = status.running or _recently_written(project.dir)
+if live and not status.running:
+    st.caption("A job started outside the app (e.g. `mlfix index` in a terminal) is writing progress.")
+st.fragment(run_every=REFRESH_S if live else None)(_progress_view)(project.dir, live)

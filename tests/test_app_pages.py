@@ -213,13 +213,17 @@ def test_dataset_page_shows_counts_examples_and_problems(project_with_problems):
     assert all(len(i.value) == 3 for i in at.get("image"))
 
 
-def test_no_project_offers_to_create_one_from_a_folder(tiny_image_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
+def test_no_project_offers_to_create_one_from_a_folder_or_a_zip(tiny_image_folder, tmp_path, monkeypatch,
+                                                                 as_zip):
     monkeypatch.delenv("MLFIX_PROJECT", raising=False)
+    images = shutil.make_archive(str(tmp_path / "images"), "zip", tiny_image_folder) if as_zip \
+        else tiny_image_folder
     at = app_on(None)
     assert any("Open an existing project" in i.value for i in at.info)
     target = tmp_path / "new-project"
     at.text_input(key="ds_new_dir").input(str(target))
-    at.text_input(key="ds_images").input(str(tiny_image_folder))
+    at.text_input(key="ds_images").input(str(images))
     at.checkbox(key="ds_start_index").uncheck()
     at.button(key="ds_create").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]

@@ -27,6 +27,7 @@ import streamlit as st
 from mlfix.ui import imaging
 
 PROJECT_FILES = ("mlfix.toml", "samples.parquet", "problems.parquet")
+CHUNK = 16384  # rows per pass over big arrays
 INDEX_FILES = ("features/pooled.npy", "features/words.npy", "codebook/bags.npy",
                "codebook/centroids.npy")
 
@@ -144,11 +145,15 @@ def _word_frequency(project_dir: str, files: tuple) -> pd.DataFrame:
     project = open_project(project_dir)
     k = int(project.settings.get("words") or project.centroids().shape[0])
     packed = _bags(project_dir, files)
-    images = np.unpackbits(packed, axis=1, bitorder="little")[:, :k].sum(axis=0, dtype=np.int64)
+    images = np.zeros(k, dtype=np.int64)
+    # Chunked: unpacked bags are N x k bytes (1 GB for a million images and 1024 words).
+    for start in range(0, len(packed), CHUNK):
+        bits = np.unpackbits(np.asarray(packed[start:start + CHUNK]), axis=1, bitorder="little")
+        images += bits[:, :k].sum(axis=0, dtype=np.int64)
     grids = _word_grids(project_dir, files)
     cells = np.zeros(k, dtype=np.int64)
-    for start in range(0, len(grids), 4096):  # chunked: the grids may be larger than memory
-        cells += np.bincount(np.asarray(grids[start:start + 4096]).ravel(), minlength=k)[:k]
+    for start in range(0, len(grids), CHUNK):
+        cells += np.bincount(np.asarray(grids[start:start + CHUNK]).ravel(), minlength=k)[:k]
     return pd.DataFrame({"word": np.arange(k), "images": images, "cells": cells})
 
 
@@ -247,16 +252,7 @@ def _model_view_png(project_dir: str, files: tuple, sample_id: str, display: int
 
 def sample_row(project, sample_id: str) -> int:
     """Row index of ``sample_id`` in ``project.samples``; ``KeyError`` if it is not there."""
-    positions = _sample_positions(*_key(project))
-    if sample_id not in positions:
-        raise KeyError(f"unknown sample_id {sample_id!r}")
-    return positions[sample_id]
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _sample_positions(project_dir: str, files: tuple) -> dict[str, int]:
-    ids = open_project(project_dir).samples["sample_id"].astype(str)
-    return {sample_id: i for i, sample_id in enumerate(ids)}
+    return project.row_of(sample_id)
 
 
 def _jpeg(image) -> bytes:
@@ -267,7 +263,7 @@ def _jpeg(image) -> bytes:
 
 def clear() -> None:
     """Forget every cached project artifact (after the project was rebuilt in place)."""
-    for fn in (_open_project, _word_grids, _bags, _sample_positions):
+    for fn in (_open_project, _word_grids, _bags):
         fn.clear()
     for fn in (_class_counts, _examples_per_class, _word_frequency, _model_view_png,
                _images_with_word, _word_classes, _word_patches, _word_overlay):
