@@ -42,7 +42,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from mlfix.reviews import SQLITE_BUSY_TIMEOUT_MS, UTCDateTime, _configure_sqlite, _lock_key, _unavailable_as_error
+from mlfix.reviews import PG_CONNECT_TIMEOUT_S, SQLITE_BUSY_TIMEOUT_MS, UTCDateTime, _configure_sqlite, _lock_key, _unavailable_as_error
 
 DEFAULT_MINUTES = 15.0
 MAX_MINUTES = 24 * 60.0
@@ -117,6 +117,7 @@ class ClaimBook:
                 _configure_sqlite(engine)
             elif backend == "postgresql":
                 engine_kwargs.setdefault("pool_pre_ping", True)
+                engine_kwargs.setdefault("connect_args", {}).setdefault("connect_timeout", PG_CONNECT_TIMEOUT_S)
                 engine = sa.create_engine(url, **engine_kwargs)
             else:
                 raise ValueError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")

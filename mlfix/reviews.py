@@ -88,6 +88,7 @@ DECISION_COLUMNS = ["id", "client_id", "sample_id", "kind", "label", "reviewer",
 STATE_COLUMNS = ["sample_id", "original_label", "label", "status", "reviewer", "decided_at"]
 FLAG_VERDICT = "<flagged>"  # what a flag says in conflicts(): "not this label, not sure which"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+PG_CONNECT_TIMEOUT_S = 10
 _CHUNK = 500  # rows per IN (...) lookup: well under SQLite's bound-parameter limit
 _ALLOWED_KEYS = {"client_id", "sample_id", "kind", "label", "reviewer", "undoes", "note", "view"}
 FINAL_RULES = ("latest", "majority", "admin_wins")
@@ -106,7 +107,7 @@ def _unavailable_as_error(url: str) -> Iterator[None]:
     """Turn "cannot reach the database" errors of the driver into :class:`StoreUnavailable`."""
     try:
         yield
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+    except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as error:
         shown = sa.engine.make_url(url).render_as_string(hide_password=True)
         reason = str(getattr(error, "orig", error) or error).strip().splitlines()
         raise StoreUnavailable(f"the decisions database {shown} is unavailable ({reason[0] if reason else error}): "
@@ -238,6 +239,8 @@ class ReviewStore:
             _configure_sqlite(self.engine)
         else:
             engine_kwargs.setdefault("pool_pre_ping", True)
+            # An unreachable host fails in seconds, not after the system's TCP timeout (minutes).
+            engine_kwargs.setdefault("connect_args", {}).setdefault("connect_timeout", PG_CONNECT_TIMEOUT_S)
             self.engine = sa.create_engine(url, **engine_kwargs)
         self.dialect = backend
         database = parsed.database if backend == "sqlite" else None
