@@ -184,5 +184,17 @@ def test_select_three_with_the_keyboard_relabel_and_undo(app_url):
         assert not after["changed"].any()
         poll(lambda: page.locator(".tile[data-status='relabeled']").count() == 0, timeout=10)
         assert page.locator(".tile[data-status='relabeled']").count() == 0
+
+        # f flags the focused image as wrong and moves on; o marks the next one as fine
+        focused = page.locator(".tile.focus img").get_attribute("alt")
+        page.keyboard.press("f")
+        following = page.locator(".tile.focus img").get_attribute("alt")
+        page.keyboard.press("o")
+        poll(lambda: len(store.decisions()) >= 8)
+        last = store.decisions().tail(2)
+        assert list(zip(last["sample_id"], last["kind"])) == [(focused, "flag"), (following, "ok")]
+        poll(lambda: page.locator(".tile[data-status='ok']").count() == 1, timeout=10)
+        assert page.locator(".tile[data-status='flagged'] .badge").inner_text() == "⚑ wrong"
+        page.screenshot(path=str(OUTPUT / "review-4-flag-ok.png"))
         browser.close()
     store.close()
