@@ -195,6 +195,8 @@ def test_select_three_with_the_keyboard_relabel_and_undo(app_url):
         assert list(zip(last["sample_id"], last["kind"])) == [(focused, "flag"), (following, "ok")]
         poll(lambda: page.locator(".tile[data-status='ok']").count() == 1, timeout=10)
         assert page.locator(".tile[data-status='flagged'] .badge").inner_text() == "⚑ wrong"
+        page.mouse.move(5, 790)
+        time.sleep(0.5)
         page.screenshot(path=str(OUTPUT / "review-4-flag-ok.png"))
         browser.close()
     store.close()

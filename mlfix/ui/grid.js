@@ -244,7 +244,7 @@ function paintPanel(s) {
     nbs.replaceChildren(...list.map((n) => {
       const cell = el("div", "nb");
       const img = el("img");
-      img.src = n.url; img.alt = n.id; img.loading = "lazy";
+      img.src = n.url; img.alt = n.id;
       const lab = el("span", "nblabel" + (n.label !== it.label ? " other" : ""),
         n.status === "relabeled" ? "→ " + n.new_label : n.label);
       cell.title = `${n.id}\nlabel: ${n.label}` + (n.status && n.status !== "unreviewed" ? `\n${n.status}` : "");
