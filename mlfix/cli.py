@@ -4,7 +4,7 @@
                 [--image-size PX] [--words K] [--weights FILE|imagenet|offline|random]
     mlfix train --project DIR [--epochs N] [--batch-size B] [--image-size PX] [--init random|imagenet|FILE] [--no-flip]
     mlfix scores --project DIR [-o scores.csv]
-    mlfix serve --project DIR [--port PORT]
+    mlfix serve --project DIR [--port PORT] [--address ADDR] [--db URL]
 """
 
 from __future__ import annotations
@@ -139,17 +139,34 @@ def _add_serve(commands) -> None:
     p.add_argument("--project", required=True)
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--address", default="localhost", help="0.0.0.0 to share on the network")
+    p.add_argument("--db", default=None, metavar="URL",
+                   help="decisions database, e.g. postgresql+psycopg://mlfix@dbhost/mlfix (sets MLFIX_DB_URL; "
+                        "default: MLFIX_DB_URL, else reviews.db in the project)")
+    p.add_argument("--db-retries", type=int, default=5, metavar="N",
+                   help="how often to try reaching the database before giving up (default 5)")
     p.set_defaults(run=run_serve)
 
 
 def run_serve(args) -> int:
+    import os
     import subprocess
 
     from mlfix.project import Project
+    from mlfix.reviews import ReviewStore, StoreUnavailable
 
     project = Project.open(args.project)
+    env = dict(os.environ)
+    if args.db:
+        env["MLFIX_DB_URL"] = args.db
+    if env.get("MLFIX_DB_URL"):
+        # Reach the database now, so a wrong URL or a server that is down is said here, once.
+        try:
+            ReviewStore.connect_with_retry(env["MLFIX_DB_URL"], attempts=max(1, args.db_retries)).close()
+        except (StoreUnavailable, ValueError) as error:
+            print(f"mlfix serve: {error}", file=sys.stderr)
+            return 2
     command = streamlit_command(project.dir, args.port, args.address)
-    return subprocess.call(command)
+    return subprocess.call(command, env=env)
 
 
 def streamlit_command(project_dir: Path, port: int, address: str = "localhost") -> list[str]:

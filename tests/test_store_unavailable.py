@@ -79,3 +79,31 @@ def test_down_mid_session_raises_and_a_retry_stores_each_decision_once(postgres_
         assert sorted(log["client_id"]) == [f"k{i}" for i in range(5)]  # nothing lost, nothing twice
         assert book.holder("cat", 0).reviewer == "ann"  # claims survived the crash too
         assert book.claim_next("cat", 3, "bob") == 1
+
+
+def test_serve_db_option_reaches_the_server_process(tmp_path, tiny_image_folder, monkeypatch):
+    from mlfix import cli
+    from mlfix.project import Project
+
+    project = Project.create(tmp_path / "project", tiny_image_folder)
+    calls = []
+    monkeypatch.setattr("subprocess.call", lambda command, env=None: calls.append((command, env)) or 0)
+    monkeypatch.delenv("MLFIX_DB_URL", raising=False)
+    url = sqlite_url(tmp_path / "team.db")
+    assert cli.main(["serve", "--project", str(project.dir), "--db", url]) == 0
+    [(command, env)] = calls
+    assert env["MLFIX_DB_URL"] == url and "--project" in command
+    assert (tmp_path / "team.db").exists()  # reached (and made) before the server starts
+
+
+def test_serve_refuses_to_start_on_a_database_that_is_down(tmp_path, tiny_image_folder, monkeypatch, capsys):
+    from mlfix import cli
+    from mlfix.project import Project
+
+    project = Project.create(tmp_path / "project", tiny_image_folder)
+    monkeypatch.setattr("subprocess.call", lambda *a, **k: pytest.fail("the server must not start"))
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    url = f"postgresql+psycopg://mlfix:pw@127.0.0.1:{free_port()}/mlfix"
+    assert cli.main(["serve", "--project", str(project.dir), "--db", url, "--db-retries", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "unavailable" in err and "tried 2 times" in err and ":pw@" not in err
