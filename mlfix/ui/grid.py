@@ -23,8 +23,9 @@ Example (a page)::
 from __future__ import annotations
 
 import base64
-import hashlib
+import hmac
 import os
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,6 +35,7 @@ import streamlit as st
 HERE = Path(__file__).resolve().parent
 COMPONENT_NAME = "mlfix_review_grid"
 STATIC_SUBDIR = "mlfix-thumbs"
+_MIRROR_SECRET = secrets.token_bytes(32)
 MAX_MIRRORS = 16  # projects whose thumbnails stay linked under static/ (the rest are re-linked on use)
 # Keys that are commands in the grid; labels get the digits, then the remaining letters.
 COMMAND_KEYS = frozenset("foznp")
@@ -102,7 +104,9 @@ def thumbnail_urls(cache, sample_ids: Sequence[str], static_dir: Path | None = N
     paths = cache.ensure_many(sample_ids)
     if static_dir is None:
         return [_data_url(p) for p in paths]
-    project_key = hashlib.sha1(str(Path(cache.folder).resolve()).encode()).hexdigest()[:12]
+    # Keyed with a secret of this server process: a reviewer cannot work out the folder of another
+    # project's thumbnails (mirrors of projects opened earlier stay under static/ for a while).
+    project_key = hmac.new(_MIRROR_SECRET, str(Path(cache.folder).resolve()).encode(), "sha256").hexdigest()[:24]
     base = Path(static_dir) / STATIC_SUBDIR / project_key
     if not base.exists():
         _prune_mirrors(base.parent)
