@@ -139,10 +139,12 @@ def _parse_action(item: Any) -> Action:
                   undoes=undoes)
 
 
-def action_records(action: Action, reviewer: str) -> list[dict]:
-    """The store rows of one decision action: one per sample, client id ``<client_id>:<sample_id>``."""
+def action_records(action: Action, reviewer: str, view: str | None = None) -> list[dict]:
+    """The store rows of one decision action: one per sample, client id ``<client_id>:<sample_id>``
+    (``view``: the published view the reviewer was looking at, kept with the decision)."""
+    extra = {"view": view} if view else {}
     return [{"client_id": f"{action.client_id}:{sample_id}", "sample_id": sample_id,
-             "kind": action.kind, "label": action.label, "reviewer": reviewer}
+             "kind": action.kind, "label": action.label, "reviewer": reviewer, **extra}
             for sample_id in action.sample_ids]
 
 
@@ -152,7 +154,8 @@ class BatchApplier:
     ``apply(payload, store, labels, reviewer, known_ids=None)``: ``store`` is a
     :class:`mlfix.reviews.ReviewStore` (``record``, ``decisions``, ``undo``), or None to only compute
     the records; ``labels`` are the allowed new labels; ``known_ids`` (a set, or a function
-    id -> bool), when given, refuses actions on samples the project does not have.
+    id -> bool), when given, refuses actions on samples the project does not have; ``view``, the
+    name of the published view on screen, is stored with each decision.
 
     Decisions are written in as few transactions as possible: consecutive relabel/flag/ok actions
     go in one :meth:`record` call; an undo first writes what precedes it (it may undo an action of
@@ -163,7 +166,8 @@ class BatchApplier:
         self.last_seq: dict[str, int] = {}
 
     def apply(self, payload: Any, store, labels: Collection[str], reviewer: str,
-              known_ids: Collection[str] | Callable[[str], bool] | None = None) -> BatchResult:
+              known_ids: Collection[str] | Callable[[str], bool] | None = None,
+              view: str | None = None) -> BatchResult:
         if not isinstance(reviewer, str) or not reviewer.strip():
             raise ValueError("reviewer must be a non-empty name (set it in the sidebar)")
         reviewer = reviewer.strip()
@@ -200,7 +204,7 @@ class BatchApplier:
                 result.records.extend(rows)
                 result.applied.append(action)
             else:
-                rows = action_records(action, reviewer)
+                rows = action_records(action, reviewer, view)
                 waiting.extend(rows)
                 result.records.extend(rows)
                 result.applied.append(action)

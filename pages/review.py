@@ -77,6 +77,20 @@ def score_table(project) -> pd.DataFrame | None:
     return table if isinstance(table, pd.DataFrame) and "sample_id" in table.columns else None
 
 
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _scores_by_id(project_dir: str, stamp: tuple, _scores: pd.DataFrame) -> pd.DataFrame:
+    return _scores.drop_duplicates("sample_id").set_index("sample_id")
+
+
+def scores_by_id(project, scores: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The scores indexed by sample id (made once per version of scores.parquet)."""
+    from mlfix.ui import loaders
+
+    if scores is None:
+        return None
+    return _scores_by_id(str(project.dir), loaders.stamp(project.dir, ("scores.parquet",)), scores)
+
+
 def score_columns(table: pd.DataFrame | None) -> list[str]:
     if table is None:
         return []
@@ -181,7 +195,7 @@ def _applier() -> review_actions.BatchApplier:
     return st.session_state[APPLIER_KEY]
 
 
-def _apply_actions(project, store, labels: list[str]) -> None:
+def _apply_actions(project, store, labels: list[str], view: str | None) -> None:
     """Callback of the grid's ``actions`` trigger: store the batch (exactly once), move pages."""
     st.session_state[BATCHES_KEY] = st.session_state.get(BATCHES_KEY, 0) + 1
     try:
@@ -197,7 +211,8 @@ def _apply_actions(project, store, labels: list[str]) -> None:
     known = project.row_of if hasattr(project, "row_of") else None
     try:
         result = _applier().apply(payload, store, labels, state.reviewer(),
-                                  known_ids=(lambda s: _is_known(known, s)) if known else None)
+                                  known_ids=(lambda s: _is_known(known, s)) if known else None,
+                                  view=view)
     except Exception as err:  # the grid resends the batch; say why it was not stored
         st.session_state[ERRORS_KEY] = [f"Not stored yet ({type(err).__name__}: {err}); retrying."]
         return
@@ -231,13 +246,12 @@ def _panel(project, store, focus: str, url_for, originals: pd.Series, scores: pd
     """The side panel of the focused image: a larger thumbnail and its nearest neighbours."""
     big = thumbnails.for_project(project, PANEL_SIZE)
     panel = {"id": focus, "url": url_for(big, [focus])[0], "label": _text(originals.get(focus))}
-    if scores is not None:
-        row = scores.loc[scores["sample_id"] == focus]
-        if len(row):
-            panel["suggested"] = _text(row["suggested_label"].iloc[0]) if "suggested_label" in row else None
-            column = sort if sort in row.columns else "score" if "score" in row.columns else None
-            if column is not None and not pd.isna(row[column].iloc[0]):
-                panel["score"] = float(row[column].iloc[0])
+    if scores is not None and focus in scores.index:
+        row = scores.loc[focus]
+        panel["suggested"] = _text(row.get("suggested_label"))
+        column = sort if sort in row.index else "score" if "score" in row.index else None
+        if column is not None and not pd.isna(row[column]):
+            panel["score"] = float(row[column])
     try:
         near = list(project.neighbours(focus, k=NEIGHBOURS)) if getattr(project, "is_indexed", False) else []
     except Exception:
@@ -308,23 +322,25 @@ def main() -> None:
 
     urls = url_for(thumbnails.for_project(project, THUMB_SIZE), page_ids)
     current = _state_of(store, id_index, originals)
+    indexed_scores = scores_by_id(project, scores)
     suggested = None
-    if scores is not None and "suggested_label" in scores.columns:
-        suggested = scores.drop_duplicates("sample_id").set_index("sample_id")["suggested_label"]
+    if indexed_scores is not None and "suggested_label" in indexed_scores.columns:
+        suggested = indexed_scores["suggested_label"]
     items = make_items(page_ids, urls, current, originals, suggested)
     reviewed = int((current["status"] != "unreviewed").sum())
     title = f"View: {view_name}" if view is not None else f"Class: {label}"
     focus = _focused_id()
     if focus not in set(page_ids):
         focus = page_ids[0]
-    panel = _panel(project, store, focus, url_for, originals, scores, sort)
+    panel = _panel(project, store, focus, url_for, originals, indexed_scores, sort)
     errors = st.session_state.get(ERRORS_KEY) or []
     grid.render(key=GRID_KEY, view=f"{context}|{page}", items=items, palette=grid.palette(labels),
                 counter={"reviewed": reviewed, "total": len(ids), "title": title},
                 page={"index": page, "count": pages}, acks=dict(_applier().last_seq), panel=panel,
                 errors=errors, show_labels=view is not None or label == ALL_IMAGES,
                 batches=st.session_state.get(BATCHES_KEY, 0),
-                on_actions=lambda: _apply_actions(project, store, labels))
+                on_actions=lambda: _apply_actions(project, store, labels,
+                                                  view_name if view is not None else None))
     if static_dir is None:
         st.caption("Tip: set `server.enableStaticServing = true` in `.streamlit/config.toml` for faster "
                    "thumbnails.")

@@ -191,6 +191,11 @@ def test_blank_reviewer_is_refused():
         BatchApplier().apply(batch(act(1)), ListStore(), LABELS, "  ")
 
 
+def test_the_view_on_screen_is_stored_with_the_decision(store):
+    BatchApplier().apply(batch(act(1, "flag", ids=["a"])), store, LABELS, "ann", view="suspects")
+    assert store.decisions()["view"].tolist() == ["suspects"]
+
+
 def test_record_client_ids_are_unique_per_sample():
     _, [action], _ = parse_batch(batch(act(1, ids=["a", "b", "a"])))
     rows = action_records(action, "ann")
