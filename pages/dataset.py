@@ -162,8 +162,13 @@ def _overview(project) -> None:
     c2.metric("Classes", f"{len(project.labels):,}")
     c3.metric("Problems", f"{len(problems):,}")
     c4.metric("Index", "ready" if project.is_indexed else "not built")
-    if not project.is_indexed:
+    job = jobs.job_status(project.dir)
+    if job.running:
+        st.info(f"A {job.kind} job is running in the background: follow it on the **Training** page.")
+    elif not project.is_indexed:
         st.info("This project is not indexed yet: start indexing on the **Training** page.")
+    if job.running or not project.is_indexed:
+        st.page_link("pages/training.py", label="Go to Training", icon=":material/model_training:")
 
     st.subheader("Samples per class")
     height = 320 if len(counts) <= 40 else min(1600, 14 * len(counts))
