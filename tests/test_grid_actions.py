@@ -271,3 +271,15 @@ def test_static_mirrors_of_old_projects_are_pruned(tmp_path):
         cache = ThumbnailCache(tmp_path / f"p{i}" / "thumbs", lambda s: Image.new("RGB", (20, 20)), 32)
         thumbnail_urls(cache, ["a.png"], tmp_path / "static")
     assert len(list((tmp_path / "static" / STATIC_SUBDIR).iterdir())) == MAX_MIRRORS
+
+
+def test_an_unwritable_static_folder_falls_back_to_data_urls(tmp_path):
+    from PIL import Image
+
+    from mlfix.thumbnails import ThumbnailCache
+    from mlfix.ui.grid import thumbnail_urls
+
+    static = tmp_path / "static"
+    static.write_text("a file where the folder should be")  # unwritable even for root
+    cache = ThumbnailCache(tmp_path / "thumbs", lambda s: Image.new("RGB", (20, 20)), 32)
+    assert thumbnail_urls(cache, ["a.png"], static)[0].startswith("data:image/jpeg")

@@ -109,14 +109,18 @@ def thumbnail_urls(cache, sample_ids: Sequence[str], static_dir: Path | None = N
     project_key = hmac.new(_MIRROR_SECRET, str(Path(cache.folder).resolve()).encode(), "sha256").hexdigest()[:24]
     base = Path(static_dir) / STATIC_SUBDIR / project_key
     if not base.exists():
-        _prune_mirrors(base.parent)
+        _prune_mirrors(base.parent)  # (a missing or read-only folder: nothing to prune)
     urls = []
     for sample_id, path in zip(sample_ids, paths):
         rel = cache.relpath(sample_id)
         target = base / rel
         if str(target) not in _LINKED:
-            if not target.exists():
-                _link_or_copy(path, target)
+            try:
+                if not target.exists():
+                    _link_or_copy(path, target)
+            except OSError:  # e.g. the app folder is read-only: this one goes inline
+                urls.append(_data_url(path))
+                continue
             _LINKED.add(str(target))
         urls.append(f"app/static/{STATIC_SUBDIR}/{project_key}/{rel}")
     return urls
