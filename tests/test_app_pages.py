@@ -326,6 +326,28 @@ def test_training_buttons_start_a_background_job_with_the_chosen_settings(projec
     assert any("Training finished" in s.value for s in at.success)
 
 
+def test_a_checkpoint_offers_resume_with_its_settings_or_a_fresh_start(project_copy, monkeypatch):
+    monkeypatch.setattr(jobs, "mlfix_command", lambda project_dir, kind, args=(): [sys.executable, "-c", "pass"])
+    models = project_copy.dir / "models"
+    models.mkdir()
+    (models / "last.pt").write_bytes(b"weights")
+    (models / "last.json").write_text(json.dumps({
+        "settings": {"epochs": 7, "batch_size": 64, "image_size": 96, "init": "random", "flip": False,
+                     "head_dim": 1024}, "epoch": 3, "step": 30, "total_steps": 70, "loss": 812.5}))
+    at = app_on(project_copy.dir, "pages/training.py")
+    assert at.button(key="tr_start").label == "Resume training"
+    assert any("epoch **3** of 7" in m.value and "loss 812.5" in m.value for m in at.markdown)
+    # the form starts from the checkpoint's settings, so a resume continues the same run
+    assert (at.number_input(key="tr_epochs").value, at.number_input(key="tr_batch").value,
+            at.number_input(key="tr_size").value, at.checkbox(key="tr_flip").value) == (7, 64, 96, False)
+    at.button(key="tr_restart").click().run()
+    assert not at.exception and not (models / "last.pt").exists()
+    (kept,) = models.glob("previous-*/last.pt")  # set aside, never deleted
+    assert kept.read_bytes() == b"weights"
+    assert jobs.current_job(project_copy.dir)["kind"] == "train"
+    jobs.wait_job(project_copy.dir, timeout=60)
+
+
 def test_a_running_job_can_be_stopped_from_the_page_and_a_second_is_refused(project_copy):
     jobs.start_job(project_copy.dir, "train",
                    command=[sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"])
