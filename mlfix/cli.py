@@ -172,7 +172,9 @@ def run_serve(args) -> int:
 def streamlit_command(project_dir: Path, port: int, address: str = "localhost") -> list[str]:
     app = Path(__file__).resolve().parents[1] / "app.py"
     return [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
-            "--server.address", address, "--server.headless", "true", "--", "--project", str(project_dir)]
+            "--server.address", address, "--server.headless", "true",
+            # the review grid loads thumbnails from app/static/ (any working folder, any config)
+            "--server.enableStaticServing", "true", "--", "--project", str(project_dir)]
 
 
 if __name__ == "__main__":
