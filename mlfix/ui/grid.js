@@ -76,7 +76,11 @@ function init(parentElement) {
     if (chip) { decide(s, "relabel", chip.dataset.label); wrap.focus({ preventScroll: true }); }
   });
   s.resendTimer = setInterval(() => {
-    if (!s.root.isConnected) { clearInterval(s.resendTimer); return; }
+    if (!s.root.isConnected) {  // unmounted (another page): stop, let it be collected
+      clearInterval(s.resendTimer);
+      window.removeEventListener("resize", s.onResize);
+      return;
+    }
     if (s.pending.length && Date.now() - s.lastSent > RESEND_MS) send(s);
   }, 500);
   s.onResize = () => fitHeight(s);
