@@ -262,6 +262,17 @@ def stop_job(project_dir: str | os.PathLike, force: bool = False) -> bool:
     return True
 
 
+def stop_requested_at(project_dir: str | os.PathLike) -> float | None:
+    """When :func:`stop_job` was last asked to stop the current job (epoch seconds), else None."""
+    record = current_job(project_dir)
+    if not record:
+        return None
+    try:
+        return float((jobs_dir(project_dir) / f"{record.get('job_id')}.stop").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def wait_job(project_dir: str | os.PathLike, timeout: float = 60.0, poll: float = 0.05) -> JobStatus:
     """Block until the current job is no longer running (for scripts and tests)."""
     deadline = time.monotonic() + timeout

@@ -21,6 +21,7 @@ from mlfix.progress import read_progress
 from mlfix.ui import state
 
 REFRESH_S = 2.0
+KILL_AFTER_S = 15.0  # offer SIGKILL when a stopped job is still running after this long
 JOB_NAMES = {"index": "Indexing", "train": "Training"}
 INDEX_STAGES = ["scan", "features", "cells", "codebook", "words", "bags", "orders", "scores"]
 
@@ -241,7 +242,14 @@ st.title("Training")
 status = jobs.job_status(project.dir)
 _status_panel(status)
 if status.running:
-    if st.button(f"Stop {JOB_NAMES.get(status.kind, 'the job').lower()}", key="tr_stop"):
+    asked = jobs.stop_requested_at(project.dir)
+    if asked is not None and time.time() - asked > KILL_AFTER_S:
+        st.warning(f"The job has not stopped {int(time.time() - asked)} s after it was asked to.")
+        if st.button("Kill it", key="tr_kill", help="SIGKILL: the job cannot save anything first."):
+            jobs.stop_job(project.dir, force=True)
+            st.rerun()
+    elif st.button(f"Stop {JOB_NAMES.get(status.kind, 'the job').lower()}", key="tr_stop",
+                   disabled=asked is not None):
         jobs.stop_job(project.dir)
         time.sleep(0.3)  # let the job write its exit record before the page redraws
         st.rerun()

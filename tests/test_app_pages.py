@@ -359,8 +359,28 @@ def test_a_running_job_can_be_stopped_from_the_page_and_a_second_is_refused(proj
             jobs.start_job(project_copy.dir, "index")
         at.button(key="tr_stop").click().run()
         assert jobs.wait_job(project_copy.dir, timeout=30).state == "stopped"
+        assert jobs.stop_requested_at(project_copy.dir) is not None
         at.run()
         assert any("was stopped" in w.value for w in at.warning)
+    finally:
+        jobs.stop_job(project_copy.dir, force=True)
+
+
+def test_a_job_that_ignores_stop_can_be_killed_from_the_page(project_copy):
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    jobs.start_job(project_copy.dir, "train", command=[sys.executable, "-c", code])
+    try:
+        for _ in range(400):
+            if "ready" in jobs.job_status(project_copy.dir).log_tail:
+                break
+            time.sleep(0.05)
+        jobs.stop_job(project_copy.dir)
+        record = jobs.current_job(project_copy.dir)  # pretend the stop was asked for a minute ago
+        (project_copy.dir / "jobs" / f"{record['job_id']}.stop").write_text(str(time.time() - 60))
+        at = app_on(project_copy.dir, "pages/training.py")
+        assert any("has not stopped" in w.value for w in at.warning)
+        at.button(key="tr_kill").click().run()
+        assert jobs.wait_job(project_copy.dir, timeout=30).state == "stopped"
     finally:
         jobs.stop_job(project_copy.dir, force=True)
 
