@@ -60,7 +60,24 @@ def build_demo(project_dir: str | Path, limit: int | None = None, index: bool = 
         project = Project.create(project_dir, images=images, **{**DEMO_SETTINGS, **settings})
     if index:
         project.index(**settings)
+        project.scores()
     return project
+
+
+def demo_report(project) -> dict:
+    """How well the scores and the orderings reveal the planted errors (uses the kept truth)."""
+    truth = pd.read_csv(project.dir / "truth.csv").set_index("sample_id")
+    planted = truth.index[truth["label"] != truth["true_label"]]
+    queue = project.scores().sort_values("score", ascending=False)["sample_id"]
+    found = int(queue.iloc[: len(planted)].isin(planted).sum())
+    true_class = truth["true_label"]
+    same, pairs = 0, 0
+    for label in project.labels:
+        ordered = true_class.reindex(project.order(label)).to_numpy()
+        same += int((ordered[1:] == ordered[:-1]).sum())
+        pairs += max(0, len(ordered) - 1)
+    return {"planted": len(planted), "found_in_top": found,
+            "neighbour_purity": round(same / pairs, 3) if pairs else None}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,9 +86,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N digits")
     args = parser.parse_args(argv)
     project = build_demo(args.project, limit=args.limit)
-    truth = pd.read_csv(project.dir / "truth.csv")
-    planted = int((truth["label"] != truth["true_label"]).sum())
-    print(f"demo project ready: {project.dir} ({len(project.samples)} images, {planted} planted label errors)")
+    report = demo_report(project)
+    print(f"demo project ready: {project.dir} ({len(project.samples)} images, {report['planted']} planted "
+          f"label errors)\n{report['found_in_top']} of the {report['planted']} planted errors are in the "
+          f"top {report['planted']} of the score queue; {report['neighbour_purity']:.0%} of the neighbours "
+          "in the similarity order share their true class")
 
 
 if __name__ == "__main__":

@@ -58,3 +58,13 @@ def test_demo_builds_digits_with_planted_errors(demo_project):
     assert demo_project.is_indexed
     assert set(demo_project.labels) <= {"zero", "one", "two", "three", "four", "five", "six", "seven",
                                         "eight", "nine"}
+
+
+def test_demo_report_finds_planted_errors_far_above_chance(demo_project):
+    from mlfix.demo import demo_report
+
+    report = demo_report(demo_project)
+    assert report["planted"] == 10
+    # chance would put 0.5 of the 10 planted errors in the top 10 of 200
+    assert report["found_in_top"] >= 3
+    assert 0.5 < report["neighbour_purity"] <= 1.0
