@@ -198,5 +198,15 @@ def test_select_three_with_the_keyboard_relabel_and_undo(app_url):
         page.mouse.move(5, 790)
         time.sleep(0.5)
         page.screenshot(path=str(OUTPUT / "review-4-flag-ok.png"))
+
+        # an action the grid had not seen acknowledged when the tab reloaded is delivered after it
+        lost = ids[0]
+        page.evaluate("""(id) => sessionStorage.setItem('mlfix-review-grid', JSON.stringify({
+            session: 'before-reload', seq: 1, history: [],
+            pending: [{seq: 1, client_id: 'unacked-1', kind: 'flag', ids: [id]}]}))""", lost)
+        page.reload()
+        page.locator(".tile").first.wait_for(timeout=60_000)
+        poll(lambda: (store.decisions()["client_id"] == f"unacked-1:{lost}").any())
+        assert (store.decisions()["client_id"] == f"unacked-1:{lost}").sum() == 1
         browser.close()
     store.close()

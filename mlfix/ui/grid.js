@@ -21,6 +21,10 @@
 const LETTER_KEYS = new Set(["f", "o", "z", "n", "p"]);
 const STATUS_TEXT = { flagged: "⚑ wrong", ok: "✓ ok" };
 const RESEND_MS = 1500;
+// Unacknowledged actions survive a remount or a reload of the tab (sessionStorage): Python applies
+// them once (same session id and seq; the store also keeps client ids unique).
+const STORAGE_KEY = "mlfix-review-grid";
+const HISTORY_KEPT = 50;
 const FOCUS_DEBOUNCE_MS = 160;
 
 function uuid() {
@@ -68,6 +72,7 @@ function init(parentElement) {
     focus: 0, anchor: 0, selected: new Set(), keys: new Map(), labels: [], colors: new Map(),
     data: null, setTrigger: null, setState: null, focusTimer: null, sentFocus: null,
   };
+  restore(s);
   wrap.addEventListener("keydown", (e) => onKey(s, e));
   grid.addEventListener("click", (e) => onClick(s, e));
   grid.addEventListener("mouseover", (e) => onHover(s, e));
@@ -285,8 +290,28 @@ function push(s, action) {
   s.seq += 1;
   const full = { seq: s.seq, client_id: uuid(), ...action };
   s.pending.push(full);
+  save(s);
   send(s);
   return full;
+}
+
+function save(s) {
+  try {
+    sessionStorage.setItem(STORAGE_KEY, JSON.stringify({
+      session: s.session, seq: s.seq, pending: s.pending, history: s.history.slice(-HISTORY_KEPT) }));
+  } catch (e) { /* storage full or disabled: the in-memory copy still resends */ }
+}
+
+function restore(s) {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(STORAGE_KEY) || "null");
+    if (saved && typeof saved.session === "string") {
+      s.session = saved.session;
+      s.seq = saved.seq || 0;
+      s.pending = Array.isArray(saved.pending) ? saved.pending : [];
+      s.history = Array.isArray(saved.history) ? saved.history : [];
+    }
+  } catch (e) { /* unreadable: start afresh */ }
 }
 
 function send(s) {
@@ -300,7 +325,9 @@ function send(s) {
 
 function acknowledge(s) {
   const acked = (s.data.acks || {})[s.session] || 0;
+  const before = s.pending.length;
   s.pending = s.pending.filter((a) => a.seq > acked);
+  if (s.pending.length !== before) save(s);
   for (const [id, o] of s.overlay) if (o.seq <= acked) s.overlay.delete(id);
 }
 
@@ -319,11 +346,13 @@ function decide(s, kind, label) {
   const action = push(s, kind === "relabel" ? { kind, ids, label } : { kind, ids });
   for (const id of ids) s.overlay.set(id, { status, new_label: kind === "relabel" ? label : null, seq: action.seq });
   s.history.push({ ids, before, client_id: action.client_id });
+  save(s);
   repaint(s);
 }
 
 function undo(s) {
   const last = s.history.pop();
+  save(s);
   if (!last) {
     // Nothing done in this tab yet: undo your latest decision on the selection / focused image.
     const ids = targets(s).filter((id) => (shown(s, s.items[s.index.get(id)]).status || "unreviewed") !== "unreviewed");
@@ -464,4 +493,5 @@ export default function (component) {
   }
   s.setTrigger = setTriggerValue;
   update(s, data);
+  if (s.pending.length && !s.lastSent) send(s);  // restored after a reload: deliver them now
 }
