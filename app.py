@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from mlfix.ui import sidebar
+from mlfix.ui import access, sidebar
 
 HERE = Path(__file__).resolve().parent
 
@@ -24,8 +24,13 @@ PAGES = [
 
 # A page file that is not there yet (built by another part of the project) is left out rather
 # than breaking the whole app.
-navigation = st.navigation([st.Page(str(HERE / path), title=title, icon=icon,
-                                    url_path=Path(path).stem)
-                            for path, title, icon in PAGES if (HERE / path).exists()])
+available = [(path, title, icon) for path, title, icon in PAGES if (HERE / path).exists()]
+# Each role gets its pages only (a reviewer: Review and Codebook); before signing in, none.
+allowed = set(access.allowed_pages([Path(path).stem for path, _, _ in available]))
+pages = [st.Page(str(HERE / path), title=title, icon=icon, url_path=Path(path).stem,
+                 default=Path(path).stem == "review" and "dataset" not in allowed)
+         for path, title, icon in available if Path(path).stem in allowed]
+navigation = st.navigation(pages or [st.Page(access.sign_in_page, title="Sign in", icon=":material/login:",
+                                             url_path="sign-in")])
 sidebar.render()
 navigation.run()

@@ -8,7 +8,7 @@ import plotly.express as px
 import streamlit as st
 
 from mlfix import export
-from mlfix.ui import loaders, state
+from mlfix.ui import loaders, state, team
 
 
 def _downloads(project, last_id: int) -> None:
@@ -92,3 +92,4 @@ c5.metric("Checked fine", f"{int(status.get('ok', 0)):,}")
 _downloads(project, last_id)
 _changes(table)
 _reviewers(project)
+team.conflicts_section(project)

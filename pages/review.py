@@ -18,7 +18,8 @@ import pandas as pd
 import streamlit as st
 
 from mlfix import review_actions, thumbnails
-from mlfix.ui import grid, state
+from mlfix.reviews import StoreUnavailable
+from mlfix.ui import grid, state, team
 
 GRID_KEY = "mlfix_review_grid"
 PAGE_KEY = "mlfix_review_page"
@@ -215,7 +216,10 @@ def _apply_actions(project, store, labels: list[str], view: str | None) -> None:
                                   view=view)
     except Exception as err:  # the grid resends the batch; say why it was not stored
         st.session_state[ERRORS_KEY] = [f"Not stored yet ({type(err).__name__}: {err}); retrying."]
+        if isinstance(err, StoreUnavailable):
+            st.session_state[team.DOWN_KEY] = team.short_reason(err)  # the page's banner says it
         return
+    team.store_up()
     st.session_state[ERRORS_KEY] = result.errors
     if result.page_delta:
         st.session_state[PAGE_KEY] = st.session_state.get(PAGE_KEY, 0) + result.page_delta
@@ -269,7 +273,12 @@ def _text(value) -> str | None:
 
 def main() -> None:
     project = state.require_project()
-    store = review_store(project)
+    team.banner()
+    try:
+        store = review_store(project)
+    except StoreUnavailable as err:  # down when the page opens: nothing to lose yet
+        team.store_down(err)
+        st.stop()
     originals, labels = sample_tables(project)
     views = published_views(project)
     scores = score_table(project)
@@ -301,6 +310,11 @@ def main() -> None:
     pages = max(1, math.ceil(len(ids) / page_size))
     page = min(max(0, int(st.session_state.get(PAGE_KEY, 0))), pages - 1)
     st.session_state[PAGE_KEY] = page
+    if len(ids):  # with several reviewers, the page on screen is this reviewer's for a while
+        page = team.claim_page(store, f"{view_name if view is not None else label} · {sort} · {page_size}",
+                               page, pages, state.reviewer(), PAGE_KEY)
+        if page is None:
+            return
     cols[3].button("Prev", key="mlfix_review_prev", icon=":material/chevron_left:", on_click=_turn_page,
                    args=(-1,), disabled=page == 0, width="stretch", help="Previous page (p)")
     cols[4].button("Next", key="mlfix_review_next", icon=":material/chevron_right:", on_click=_turn_page,
@@ -321,7 +335,8 @@ def main() -> None:
         return grid.thumbnail_urls(cache, some_ids, static_dir)
 
     urls = url_for(thumbnails.for_project(project, THUMB_SIZE), page_ids)
-    current = _state_of(store, id_index, originals)
+    current = team.read_or(lambda: _state_of(store, id_index, originals),
+                           lambda: pd.DataFrame(columns=["label", "status"]), key=str(context))
     indexed_scores = scores_by_id(project, scores)
     suggested = None
     if indexed_scores is not None and "suggested_label" in indexed_scores.columns:
@@ -332,7 +347,9 @@ def main() -> None:
     focus = _focused_id()
     if focus not in set(page_ids):
         focus = page_ids[0]
-    panel = _panel(project, store, focus, url_for, originals, indexed_scores, sort)
+    panel = team.read_or(lambda: _panel(project, store, focus, url_for, originals, indexed_scores, sort),
+                         lambda: {"id": focus, "url": url_for(thumbnails.for_project(project, PANEL_SIZE), [focus])[0],
+                                  "label": _text(originals.get(focus))})
     errors = st.session_state.get(ERRORS_KEY) or []
     grid.render(key=GRID_KEY, view=f"{context}|{page}", items=items, palette=grid.palette(labels),
                 counter={"reviewed": reviewed, "total": len(ids), "title": title},

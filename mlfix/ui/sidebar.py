@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from mlfix.ui import state
+from mlfix.ui import access, state
 
 INPUT_KEY = "mlfix_project_input"
 SYNCED_KEY = "mlfix_project_input_synced"
@@ -38,7 +38,14 @@ def _pick_recent() -> None:
 
 
 def render() -> None:
-    """Draw the project picker and the reviewer field into ``st.sidebar``."""
+    """Draw the sign-in, the project picker and the reviewer field into ``st.sidebar``.
+
+    With sign-in configured (token or OIDC), the name comes from the sign-in, and only admins may
+    switch to another project folder.
+    """
+    me = access.render_sign_in()
+    if me is None:
+        return
     current = state.project_dir()
     shown = str(current) if current else ""
     # Keep the text field in step when the project changes elsewhere (e.g. created on a page).
@@ -51,16 +58,18 @@ def render() -> None:
 
     with st.sidebar:
         st.markdown("### mlfix")
-        st.text_input("Project folder", key=INPUT_KEY, on_change=_open_from_input,
-                      placeholder="/path/to/project", help="A folder made by `mlfix index` or the "
-                      "Dataset page. Press Enter to open it.")
-        recent = st.session_state.get(RECENT_KEY, [])
-        if len(recent) > 1:
-            st.selectbox("Recent projects", recent, index=None, key="mlfix_recent_pick",
-                         on_change=_pick_recent, placeholder="Switch to…")
+        if access.can("open_project"):
+            st.text_input("Project folder", key=INPUT_KEY, on_change=_open_from_input,
+                          placeholder="/path/to/project", help="A folder made by `mlfix index` or the "
+                          "Dataset page. Press Enter to open it.")
+            recent = st.session_state.get(RECENT_KEY, [])
+            if len(recent) > 1:
+                st.selectbox("Recent projects", recent, index=None, key="mlfix_recent_pick",
+                             on_change=_pick_recent, placeholder="Switch to…")
         _project_summary(current)
-        st.text_input("Reviewer", key=state.REVIEWER_KEY,
-                      help="Recorded with every decision you make on the Review page.")
+        if me.via == "open":  # signed-in names come from the sign-in, not a free field
+            st.text_input("Reviewer", key=state.REVIEWER_KEY,
+                          help="Recorded with every decision you make on the Review page.")
 
 
 def _project_summary(folder: Path | None) -> None:

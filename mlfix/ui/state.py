@@ -110,8 +110,12 @@ def require_project():
         project = require_project()
     """
     from mlfix.project import NotAProjectError
+    from mlfix.ui import access
 
     ensure_app_shell()
+    if access.identity() is None:  # a page run outside the navigation still needs a sign-in
+        st.info("Sign in in the sidebar first.")
+        st.stop()
     folder = project_dir()
     if folder is None:
         st.info("No project is open. Open or create one on the **Dataset** page, or start the app "
