@@ -13,11 +13,17 @@ The browser side is ``grid.js`` / ``grid.css`` beside this file. How it talks to
 
 Thumbnails travel by URL, not inside ``data``: with ``server.enableStaticServing`` the page's
 thumbnails are hard-linked (or copied) from ``<project>/thumbs`` into the app's ``static/`` folder
-and served under ``app/static/``; without it they are sent as data URLs (slower, but it works).
+and served under ``app/static/``; without it (or when that folder cannot be written) they are sent
+as data URLs (slower, but it works).
+
+Unacknowledged actions are kept in the tab's ``sessionStorage`` too, so a reload or a remount of
+the page delivers them (once) instead of losing them.
 
 Example (a page)::
 
-    result = grid.render(items, grid.palette(project.labels), key="review", view="cat|0", ...)
+    grid.render(key="review", view="cat|0", items=items, palette=grid.palette(project.labels),
+                counter={"reviewed": 3, "total": 180, "title": "Class: cat"},
+                page={"index": 0, "count": 1}, acks=applier.last_seq, on_actions=apply_batch)
 """
 
 from __future__ import annotations
