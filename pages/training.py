@@ -71,14 +71,23 @@ def _stage_rows(records: list[dict]) -> list[dict]:
 
 
 def _recently_written(project_dir: Path, seconds: float = 30.0) -> bool:
-    """A progress log written in the last ``seconds``: work started outside the app (a terminal)."""
+    """Work started outside the app (a terminal) is under way: a progress log written in the last
+    ``seconds`` whose last record is unfinished (``done < total``)."""
     now = time.time()
     for name in ("train.jsonl", "index.jsonl"):
+        path = project_dir / "progress" / name
         try:
-            if now - (project_dir / "progress" / name).stat().st_mtime < seconds:
-                return True
+            if now - path.stat().st_mtime >= seconds:
+                continue
         except OSError:
             continue
+        last = jobs.read_log_tail(path, 2000).strip().splitlines()[-1:]
+        try:
+            record = json.loads(last[0]) if last else {}
+        except ValueError:
+            continue  # half a line: being written right now
+        if record.get("total") and record.get("done", 0) < record["total"]:
+            return True
     return False
 
 

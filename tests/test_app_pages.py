@@ -304,6 +304,13 @@ def test_training_page_shows_the_loss_curve_speed_eta_and_stage_progress(project
     assert bars["features: 200 of 200"] == 100
     assert bars["words: 50 of 200"] == 25
     assert [b.label for b in at.button] == ["Start training", "Index again"]
+    # an unfinished log written moments ago: work started from a terminal, followed live
+    assert any("started outside the app" in c.value for c in at.caption)
+    write_train_log(project_copy.dir, steps=100)  # both runs finished
+    (project_copy.dir / "progress" / "index.jsonl").write_text(
+        json.dumps({"job": "index", "time": 3.0, "stage": "orders", "done": 11, "total": 11}) + "\n")
+    at.run()
+    assert not any("started outside the app" in c.value for c in at.caption)
 
 
 def test_training_buttons_start_a_background_job_with_the_chosen_settings(project_copy, monkeypatch):
