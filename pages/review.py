@@ -355,6 +355,7 @@ def main() -> None:
                 counter={"reviewed": reviewed, "total": len(ids), "title": title},
                 page={"index": page, "count": pages}, acks=dict(_applier().last_seq), panel=panel,
                 errors=errors, show_labels=view is not None or label == ALL_IMAGES,
+                show_suggested=sort != SIMILARITY,
                 batches=st.session_state.get(BATCHES_KEY, 0),
                 on_actions=lambda: _apply_actions(project, store, labels,
                                                   view_name if view is not None else None))

@@ -140,6 +140,8 @@ def test_sort_by_a_score_column_puts_the_most_suspicious_first(project):
     got = [item["id"] for item in grid_data(at)["items"]]
     mine = scores[scores["label"] == label].sort_values("score_knn", ascending=False)
     assert got == mine["sample_id"].tolist()[:200]
+    assert grid_data(at)["show_suggested"] is True  # tiles hint at the suggested label
+    assert all(item["suggested"] == label for item in grid_data(at)["items"])
 
 
 def test_a_folder_that_is_not_a_project_is_a_message_not_a_traceback(tmp_path):

@@ -183,7 +183,9 @@ function paintTile(s, i) {
     tile.style.removeProperty("--c");
   }
   const caption = tile.querySelector(".caption");
-  caption.textContent = s.data.show_labels ? it.label : "";
+  const hint = s.data.show_suggested && it.suggested && it.suggested !== it.label && it.status === "unreviewed";
+  caption.textContent = (s.data.show_labels ? it.label : "") + (hint ? (s.data.show_labels ? " · " : "") + it.suggested + "?" : "");
+  caption.classList.toggle("hint", !!hint);
   tile.title = `${it.id}\nlabel: ${it.label}` + (it.suggested ? `\nsuggested: ${it.suggested}` : "");
 }
 

@@ -168,7 +168,7 @@ def _data_url(path: Path) -> str:
 
 def render(*, key: str, view: str, items: list[dict], palette: list[dict], counter: dict,
            page: dict, acks: dict, panel: dict | None = None, errors: Sequence[str] = (),
-           show_labels: bool = False, batches: int = 0,
+           show_labels: bool = False, show_suggested: bool = False, batches: int = 0,
            on_actions: Callable[[], None] | None = None) -> Any:
     """Mount (or update) the grid; returns the component result (``.actions``: the last batch).
 
@@ -181,6 +181,8 @@ def render(*, key: str, view: str, items: list[dict], palette: list[dict], count
         counter: ``{reviewed, total, title}``; page: ``{index, count}``.
         acks: ``{browser_session: highest applied seq}``.
         panel: the focused image's side panel (``{id, url, label, ..., neighbours: [items]}``).
+        show_labels: caption each tile with its given label (views and "all images" mix classes).
+        show_suggested: mark unreviewed tiles whose suggested label differs (sorted by a score).
         batches: how many batches Python has received: a new value makes the browser re-read
             ``acks`` even when nothing else changed.
         on_actions: the callback that applies a batch; it runs before the script, when the browser
@@ -188,7 +190,7 @@ def render(*, key: str, view: str, items: list[dict], palette: list[dict], count
     """
     data = {"view": view, "items": items, "palette": palette, "counter": counter, "page": page,
             "acks": acks, "panel": panel, "errors": list(errors), "show_labels": bool(show_labels),
-            "batches": int(batches)}
+            "show_suggested": bool(show_suggested), "batches": int(batches)}
     return _renderer(key=key, data=data, on_actions_change=on_actions or _noop)
 
 
