@@ -87,8 +87,8 @@ def _image_section(project) -> None:
         st.error(f"Cannot show `{sample_id}`: {err}")
         return
     words, cells = np.unique(grid, return_counts=True)
-    left, right = st.columns([3, 2], gap="large")
-    with right:
+    picture, overlay, side = st.columns([1, 1, 1], gap="medium")
+    with side:
         highlight = st.selectbox("Highlight a word", [None] + words.tolist(), key="cb_highlight",
                                  format_func=lambda w: "all words" if w is None else f"word {w}")
         if highlight is not None:
@@ -99,10 +99,9 @@ def _image_section(project) -> None:
         st.dataframe(table, hide_index=True, key="cb_image_words", height=260)
         st.caption(f"{grid.shape[0]}×{grid.shape[1]} cells, {len(words)} distinct words. Common words "
                    "(in many images) describe background; rare ones are distinctive.")
-    with left:
-        label = samples.set_index("sample_id").loc[sample_id, "label"]
-        st.image([plain, png], width=DISPLAY,
-                 caption=[f"{sample_id} · label {label} (as the model sees it)", "its visual words"])
+    label = samples.set_index("sample_id").loc[sample_id, "label"]
+    picture.image(plain, width="stretch", caption=f"{sample_id} · {label}, as the model sees it")
+    overlay.image(png, width="stretch", caption="its visual words")
 
 
 project = state.require_project()

@@ -416,8 +416,7 @@ def test_codebook_page_shows_word_frequencies_patches_classes_and_an_overlay(dem
     ranked = sorted(range(k), key=lambda w: (-in_images[w], w))
     half = len(demo_project.samples) / 2
     assert word == next((w for w in ranked if 0 < in_images[w] <= half), ranked[0])
-    patches, pictures = at.get("image")
-    assert len(pictures.value) == 2  # the image as the model sees it, and its word grid
+    patches, picture, overlay = at.get("image")  # the image as the model sees it, and its word grid
     assert len(patches.value) == min(48, int(in_images[word]))
     # the classes chart counts the images of each class that contain the word
     labels = demo_project.samples["label"].to_numpy()
@@ -430,8 +429,10 @@ def test_codebook_page_shows_word_frequencies_patches_classes_and_an_overlay(dem
     words = table(at, "word", "cells here")
     assert dict(zip(words["word"], words["cells here"])) == dict(zip(*np.unique(grid, return_counts=True)))
     # highlighting a word redraws the overlay without an error
+    before = at.get("image")[2].value
     at.selectbox(key="cb_highlight").set_value(int(words["word"].iloc[0])).run()
-    assert not at.exception and len(at.get("image")[1].value) == 2
+    assert not at.exception and len(at.get("image")) == 3
+    assert at.get("image")[2].value != before  # the overlay now shows that one word
 
 
 def test_codebook_page_asks_for_an_index_first(project_with_problems):
