@@ -108,6 +108,7 @@ def overlay_words(square: Image.Image, grid: np.ndarray, display: int = 448, alp
             box = cell_box(r, c, (h, w), display)
             draw.rectangle(box, outline=(255, 255, 255))
             if labels and (highlight is None or int(grid[r, c]) == highlight) and (box[2] - box[0]) >= 22:
-                draw.text((box[0] + 2, box[1] + 1), str(int(grid[r, c])), fill=(255, 255, 255))
+                draw.text((box[0] + 3, box[1] + 2), str(int(grid[r, c])), fill=(255, 255, 255),
+                          stroke_width=2, stroke_fill=(0, 0, 0))  # legible on any tint
     return out
 
