@@ -53,6 +53,7 @@ function init(parentElement) {
   help.innerHTML =
     "<kbd>←↑↓→</kbd> move <kbd>space</kbd> select <kbd>shift</kbd> range " +
     "<kbd>f</kbd> wrong <kbd>o</kbd> ok <kbd>z</kbd> undo <kbd>n</kbd>/<kbd>p</kbd> page <kbd>esc</kbd> clear" +
+    "<span class='suggesthelp'> <kbd>enter</kbd> take suggestion</span>" +
     "<span class='nofocus'> · click the grid to use the keys</span>";
   const message = el("div", "message");
   bar.append(counter, palette, help, message);
@@ -115,6 +116,7 @@ function update(s, data) {
   paintCounter(s);
   paintPanel(s);
   paintMessage(s);
+  s.help.querySelector(".suggesthelp").style.display = s.items.some((it) => it.suggested) ? "" : "none";
   fitHeight(s);
 }
 
@@ -352,6 +354,27 @@ function decide(s, kind, label) {
   repaint(s);
 }
 
+function acceptSuggestion(s) {
+  // Enter: relabel the selection (or the focused image) to what the scores suggest, per image.
+  const groups = new Map();
+  for (const id of targets(s)) {
+    const it = s.items[s.index.get(id)];
+    if (it && it.suggested && it.suggested !== it.label && s.colors.has(it.suggested)) {
+      if (!groups.has(it.suggested)) groups.set(it.suggested, []);
+      groups.get(it.suggested).push(id);
+    }
+  }
+  if (!groups.size) { flash(s, "No suggestion that differs from the label here."); return; }
+  const keep = new Set(s.selected);
+  for (const [label, ids] of groups) {
+    s.selected = new Set(ids.length > 1 || keep.size ? ids : []);
+    if (!s.selected.size) s.focus = s.index.get(ids[0]);
+    decide(s, "relabel", label);
+  }
+  s.selected.clear();
+  repaint(s);
+}
+
 function undo(s) {
   const last = s.history.pop();
   save(s);
@@ -477,6 +500,7 @@ function onKey(s, e) {
   else if (plain && (key === "o" || key === "O")) decide(s, "ok");
   else if (plain && (key === "z" || key === "Z")) undo(s);
   else if ((e.ctrlKey || e.metaKey) && (key === "z" || key === "Z")) undo(s);
+  else if (plain && key === "Enter") acceptSuggestion(s);
   else if (plain && (key === "n" || key === "N")) page(s, 1);
   else if (plain && (key === "p" || key === "P")) page(s, -1);
   else handled = false;
