@@ -128,17 +128,20 @@ def _train_controls(project, running: bool) -> None:
     saved = (checkpoint or {}).get("settings", {})
     if checkpoint is not None:
         total = checkpoint.get("total_steps")
+        loss = checkpoint.get("loss")
+        loss_text = f", loss {loss:.4g}" if isinstance(loss, (int, float)) else ""
         st.markdown(f"Checkpoint: epoch **{checkpoint.get('epoch', '?')}** of "
                     f"{saved.get('epochs', '?')}, step {checkpoint.get('step', '?')}"
-                    f"{f' of {total}' if total else ''}, loss {checkpoint.get('loss', float('nan')):.4g}.")
+                    f"{f' of {total}' if total else ''}{loss_text}.")
     c1, c2, c3 = st.columns(3)
     epochs = c1.number_input("Epochs (total)", 1, 10_000, int(saved.get("epochs", 10)), key="tr_epochs")
     batch = c2.number_input("Batch size", 8, 4096, int(saved.get("batch_size", 128)), key="tr_batch")
     size = c3.number_input("Image size (px)", 32, 512, int(saved.get("image_size", 64)), 16, key="tr_size")
     c4, c5, c6 = st.columns(3)
     inits = ["random", "offline", "imagenet"]
-    init = c4.selectbox("Start from", inits, index=inits.index(saved.get("init", "random"))
-                        if saved.get("init", "random") in inits else 0, key="tr_init")
+    if saved.get("init") and saved["init"] not in inits:  # a weights file: resume must keep it
+        inits.append(str(saved["init"]))
+    init = c4.selectbox("Start from", inits, index=inits.index(saved.get("init", "random")), key="tr_init")
     head = c5.number_input("Head width", 128, 8192, int(saved.get("head_dim", 2048)), 128, key="tr_head")
     flip = c6.checkbox("Flips", value=bool(saved.get("flip", True)), key="tr_flip",
                        help="Random horizontal flips. Turn off where a mirror image means another class "
