@@ -35,7 +35,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Iterable
+from typing import Any, Callable, Collection
 
 DECISION_KINDS = ("relabel", "flag", "ok", "undo")
 NAVIGATION_KINDS = ("page",)
@@ -263,13 +263,3 @@ def _membership(known: Collection[str] | Callable[[str], bool] | None) -> Callab
         return known
     known_set = known if isinstance(known, (set, frozenset, dict)) else set(known)
     return known_set.__contains__
-
-
-def summarize(actions: Iterable[Action]) -> str:
-    """A short human line, e.g. ``'relabel 3 → cat, ok 1'`` (for toasts)."""
-    parts = []
-    for a in actions:
-        if a.kind == "page":
-            continue
-        parts.append(f"{a.kind} {len(a.sample_ids)}" + (f" → {a.label}" if a.label else ""))
-    return ", ".join(parts)
