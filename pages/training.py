@@ -12,15 +12,16 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from mlfix import jobs
-from mlfix.progress import read_progress
-from mlfix.ui import state
+from mlfix.ui import loaders, state
 
 REFRESH_S = 2.0
+MAX_POINTS = 2000  # points of the loss curve sent to the browser
 KILL_AFTER_S = 15.0  # offer SIGKILL when a stopped job is still running after this long
 JOB_NAMES = {"index": "Indexing", "train": "Training"}
 INDEX_STAGES = ["scan", "features", "cells", "codebook", "words", "bags", "orders", "scores"]
@@ -199,11 +200,14 @@ def _loss_figure(train: list[dict]) -> go.Figure | None:
     if not points:
         return None
     frame = pd.DataFrame(points, columns=["step", "loss"]).drop_duplicates("step", keep="last")
+    smooth = frame["loss"].rolling(max(3, len(frame) // 20), min_periods=1, center=True).mean()
+    if len(frame) > MAX_POINTS:  # a long run: plot every n-th point (the browser gets it every 2 s)
+        keep = np.unique(np.linspace(0, len(frame) - 1, MAX_POINTS).astype(int))
+        frame, smooth = frame.iloc[keep], smooth.iloc[keep]
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=frame["step"], y=frame["loss"], mode="lines", name="loss",
                              line=dict(color="#93c5fd")))
     if len(frame) >= 10:
-        smooth = frame["loss"].rolling(max(3, len(frame) // 20), min_periods=1, center=True).mean()
         fig.add_trace(go.Scatter(x=frame["step"], y=smooth, mode="lines", name="smoothed",
                                  line=dict(color="#1d4ed8", width=2)))
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="step",
@@ -215,8 +219,8 @@ def _progress_view(project_dir: Path, was_running: bool) -> None:
     status = jobs.job_status(project_dir)
     if was_running and not status.running and not _recently_written(project_dir):
         st.rerun()  # the job ended: redraw the whole page (buttons, status)
-    train = read_progress(project_dir / "progress" / "train.jsonl")
-    index = read_progress(project_dir / "progress" / "index.jsonl")
+    train = loaders.progress_records(project_dir / "progress" / "train.jsonl")
+    index = loaders.progress_records(project_dir / "progress" / "index.jsonl")
     st.subheader("Progress")
     if not train and not index:
         st.caption("No job has reported progress in this project yet.")

@@ -313,6 +313,14 @@ def test_training_page_shows_the_loss_curve_speed_eta_and_stage_progress(project
     assert not any("started outside the app" in c.value for c in at.caption)
 
 
+def test_a_long_training_log_is_thinned_for_the_browser(project_copy):
+    write_train_log(project_copy.dir, steps=5000)
+    at = app_on(project_copy.dir, "pages/training.py")
+    steps = values(plotly_figures(at)[0].data[0].x)
+    assert len(steps) <= 2000 and steps[0] == 1 and steps[-1] == 5000
+    assert {m.label: m.value for m in at.metric}["Loss"] == "-4950"  # the latest record, not a thinned one
+
+
 def test_training_buttons_start_a_background_job_with_the_chosen_settings(project_copy, monkeypatch):
     # The job runs a harmless command instead of real training; the page does not know the difference.
     def harmless(project_dir, kind, args=()):

@@ -272,6 +272,22 @@ def clear() -> None:
     export_bytes.clear()
 
 
+# ----------------------------------------------------------------------------------------- progress
+
+
+def progress_records(path: str | os.PathLike) -> list[dict]:
+    """The records of a progress log (``mlfix.progress.read_progress``), re-read only when the
+    file changed: a long training run writes tens of thousands of lines."""
+    return _progress_records(str(path), stamp(Path(path).parent, (Path(path).name,)))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _progress_records(path: str, files: tuple) -> list[dict]:
+    from mlfix.progress import read_progress
+
+    return read_progress(path)
+
+
 # ----------------------------------------------------------------------------------------- reviews
 
 
