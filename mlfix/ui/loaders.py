@@ -292,14 +292,20 @@ def _progress_records(path: str, files: tuple) -> list[dict]:
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _review_store(project_dir: str):
+def _sqlite_store(project_dir: str):
     from mlfix.reviews import ReviewStore
 
     return ReviewStore.for_project(project_dir)
 
 
+def _review_store(project_dir: str):
+    project = open_project(project_dir)
+    store = getattr(project, "reviews", None)  # honours MLFIX_DB_URL (PostgreSQL) when set
+    return store if store is not None and hasattr(store, "current_state") else _sqlite_store(project_dir)
+
+
 def review_store(project):
-    """The project's decisions store (one per process and project: it holds a connection pool)."""
+    """The project's decisions store (``project.reviews``: one per open project, it holds a pool)."""
     return _review_store(str(project.dir))
 
 
