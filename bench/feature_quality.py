@@ -118,6 +118,8 @@ def main() -> None:
     p.add_argument("--epochs-cifar", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--only", choices=["flowers17", "cifar10n"], help="one data set only")
+    p.add_argument("--cifar-offline-size", type=int, default=96,
+                   help="input size of the ImageNet model on the 32 px CIFAR images")
     p.add_argument("--fresh", action="store_true", help="retrain instead of resuming saved checkpoints")
     args = p.parse_args()
     import torch
@@ -130,7 +132,8 @@ def main() -> None:
     if args.only in (None, "flowers17"):
         run_dataset("flowers17", None, "label", args.epochs_flowers, 64, 64, 224, args.fresh, False)
     if args.only in (None, "cifar10n"):
-        run_dataset("cifar10n", 10_000, "clean_label", args.epochs_cifar, 32, 128, 96, args.fresh, False)
+        run_dataset("cifar10n", 10_000, "clean_label", args.epochs_cifar, 32, 128,
+                    args.cifar_offline_size, args.fresh, False)
 
 
 if __name__ == "__main__":

@@ -119,13 +119,15 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: 64 up to 64 px, else 32)")
+    p.add_argument("--steps", type=int, default=None, help="measured steps (default: 5 up to 64 px, else 3)")
     args = p.parse_args()
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    plans = [(32, 8, 2)] if args.quick else [(s, 64 if s <= 64 else 32, 5 if s <= 64 else 3)
-                                               for s in args.sizes]
+    plans = [(32, 8, 2)] if args.quick else [
+        (s, args.batch or (64 if s <= 64 else 32), args.steps or (5 if s <= 64 else 3)) for s in args.sizes]
     root, samples, source = data(max(b * (s + 1) for _, b, s in plans))
     for image_size, batch_size, steps in plans:
         setup = {"image_size": image_size, "batch_size": batch_size, "head_dim": HEAD_DIM,
