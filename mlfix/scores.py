@@ -195,14 +195,13 @@ def word_neighbours(bags: np.ndarray, k: int = 50, n_words: int | None = None) -
 
 
 def unpack(bags: np.ndarray, n_words: int | None = None) -> np.ndarray:
-    """Bags of words as (N, k) bool, from packed uint8 (N, k/8) or bool/0-1 (N, k)."""
+    """Bags of words as (N, k) bool, from packed uint8 (N, k/8, ``bitorder="little"`` as
+    ``mlfix.codebook.pack_bags`` writes) or bool/0-1 (N, k)."""
     bags = np.asarray(bags)
     if bags.ndim != 2 or bags.shape[0] == 0:
         raise ValueError(f"bags must be a 2-D array (N images x words), got shape {bags.shape}")
-    if bags.dtype == np.uint8 and (n_words is None or n_words == bags.shape[1] * 8):
-        return np.unpackbits(bags, axis=1).astype(bool)
-    if bags.dtype == np.uint8 and n_words is not None:
-        return np.unpackbits(bags, axis=1, count=n_words).astype(bool)
+    if bags.dtype == np.uint8:  # packed as mlfix.codebook.pack_bags does: little bit order
+        return np.unpackbits(bags, axis=1, count=n_words, bitorder="little").astype(bool)
     if bags.dtype == bool:
         return bags
     if np.isin(bags, (0, 1)).all():

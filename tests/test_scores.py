@@ -38,7 +38,7 @@ def _bags(truth: np.ndarray, rng) -> np.ndarray:
     for i, c in enumerate(truth):
         bags[i, rng.choice(own[c], 12, replace=False)] = True
         bags[i, rng.choice(WORDS, 6, replace=False)] = True
-    return np.packbits(bags, axis=1)
+    return np.packbits(bags, axis=1, bitorder="little")
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_word_vote_accepts_bool_bags_and_counts_shared_words():
     bags[3, 6:] = bags[4, 7:] = True
     near = scores.word_neighbours(bags, k=2, n_words=12)
     assert near.index[0].tolist() == [1, 2] and near.similarity[0].tolist() == [5.0, 4.0]
-    packed = np.packbits(bags, axis=1)  # 12 words pack into 2 bytes
+    packed = np.packbits(bags, axis=1, bitorder="little")  # as mlfix.codebook.pack_bags; 2 bytes
     table_bool = scores.word_vote(bags, list("aabbb"), range(5), k=2)
     table_packed = scores.word_vote(packed, list("aabbb"), range(5), k=2, n_words=12)
     pd.testing.assert_frame_equal(table_bool, table_packed)
@@ -271,3 +271,11 @@ def test_confusion_counts_every_labeled_sample_once(pairs):
     table = scores.confusion(labels, predicted)
     assert table["count"].sum() == sum(v is not None for v in labels)
     assert not table.duplicated(["given", "predicted"]).any()
+
+
+def test_packed_bags_unpack_like_the_codebook():
+    from mlfix.codebook import pack_bags, unpack_bags
+
+    words = np.random.default_rng(0).integers(0, 64, size=(20, 3, 3))
+    packed = pack_bags(words, 64)
+    np.testing.assert_array_equal(scores.unpack(packed), unpack_bags(packed, 64))

@@ -1,0 +1,245 @@
+"""Label-error detection quality on real human label noise (CIFAR-10N) and on planted noise (GTSRB).
+
+    python -m bench.detect            # CIFAR-10N first 10,000 images at 224 px; GTSRB 5,000 at 96 px
+    python -m bench.detect --quick    # 300 images per data set at 64 px (a smoke test, < 60 s)
+
+Setup: pooled features of ``efficientnet_lite0`` with its offline ImageNet weights
+(``create_backbone("efficientnet_lite0", weights="offline")``), cached in bench/results/ by
+bench/detect_features.py. CIFAR-10N: ``label`` is one human annotator (random_label1), the truth is
+``clean_label``. GTSRB: a seeded random subset (seed 0), 5% of its labels flipped to another class
+with ``numpy.random.default_rng(FLIP_SEED)``.
+
+Figures (JSON lines via bench.common.emit), per data set:
+- per method: AUROC, average precision, precision at 1%, 2%, 5% of N, and the share of all errors
+  found in the first 5% of the queue; cleanlab (self-confidence on the same probe) is the baseline;
+- neighbour purity of orderings (share of adjacent pairs with the same true class);
+- a simulated review: a reviewer fixes the top 200 of the queue per round; errors found after
+  2,000 images viewed with the queue fixed at the start (static) vs recomputed after every round.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from bench.common import emit, parser
+from bench.detect_features import bags_path, features, load_labels, word_bags
+from mlfix import scores
+
+BENCH = "detect"
+FLIP_SEED = 0
+FLIP_RATE = 0.05
+BACKBONE = "efficientnet_lite0 offline (ImageNet)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def detection_metrics(is_error: np.ndarray, score: np.ndarray) -> dict[str, float]:
+    """AUROC, AP, precision at 1/2/5% of N, and recall within the first 5% (ties broken by index)."""
+    score = np.nan_to_num(np.asarray(score, dtype=np.float64), nan=-np.inf)
+    order = np.argsort(-score, kind="stable")
+    n = len(score)
+    found = np.cumsum(is_error[order])
+    out = {"auroc": roc_auc_score(is_error, score), "ap": average_precision_score(is_error, score)}
+    for pct in (1, 2, 5):
+        top = max(1, int(round(n * pct / 100)))
+        out[f"precision_at_{pct}pct"] = found[top - 1] / top
+    out["recall_at_5pct"] = found[max(1, int(round(n * 0.05))) - 1] / max(1, is_error.sum())
+    return {k: round(float(v), 4) for k, v in out.items()}
+
+
+def purity(order: np.ndarray, truth: np.ndarray) -> float:
+    """Share of adjacent pairs in ``order`` with the same true class."""
+    t = truth[order]
+    return float(np.mean(t[1:] == t[:-1]))
+
+
+def greedy_embedding_order(x: np.ndarray, k: int = 64) -> np.ndarray:
+    """Greedy chain over cosine neighbours: next = the most similar image not yet placed.
+
+    Candidates come from each image's top-k neighbours; when all are placed, an exact search over the
+    remaining images (rare) continues the chain.
+    """
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32).copy()
+    faiss.normalize_L2(x)
+    near = scores.embedding_neighbours(x, k)
+    n = len(x)
+    placed = np.zeros(n, dtype=bool)
+    order = np.empty(n, dtype=np.int64)
+    current = 0
+    for i in range(n):
+        order[i] = current
+        placed[current] = True
+        if i == n - 1:
+            break
+        candidates = near.index[current][~placed[near.index[current]]]
+        if len(candidates):
+            current = int(candidates[0])
+        else:
+            left = np.flatnonzero(~placed)
+            current = int(left[np.argmax(x[left] @ x[current])])
+    return order
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods evaluated
+
+
+def method_scores(x: np.ndarray, labels: np.ndarray, ids: np.ndarray, oof: scores.OutOfFold,
+                  near: scores.Neighbours, trusted=None) -> dict[str, pd.DataFrame]:
+    """Every method's table on one feature set (one probe, one neighbour search)."""
+    tables = {
+        "knn": scores.knn_vote(x, labels, ids, trusted=trusted, neighbours=near),
+        "cleanlab": scores.confident_learning(None, labels, ids, trusted=trusted, probabilities=oof),
+        "loss": scores.probe_loss(None, labels, ids, trusted=trusted, probabilities=oof),
+    }
+    tables["combined"] = scores.combined([tables[m] for m in scores.COMBINED_DEFAULT])
+    return tables
+
+
+def evaluate(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, setup: dict,
+             bags: np.ndarray | None = None, quick: bool = False) -> None:
+    n = len(labels)
+    ids = np.arange(n)
+    is_error = labels != truth
+    emit(BENCH, f"{name}.noise_rate", round(float(is_error.mean()), 4), "share", n, **setup)
+    with_time = {}
+    start = time.perf_counter()
+    oof = scores.out_of_fold_probabilities(x, labels, seed=0)
+    with_time["probe_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    near = scores.embedding_neighbours(x, 50)
+    with_time["knn_search_s"] = time.perf_counter() - start
+    accuracy = float((oof.predicted() == truth).mean())
+    emit(BENCH, f"{name}.probe_accuracy_vs_truth", round(accuracy, 4), "share", n, **setup)
+    tables = method_scores(x, labels, ids, oof, near)
+    if bags is not None:
+        tables["words"] = scores.word_vote(bags, labels, ids)
+    for method, table in tables.items():
+        for metric, value in detection_metrics(is_error, table["score"].to_numpy()).items():
+            emit(BENCH, f"{name}.{method}.{metric}", value, "", n, **setup)
+    flags = tables["cleanlab"]["flag"].to_numpy()
+    emit(BENCH, f"{name}.cleanlab_flags.precision", round(float(is_error[flags].mean()), 4), "", n, **setup)
+    emit(BENCH, f"{name}.cleanlab_flags.recall", round(float(flags[is_error].mean()), 4), "", n, **setup)
+    for key, value in with_time.items():
+        emit(BENCH, f"{name}.{key}", round(value, 2), "s", n, **setup)
+    # Orderings: neighbour purity.
+    rng = np.random.default_rng(0)
+    emit(BENCH, f"{name}.purity.random", round(purity(rng.permutation(n), truth), 4), "share", n, **setup)
+    emit(BENCH, f"{name}.purity.greedy_embedding", round(purity(greedy_embedding_order(x), truth), 4),
+         "share", n, **setup)
+    if bags is not None:
+        from mlfix.ordering import greedy_order
+
+        start = time.perf_counter()
+        order = greedy_order(bags)
+        emit(BENCH, f"{name}.purity.greedy_words", round(purity(order, truth), 4), "share", n,
+             seconds=round(time.perf_counter() - start, 2), **setup)
+    review(name, x, labels, truth, setup, near, quick)
+
+
+def review(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, setup: dict,
+           near: scores.Neighbours, quick: bool, per_round: int = 200, budget: int = 2000) -> None:
+    """A reviewer fixes the top ``per_round`` of the queue each round until ``budget`` images viewed."""
+    n = len(labels)
+    if quick:
+        per_round, budget = max(10, n // 30), max(30, n // 10)
+    ids = np.arange(n)
+    first = method_scores(x, labels, ids, scores.out_of_fold_probabilities(x, labels, seed=0), near)
+    for method in ("combined", "cleanlab"):
+        static = np.argsort(-np.nan_to_num(first[method]["score"].to_numpy(), nan=-np.inf), kind="stable")
+        found = int((labels[static[:budget]] != truth[static[:budget]]).sum())
+        emit(BENCH, f"{name}.review.static.{method}.errors_found", found, "images", n,
+             viewed=budget, per_round=per_round, **setup)
+    current, trusted = labels.copy(), np.zeros(n, dtype=bool)
+    viewed, found, queue_score = 0, 0, first["combined"]["score"].to_numpy()
+    while viewed < budget:
+        candidates = np.flatnonzero(~trusted)
+        pick = candidates[np.argsort(-np.nan_to_num(queue_score[candidates], nan=-np.inf), kind="stable")]
+        pick = pick[:min(per_round, budget - viewed)]
+        found += int((current[pick] != truth[pick]).sum())
+        current[pick], trusted[pick] = truth[pick], True  # the reviewer fixes or confirms them
+        viewed += len(pick)
+        oof = scores.out_of_fold_probabilities(x, current, seed=0, trusted=trusted)
+        queue_score = method_scores(x, current, ids, oof, near, trusted=trusted)["combined"]["score"].to_numpy()
+    emit(BENCH, f"{name}.review.reranked.combined.errors_found", found, "images", n,
+         viewed=budget, per_round=per_round, **setup)
+    emit(BENCH, f"{name}.review.errors_total", int((labels != truth).sum()), "images", n, **setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data sets
+
+
+PROBE = "5-fold softmax regression (scipy L-BFGS, l2 on standardized features)"
+
+
+def pooled_and_bags(dataset: str, n: int, size: int, quick: bool, bag_size: int, words: int):
+    """Pooled features at ``size`` and, when cached (or in quick mode), bags of words at ``bag_size``."""
+    if quick:  # one small pass gives both
+        data = word_bags(dataset, n, size, k=words)
+        return data["pooled"].astype(np.float32), data["bags"], {"bags": f"{words} words at {size} px"}
+    pooled = features(dataset, n, size)["pooled"].astype(np.float32)
+    if bags_path(dataset, n, bag_size, words).exists():
+        return pooled, word_bags(dataset, n, bag_size, k=words)["bags"], {
+            "bags": f"{words} words at {bag_size} px"}
+    return pooled, None, {"bags": "none (not extracted)"}
+
+
+def cifar10n(n: int, size: int, quick: bool, bag_size: int, words: int) -> None:
+    table = load_labels("cifar10n", n)
+    x, bags, extra = pooled_and_bags("cifar10n", n, size, quick, bag_size, words)
+    setup = {"data": f"cifar10n first {n} images (label = random_label1)", "backbone": BACKBONE,
+             "image_size": size, "features": "pooled", "probe": PROBE, **extra}
+    evaluate("cifar10n", x, table["label"].to_numpy(dtype=object),
+             table["clean_label"].to_numpy(dtype=object), setup, bags=bags, quick=quick)
+
+
+def gtsrb(n: int, size: int, quick: bool, words: int) -> None:
+    table = load_labels("gtsrb35", n)
+    x, bags, extra = pooled_and_bags("gtsrb35", n, size, quick, size, words)
+    truth = table["label"].to_numpy(dtype=object)
+    labels = flip_labels(truth, FLIP_RATE, FLIP_SEED)
+    setup = {"data": f"gtsrb35 random {n} (subset seed 0), {FLIP_RATE:.0%} flipped (seed {FLIP_SEED})",
+             "backbone": BACKBONE, "image_size": size, "features": "pooled", "probe": PROBE, **extra}
+    evaluate("gtsrb35", x, labels, truth, setup, bags=bags, quick=quick)
+
+
+def flip_labels(truth: np.ndarray, rate: float, seed: int) -> np.ndarray:
+    """Flip ``rate`` of the labels to a different class, uniformly at random (seeded)."""
+    rng = np.random.default_rng(seed)
+    classes = np.array(sorted(set(truth)), dtype=object)
+    labels = truth.copy()
+    rows = rng.choice(len(truth), int(round(rate * len(truth))), replace=False)
+    for row in rows:
+        others = classes[classes != truth[row]]
+        labels[row] = others[rng.integers(len(others))]
+    return labels
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=10_000, help="CIFAR-10N: first N images")
+    p.add_argument("--size", type=int, default=224, help="CIFAR-10N input size in pixels")
+    p.add_argument("--gtsrb-n", type=int, default=5_000)
+    p.add_argument("--gtsrb-size", type=int, default=96)
+    p.add_argument("--bag-size", type=int, default=112, help="CIFAR-10N input size for visual words")
+    p.add_argument("--words", type=int, default=1024)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.size, args.gtsrb_n, args.gtsrb_size, args.words = 240, 64, 240, 64, 64
+    cifar10n(args.n, args.size, args.quick, args.bag_size, args.words)
+    gtsrb(args.gtsrb_n, args.gtsrb_size, args.quick, args.words)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
