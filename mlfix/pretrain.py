@@ -32,6 +32,7 @@ import math
 import os
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -159,8 +160,18 @@ def train_barlow_twins(root: DataRoot, samples: pd.DataFrame, checkpoint_dir: st
                          lr=lr, weight_decay=weight_decay, seed=seed)
     dev = _pick_device(device)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(checkpoint_dir):
+        return _train(root, rows, checkpoint_dir, settings, dev, progress=progress, resume=resume,
+                      workers=workers, checkpoint_minutes=checkpoint_minutes,
+                      channels_last=channels_last, bn_images=bn_images)
+
+
+def _train(root: DataRoot, rows: list[dict], checkpoint_dir: Path, settings: TrainSettings, dev, *,
+           progress, resume: bool, workers: int | None, checkpoint_minutes: float, channels_last: bool,
+           bn_images: int) -> Path:
     _remove_stale_temporaries(checkpoint_dir)
     saved = _load_checkpoint(checkpoint_dir / CHECKPOINT_NAME, settings) if resume else None
+    seed = settings.seed
 
     _seed_everything(seed)
     model, head = _build(settings, dev, channels_last, from_checkpoint=saved is not None)
@@ -185,6 +196,23 @@ def train_barlow_twins(root: DataRoot, samples: pd.DataFrame, checkpoint_dir: st
 
 
 # ---------------------------------------------------------------- arguments and setup
+
+
+@contextmanager
+def _exclusive(folder: Path):
+    """Hold ``folder/train.lock`` for the run: two runs writing one checkpoint would undo each other."""
+    import fcntl
+
+    with open(folder / "train.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RuntimeError(f"another training run is using {folder} (it holds {folder / 'train.lock'}); "
+                               f"wait for it to finish or stop it first") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _sample_rows(samples: pd.DataFrame) -> list[dict]:

@@ -213,6 +213,18 @@ def test_resume_with_other_settings_is_refused(trained, tmp_path):
         train_barlow_twins(root, samples, models, epochs=2, **{**FAST, "image_size": 48})
 
 
+def test_a_second_run_on_the_same_folder_is_refused(trained, tmp_path):
+    import fcntl
+
+    root, samples, project = trained
+    models = copy_models(project, tmp_path)
+    with open(models / "train.lock", "w") as held:  # another run holds the folder
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError, match="another training run is using"):
+            train_barlow_twins(root, samples, models, epochs=2, **FAST)
+    train_barlow_twins(root, samples, models, epochs=1, **FAST)  # released: fine again
+
+
 def test_disk_full_keeps_the_previous_checkpoint(trained, tmp_path, monkeypatch):
     root, samples, project = trained
     models = copy_models(project, tmp_path)
