@@ -102,13 +102,30 @@ async def _session(browser, url: str, presses: int, start: asyncio.Event, barrie
     return result
 
 
-async def _run_sessions(url: str, sessions: int, presses: int) -> list[dict]:
+async def _rewrite_resend(route, resend_ms: int) -> None:
+    """Serve the page's scripts with the grid's resend interval replaced (a diagnostic)."""
+    response = await route.fetch()
+    body = await response.text()
+    await route.fulfill(response=response, body=body.replace("const RESEND_MS = 1500;", f"const RESEND_MS = {resend_ms};"))
+
+
+async def _run_sessions(url: str, sessions: int, presses: int, resend_ms: int | None = None) -> list[dict]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        if resend_ms is not None:
+            original = browser.new_context
+
+            async def new_context(**kwargs):
+                context = await original(**kwargs)
+                await context.route("**/*", lambda route: _rewrite_resend(route, resend_ms)
+                                    if route.request.resource_type in ("script", "fetch", "xhr") else route.continue_())
+                return context
+
+            browser.new_context = new_context
         try:
-            warm = await browser.new_page(viewport={"width": 1280, "height": 800})  # thumbnails made, caches filled
+            warm = await (await browser.new_context(viewport={"width": 1280, "height": 800})).new_page()  # thumbnails made, caches filled
             await warm.goto(url + "/review", timeout=LIMIT_S * 1000)
             await warm.locator(".tile").first.wait_for(timeout=LIMIT_S * 1000)
             await warm.wait_for_function(_IMAGES_READY, timeout=LIMIT_S * 1000, polling=100)
@@ -122,7 +139,7 @@ async def _run_sessions(url: str, sessions: int, presses: int) -> list[dict]:
             await browser.close()
 
 
-def run(project_dir: Path, sessions: int, presses: int) -> list[dict]:
+def run(project_dir: Path, sessions: int, presses: int, resend_ms: int | None = None) -> list[dict]:
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
@@ -132,7 +149,7 @@ def run(project_dir: Path, sessions: int, presses: int) -> list[dict]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait(url)
-        return asyncio.run(_run_sessions(url, sessions, presses))
+        return asyncio.run(_run_sessions(url, sessions, presses, resend_ms))
     finally:
         server.terminate()
         try:
@@ -146,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sessions", type=int, help="simultaneous browser sessions (default 20; 2 with --quick)")
     p.add_argument("--presses", type=int, help="decisions per session (default 5; 2 with --quick)")
     p.add_argument("--project", help="an existing project (default: build the 200-image demo)")
+    p.add_argument("--resend-ms", type=int, help="diagnostic: replace the grid's resend interval (1500 ms) in the browser")
     args = p.parse_args(argv)
     sessions = args.sessions or (2 if args.quick else 20)
     presses = args.presses if args.presses is not None else (2 if args.quick else 5)
@@ -159,9 +177,13 @@ def main(argv: list[str] | None = None) -> None:
             from mlfix.demo import build_demo
 
             project_dir = build_demo(Path(tmp) / "demo", limit=100 if args.quick else 200, **FAST).dir
-        results = run(project_dir, sessions, presses)
+        from mlfix.project import Project
+
+        before = len(Project.open(project_dir).reviews.decisions())
+        results = run(project_dir, sessions, presses, args.resend_ms)
+        stored = len(Project.open(project_dir).reviews.decisions()) - before
     setup = {"sessions": sessions, "browser": "chromium headless 1280x800", "server": "streamlit loopback",
-             "load_avg_1m": round(os.getloadavg()[0], 1)}
+             "load_avg_1m": round(os.getloadavg()[0], 1), "resend_ms": args.resend_ms or 1500}
     failed = [r for r in results if "error" in r]
     for metric, values in (("open_grid_s", [r["open"] for r in results if r["open"] is not None]),
                            ("open_images_s", [r["images"] for r in results if r["images"] is not None]),
@@ -172,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
             emit("app_load", metric + "_p90", round(p90, 3), "s", n=len(values), **setup)
     emit("app_load", "failed_sessions", len(failed), "sessions", n=sessions, **setup,
          errors=sorted({r["error"] for r in failed})[:3])
+    emit("app_load", "stored_decisions", stored, "decisions", n=sessions * presses, **setup,
+         note="one 'ok' per press (the warm-up session makes none): n stored = nothing lost or doubled")
     emit("app_load", "unacknowledged_presses", sum(r.get("unacknowledged", 0) for r in results), "presses",
          n=sessions * presses, **setup)
 
