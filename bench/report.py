@@ -20,8 +20,17 @@ def latest_lines() -> list[dict]:
                 continue
             if line.get("setup", {}).get("quick"):
                 continue  # smoke-test figures are not quoted
-            latest[(line["bench"], line["metric"], line.get("n"))] = line
+            latest[(line["bench"], line["metric"], line.get("n"), describe(line))] = line
     return list(latest.values())
+
+
+DISTINGUISHING = ("data", "backend", "method", "backbone", "weights", "image_size", "init", "model", "sessions")
+
+
+def describe(line: dict) -> str:
+    """The setup keys that tell apart two figures of the same metric and n."""
+    setup = line.get("setup", {})
+    return ", ".join(f"{k}={setup[k]}" for k in DISTINGUISHING if k in setup)
 
 
 def fmt(value) -> str:
@@ -31,12 +40,12 @@ def fmt(value) -> str:
 
 
 def main() -> None:
-    print("| bench | metric | value | unit | n | date |")
-    print("|---|---|---|---|---|---|")
+    print("| bench | metric | value | unit | n | setup | date |")
+    print("|---|---|---|---|---|---|---|")
     for line in latest_lines():
         setup = line.get("setup", {})
         print(f"| {line['bench']} | {line['metric']} | {fmt(line['value'])} | {line['unit']} | "
-              f"{fmt(line.get('n') or '')} | {setup.get('date', '')} |")
+              f"{fmt(line.get('n') or '')} | {describe(line)} | {setup.get('date', '')} |")
 
 
 if __name__ == "__main__":
