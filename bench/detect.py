@@ -101,12 +101,14 @@ def method_scores(x: np.ndarray, labels: np.ndarray, ids: np.ndarray, oof: score
         "cleanlab": scores.confident_learning(None, labels, ids, trusted=trusted, probabilities=oof),
         "loss": scores.probe_loss(None, labels, ids, trusted=trusted, probabilities=oof),
     }
-    tables["combined"] = scores.combined([tables[m] for m in scores.COMBINED_DEFAULT])
+    tables["combined"] = scores.combined([tables[m] for m in scores.COMBINED_DEFAULT],
+                                         scores.COMBINED_WEIGHTS)
     return tables
 
 
 def evaluate(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, setup: dict,
-             bags: np.ndarray | None = None, quick: bool = False) -> None:
+             bags: np.ndarray | None = None, quick: bool = False,
+             cells_mean: np.ndarray | None = None) -> None:
     n = len(labels)
     ids = np.arange(n)
     is_error = labels != truth
@@ -123,6 +125,12 @@ def evaluate(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, se
     tables = method_scores(x, labels, ids, oof, near)
     if bags is not None:
         tables["words"] = scores.word_vote(bags, labels, ids)
+    # cleanlab as usually run: the same cross-validation with sklearn's default regularization (C=1).
+    default = scores.out_of_fold_probabilities(x, labels, seed=0, l2=1.0 / (0.8 * n))
+    tables["cleanlab_default_C"] = scores.confident_learning(None, labels, ids, probabilities=default)
+    if cells_mean is not None:  # the probe on pooled + mean of the stride-16 cells
+        both = scores.out_of_fold_probabilities(np.hstack([x, cells_mean]), labels, seed=0)
+        tables["loss_pooled_cells"] = scores.probe_loss(None, labels, ids, probabilities=both)
     for method, table in tables.items():
         for metric, value in detection_metrics(is_error, table["score"].to_numpy()).items():
             emit(BENCH, f"{name}.{method}.{metric}", value, "", n, **setup)
@@ -179,7 +187,7 @@ def review(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, setu
 # Data sets
 
 
-PROBE = "5-fold softmax regression (scipy L-BFGS, l2 on standardized features)"
+PROBE = f"5-fold softmax regression (scipy L-BFGS, l2={scores.DEFAULT_L2} on standardized features)"
 
 
 def pooled_and_bags(dataset: str, n: int, size: int, quick: bool, bag_size: int, words: int):
@@ -187,30 +195,35 @@ def pooled_and_bags(dataset: str, n: int, size: int, quick: bool, bag_size: int,
     if quick:  # one small pass gives both
         data = word_bags(dataset, n, size, k=words)
         return data["pooled"].astype(np.float32), data["bags"], {"bags": f"{words} words at {size} px"}
-    pooled = features(dataset, n, size)["pooled"].astype(np.float32)
+    feats = features(dataset, n, size)
+    pooled = feats["pooled"].astype(np.float32)
+    extra = {"bags": "none (not extracted)", "cells_mean": feats["cells_mean"].astype(np.float32)}
     if bags_path(dataset, n, bag_size, words).exists():
         return pooled, word_bags(dataset, n, bag_size, k=words)["bags"], {
-            "bags": f"{words} words at {bag_size} px"}
-    return pooled, None, {"bags": "none (not extracted)"}
+            **extra, "bags": f"{words} words at {bag_size} px"}
+    return pooled, None, extra
 
 
 def cifar10n(n: int, size: int, quick: bool, bag_size: int, words: int) -> None:
     table = load_labels("cifar10n", n)
     x, bags, extra = pooled_and_bags("cifar10n", n, size, quick, bag_size, words)
+    cells_mean = extra.pop("cells_mean", None)
     setup = {"data": f"cifar10n first {n} images (label = random_label1)", "backbone": BACKBONE,
              "image_size": size, "features": "pooled", "probe": PROBE, **extra}
     evaluate("cifar10n", x, table["label"].to_numpy(dtype=object),
-             table["clean_label"].to_numpy(dtype=object), setup, bags=bags, quick=quick)
+             table["clean_label"].to_numpy(dtype=object), setup, bags=bags, quick=quick,
+             cells_mean=cells_mean)
 
 
 def gtsrb(n: int, size: int, quick: bool, words: int) -> None:
     table = load_labels("gtsrb35", n)
     x, bags, extra = pooled_and_bags("gtsrb35", n, size, quick, size, words)
+    cells_mean = extra.pop("cells_mean", None)
     truth = table["label"].to_numpy(dtype=object)
     labels = flip_labels(truth, FLIP_RATE, FLIP_SEED)
     setup = {"data": f"gtsrb35 random {n} (subset seed 0), {FLIP_RATE:.0%} flipped (seed {FLIP_SEED})",
              "backbone": BACKBONE, "image_size": size, "features": "pooled", "probe": PROBE, **extra}
-    evaluate("gtsrb35", x, labels, truth, setup, bags=bags, quick=quick)
+    evaluate("gtsrb35", x, labels, truth, setup, bags=bags, quick=quick, cells_mean=cells_mean)
 
 
 def flip_labels(truth: np.ndarray, rate: float, seed: int) -> np.ndarray:

@@ -55,9 +55,15 @@ import pandas as pd
 SCORE_COLUMNS = ["sample_id", "score", "suggested_label"]
 METHODS = ("knn", "words", "cleanlab", "loss", "combined")
 TRUSTED_SCORE = 0.0  # every method's lowest score: a reviewed sample leaves the queue
-# The default combined score: the rank average of the two best single methods on the bench
-# (bench/detect.py): the probe's out-of-fold loss and the embedding kNN vote.
+# The default combined score: the rank average of the probe's out-of-fold loss (weight 2) and the
+# embedding kNN vote (weight 1). On CIFAR-10N (bench/detect.py) the well-regularized probe alone has
+# the best AUROC (0.916 vs 0.914 combined, vs 0.893 for the kNN vote), the 2:1 average the best
+# precision in the first 5% of the queue; on small or poorly separated sets the vote adds robustness.
 COMBINED_DEFAULT = ("loss", "knn")
+COMBINED_WEIGHTS = (2.0, 1.0)
+# Probe regularization (weight decay on standardized features, mean loss): chosen on CIFAR-10N 10k
+# EfficientNet-Lite0 features; AUROC 0.889 / 0.907 / 0.916 / 0.905 at 0.01 / 0.03 / 0.1 / 1.0.
+DEFAULT_L2 = 0.1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,7 +344,7 @@ class OutOfFold:
 
 
 def out_of_fold_probabilities(embeddings: np.ndarray, labels: Sequence, folds: int = 5, seed: int = 0,
-                              trusted: np.ndarray | None = None, l2: float = 1e-3,
+                              trusted: np.ndarray | None = None, l2: float = DEFAULT_L2,
                               max_iter: int = 200, probe: str = "lbfgs") -> OutOfFold:
     """Cross-validated linear probe: each labeled sample's class probabilities from a model that never
     saw it.
@@ -561,7 +567,8 @@ def confident_learning(embeddings: np.ndarray | None, labels: Sequence, sample_i
     Example:
         >>> x = np.r_[np.zeros((10, 2)), np.ones((10, 2))] + np.random.default_rng(0).normal(0, .1, (20, 2))
         >>> y = ["a"] * 10 + ["b"] * 10; y[3] = "b"
-        >>> table = confident_learning(x, y, range(20), folds=2)
+        >>> oof = out_of_fold_probabilities(x, y, folds=2, l2=1e-3)  # 2-D toy data: weak l2
+        >>> table = confident_learning(None, y, range(20), probabilities=oof)
         >>> int(table.score.idxmax()), int(table.flag.sum())
         (3, 1)
     """
@@ -611,7 +618,9 @@ def combined(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = N
     (a vote share in [0, 1], a loss in [0, inf)), and a rank average rewards samples that several
     independent views agree on — the probe (a global linear boundary) and the neighbour vote (local
     density) make different mistakes. On the bench (bench/detect.py) the rank average of the probe
-    loss and the kNN vote beat each alone; which pair is default is :data:`COMBINED_DEFAULT`.
+    loss and the kNN vote beat each alone with a weakly regularized probe; with the tuned probe the
+    gain is in the first 5% of the queue only; the default pair and weights are
+    :data:`COMBINED_DEFAULT` and :data:`COMBINED_WEIGHTS`.
     NaN (unlabeled) stays NaN; a sample at every method's floor (trusted) stays at 0.
 
     Example:
@@ -727,7 +736,8 @@ def compute_scores(embeddings: np.ndarray, labels: Sequence, sample_ids: Sequenc
     if "loss" in wanted or ("combined" in wanted and "loss" in combine):
         tables["loss"] = probe_loss(None, labels, ids, trusted=mask, probabilities=probabilities)
     if "combined" in wanted:
-        tables["combined"] = combined([tables[m] for m in combine])
+        weights = COMBINED_WEIGHTS if tuple(combine) == COMBINED_DEFAULT else None
+        tables["combined"] = combined([tables[m] for m in combine], weights)
     default = tables["combined"] if "combined" in tables else tables[next(m for m in METHODS if m in tables)]
     out = pd.DataFrame({"sample_id": ids, "label": pd.Series(list(labels), dtype=object),
                         "score": default["score"], "suggested_label": default["suggested_label"]})
