@@ -2,7 +2,7 @@
 
 :func:`train_barlow_twins` trains a timm backbone (ResNet18 by default) with lightly's
 ``BarlowTwinsLoss``, ``BarlowTwinsProjectionHead`` and BYOL two-view augmentations (lightly's own
-Barlow Twins recipe), AdamW with a linear warmup and a cosine decay, seeded. (AdamW rather than
+Barlow Twins recipe, without hue jitter), AdamW with a linear warmup and a cosine decay, seeded. (AdamW rather than
 SGD/LARS: on short CPU runs with small batches SGD at lightly's CIFAR learning rate was unstable, loss
 spikes of 2x; AdamW fell steadily.) The features it learns
 reflect the dataset's own domain (traffic-sign crops, product photos) rather than ImageNet.
@@ -433,12 +433,13 @@ class _TwoViews:
         from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform
 
         self.root, self.rows, self.image_size = root, rows, image_size
-        # lightly's small-image recipe: no blur below 64 px (it wipes out small images)
-        blur = 0.0 if image_size <= 64 else None
-        hf = 0.5 if flip else 0.0
-        v1 = {"input_size": image_size, "hf_prob": hf, **({"gaussian_blur": blur} if blur is not None else {})}
-        v2 = {"input_size": image_size, "hf_prob": hf, **({"gaussian_blur": blur} if blur is not None else {})}
-        self.transform = BYOLTransform(BYOLView1Transform(**v1), BYOLView2Transform(**v2))
+        # lightly's small-image recipe: no blur up to 64 px (it wipes out small images).
+        # No hue jitter: colour often is the class (red vs. blue signs, flower species), and in PIL
+        # it was 60% of the augmentation time (11.5 -> 4.5 ms per image pair at 64 px).
+        common = {"input_size": image_size, "hf_prob": 0.5 if flip else 0.0, "cj_hue": 0.0}
+        if image_size <= 64:
+            common["gaussian_blur"] = 0.0
+        self.transform = BYOLTransform(BYOLView1Transform(**common), BYOLView2Transform(**common))
 
     def __len__(self) -> int:
         return len(self.rows)
