@@ -123,8 +123,6 @@ def evaluate(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, se
     accuracy = float((oof.predicted() == truth).mean())
     emit(BENCH, f"{name}.probe_accuracy_vs_truth", round(accuracy, 4), "share", n, **setup)
     tables = method_scores(x, labels, ids, oof, near)
-    if bags is not None:
-        tables["words"] = scores.word_vote(bags, labels, ids)
     # cleanlab as usually run: the same cross-validation with sklearn's default regularization (C=1).
     default = scores.out_of_fold_probabilities(x, labels, seed=0, l2=1.0 / (0.8 * n))
     tables["cleanlab_default_C"] = scores.confident_learning(None, labels, ids, probabilities=default)
@@ -145,13 +143,22 @@ def evaluate(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, se
     emit(BENCH, f"{name}.purity.greedy_embedding", round(purity(greedy_embedding_order(x), truth), 4),
          "share", n, **setup)
     if bags is not None:
-        from mlfix.ordering import greedy_order
-
-        start = time.perf_counter()
-        order = greedy_order(bags)
-        emit(BENCH, f"{name}.purity.greedy_words", round(purity(order, truth), 4), "share", n,
-             seconds=round(time.perf_counter() - start, 2), **setup)
+        word_figures(name, bags, labels, truth, setup)
     review(name, x, labels, truth, setup, near, quick)
+
+
+def word_figures(name: str, bags: np.ndarray, labels: np.ndarray, truth: np.ndarray, setup: dict) -> None:
+    """The visual-word vote's detection figures and the purity of the seed's greedy order on bags."""
+    from mlfix.ordering import greedy_order
+
+    n = len(labels)
+    table = scores.word_vote(bags, labels, np.arange(n))
+    for metric, value in detection_metrics(labels != truth, table["score"].to_numpy()).items():
+        emit(BENCH, f"{name}.words.{metric}", value, "", n, **setup)
+    start = time.perf_counter()
+    order = greedy_order(bags)
+    emit(BENCH, f"{name}.purity.greedy_words", round(purity(order, truth), 4), "share", n,
+         seconds=round(time.perf_counter() - start, 2), **setup)
 
 
 def review(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, setup: dict,
@@ -246,9 +253,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gtsrb-size", type=int, default=96)
     p.add_argument("--bag-size", type=int, default=112, help="CIFAR-10N input size for visual words")
     p.add_argument("--words", type=int, default=1024)
+    p.add_argument("--words-only", action="store_true", help="only the visual-word figures (CIFAR-10N)")
     args = p.parse_args(argv)
     if args.quick:
-        args.n, args.size, args.gtsrb_n, args.gtsrb_size, args.words = 240, 64, 240, 64, 64
+        args.n, args.size, args.gtsrb_n, args.gtsrb_size, args.words = 160, 64, 160, 64, 64
+    if args.words_only:  # the visual-word figures alone, once the bags are extracted
+        table = load_labels("cifar10n", args.n)
+        bags = word_bags("cifar10n", args.n, args.bag_size, k=args.words)["bags"]
+        word_figures("cifar10n", bags, table["label"].to_numpy(dtype=object),
+                     table["clean_label"].to_numpy(dtype=object),
+                     {"data": f"cifar10n first {args.n} images (label = random_label1)", "backbone": BACKBONE,
+                      "bags": f"{args.words} words at {args.bag_size} px"})
+        return 0
     cifar10n(args.n, args.size, args.quick, args.bag_size, args.words)
     gtsrb(args.gtsrb_n, args.gtsrb_size, args.quick, args.words)
     return 0
