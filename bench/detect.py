@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bag-size", type=int, default=112, help="CIFAR-10N input size for visual words")
     p.add_argument("--words", type=int, default=1024)
     p.add_argument("--words-only", action="store_true", help="only the visual-word figures (CIFAR-10N)")
+    p.add_argument("--only", choices=["cifar10n", "gtsrb35"], help="run one data set")
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.size, args.gtsrb_n, args.gtsrb_size, args.words = 160, 64, 160, 64, 64
@@ -265,8 +266,10 @@ def main(argv: list[str] | None = None) -> int:
                      {"data": f"cifar10n first {args.n} images (label = random_label1)", "backbone": BACKBONE,
                       "bags": f"{args.words} words at {args.bag_size} px"})
         return 0
-    cifar10n(args.n, args.size, args.quick, args.bag_size, args.words)
-    gtsrb(args.gtsrb_n, args.gtsrb_size, args.quick, args.words)
+    if args.only in (None, "cifar10n"):
+        cifar10n(args.n, args.size, args.quick, args.bag_size, args.words)
+    if args.only in (None, "gtsrb35"):
+        gtsrb(args.gtsrb_n, args.gtsrb_size, args.quick, args.words)
     return 0
 
 
