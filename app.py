@@ -15,11 +15,11 @@ HERE = Path(__file__).resolve().parent
 st.set_page_config(layout="wide", page_title="mlfix")
 
 PAGES = [
-    ("pages/dataset.py", "Dataset", ":material/photo_library:"),
-    ("pages/training.py", "Training", ":material/model_training:"),
-    ("pages/codebook.py", "Codebook", ":material/grid_view:"),
-    ("pages/review.py", "Review", ":material/fact_check:"),
-    ("pages/export.py", "Export", ":material/download:"),
+    ("app_pages/dataset.py", "Dataset", ":material/photo_library:"),
+    ("app_pages/training.py", "Training", ":material/model_training:"),
+    ("app_pages/codebook.py", "Codebook", ":material/grid_view:"),
+    ("app_pages/review.py", "Review", ":material/fact_check:"),
+    ("app_pages/export.py", "Export", ":material/download:"),
 ]
 
 # A page file that is not there yet (built by another part of the project) is left out rather

@@ -38,7 +38,7 @@ import pandas as pd
 from bench.common import emit, parser
 
 REPO = Path(__file__).resolve().parents[1]
-PAGE = str(REPO / "pages" / "review.py")
+PAGE = str(REPO / "app_pages" / "review.py")
 CHROMIUM = Path("/usr/bin/chromium")
 FAST = {"backbone": "resnet18", "weights": "random", "image_size": 64, "words": 64, "batch_size": 64}
 

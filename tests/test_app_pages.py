@@ -32,25 +32,6 @@ TIMEOUT = 120  # generous: the CI machine is small and shared
 # ------------------------------------------------------------------------------------ helpers
 
 
-@pytest.fixture(autouse=True)
-def served_through_the_shell(monkeypatch):
-    """Run pages the way a server does once ``app.py`` has run: always through its navigation.
-
-    AppTest starts every run as a fresh process would (legacy ``pages/`` mode, see
-    ``state.ensure_app_shell``); a page would then rerun itself once per run and lose a button's
-    click. The deep-link path itself is tested in ``test_a_deep_link_runs_the_page_inside_the_shell``.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
-
-
 def app_on(project_dir, page: str | None = None) -> AppTest:
     """The app, run once with ``project_dir`` open, then switched to ``page`` and run again."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
@@ -157,33 +138,30 @@ def test_the_sidebar_shows_the_project_and_the_reviewer(project_with_problems, t
     side.sidebar.text_input(key="mlfix_project_input").input(str(tmp_path)).run()
     assert side.markdown[1].value == str(tmp_path.resolve())
     assert any("Not an mlfix project" in w.value for w in side.sidebar.warning)
-    at.switch_page("pages/export.py").run()  # the shared sidebar is on every page
+    at.switch_page("app_pages/export.py").run()  # the shared sidebar is on every page
     assert at.sidebar.text_input(key="mlfix_project_input").value == str(project_with_problems.dir)
 
 
-def test_a_deep_link_runs_the_page_inside_the_shell(project_with_problems, monkeypatch):
-    """A first request for /training (legacy pages/ mode) still gets the sidebar and the page."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    monkeypatch.undo()  # the same monkeypatch as the autouse fixture's: Streamlit's own behaviour
-    assert PagesManager.__init__.__name__ == "__init__" and "init" not in PagesManager.__init__.__qualname__.split(".")[0]
+def test_a_deep_link_runs_the_page_inside_the_shell(project_with_problems):
+    """A first request for /training gets the shell: the pages live in app_pages/, not pages/, so
+    Streamlit never falls back to its legacy multipage mode (which runs a page without the shell)."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.session_state[ui_state.PROJECT_KEY] = str(project_with_problems.dir)
-    at.switch_page("pages/training.py")
+    at.switch_page("app_pages/training.py")
     at.run()
     assert not at.exception
     assert [t.value for t in at.title] == ["Training"]
     assert at.sidebar.text_input(key="mlfix_project_input").value == str(project_with_problems.dir)
 
 
-@pytest.mark.parametrize("page", ["pages/dataset.py", "pages/training.py", "pages/codebook.py",
-                                  "pages/export.py"])
+@pytest.mark.parametrize("page", ["app_pages/dataset.py", "app_pages/training.py", "app_pages/codebook.py",
+                                  "app_pages/export.py"])
 def test_a_folder_that_is_not_a_project_is_a_clear_message_on_every_page(tmp_path, page):
     at = app_on(tmp_path, page)
     assert any("not an mlfix project" in e.value for e in at.error), [e.value for e in at.error]
 
 
-@pytest.mark.parametrize("page", ["pages/training.py", "pages/codebook.py", "pages/export.py"])
+@pytest.mark.parametrize("page", ["app_pages/training.py", "app_pages/codebook.py", "app_pages/export.py"])
 def test_no_project_open_sends_the_user_to_the_dataset_page(page, monkeypatch):
     monkeypatch.delenv("MLFIX_PROJECT", raising=False)
     at = app_on(None, page)
@@ -293,7 +271,7 @@ def test_training_page_shows_the_loss_curve_speed_eta_and_stage_progress(project
     (project_copy.dir / "progress" / "index.jsonl").write_text(
         json.dumps({"job": "index", "time": 1.0, "stage": "features", "done": 200, "total": 200}) + "\n" +
         json.dumps({"job": "index", "time": 2.0, "stage": "words", "done": 50, "total": 200}) + "\n")
-    at = app_on(project_copy.dir, "pages/training.py")
+    at = app_on(project_copy.dir, "app_pages/training.py")
     metrics = {m.label: m.value for m in at.metric}
     assert metrics == {"Epoch": "4", "Loss": "20", "Images/s": "123.4", "ETA": "1 min 10 s"}
     loss = plotly_figures(at)[0]
@@ -315,7 +293,7 @@ def test_training_page_shows_the_loss_curve_speed_eta_and_stage_progress(project
 
 def test_a_long_training_log_is_thinned_for_the_browser(project_copy):
     write_train_log(project_copy.dir, steps=5000)
-    at = app_on(project_copy.dir, "pages/training.py")
+    at = app_on(project_copy.dir, "app_pages/training.py")
     steps = values(plotly_figures(at)[0].data[0].x)
     assert len(steps) <= 2000 and steps[0] == 1 and steps[-1] == 5000
     assert {m.label: m.value for m in at.metric}["Loss"] == "-4950"  # the latest record, not a thinned one
@@ -327,7 +305,7 @@ def test_training_buttons_start_a_background_job_with_the_chosen_settings(projec
         return [sys.executable, "-c", f"print('pretend {kind}', {list(map(str, args))!r})"]
 
     monkeypatch.setattr(jobs, "mlfix_command", harmless)
-    at = app_on(project_copy.dir, "pages/training.py")
+    at = app_on(project_copy.dir, "app_pages/training.py")
     at.number_input(key="tr_epochs").set_value(3)
     at.checkbox(key="tr_flip").uncheck()
     at.button(key="tr_start").click().run()
@@ -349,7 +327,7 @@ def test_a_checkpoint_offers_resume_with_its_settings_or_a_fresh_start(project_c
     (models / "last.json").write_text(json.dumps({
         "settings": {"epochs": 7, "batch_size": 64, "image_size": 96, "init": "random", "flip": False,
                      "head_dim": 1024}, "epoch": 3, "step": 30, "total_steps": 70, "loss": 812.5}))
-    at = app_on(project_copy.dir, "pages/training.py")
+    at = app_on(project_copy.dir, "app_pages/training.py")
     assert at.button(key="tr_start").label == "Resume training"
     assert any("epoch **3** of 7" in m.value and "loss 812.5" in m.value for m in at.markdown)
     # the form starts from the checkpoint's settings, so a resume continues the same run
@@ -367,7 +345,7 @@ def test_a_running_job_can_be_stopped_from_the_page_and_a_second_is_refused(proj
     jobs.start_job(project_copy.dir, "train",
                    command=[sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"])
     try:
-        at = app_on(project_copy.dir, "pages/training.py")
+        at = app_on(project_copy.dir, "app_pages/training.py")
         assert any("is running" in i.value for i in at.info)
         assert at.button(key="tr_start").disabled and at.button(key="ix_start").disabled
         with pytest.raises(jobs.JobRunningError):  # a second tab pressing Start gets a clear refusal
@@ -392,7 +370,7 @@ def test_a_job_that_ignores_stop_can_be_killed_from_the_page(project_copy):
         jobs.stop_job(project_copy.dir)
         record = jobs.current_job(project_copy.dir)  # pretend the stop was asked for a minute ago
         (project_copy.dir / "jobs" / f"{record['job_id']}.stop").write_text(str(time.time() - 60))
-        at = app_on(project_copy.dir, "pages/training.py")
+        at = app_on(project_copy.dir, "app_pages/training.py")
         assert any("has not stopped" in w.value for w in at.warning)
         at.button(key="tr_kill").click().run()
         assert jobs.wait_job(project_copy.dir, timeout=30).state == "stopped"
@@ -404,7 +382,7 @@ def test_a_job_that_crashes_is_a_clear_message_with_its_log(project_copy):
     jobs.start_job(project_copy.dir, "index",
                    command=[sys.executable, "-c", "raise MemoryError('the cat ate the RAM')"])
     jobs.wait_job(project_copy.dir, timeout=60)
-    at = app_on(project_copy.dir, "pages/training.py")
+    at = app_on(project_copy.dir, "app_pages/training.py")
     assert any("Indexing failed" in e.value and "exit code 1" in e.value for e in at.error)
     assert any("MemoryError: the cat ate the RAM" in c.value for c in at.code)
 
@@ -413,7 +391,7 @@ def test_a_job_that_crashes_is_a_clear_message_with_its_log(project_copy):
 
 
 def test_codebook_page_shows_word_frequencies_patches_classes_and_an_overlay(demo_project):
-    at = app_on(demo_project.dir, "pages/codebook.py")
+    at = app_on(demo_project.dir, "app_pages/codebook.py")
     k = int(demo_project.settings["words"])
     in_images = np.unpackbits(np.asarray(demo_project.bags()), axis=1, bitorder="little")[:, :k].sum(0).astype(int)
     frequency, classes = plotly_figures(at)[:2]
@@ -444,7 +422,7 @@ def test_codebook_page_shows_word_frequencies_patches_classes_and_an_overlay(dem
 
 
 def test_codebook_page_asks_for_an_index_first(project_with_problems):
-    at = app_on(project_with_problems.dir, "pages/codebook.py")
+    at = app_on(project_with_problems.dir, "app_pages/codebook.py")
     assert any("not indexed yet" in i.value for i in at.info)
 
 
@@ -460,7 +438,7 @@ def test_export_page_downloads_the_corrected_labels_and_summarises_the_changes(p
         store.decide(ids[:3], "relabel", other, reviewer="alice")
         store.decide(ids[3], "flag", reviewer="bob")
         store.decide(ids[4], "ok", reviewer="bob")
-    at = app_on(project_copy.dir, "pages/export.py")
+    at = app_on(project_copy.dir, "app_pages/export.py")
     metrics = {m.label: m.value for m in at.metric}
     changed = sum(original[i] != other for i in ids[:3])
     assert metrics == {"Samples": str(len(ids)), "Reviewed": "5", "Relabeled": str(changed),
@@ -493,7 +471,7 @@ def test_export_page_offers_coco_for_a_coco_project(tiny_image_folder, tmp_path,
     project = Project.create(tmp_path / "p", images=tiny_image_folder, coco=tmp_path / "coco.json")
     with ReviewStore.for_project(project.dir) as store:
         store.decide(project.samples["sample_id"].iloc[0], "relabel", "gadget", reviewer="alice")
-    at = app_on(project.dir, "pages/export.py")
+    at = app_on(project.dir, "app_pages/export.py")
     out = json.loads(download(at, media, "COCO"))
     assert out["categories"][-1]["name"] == "gadget"
     assert [a["category_id"] for a in out["annotations"]] == [out["categories"][-1]["id"], 1, 1, 1]

@@ -109,11 +109,7 @@ def test_select_three_with_the_keyboard_relabel_and_undo(app_url):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
-        # The app's entry first: with a pages/ folder beside app.py, Streamlit 1.67 runs a deep link
-        # as a legacy multipage app until app.py's st.navigation has run once in the server.
-        page.goto(url)
-        page.get_by_text("Project folder").first.wait_for(timeout=60_000)
-        page.goto(url + "/review")
+        page.goto(url + "/review")  # a deep link on a fresh server runs inside the app shell
         page.locator(".tile").first.wait_for(timeout=60_000)
         tiles = page.locator(".tile")
         # every thumbnail of the first rows is loaded by URL (not a data URL) and decoded

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "review.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "review.py")
 GRID_KEY = "mlfix_review_grid"
 
 

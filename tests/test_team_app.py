@@ -16,20 +16,6 @@ APP = str(Path(__file__).resolve().parents[1] / "app.py")
 ADMIN, REVIEWER = "admin-token-0123456789", "reviewer-token-0123456789"
 
 
-@pytest.fixture(autouse=True)
-def served_through_the_shell(monkeypatch):
-    """Pages run through app.py's navigation (see tests/test_app_pages.py for why)."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
-
-
 @pytest.fixture
 def tokens(monkeypatch):
     monkeypatch.setenv("MLFIX_ADMIN_TOKEN", ADMIN)
@@ -67,7 +53,7 @@ def test_nothing_before_signing_in_and_a_wrong_token_is_refused(project, tokens)
     assert [t.value for t in at.title] == ["mlfix"] and "Sign in" in at.info[0].value
     assert [t.key for t in at.sidebar.text_input] == [access.NAME_KEY, access.TOKEN_KEY]
     with pytest.raises(ValueError, match="Could not find a navigation page"):
-        at.switch_page("pages/review.py")
+        at.switch_page("app_pages/review.py")
     at.sidebar.text_input(key=access.NAME_KEY).input("bob")
     at.sidebar.text_input(key=access.TOKEN_KEY).input("not-the-token-0123456789")
     at.sidebar.button[0].click()
@@ -83,10 +69,10 @@ def test_a_reviewer_gets_the_review_page_only_and_their_name_on_decisions(projec
     assert len(at.get("bidi_component")) == 1  # the Review page is the reviewer's first page
     assert not [t for t in at.sidebar.text_input]  # no project picker, no free name field
     assert at.session_state[ui_state.REVIEWER_KEY] == "Bob"
-    for page in ("pages/training.py", "pages/dataset.py", "pages/export.py"):
+    for page in ("app_pages/training.py", "app_pages/dataset.py", "app_pages/export.py"):
         with pytest.raises(ValueError, match="Could not find a navigation page"):
             at.switch_page(page)
-    at.switch_page("pages/codebook.py").run()  # read-only: allowed
+    at.switch_page("app_pages/codebook.py").run()  # read-only: allowed
     assert not at.exception
 
 
@@ -99,7 +85,7 @@ def test_an_admin_gets_every_page_and_the_conflicts(project, tokens, tmp_path):
     at = signed_in(project.dir, "ann", ADMIN)
     assert [t.value for t in at.title] == ["Dataset"]
     assert at.sidebar.text_input(key="mlfix_project_input").value == str(project.dir)
-    at.switch_page("pages/export.py").run()
+    at.switch_page("app_pages/export.py").run()
     assert not at.exception
     assert "Conflicts between reviewers" in [s.value for s in at.subheader]
     conflicts = at.dataframe[-1].value  # the last table of the page

@@ -73,25 +73,6 @@ def set_reviewer(name: str) -> None:
     st.session_state[REVIEWER_KEY] = str(name).strip()
 
 
-def ensure_app_shell() -> None:
-    """Run every page through ``app.py`` (navigation, sidebar, page config), even on a deep link.
-
-    With a ``pages/`` folder beside ``app.py``, Streamlit 1.67 serves a first request for
-    ``/dataset`` as a legacy multipage app: it runs ``pages/dataset.py`` alone, with no sidebar,
-    and keeps doing so until ``app.py``'s ``st.navigation`` has run once in the process. A page
-    that finds itself run that way switches the legacy mode off and reruns; the page's url path
-    is the same in both modes, so the rerun lands on the same page, now inside the shell.
-    Call it first thing in a page's script body (not in a callback).
-    """
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:  # a Streamlit without it has no legacy mode to escape
-        return
-    if getattr(PagesManager, "uses_pages_directory", False):
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
 def current_project():
     """The open project, or None; raises ``NotAProjectError`` for a folder that is not one."""
     from mlfix.ui import loaders
@@ -112,7 +93,6 @@ def require_project():
     from mlfix.project import NotAProjectError
     from mlfix.ui import access
 
-    ensure_app_shell()
     if access.identity() is None:  # a page run outside the navigation still needs a sign-in
         st.info("Sign in in the sidebar first.")
         st.stop()

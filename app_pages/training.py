@@ -252,7 +252,6 @@ def _progress_view(project_dir: Path, was_running: bool) -> None:
             st.code(status.log_tail[-3000:] or "(nothing yet)", language=None)
 
 
-state.ensure_app_shell()
 project = state.require_project()
 st.title("Training")
 status = jobs.job_status(project.dir)

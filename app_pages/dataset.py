@@ -168,7 +168,7 @@ def _overview(project) -> None:
     elif not project.is_indexed:
         st.info("This project is not indexed yet: start indexing on the **Training** page.")
     if job.running or not project.is_indexed:
-        st.page_link("pages/training.py", label="Go to Training", icon=":material/model_training:")
+        st.page_link("app_pages/training.py", label="Go to Training", icon=":material/model_training:")
 
     st.subheader("Samples per class")
     height = 320 if len(counts) <= 40 else min(1600, 14 * len(counts))
@@ -214,7 +214,6 @@ def _examples(project, counts: pd.DataFrame) -> None:
         st.image(paths, width=96, caption=[Path(i).name for i in ids])
 
 
-state.ensure_app_shell()
 st.title("Dataset")
 _show_flash()
 folder = state.project_dir()

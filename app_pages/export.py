@@ -74,7 +74,6 @@ def _reviewers(project) -> None:
     st.dataframe(summary, hide_index=True, key="ex_reviewers", width="stretch")
 
 
-state.ensure_app_shell()
 project = state.require_project()
 st.title("Export")
 try:

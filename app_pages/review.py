@@ -4,7 +4,7 @@ Similar images sit side by side (the project's similarity ordering) or the most 
 first (any score column). Every key press in the grid is a decision stored at once in the project's
 decisions store; see :mod:`mlfix.ui.grid` for how the grid and this script talk.
 
-Runs inside ``app.py`` (st.navigation) and on its own (``streamlit run pages/review.py -- --project
+Runs inside ``app.py`` (st.navigation) and on its own (``streamlit run app_pages/review.py -- --project
 DIR``, and AppTest). Imports no torch.
 """
 
