@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.run(args) or 0
-    except (FileNotFoundError, ValueError, RuntimeError, KeyError, NotAProjectError) as err:
+    except (OSError, ValueError, RuntimeError, KeyError, NotAProjectError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"mlfix {args.command}: error: {message}", file=sys.stderr)
         return 2
@@ -87,32 +87,41 @@ def _print_summary(project) -> None:
 def _add_train(commands) -> None:
     p = commands.add_parser("train", help="self-supervised Barlow Twins training of the project's backbone")
     p.add_argument("--project", required=True)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--init", default="random", help="random | imagenet | offline | FILE")
+    p.add_argument("--epochs", type=int, help="total epochs (default 10); more than a finished run extends it")
+    p.add_argument("--batch-size", type=int, help="default 128")
+    p.add_argument("--image-size", type=int, help="training crop size in px (default 64)")
+    p.add_argument("--init", help="random | imagenet | offline | FILE (default random)")
     p.add_argument("--no-flip", action="store_true", help="no horizontal flips (mirror images are another class)")
-    p.add_argument("--head-dim", type=int, default=2048, help="projection head size")
+    p.add_argument("--head-dim", type=int, help="projection head size (default 2048)")
+    p.add_argument("--restart", action="store_true", help="start over instead of resuming models/last.pt")
     p.add_argument("--workers", type=int)
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.set_defaults(run=run_train)
 
 
 def run_train(args) -> int:
-    from mlfix.pretrain import train_barlow_twins
+    from mlfix.pretrain import checkpoint_summary, train_barlow_twins
     from mlfix.project import Project
 
     project = Project.open(args.project)
     readable = project.samples[project.samples["status"] == "ok"]
+    # A resumed run keeps the settings it was started with unless the user names new ones.
+    previous = {} if args.restart else (checkpoint_summary(project.dir / "models") or {}).get("settings", {})
+    chosen = {"epochs": args.epochs, "batch_size": args.batch_size, "image_size": args.image_size,
+              "init": args.init, "head_dim": args.head_dim, "flip": False if args.no_flip else None}
+    settings = {**TRAIN_DEFAULTS, **{k: previous[k] for k in TRAIN_DEFAULTS if k in previous},
+                **{k: v for k, v in chosen.items() if v is not None}}
     progress = Progress("train", project.dir / "progress")
     checkpoint = train_barlow_twins(project.root, readable, project.dir / "models",
-                                    backbone=project.settings["backbone"], init=args.init,
-                                    epochs=args.epochs, batch_size=args.batch_size,
-                                    image_size=args.image_size, flip=not args.no_flip,
-                                    head_dim=args.head_dim, seed=int(project.settings["seed"]),
-                                    workers=args.workers, device=args.device, progress=progress)
+                                    backbone=project.settings["backbone"], seed=int(project.settings["seed"]),
+                                    workers=args.workers, device=args.device, progress=progress,
+                                    resume=not args.restart, **settings)
     print(f"checkpoint: {checkpoint}\nrun `mlfix index --project {args.project}` to index with it")
     return 0
+
+
+TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 128, "image_size": 64, "init": "random", "head_dim": 2048,
+                  "flip": True}
 
 
 def _add_scores(commands) -> None:

@@ -71,14 +71,10 @@ def resolve_weights(project: Project) -> tuple[str, object]:
 
 def _checkpoint_fits(path: Path, project: Project) -> bool:
     """A trained checkpoint is used only for the backbone architecture it was trained for."""
-    import torch
+    from mlfix.pretrain import checkpoint_summary
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return False
-    trained_for = (state.get("settings") or {}).get("backbone") if isinstance(state, dict) else None
-    return trained_for in (None, project.settings["backbone"])
+    summary = checkpoint_summary(path.parent) or {}
+    return (summary.get("settings") or {}).get("backbone") == project.settings["backbone"]
 
 
 def _features_and_words(project: Project, weights: str, feature_key: dict, words_key: dict,

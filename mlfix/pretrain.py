@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlfix.backbone import MIN_IMAGE_SIZE
 from mlfix.dataset import DataRoot, ImageError, load_image
 
 if TYPE_CHECKING:  # torch is imported lazily: the app's pages import this module
@@ -249,6 +248,8 @@ def _settings(n: int, *, backbone: str, init: str, epochs: int, batch_size: int,
         warnings.warn(f"batch size {batch_size} is larger than the dataset ({n} images); using "
                       f"{n}, one step per epoch", stacklevel=3)
         batch_size = n
+    from mlfix.backbone import MIN_IMAGE_SIZE  # backbone imports torch: only when training
+
     if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"image size {image_size!r} px is too small for the backbone's stride-32 "
                          f"stages; use at least {MIN_IMAGE_SIZE} (64 is a good CPU default)")

@@ -164,8 +164,9 @@ class Project:
 
     def trained_weights(self) -> Path | None:
         """The project's last training checkpoint (models/last.pt), if any."""
-        path = self.dir / "models" / "last.pt"
-        return path if path.is_file() else None
+        from mlfix.pretrain import trained_weights_path
+
+        return trained_weights_path(self.dir)
 
     def _require_index(self) -> None:
         if not self.is_indexed:

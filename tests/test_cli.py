@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from mlfix.cli import main
 from mlfix.project import Project
@@ -68,3 +69,21 @@ def test_demo_report_finds_planted_errors_far_above_chance(demo_project):
     # chance would put 0.5 of the 10 planted errors in the top 10 of 200
     assert report["found_in_top"] >= 3
     assert 0.5 < report["neighbour_purity"] <= 1.0
+
+
+@pytest.mark.slow
+def test_train_then_index_uses_the_trained_backbone_and_a_resume_keeps_its_settings(tiny_image_folder, tmp_path):
+    project_dir = tmp_path / "p"
+    assert main(["index", "--images", str(tiny_image_folder), "--project", str(project_dir), "--image-size", "64",
+                 "--words", "16"]) == 0
+    train = ["train", "--project", str(project_dir), "--batch-size", "8", "--image-size", "32", "--head-dim", "32",
+             "--workers", "0"]
+    assert main([*train, "--epochs", "1"]) == 0
+    # a second call that names only --epochs resumes with the first run's settings (no CheckpointError)
+    assert main(["train", "--project", str(project_dir), "--epochs", "2", "--workers", "0"]) == 0
+    from mlfix.pretrain import checkpoint_summary
+
+    assert checkpoint_summary(project_dir / "models")["epoch"] == 2
+    assert main(["index", "--project", str(project_dir)]) == 0
+    key = (project_dir / "features" / "words.key.json").read_text()
+    assert "last.pt" in key  # the index was rebuilt with the trained weights
