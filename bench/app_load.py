@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mlfix.server import running_app
 from bench.common import emit, parser
-from bench.review_page import CHROMIUM, _free_port, _wait
+from bench.review_page import CHROMIUM
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"backbone": "resnet18", "weights": "random", "image_size": 64, "words": 32}
@@ -140,22 +140,8 @@ async def _run_sessions(url: str, sessions: int, presses: int, resend_ms: int | 
 
 
 def run(project_dir: Path, sessions: int, presses: int, resend_ms: int | None = None) -> list[dict]:
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.fileWatcherType", "none", "--server.enableStaticServing", "true",
-         "--browser.gatherUsageStats", "false", "--", "--project", str(project_dir)],
-        cwd=REPO, env={**os.environ, "MLFIX_REVIEWER": "bench"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait(url)
+    with running_app(project_dir, env={**os.environ, "MLFIX_REVIEWER": "bench"}) as url:
         return asyncio.run(_run_sessions(url, sessions, presses, resend_ms))
-    finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def main(argv: list[str] | None = None) -> None:

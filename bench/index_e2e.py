@@ -14,7 +14,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 from bench.common import emit, parser, require_shared, timer

@@ -24,17 +24,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from mlfix.server import running_app
 from bench.common import emit, parser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -191,59 +189,41 @@ async ([key, until]) => {
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_browser(project, repeats: int) -> None:
     if not CHROMIUM.exists():
         print(json.dumps({"bench": "skip", "reason": "no /usr/bin/chromium"}), file=sys.stderr)
         return
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
     env = {**os.environ, "MLFIX_REVIEWER": "bench"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
-         str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-         "--server.enableStaticServing", "true", "--browser.gatherUsageStats", "false", "--",
-         "--project", str(project.dir)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait(url)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.goto(url)
-            page.get_by_text("Project folder").first.wait_for(timeout=120_000)
-            page.goto(url + "/review")
-            page.locator(".tile").first.wait_for(timeout=120_000)
-            _choose(page, "Class", "(all images)")
-            page.wait_for_function("() => true")
-            time.sleep(2)
-            for _ in range(2):  # warm-up
-                page.evaluate(_TIMED_KEY, ["n", "page"])
-                page.evaluate(_TIMED_KEY, ["p", "page"])
-            acks, flips, flips_images = [], [], []
-            for i in range(repeats):
-                page.evaluate("() => new Promise(r => setTimeout(r, 300))")
-                ack, _ = page.evaluate(_TIMED_KEY, ["o", "ack"])
-                if ack is not None:
-                    acks.append(ack / 1000)
-            for i in range(repeats):
-                dom, images = page.evaluate(_TIMED_KEY, ["n" if i % 2 == 0 else "p", "page"])
-                if dom is not None:
-                    flips.append(dom / 1000)
-                    flips_images.append(images / 1000)
-            tiles = page.locator(".tile").count()
-            browser.close()
-    finally:
-        server.terminate()
-        server.wait(10)
+    with running_app(project.dir, env=env) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(url)
+        page.get_by_text("Project folder").first.wait_for(timeout=120_000)
+        page.goto(url + "/review")
+        page.locator(".tile").first.wait_for(timeout=120_000)
+        _choose(page, "Class", "(all images)")
+        page.wait_for_function("() => true")
+        time.sleep(2)
+        for _ in range(2):  # warm-up
+            page.evaluate(_TIMED_KEY, ["n", "page"])
+            page.evaluate(_TIMED_KEY, ["p", "page"])
+        acks, flips, flips_images = [], [], []
+        for i in range(repeats):
+            page.evaluate("() => new Promise(r => setTimeout(r, 300))")
+            ack, _ = page.evaluate(_TIMED_KEY, ["o", "ack"])
+            if ack is not None:
+                acks.append(ack / 1000)
+        for i in range(repeats):
+            dom, images = page.evaluate(_TIMED_KEY, ["n" if i % 2 == 0 else "p", "page"])
+            if dom is not None:
+                flips.append(dom / 1000)
+                flips_images.append(images / 1000)
+        tiles = page.locator(".tile").count()
+        browser.close()
     for metric, values in (("browser_key_to_stored_s", acks), ("browser_page_flip_s", flips),
                            ("browser_page_flip_images_s", flips_images)):
         if values:
@@ -260,17 +240,6 @@ def _choose(page, label: str, option: str) -> None:
     page.keyboard.type(option)  # filters the (virtualised) option list
     page.keyboard.press("Enter")
     page.locator(".ctitle").filter(has_text=option).wait_for(timeout=60_000)
-
-
-def _wait(url: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"streamlit did not start at {url}")
 
 
 def main(argv: list[str] | None = None) -> None:

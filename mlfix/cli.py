@@ -174,16 +174,9 @@ def run_serve(args) -> int:
         except (StoreUnavailable, ValueError) as error:
             print(f"mlfix serve: {error}", file=sys.stderr)
             return 2
-    command = streamlit_command(project.dir, args.port, args.address)
-    return subprocess.call(command, env=env)
+    from mlfix.server import APP_ROOT, app_command
 
-
-def streamlit_command(project_dir: Path, port: int, address: str = "localhost") -> list[str]:
-    app = Path(__file__).resolve().parents[1] / "app.py"
-    return [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
-            "--server.address", address, "--server.headless", "true",
-            # the review grid loads thumbnails from app/static/ (any working folder, any config)
-            "--server.enableStaticServing", "true", "--", "--project", str(project_dir)]
+    return subprocess.call(app_command(project.dir, args.port, args.address), env=env, cwd=APP_ROOT)
 
 
 if __name__ == "__main__":

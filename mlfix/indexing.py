@@ -191,7 +191,6 @@ def _words_in_two_passes(codebook: Codebook, feature_key: dict, shape: tuple[int
 
     _extract_all(project, backbone, assign, workers, device, progress)
     words.flush()
-    del words
     os.replace(tmp, features_dir / "words.npy")
     (features_dir / "cells.npy").unlink(missing_ok=True)
     write_key(features_dir / "features.key.json", {**feature_key, "cells": False})

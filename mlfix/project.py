@@ -302,18 +302,11 @@ class Project:
 
     def serve(self, port: int | None = None, address: str = "localhost") -> str:
         """Start the app on this project in a background process; returns its URL."""
-        import socket
-        import subprocess
+        from mlfix.server import free_port, start_app
 
-        from mlfix.cli import streamlit_command
-
-        if port is None:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+        port = port or free_port()
         log = open(self.dir / "serve.log", "ab")
-        self._cache["server"] = subprocess.Popen(streamlit_command(self.dir, port, address), stdout=log,
-                                                 stderr=subprocess.STDOUT, start_new_session=True)
+        self._cache["server"] = start_app(self.dir, port, address, log=log, start_new_session=True)
         return f"http://{address}:{port}"
 
     def progress_log(self, job: str) -> list[dict]:

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from mlfix.server import running_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -27,45 +25,13 @@ OUTPUT = REPO / "test-output" / "pages"
 PAGES = {"training": "Training", "dataset": "Dataset", "codebook": "Codebook", "export": "Export"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(demo_project, tmp_path):
     project = tmp_path / "project"
     shutil.copytree(demo_project.dir, project, ignore=shutil.ignore_patterns("reviews.db*", "jobs", "thumbs"))
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFIX_")}
-    log = open(tmp_path / "streamlit.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-         "--browser.gatherUsageStats", "false", "--", "--project", str(project)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"streamlit exited with code {process.returncode}")
-            try:
-                urllib.request.urlopen(url + "/_stcore/health", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
+    with open(tmp_path / "streamlit.log", "w") as log, running_app(project, env=env, log=log) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 def settle(page, timeout_s: float = 60) -> None:

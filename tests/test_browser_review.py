@@ -11,15 +11,13 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from mlfix.server import running_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -38,49 +36,12 @@ def copy_project(source: Path, target: Path) -> Path:
     return target
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"streamlit exited early with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"streamlit did not answer at {url} within {timeout} s")
-
-
 @pytest.fixture
 def app_url(demo_project, tmp_path):
     project = copy_project(Path(demo_project.dir), tmp_path / "project")
-    port = free_port()
     env = {**os.environ, "MLFIX_REVIEWER": REVIEWER, "MLFIX_PROJECT": str(project)}
-    log = open(tmp_path / "streamlit.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-         "--server.enableStaticServing", "true", "--browser.gatherUsageStats", "false",
-         "--", "--project", str(project)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, process)
+    with open(tmp_path / "streamlit.log", "w") as log, running_app(project, env=env, log=log) as url:
         yield url, project
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 def poll(check, timeout: float = 20.0, every: float = 0.25):

@@ -11,13 +11,11 @@ import hashlib
 import http.client
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from mlfix.server import free_port, running_app
 
 from mlfix import thumbnails
 from mlfix.project import Project
@@ -25,12 +23,6 @@ from mlfix.ui import grid
 
 REPO = Path(__file__).resolve().parents[1]
 STATIC = REPO / "static"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -52,27 +44,9 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("static")
     project_a = Project.create(root / "a", write_image_folder(root / "images_a", per_class=2))
     project_b = Project.create(root / "b", write_image_folder(root / "images_b", per_class=2))
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.fileWatcherType", "none", "--server.enableStaticServing", "true",
-         "--browser.gatherUsageStats", "false", "--", "--project", str(project_a.dir)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "MLFIX_REVIEWER": "t"})
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if get(port, "/_stcore/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                pytest.fail("streamlit did not start")
-            time.sleep(0.3)
+    port = free_port()
+    with running_app(project_a.dir, port=port, env={**os.environ, "MLFIX_REVIEWER": "t"}, timeout=120):
         yield port, project_a, project_b
-    finally:
-        process.terminate()
-        process.wait(20)
 
 
 ESCAPES = [
