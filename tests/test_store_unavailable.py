@@ -87,7 +87,7 @@ def test_serve_db_option_reaches_the_server_process(tmp_path, tiny_image_folder,
 
     project = Project.create(tmp_path / "project", tiny_image_folder)
     calls = []
-    monkeypatch.setattr("subprocess.call", lambda command, env=None: calls.append((command, env)) or 0)
+    monkeypatch.setattr("subprocess.call", lambda command, env=None, **options: calls.append((command, env)) or 0)
     monkeypatch.delenv("MLFIX_DB_URL", raising=False)
     url = sqlite_url(tmp_path / "team.db")
     assert cli.main(["serve", "--project", str(project.dir), "--db", url]) == 0
