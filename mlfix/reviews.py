@@ -739,21 +739,10 @@ def find_conflicts(log: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
     its reviewers' verdicts are not all equal. Returns sample_id, original_label, label (current),
     n_reviewers, verdicts ({reviewer: verdict}), in the order of ``samples``.
     """
-    _check_samples(samples)
     columns = ["sample_id", "original_label", "label", "n_reviewers", "verdicts"]
-    live = _live(log)
-    live = live[live["sample_id"].isin(samples["sample_id"])]
-    per = live.drop_duplicates(["sample_id", "reviewer"], keep="last").copy()
+    per = reviewer_verdicts(log, samples)
     if per.empty:
         return pd.DataFrame(columns=columns)
-    original = pd.Series(samples["label"].to_numpy(dtype=object), index=samples["sample_id"].to_numpy())
-    relabels = live.loc[live["kind"] == "relabel", ["id", "sample_id", "label"]].rename(columns={"label": "seen"})
-    per = pd.merge_asof(per.sort_values("id"), relabels.sort_values("id"), on="id", by="sample_id",
-                        allow_exact_matches=False, direction="backward")
-    seen = per["seen"].astype(object).where(per["seen"].notna(), per["sample_id"].map(original))
-    verdict = np.where(per["kind"] == "relabel", per["label"].astype(object),
-                       np.where(per["kind"] == "ok", seen, FLAG_VERDICT))
-    per["verdict"] = pd.Series(verdict, index=per.index).astype(str)
     grouped = per.groupby("sample_id")["verdict"]
     disagree = grouped.nunique()
     disputed = set(disagree.index[disagree > 1])
