@@ -87,3 +87,13 @@ def test_train_then_index_uses_the_trained_backbone_and_a_resume_keeps_its_setti
     assert main(["index", "--project", str(project_dir)]) == 0
     key = (project_dir / "features" / "words.key.json").read_text()
     assert "last.pt" in key  # the index was rebuilt with the trained weights
+
+
+def test_scores_command_writes_the_stated_columns(demo_project, tmp_path, capsys):
+    out = tmp_path / "scores.csv"
+    assert main(["scores", "--project", str(demo_project.dir), "-o", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns[:5]) == ["sample_id", "path", "label", "score", "suggested_label"]
+    assert {"score_knn", "score_cleanlab", "score_loss", "score_words", "score_combined"} <= set(table.columns)
+    assert len(table) == len(demo_project.samples)
+    assert f"{len(table)} rows" in capsys.readouterr().out
