@@ -539,14 +539,11 @@ class ReviewStore:
 
         One row per row of ``samples`` (DataFrame[sample_id, label, path?]), in its order.
         """
-        state = self.current_state(samples)
-        out = pd.DataFrame({"sample_id": state["sample_id"].to_numpy()})
-        if "path" in samples.columns:
-            out["path"] = samples["path"].to_numpy()
-        out["original_label"] = state["original_label"].to_numpy()
-        out["corrected_label"] = state["label"].to_numpy()
-        out["changed"] = (out["corrected_label"] != out["original_label"]).to_numpy(dtype=bool)
-        return out
+        from mlfix.export import export_table  # one export table for the store, the project and the page
+
+        columns = ["sample_id", "path", "original_label", "corrected_label", "changed"]
+        table = export_table(samples, self.current_state(samples))
+        return table[[c for c in columns if c != "path" or "path" in samples.columns]].reset_index(drop=True)
 
     def per_reviewer(self) -> pd.DataFrame:
         """One row per reviewer: decisions, relabel, flag, ok, undo (counts), effective (their
