@@ -139,7 +139,8 @@ class Project:
         if cached is None or cached[0] != stamp:
             table = pd.read_parquet(path) if stamp is not None else problems_frame([])
             self._cache[name] = (stamp, table)
-            self._cache.pop("row_of", None) if name == "samples.parquet" else None
+            if name == "samples.parquet":
+                self._cache.pop("row_of", None)  # row positions follow the new table
         return self._cache[name][1]
 
     # ---- indexing -------------------------------------------------------------------------------
@@ -213,14 +214,10 @@ class Project:
 
     def neighbours(self, sample_id: str, k: int = 8) -> list[str]:
         """The ``k`` nearest samples by pooled embedding (cosine), nearest first."""
-        import faiss
+        from mlfix.scores import cosine_index
 
         if "knn_index" not in self._cache:
-            vectors = np.asarray(self.pooled(), dtype=np.float32).copy()
-            faiss.normalize_L2(vectors)
-            index = faiss.IndexFlatIP(vectors.shape[1])
-            index.add(vectors)
-            self._cache["knn_index"] = (index, vectors)
+            self._cache["knn_index"] = cosine_index(self.pooled())
         index, vectors = self._cache["knn_index"]
         row = self.row_of(sample_id)
         _, found = index.search(vectors[row:row + 1], k + 1)

@@ -175,13 +175,19 @@ def embedding_neighbours(embeddings: np.ndarray, k: int = 50) -> Neighbours:
     ``k`` is capped at N - 1. The result depends only on the embeddings, so a caller that rescores
     after relabeling (the review loop) can compute it once and pass it to :func:`knn_vote`.
     """
+    index, x = cosine_index(_check_embeddings(embeddings))
+    return _search_without_self(index, x, k)
+
+
+def cosine_index(vectors: np.ndarray):
+    """An exact faiss cosine index over ``vectors`` (N, D); returns ``(index, unit vectors float32)``."""
     import faiss
 
-    x = _check_embeddings(embeddings).copy()
+    x = np.array(vectors, dtype=np.float32, copy=True)
     faiss.normalize_L2(x)
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
-    return _search_without_self(index, x, k)
+    return index, x
 
 
 def word_neighbours(bags: np.ndarray, k: int = 50, n_words: int | None = None) -> Neighbours:
