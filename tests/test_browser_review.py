@@ -188,3 +188,62 @@ def test_select_three_with_the_keyboard_relabel_and_undo(app_url):
         assert (store.decisions()["client_id"] == f"unacked-1:{lost}").sum() == 1
         browser.close()
     store.close()
+
+
+def test_an_unacknowledged_batch_is_resent_with_backoff_and_stored_once(app_url):
+    """A batch the server never sees is resent after 1.5 s, then 3 s, 6 s...: not every 1.5 s.
+
+    Every resend starts a script run, and Streamlit stops a running script for a new one; on a loaded
+    server a fixed short interval kept interrupting the runs that would have stored the batch. The
+    websocket is intercepted and the grid's batches are dropped for 10 s, then let through.
+    """
+    if not CHROMIUM.exists():
+        pytest.skip("Debian Chromium is not installed at /usr/bin/chromium (make browser installs it)")
+    from playwright.sync_api import sync_playwright
+
+    from mlfix.reviews import ReviewStore
+
+    url, project_dir = app_url
+    store = ReviewStore.for_project(project_dir)
+    dropping = {"on": False, "batches": []}
+
+    def route_socket(ws):
+        server = ws.connect_to_server()
+
+        def to_server(message):
+            if dropping["on"] and isinstance(message, bytes) and b"client_id" in message:
+                dropping["batches"].append(time.monotonic())
+                return
+            server.send(message)
+
+        ws.on_message(to_server)
+        server.on_message(lambda message: ws.send(message))
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.route_web_socket("**/_stcore/stream", route_socket)
+        page.goto(url + "/review")
+        page.locator(".tile").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(2000)  # the first script runs settle
+        sample = page.locator(".tile.focus img").get_attribute("alt")
+        page.locator(".wrap").focus()
+        dropping["on"] = True
+        page.keyboard.press("o")
+        page.wait_for_timeout(10_000)  # (not time.sleep: Playwright runs the route handler meanwhile)
+        dropping["on"] = False
+        sent = dropping["batches"]
+        assert sent, "the key press sent no batch"
+        resends = len(sent) - 1
+        # fixed 1.5 s: about 6 resends in 10 s; backing off (1.5 + 3 + 6 s): 2, 3 at most
+        assert 1 <= resends <= 3, f"{resends} resends in 10 s: {[round(t - sent[0], 1) for t in sent]}"
+        assert page.locator(".tile.pending").count() == 1  # still shown as not yet saved
+        for _ in range(80):  # the next resend is due 6 s after the last one
+            if len(store.decisions()):
+                break
+            page.wait_for_timeout(500)
+        stored = store.decisions()
+        assert list(zip(stored["sample_id"], stored["kind"])) == [(sample, "ok")]
+        page.locator(".tile.pending").first.wait_for(state="detached", timeout=10_000)
+        browser.close()
+    store.close()

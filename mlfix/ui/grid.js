@@ -20,7 +20,12 @@
 
 const LETTER_KEYS = new Set(["f", "o", "z", "n", "p"]);
 const STATUS_TEXT = { flagged: "⚑ wrong", ok: "✓ ok" };
+// An unacknowledged batch is resent after RESEND_MS, then after twice as long each time, up to
+// RESEND_MAX_MS. Every resend starts a script run and Streamlit stops a running script for a new
+// one: a fixed short interval on a loaded server (20 reviewers, 2 cores) kept interrupting the very
+// runs that would have stored the batch. Progress (an acknowledgement) or a new key press resets it.
 const RESEND_MS = 1500;
+const RESEND_MAX_MS = 30000;
 // Unacknowledged actions survive a remount or a reload of the tab (sessionStorage): Python applies
 // them once (same session id and seq; the store also keeps client ids unique).
 const STORAGE_KEY = "mlfix-review-grid";
@@ -67,7 +72,7 @@ function init(parentElement) {
 
   const s = {
     root, wrap, bar, counter, palette, help, message, grid, panel,
-    session: uuid(), seq: 0, pending: [], lastSent: 0, history: [],
+    session: uuid(), seq: 0, pending: [], lastSent: 0, resendDelay: RESEND_MS, history: [],
     overlay: new Map(), // id -> {status, new_label, seq}: shown until Python acknowledges seq
     items: [], index: new Map(), tiles: [], view: null,
     focus: 0, anchor: 0, selected: new Set(), keys: new Map(), labels: [], colors: new Map(),
@@ -87,7 +92,10 @@ function init(parentElement) {
       window.removeEventListener("resize", s.onResize);
       return;
     }
-    if (s.pending.length && Date.now() - s.lastSent > RESEND_MS) send(s);
+    if (s.pending.length && Date.now() - s.lastSent > s.resendDelay) {
+      s.resendDelay = Math.min(2 * s.resendDelay, RESEND_MAX_MS);
+      send(s);
+    }
   }, 500);
   s.onResize = () => fitHeight(s);
   window.addEventListener("resize", s.onResize);
@@ -294,6 +302,7 @@ function push(s, action) {
   s.seq += 1;
   const full = { seq: s.seq, client_id: uuid(), ...action };
   s.pending.push(full);
+  s.resendDelay = RESEND_MS;
   save(s);
   send(s);
   return full;
@@ -331,7 +340,7 @@ function acknowledge(s) {
   const acked = (s.data.acks || {})[s.session] || 0;
   const before = s.pending.length;
   s.pending = s.pending.filter((a) => a.seq > acked);
-  if (s.pending.length !== before) save(s);
+  if (s.pending.length !== before) { save(s); s.resendDelay = RESEND_MS; }
   for (const [id, o] of s.overlay) if (o.seq <= acked) s.overlay.delete(id);
 }
 
