@@ -52,15 +52,28 @@ def knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = K) -> float:
     index.add(x)
     _, neighbours = index.search(x, k + 1)
     codes, names = pd.factorize(pd.Series(labels))
-    correct = 0
-    for i, row in enumerate(neighbours):
-        row = row[row != i][:k]  # leave the image itself out
-        votes = np.bincount(codes[row], minlength=len(names))
-        best = np.flatnonzero(votes == votes.max())
-        # tie: the label of the nearest neighbour among the tied labels
-        winner = best[0] if len(best) == 1 else next(c for c in codes[row] if c in best)
-        correct += int(winner == codes[i])
-    return correct / len(labels)
+    return float(np.mean(knn_vote(neighbours, codes, len(names), k) == codes))
+
+
+def knn_vote(neighbours: np.ndarray, codes: np.ndarray, classes: int, k: int = K) -> np.ndarray:
+    """Majority label of each row's k nearest neighbours, the row itself left out (vectorised).
+
+    ``neighbours``: (n, k+1) indices, nearest first (faiss, -1 for none). A tie goes to the label of
+    the nearest neighbour among the tied labels.
+    """
+    n = len(neighbours)
+    own = neighbours == np.arange(n)[:, None]
+    # drop the row itself (or, when faiss did not return it, the farthest) so that k remain
+    drop = np.where(own.any(axis=1), own.argmax(axis=1), neighbours.shape[1] - 1)
+    keep = np.ones(neighbours.shape, dtype=bool)
+    keep[np.arange(n), drop] = False
+    near = neighbours[keep].reshape(n, -1)[:, :k]
+    valid = near >= 0
+    near_codes = np.where(valid, codes[np.maximum(near, 0)], 0)
+    votes = np.zeros((n, classes), dtype=np.int64)
+    np.add.at(votes, (np.repeat(np.arange(n), near.shape[1]), near_codes.ravel()), valid.ravel())
+    tied = votes[np.arange(n)[:, None], near_codes] == votes.max(axis=1, keepdims=True)
+    return near_codes[np.arange(n), np.argmax(tied & valid, axis=1)]
 
 
 def evaluate(name: str, data: str, root, samples, labels, backbone, image_size: int, **setup) -> float:
