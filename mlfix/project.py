@@ -213,17 +213,23 @@ class Project:
         return self.samples["sample_id"].to_numpy()[self.order_rows(label)]
 
     def neighbours(self, sample_id: str, k: int = 8) -> list[str]:
-        """The ``k`` nearest samples by pooled embedding (cosine), nearest first."""
+        """The ``k`` nearest readable samples by pooled embedding (cosine), nearest first.
+
+        The index holds readable samples only, so ``k`` come back whenever ``k`` others are readable
+        (an unreadable image has no embedding worth comparing).
+        """
         from mlfix.scores import cosine_index
 
         if "knn_index" not in self._cache:
-            self._cache["knn_index"] = cosine_index(self.pooled())
-        index, vectors = self._cache["knn_index"]
+            rows = np.flatnonzero(self.readable())
+            self._cache["knn_index"] = (cosine_index(np.asarray(self.pooled()[rows]))[0], rows)
+        index, rows = self._cache["knn_index"]
         row = self.row_of(sample_id)
-        _, found = index.search(vectors[row:row + 1], k + 1)
-        ok = self.readable()
+        query = np.asarray(self.pooled()[row:row + 1], dtype=np.float32)
+        query = query / max(float(np.linalg.norm(query)), 1e-12)
+        _, found = index.search(query, min(k + 1, len(rows)))
         ids = self.samples["sample_id"].to_numpy()
-        return [ids[i] for i in found[0] if i >= 0 and i != row and ok[i]][:k]
+        return [ids[rows[i]] for i in found[0] if i >= 0 and rows[i] != row][:k]
 
     # ---- suspected label errors -----------------------------------------------------------------
 
@@ -358,4 +364,3 @@ def read_key(path: Path) -> dict | None:
 def write_key(path: Path, key: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(path, json.dumps(key, sort_keys=True, default=str))
-

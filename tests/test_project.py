@@ -90,6 +90,8 @@ def test_undecodable_images_are_reported_and_left_out(tmp_path, tiny_image_folde
     problem = project.problems.set_index("path").loc["red/truncated.jpg"]
     assert problem["stage"] == "decode" and "truncated" in problem["reason"]
     assert "red/truncated.jpg" not in project.neighbours("red/000.png", k=40)
+    readable_others = set(samples.index[samples["status"] != "unreadable"]) - {"red/000.png"}
+    assert set(project.neighbours("red/000.png", k=len(readable_others))) == readable_others
 
 
 def test_neighbours_are_nearest_first_and_exclude_the_query(indexed):
