@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 
 from bench.common import emit, parser, timer
-from mlfix.reviews import ReviewStore, derive_state, sqlite_url
+from mlfix.decision_log import derive_state
+from mlfix.reviews import ReviewStore, sqlite_url
 
 BENCH = "reviews"
 CTX = multiprocessing.get_context("fork")

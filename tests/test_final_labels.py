@@ -1,8 +1,9 @@
-"""Final labels when reviewers disagree: latest, majority, admin_wins; ties; the store method."""
+"""Final labels when reviewers disagree: latest, majority, admin_wins; ties (pure, no database).
+
+The store's final_labels/final_state over a real database: tests/test_reviews.py.
+"""
 
 from __future__ import annotations
-
-import datetime as dt
 
 import pandas as pd
 import pytest
@@ -10,27 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlfix import export
-from mlfix.reviews import (DECISION_COLUMNS, FLAG_VERDICT, ReviewStore, derive_state, final_labels, final_state,
-                           reviewer_verdicts, sqlite_url)
-from tests.pg import postgres_server  # noqa: F401  (session fixture: a throwaway PostgreSQL server)
+from mlfix.decision_log import FLAG_VERDICT, derive_state, final_labels, final_state, reviewer_verdicts
+from tests.test_decision_log import make_log
 
 SAMPLES = pd.DataFrame({"sample_id": ["a", "b", "c"], "label": ["cat", "cat", "dog"]})
-T0 = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.timezone.utc)
-
-
-def make_log(rows: list[tuple]) -> pd.DataFrame:
-    """rows: (reviewer, sample_id, kind, label_or_undone_id); ids 1, 2, ... in order."""
-    records = []
-    for i, (reviewer, sample_id, kind, arg) in enumerate(rows, start=1):
-        records.append({"id": i, "client_id": f"c{i}", "sample_id": sample_id, "kind": kind,
-                        "label": arg if kind == "relabel" else None, "reviewer": reviewer,
-                        "created_at": T0 + dt.timedelta(seconds=i), "undoes": arg if kind == "undo" else None,
-                        "note": None, "view": None})
-    log = pd.DataFrame.from_records(records, columns=DECISION_COLUMNS)
-    log["id"] = log["id"].astype("int64")
-    log["undoes"] = log["undoes"].astype("Int64")
-    log["created_at"] = pd.to_datetime(log["created_at"], utc=True)
-    return log
 
 
 def row(frame: pd.DataFrame, sample_id: str) -> pd.Series:
@@ -168,16 +152,3 @@ def test_a_single_reviewer_gets_the_same_label_under_every_rule(ops):
     latest = derive_state(log, SAMPLES)["label"].tolist()
     for rule in ("majority", "admin_wins", "latest"):
         assert final_labels(log, SAMPLES, rule, admins=["ann"])["label"].tolist() == latest
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_store_final_labels(backend, request, tmp_path):
-    url = sqlite_url(tmp_path / "r.db") if backend == "sqlite" else request.getfixturevalue("postgres_server").new_schema()
-    with ReviewStore(url) as store:
-        store.decide("a", "relabel", "dog", reviewer="ann")
-        store.decide("a", "relabel", "fox", reviewer="bob")
-        store.decide("a", "relabel", "fox", reviewer="cy")
-        assert row(store.final_labels(SAMPLES, "majority"), "a")["label"] == "fox"
-        assert row(store.final_labels(SAMPLES, "admin_wins", admins=["ann"]), "a")["label"] == "dog"
-        assert row(store.final_state(SAMPLES, "admin_wins", admins=["ann"]), "a")["label"] == "dog"
-        assert store.conflicts(SAMPLES)["sample_id"].tolist() == ["a"]

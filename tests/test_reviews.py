@@ -1,4 +1,9 @@
-"""The decisions store: append-only log, retries, undo semantics, derived state, concurrency."""
+"""The decisions store: append-only log, retries, undo targets, reading methods, concurrency.
+
+The semantics of the log (what undo means, derived state, conflicts, final labels) are pure functions
+tested without a database in tests/test_decision_log.py and tests/test_final_labels.py; here the store
+writes and reads the log on SQLite and PostgreSQL and answers with those functions.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,17 @@ import inspect
 import multiprocessing
 import sqlite3
 import threading
-from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from mlfix import reviews
-from mlfix.reviews import ReviewStore, derive_state, sqlite_url
+from mlfix import decision_log, reviews
+from mlfix.reviews import ReviewStore, sqlite_url
 from tests.pg import postgres_server  # noqa: F401  (session fixture: a throwaway PostgreSQL server)
+from tests.test_decision_log import PROPERTY_SAMPLES, as_dict, ops, replay
 
 SAMPLES = pd.DataFrame({"sample_id": ["a", "b", "c", "d"], "label": ["cat", "cat", "dog", "dog"],
                         "path": ["a.png", "b.png", "c.png", "d.png"]})
@@ -65,7 +69,7 @@ def test_round_trip_keeps_every_field(store):
                             "reviewer": "alice", "note": "ears", "view": "knn"})
     second = store.undo("a", reviewer="bob", client_id="c2")
     log = store.decisions()
-    assert list(log.columns) == reviews.DECISION_COLUMNS
+    assert list(log.columns) == decision_log.DECISION_COLUMNS
     assert log["id"].tolist() == [first, second] and first < second
     row = log.iloc[0]
     assert (row.client_id, row.sample_id, row.kind, row.label, row.reviewer, row.note, row.view) == \
@@ -169,7 +173,7 @@ def test_decide_rejects_undo_and_undo_rejects_bad_targets(store):
         store.undo("a", reviewer="")
 
 
-# -- semantics of the derived state ---------------------------------------------------------------
+# -- undo through the store: which decision it reverts, redo, retries, and the state after -------
 
 def test_undo_walks_back_through_the_history(store):
     store.decide("a", "relabel", "dog", reviewer="alice")
@@ -218,14 +222,6 @@ def test_undo_retry_with_same_client_id_is_stored_once(store):
     assert state_of(store, "a")[0] == "dog" and len(store.decisions()) == 3
 
 
-def test_relabel_then_ok_keeps_the_new_label(store):
-    store.decide("a", "relabel", "dog", reviewer="alice")
-    store.decide("a", "ok", reviewer="bob")
-    assert state_of(store, "a") == ("dog", "ok", "bob")
-    store.decide("a", "flag", reviewer="carol")
-    assert state_of(store, "a") == ("dog", "flagged", "carol")
-
-
 def test_state_corrected_labels_and_per_reviewer(store):
     store.decide(["a", "b"], "relabel", "dog", reviewer="alice")
     store.decide("c", "flag", reviewer="bob")
@@ -233,7 +229,7 @@ def test_state_corrected_labels_and_per_reviewer(store):
     store.undo("b", reviewer="alice")
     store.decide("zz", "ok", reviewer="bob")  # a sample not in the table is ignored
     state = store.current_state(SAMPLES)
-    assert list(state.columns) == reviews.STATE_COLUMNS
+    assert list(state.columns) == decision_log.STATE_COLUMNS
     assert state["sample_id"].tolist() == ["a", "b", "c", "d"]
     assert state["label"].tolist() == ["dog", "cat", "dog", "dog"]
     assert state["status"].tolist() == ["relabeled", "unreviewed", "flagged", "relabeled"]
@@ -252,27 +248,18 @@ def test_state_corrected_labels_and_per_reviewer(store):
     assert summary.loc["bob", "first_at"] <= summary.loc["bob", "last_at"]
 
 
-def test_conflicts_compare_each_reviewers_latest_effective_verdict(store):
-    store.decide("a", "relabel", "dog", reviewer="alice")
-    store.decide("a", "ok", reviewer="bob")  # bob confirms dog: agreement
-    store.decide("b", "ok", reviewer="alice")  # alice says cat ...
-    store.decide("b", "relabel", "dog", reviewer="bob")  # ... bob says dog: conflict
-    store.decide("c", "flag", reviewer="alice")
-    store.decide("c", "relabel", "bird", reviewer="bob")  # conflict, until bob undoes it
-    store.undo("c", reviewer="bob")
-    store.decide("d", "relabel", "cat", reviewer="alice")
-    store.decide("d", "relabel", "bird", reviewer="alice")  # one reviewer changing their mind
-    found = store.conflicts(SAMPLES)
-    assert found["sample_id"].tolist() == ["b"]
-    assert found.iloc[0]["verdicts"] == {"alice": "cat", "bob": "dog"}
-    assert found.iloc[0]["label"] == "dog" and found.iloc[0]["n_reviewers"] == 2
+def test_store_conflicts_and_final_labels(store):
+    store.decide("a", "relabel", "dog", reviewer="ann")
+    store.decide("a", "relabel", "fox", reviewer="bob")
+    store.decide("a", "relabel", "fox", reviewer="cy")
 
-
-def test_samples_table_is_checked(store):
-    with pytest.raises(ValueError, match="missing"):
-        store.current_state(SAMPLES[["sample_id"]])
-    with pytest.raises(ValueError, match="duplicate sample_id"):
-        store.current_state(pd.concat([SAMPLES, SAMPLES]))
+    def label_of(frame):
+        return frame.set_index("sample_id").loc["a", "label"]
+    assert label_of(store.final_labels(SAMPLES, "majority")) == "fox"
+    assert label_of(store.final_labels(SAMPLES, "admin_wins", admins=["ann"])) == "dog"
+    assert label_of(store.final_state(SAMPLES, "admin_wins", admins=["ann"])) == "dog"
+    assert store.conflicts(SAMPLES)["sample_id"].tolist() == ["a"]
+    assert store.conflicts(SAMPLES).iloc[0]["verdicts"] == {"ann": "dog", "bob": "fox", "cy": "fox"}
 
 
 # -- storage guarantees ----------------------------------------------------------------------------
@@ -379,64 +366,7 @@ def test_concurrent_undos_of_one_sample_revert_different_decisions(url):
         assert state_of(store, "a") == ("cat", "unreviewed", None)
 
 
-# -- property: the derived state equals a plain replay of the log ---------------------------------
-
-def replay(log: pd.DataFrame, samples: pd.DataFrame) -> dict[str, tuple]:
-    """Reference semantics, written as plainly as possible: sample_id -> (label, status, reviewer)."""
-    rows = sorted(log.to_dict("records"), key=lambda r: r["id"])
-    undone_by = defaultdict(list)
-    for r in rows:
-        if r["kind"] == "undo":
-            undone_by[int(r["undoes"])].append(r["id"])
-    effective = {}
-    for r in reversed(rows):  # undos point backwards, so the undos of r are already decided
-        effective[r["id"]] = not any(effective[u] for u in undone_by[r["id"]])
-    state = {s: (label, "unreviewed", None) for s, label in zip(samples["sample_id"], samples["label"])}
-    for r in rows:
-        if effective[r["id"]] and r["kind"] != "undo" and r["sample_id"] in state:
-            label = r["label"] if r["kind"] == "relabel" else state[r["sample_id"]][0]
-            state[r["sample_id"]] = (label, reviews.STATUS_OF_KIND[r["kind"]], r["reviewer"])
-    return state
-
-
-def as_dict(state: pd.DataFrame) -> dict[str, tuple]:
-    return {r.sample_id: (r.label, r.status, r.reviewer) for r in state.itertuples()}
-
-
-PROPERTY_SAMPLES = pd.DataFrame({"sample_id": ["s0", "s1", "s2", "s3"], "label": ["x", "x", "y", "y"]})
-ops = st.lists(st.one_of(
-    st.tuples(st.just("decide"), st.sampled_from(["s0", "s1", "s2", "s3", "other"]),
-              st.sampled_from(["relabel", "flag", "ok"]), st.sampled_from(["x", "y", "z"]),
-              st.sampled_from(["ann", "ben"])),
-    st.tuples(st.just("undo"), st.integers(0, 10_000), st.sampled_from(["ann", "ben"]))), max_size=40)
-
-
-def synthetic_log(operations) -> pd.DataFrame:
-    """A log as the store would hold it: ids with gaps, undos pointing back at the same sample."""
-    rows, next_id = [], 1
-    for op in operations:
-        if op[0] == "decide":
-            _, sample, kind, label, reviewer = op
-            rows.append({"id": next_id, "sample_id": sample, "kind": kind,
-                         "label": label if kind == "relabel" else None, "reviewer": reviewer, "undoes": None})
-        elif rows:
-            target = rows[op[1] % len(rows)]
-            rows.append({"id": next_id, "sample_id": target["sample_id"], "kind": "undo", "label": None,
-                         "reviewer": op[2], "undoes": target["id"]})
-        next_id += 1 + len(rows) % 3
-    log = pd.DataFrame(rows, columns=["id", "sample_id", "kind", "label", "reviewer", "undoes"])
-    log["client_id"] = log["id"].astype(str)
-    log["created_at"] = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(log["id"], unit="s")
-    log["undoes"] = log["undoes"].astype("Int64")
-    return log
-
-
-@settings(max_examples=100, deadline=None)
-@given(ops)
-def test_derived_state_equals_plain_replay(operations):
-    log = synthetic_log(operations)
-    assert as_dict(derive_state(log, PROPERTY_SAMPLES)) == replay(log, PROPERTY_SAMPLES)
-
+# -- property: the store's state equals a plain replay of the log it holds ------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_store_state_equals_plain_replay(backend, request, tmp_path):

@@ -24,7 +24,8 @@ import pandas as pd
 import streamlit as st
 
 from mlfix.claims import ClaimBook, ClaimTaken
-from mlfix.reviews import FINAL_RULES, StoreUnavailable
+from mlfix.decision_log import FINAL_RULES
+from mlfix.reviews import StoreUnavailable
 from mlfix.ui import access
 
 DOWN_KEY = "mlfix_store_down"
