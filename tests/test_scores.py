@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
-from mlfix import scores
+from mlfix import probe, score_contract, scores
 
 N_CLASSES, PER_CLASS, DIM, WORDS = 10, 40, 32, 256
 
@@ -44,7 +44,7 @@ def _bags(truth: np.ndarray, rng) -> np.ndarray:
 @pytest.fixture(scope="module")
 def blobs():
     data = _blobs()
-    data["oof"] = scores.out_of_fold_probabilities(data["x"], data["labels"], folds=5, seed=0)
+    data["oof"] = probe.out_of_fold_probabilities(data["x"], data["labels"], folds=5, seed=0)
     return data
 
 
@@ -56,11 +56,11 @@ def _run(method: str, data: dict, labels=None, ids=None, trusted=None) -> pd.Dat
     if method == "words":
         return scores.word_vote(data["bags"], labels, ids, k=10, trusted=trusted)
     if method == "cleanlab":
-        return scores.confident_learning(data["x"], labels, ids, folds=4, trusted=trusted)
+        return probe.confident_learning(data["x"], labels, ids, folds=4, trusted=trusted)
     if method == "loss":
-        return scores.probe_loss(data["x"], labels, ids, folds=4, trusted=trusted)
+        return probe.probe_loss(data["x"], labels, ids, folds=4, trusted=trusted)
     if method == "combined":
-        return scores.combined([scores.probe_loss(data["x"], labels, ids, folds=4, trusted=trusted),
+        return scores.combined([probe.probe_loss(data["x"], labels, ids, folds=4, trusted=trusted),
                                 scores.knn_vote(data["x"], labels, ids, k=10, trusted=trusted)])
     raise AssertionError(method)
 
@@ -85,7 +85,7 @@ def test_contract_columns_dtypes_alignment_and_unlabeled(blobs, method):
     labels[[3, 50, 200]] = None
     labels[77] = np.nan
     table = _run(method, blobs, labels=labels)
-    assert list(table.columns[:3]) == scores.SCORE_COLUMNS
+    assert list(table.columns[:3]) == score_contract.SCORE_COLUMNS
     assert isinstance(table.index, pd.RangeIndex) and len(table) == len(labels)
     assert table["sample_id"].tolist() == blobs["ids"]
     assert table["score"].dtype == np.float64
@@ -104,14 +104,14 @@ def test_trusted_samples_leave_the_queue(blobs, method):
     trusted[:5] = True
     labels = np.where(blobs["is_error"], blobs["truth"], blobs["labels"])  # the reviewer fixed them
     table = _run(method, blobs, labels=labels, trusted=trusted)
-    assert (table["score"][trusted] == scores.TRUSTED_SCORE).all()
-    assert (table["score"][~trusted] >= scores.TRUSTED_SCORE).all()
+    assert (table["score"][trusted] == score_contract.TRUSTED_SCORE).all()
+    assert (table["score"][~trusted] >= score_contract.TRUSTED_SCORE).all()
 
 
 def test_trusted_samples_are_in_every_training_fold(blobs):
     trusted = np.zeros(len(blobs["ids"]), dtype=bool)
     trusted[::7] = True
-    oof = scores.out_of_fold_probabilities(blobs["x"], blobs["labels"], folds=5, trusted=trusted)
+    oof = probe.out_of_fold_probabilities(blobs["x"], blobs["labels"], folds=5, trusted=trusted)
     assert (oof.fold[trusted] == -1).all()
     assert set(oof.fold[~trusted]) == set(range(5))
     np.testing.assert_allclose(oof.probs.sum(axis=1), 1.0, atol=1e-9)
@@ -121,7 +121,7 @@ def test_scores_are_deterministic_for_a_seed(blobs):
     a = scores.compute_scores(blobs["x"], blobs["labels"], blobs["ids"], bags=blobs["bags"], seed=3, k=10)
     b = scores.compute_scores(blobs["x"], blobs["labels"], blobs["ids"], bags=blobs["bags"], seed=3, k=10)
     pd.testing.assert_frame_equal(a, b)
-    c = scores.out_of_fold_probabilities(blobs["x"], blobs["labels"], folds=5, seed=4)
+    c = probe.out_of_fold_probabilities(blobs["x"], blobs["labels"], folds=5, seed=4)
     assert not np.array_equal(c.fold, blobs["oof"].fold)  # the seed really picks the folds
 
 
@@ -143,14 +143,14 @@ def test_compute_scores_columns(blobs):
 
 
 def test_precomputed_probabilities_are_the_same_probe(blobs):
-    direct = scores.probe_loss(blobs["x"], blobs["labels"], blobs["ids"], folds=5, seed=0)
-    reused = scores.probe_loss(None, blobs["labels"], blobs["ids"], probabilities=blobs["oof"])
+    direct = probe.probe_loss(blobs["x"], blobs["labels"], blobs["ids"], folds=5, seed=0)
+    reused = probe.probe_loss(None, blobs["labels"], blobs["ids"], probabilities=blobs["oof"])
     pd.testing.assert_frame_equal(direct, reused)
 
 
 def test_self_confidence_ranks_like_the_loss(blobs):
-    cl = scores.confident_learning(None, blobs["labels"], blobs["ids"], probabilities=blobs["oof"])
-    loss = scores.probe_loss(None, blobs["labels"], blobs["ids"], probabilities=blobs["oof"])
+    cl = probe.confident_learning(None, blobs["labels"], blobs["ids"], probabilities=blobs["oof"])
+    loss = probe.probe_loss(None, blobs["labels"], blobs["ids"], probabilities=blobs["oof"])
     assert cl["score"].rank().corr(loss["score"].rank()) > 0.999
     assert cl["flag"].sum() >= 0.5 * blobs["is_error"].sum()
 
@@ -159,7 +159,7 @@ def test_single_sample_class_does_not_break_cross_validation(blobs):
     x = np.vstack([blobs["x"], blobs["x"][:1] + 5.0])
     labels = np.append(blobs["labels"], "lonely")
     ids = blobs["ids"] + ["lonely0"]
-    oof = scores.out_of_fold_probabilities(x, labels, folds=5)
+    oof = probe.out_of_fold_probabilities(x, labels, folds=5)
     assert oof.classes[-1] == "lonely" and oof.probs.shape == (len(ids), N_CLASSES + 1)
     # Held out, the lonely sample was unseen by its fold model: probability 0 for its own class.
     assert oof.probs[-1, -1] == 0.0
@@ -169,14 +169,14 @@ def test_single_sample_class_does_not_break_cross_validation(blobs):
 
 def test_every_class_smaller_than_the_folds_uses_plain_kfold():
     x = np.random.default_rng(0).normal(size=(6, 4))
-    oof = scores.out_of_fold_probabilities(x, list("aabbcc"), folds=5)
+    oof = probe.out_of_fold_probabilities(x, list("aabbcc"), folds=5)
     assert oof.probs.shape == (6, 3) and set(oof.fold) == set(range(5))
     np.testing.assert_allclose(oof.probs.sum(axis=1), 1.0)
 
 
 def test_one_class_and_tiny_inputs():
     x = np.random.default_rng(0).normal(size=(4, 3))
-    assert (scores.probe_loss(x, list("aaaa"), range(4))["score"] == 0).all()
+    assert (probe.probe_loss(x, list("aaaa"), range(4))["score"] == 0).all()
     table = scores.knn_vote(x[:2], ["a", "b"], [0, 1], k=50)  # k is capped at N - 1
     assert table["score"].tolist() == [1.0, 1.0] and table["suggested_label"].tolist() == ["b", "a"]
     unlabeled = scores.knn_vote(x, [None] * 4, range(4), k=2)
@@ -184,7 +184,7 @@ def test_one_class_and_tiny_inputs():
 
 
 def test_sklearn_probe_agrees_with_lbfgs_probe(blobs):
-    sk = scores.out_of_fold_probabilities(blobs["x"], blobs["labels"], folds=5, probe="sklearn")
+    sk = probe.out_of_fold_probabilities(blobs["x"], blobs["labels"], folds=5, probe="sklearn")
     assert (sk.probs.argmax(1) == blobs["oof"].probs.argmax(1)).mean() > 0.95
     np.testing.assert_array_equal(sk.fold, blobs["oof"].fold)
 
@@ -236,10 +236,10 @@ def test_confusion_of_probe_predictions(blobs):
     (lambda d: scores.knn_vote(d["x"], d["labels"], d["ids"], k=0), "k must be >= 1"),
     (lambda d: scores.knn_vote(d["x"] * np.nan, d["labels"], d["ids"]), "NaN"),
     (lambda d: scores.knn_vote(d["x"], d["labels"], d["ids"], trusted=[True]), "trusted must be"),
-    (lambda d: scores.out_of_fold_probabilities(d["x"], d["labels"], folds=1), "folds must be >= 2"),
+    (lambda d: probe.out_of_fold_probabilities(d["x"], d["labels"], folds=1), "folds must be >= 2"),
     (lambda d: scores.compute_scores(d["x"], d["labels"], d["ids"], methods=["words"]), "needs bags"),
     (lambda d: scores.compute_scores(d["x"], d["labels"], d["ids"], methods=["vibes"]), "unknown score"),
-    (lambda d: scores.probe_loss(None, d["labels"], d["ids"]), "give embeddings"),
+    (lambda d: probe.probe_loss(None, d["labels"], d["ids"]), "give embeddings"),
     (lambda d: scores.word_vote(np.full((400, 4), 7, np.int64), d["labels"], d["ids"]), "packed uint8"),
 ])
 def test_invalid_inputs_say_what_to_do(blobs, call, message):
@@ -253,7 +253,7 @@ def test_invalid_inputs_say_what_to_do(blobs, call, message):
 def test_vote_shares_are_distributions_and_scores_in_unit_interval(labels, k, seed):
     x = np.random.default_rng(seed).normal(size=(len(labels), 4))
     near = scores.embedding_neighbours(x, k)
-    coded = scores.encode_labels(labels)
+    coded = score_contract.encode_labels(labels)
     shares = scores.vote_shares(near, coded)
     total = shares.sum(axis=1)
     assert np.all(np.isclose(total, 1.0) | (total == 0))
