@@ -167,7 +167,7 @@ def _state_of(store, index: pd.Index, originals: pd.Series) -> pd.DataFrame:
     """The review state (status, current label) of those samples of ``index`` that have decisions,
     by sample id; the others are unreviewed. Costs lookups of the decided ids, not a pass over the
     class (a class of a million images is as fast as one of a hundred)."""
-    from mlfix.reviews import derive_state
+    from mlfix.decision_log import derive_state
 
     log = store.decisions()
     decided = log["sample_id"].unique()
@@ -354,7 +354,7 @@ def _confusion_section(project, scores: pd.DataFrame | None, data, cell: tuple |
     with st.expander("Confusion: given vs predicted", icon=":material/grid_on:", expanded=cell is not None):
         if data is None:
             what = "No scores yet" if scores is None else "The scores hold no predicted label"
-            st.info(f"{what}: compute them with `mlfix scores --project {project.dir}` (or index the "
+            st.caption(f"{what}: compute them with `mlfix scores --project {project.dir}` (or index the "
                     "project on the Training page, which ends with the scores), then reload this page.")
             return
         _, table = data

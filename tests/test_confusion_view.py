@@ -195,7 +195,7 @@ def test_without_scores_the_page_says_how_to_compute_them(project):
     (project.dir / "scores.parquet").unlink()
     at = run_page(project.dir)
     assert grid_data(at)["items"]  # the grid still works
-    assert any("mlfix scores --project" in i.value for i in at.info)
+    assert any("mlfix scores --project" in c.value for c in at.caption)
     assert not [s for s in at.selectbox if s.label == "Confusion cell"]
 
 
