@@ -2,12 +2,14 @@
 
     python -m bench.detect            # CIFAR-10N first 10,000 images at 224 px; GTSRB 5,000 at 96 px
     python -m bench.detect --quick    # 300 images per data set at 64 px (a smoke test, < 60 s)
+    python -m bench.detect --only cifar10n --backbone efficientnet_lite2 --size 260 --tta-flip
 
-Setup: pooled features of ``efficientnet_lite0`` with its offline ImageNet weights
-(``create_backbone("efficientnet_lite0", weights="offline")``), cached in bench/results/ by
-bench/detect_features.py. CIFAR-10N: ``label`` is one human annotator (random_label1), the truth is
-``clean_label``. GTSRB: a seeded random subset (seed 0), 5% of its labels flipped to another class
-with ``numpy.random.default_rng(FLIP_SEED)``.
+Setup: pooled features of ``efficientnet_lite0`` (``--backbone``: any with offline weights) with its
+offline ImageNet weights (``create_backbone("efficientnet_lite0", weights="offline")``), cached in
+bench/results/ by bench/detect_features.py; ``--tta-flip`` averages each image's features with its
+mirror image's (twice the extraction; CIFAR-10N only). CIFAR-10N: ``label`` is one human
+annotator (random_label1), the truth is ``clean_label``. GTSRB: a seeded random subset (seed 0), 5% of
+its labels flipped to another class with ``numpy.random.default_rng(FLIP_SEED)``.
 
 Figures (JSON lines via bench.common.emit), per data set:
 - per method: AUROC, average precision, precision at 1%, 2%, 5% of N, and the share of all errors
@@ -27,13 +29,19 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from bench.common import emit, parser
-from bench.detect_features import bags_path, features, load_labels, word_bags
+from bench.detect_features import DEFAULT_BACKBONE, bags_path, features, flip_averaged, load_labels, word_bags
 from mlfix import scores
 
 BENCH = "detect"
 FLIP_SEED = 0
 FLIP_RATE = 0.05
-BACKBONE = "efficientnet_lite0 offline (ImageNet)"
+
+
+def backbone_text(name: str, tta_flip: bool = False) -> str:
+    """The setup's backbone field: name, weights, the timm architecture, flip TTA."""
+    from mlfix.backbone import architecture
+
+    return f"{name} offline (ImageNet; timm {architecture(name)}){' + flip TTA' if tta_flip else ''}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,39 +205,44 @@ def review(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, setu
 PROBE = f"5-fold softmax regression (scipy L-BFGS, l2={scores.DEFAULT_L2} on standardized features)"
 
 
-def pooled_and_bags(dataset: str, n: int, size: int, quick: bool, bag_size: int, words: int):
+def pooled_and_bags(dataset: str, n: int, size: int, quick: bool, bag_size: int, words: int,
+                    backbone: str = DEFAULT_BACKBONE, tta_flip: bool = False):
     """Pooled features at ``size`` and, when cached (or in quick mode), bags of words at ``bag_size``."""
     if quick:  # one small pass gives both
-        data = word_bags(dataset, n, size, k=words)
+        data = word_bags(dataset, n, size, k=words, backbone=backbone)
         return data["pooled"].astype(np.float32), data["bags"], {"bags": f"{words} words at {size} px"}
-    feats = features(dataset, n, size)
+    feats = flip_averaged(dataset, n, size, backbone) if tta_flip else features(dataset, n, size,
+                                                                                 backbone=backbone)
     pooled = feats["pooled"].astype(np.float32)
     extra = {"bags": "none (not extracted)", "cells_mean": feats["cells_mean"].astype(np.float32)}
-    if bags_path(dataset, n, bag_size, words).exists():
-        return pooled, word_bags(dataset, n, bag_size, k=words)["bags"], {
+    if bags_path(dataset, n, bag_size, words, backbone).exists():
+        return pooled, word_bags(dataset, n, bag_size, k=words, backbone=backbone)["bags"], {
             **extra, "bags": f"{words} words at {bag_size} px"}
     return pooled, None, extra
 
 
-def cifar10n(n: int, size: int, quick: bool, bag_size: int, words: int) -> None:
+def cifar10n(n: int, size: int, quick: bool, bag_size: int, words: int, backbone: str = DEFAULT_BACKBONE,
+             tta_flip: bool = False) -> None:
     table = load_labels("cifar10n", n)
-    x, bags, extra = pooled_and_bags("cifar10n", n, size, quick, bag_size, words)
+    x, bags, extra = pooled_and_bags("cifar10n", n, size, quick, bag_size, words, backbone, tta_flip)
     cells_mean = extra.pop("cells_mean", None)
-    setup = {"data": f"cifar10n first {n} images (label = random_label1)", "backbone": BACKBONE,
+    setup = {"data": f"cifar10n first {n} images (label = random_label1)",
+             "backbone": backbone_text(backbone, tta_flip and not quick),
              "image_size": size, "features": "pooled", "probe": PROBE, **extra}
     evaluate("cifar10n", x, table["label"].to_numpy(dtype=object),
              table["clean_label"].to_numpy(dtype=object), setup, bags=bags, quick=quick,
              cells_mean=cells_mean)
 
 
-def gtsrb(n: int, size: int, quick: bool, words: int) -> None:
+def gtsrb(n: int, size: int, quick: bool, words: int, backbone: str = DEFAULT_BACKBONE) -> None:
     table = load_labels("gtsrb35", n)
-    x, bags, extra = pooled_and_bags("gtsrb35", n, size, quick, size, words)
+    x, bags, extra = pooled_and_bags("gtsrb35", n, size, quick, size, words, backbone)
     cells_mean = extra.pop("cells_mean", None)
     truth = table["label"].to_numpy(dtype=object)
     labels = flip_labels(truth, FLIP_RATE, FLIP_SEED)
     setup = {"data": f"gtsrb35 random {n} (subset seed 0), {FLIP_RATE:.0%} flipped (seed {FLIP_SEED})",
-             "backbone": BACKBONE, "image_size": size, "features": "pooled", "probe": PROBE, **extra}
+             "backbone": backbone_text(backbone), "image_size": size, "features": "pooled", "probe": PROBE,
+             **extra}
     evaluate("gtsrb35", x, labels, truth, setup, bags=bags, quick=quick, cells_mean=cells_mean)
 
 
@@ -255,21 +268,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--words", type=int, default=1024)
     p.add_argument("--words-only", action="store_true", help="only the visual-word figures (CIFAR-10N)")
     p.add_argument("--only", choices=["cifar10n", "gtsrb35"], help="run one data set")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help="a backbone with offline weights (efficientnet_lite0, _lite1, _lite2)")
+    p.add_argument("--tta-flip", action="store_true",
+                   help="average each image's features with its mirror image's (twice the extraction; "
+                        "not for GTSRB, where a mirrored sign can be another class)")
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.size, args.gtsrb_n, args.gtsrb_size, args.words = 160, 64, 160, 64, 64
     if args.words_only:  # the visual-word figures alone, once the bags are extracted
         table = load_labels("cifar10n", args.n)
-        bags = word_bags("cifar10n", args.n, args.bag_size, k=args.words)["bags"]
+        bags = word_bags("cifar10n", args.n, args.bag_size, k=args.words, backbone=args.backbone)["bags"]
         word_figures("cifar10n", bags, table["label"].to_numpy(dtype=object),
                      table["clean_label"].to_numpy(dtype=object),
-                     {"data": f"cifar10n first {args.n} images (label = random_label1)", "backbone": BACKBONE,
+                     {"data": f"cifar10n first {args.n} images (label = random_label1)",
+                      "backbone": backbone_text(args.backbone),
                       "bags": f"{args.words} words at {args.bag_size} px"})
         return 0
     if args.only in (None, "cifar10n"):
-        cifar10n(args.n, args.size, args.quick, args.bag_size, args.words)
+        cifar10n(args.n, args.size, args.quick, args.bag_size, args.words, args.backbone, args.tta_flip)
     if args.only in (None, "gtsrb35"):
-        gtsrb(args.gtsrb_n, args.gtsrb_size, args.quick, args.words)
+        gtsrb(args.gtsrb_n, args.gtsrb_size, args.quick, args.words, args.backbone)
     return 0
 
 

@@ -3,12 +3,15 @@
 Features are extracted once per (dataset, first N images, backbone, input size, flip) and cached in
 bench/results/ (git-ignored) as ``features_<key>.npz`` holding ``pooled`` (N, D) float16 and
 ``cells_mean`` (N, C) float16 (the stride-16 cell grid averaged over the image: a mid-level feature
-that costs nothing extra to keep).
+that costs nothing extra to keep). The key names the timm architecture mlfix builds for the backbone
+(``tf_efficientnet_lite0`` for ``efficientnet_lite0``), so features from an older build are not reused.
+``flip`` caches the mirrored images' features; :func:`flip_averaged` is the flip test-time augmentation.
 
 ``mlfix.features.extract`` is used when it exists; until then (and as a fallback) a plain batched loop
 over the same ``image_transform`` gives the same vectors.
 
-Run alone to fill the cache: ``python -m bench.detect_features cifar10n 10000 224 [--flip]``.
+Run alone to fill the cache:
+``python -m bench.detect_features cifar10n 10000 224 [--flip] [--backbone efficientnet_lite1]``.
 """
 
 from __future__ import annotations
@@ -40,11 +43,20 @@ def load_labels(dataset: str, n: int | None) -> pd.DataFrame:
     return table
 
 
-def cache_path(dataset: str, n: int, size: int, flip: bool, backbone: str = "efficientnet_lite0") -> Path:
-    return RESULTS_DIR / f"features_{dataset}_{n}_{backbone}_{size}{'_flip' if flip else ''}.npz"
+DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
-def features(dataset: str, n: int, size: int, flip: bool = False, backbone: str = "efficientnet_lite0",
+def _arch(backbone: str) -> str:
+    from mlfix.backbone import architecture
+
+    return architecture(backbone)
+
+
+def cache_path(dataset: str, n: int, size: int, flip: bool, backbone: str = DEFAULT_BACKBONE) -> Path:
+    return RESULTS_DIR / f"features_{dataset}_{n}_{_arch(backbone)}_{size}{'_flip' if flip else ''}.npz"
+
+
+def features(dataset: str, n: int, size: int, flip: bool = False, backbone: str = DEFAULT_BACKBONE,
              batch_size: int = 64, log=print) -> dict[str, np.ndarray]:
     """Pooled and cell-mean features for the first ``n`` images of ``dataset`` (cached)."""
     path = cache_path(dataset, n, size, flip, backbone)
@@ -58,6 +70,14 @@ def features(dataset: str, n: int, size: int, flip: bool = False, backbone: str 
     RESULTS_DIR.mkdir(exist_ok=True)
     np.savez(path, **out)
     return out
+
+
+def flip_averaged(dataset: str, n: int, size: int, backbone: str = DEFAULT_BACKBONE,
+                  log=print) -> dict[str, np.ndarray]:
+    """Features averaged over each image and its mirror image (flip test-time augmentation)."""
+    plain, mirrored = (features(dataset, n, size, flip, backbone, log=log) for flip in (False, True))
+    return {key: ((plain[key].astype(np.float32) + mirrored[key].astype(np.float32)) / 2).astype(np.float16)
+            for key in ("pooled", "cells_mean")}
 
 
 def _extract(dataset, table, size, flip, backbone_name, batch_size, log) -> dict[str, np.ndarray]:
@@ -86,11 +106,11 @@ def _extract(dataset, table, size, flip, backbone_name, batch_size, log) -> dict
     return {"pooled": np.concatenate(pooled), "cells_mean": np.concatenate(cells_mean)}
 
 
-def bags_path(dataset: str, n: int, size: int, k: int, backbone: str = "efficientnet_lite0") -> Path:
-    return RESULTS_DIR / f"bags_{dataset}_{n}_{backbone}_{size}_k{k}.npz"
+def bags_path(dataset: str, n: int, size: int, k: int, backbone: str = DEFAULT_BACKBONE) -> Path:
+    return RESULTS_DIR / f"bags_{dataset}_{n}_{_arch(backbone)}_{size}_k{k}.npz"
 
 
-def word_bags(dataset: str, n: int, size: int, k: int = 1024, backbone: str = "efficientnet_lite0",
+def word_bags(dataset: str, n: int, size: int, k: int = 1024, backbone: str = DEFAULT_BACKBONE,
               seed: int = 0, log=print) -> dict[str, np.ndarray]:
     """Bags of visual words (packed, as a project's codebook/bags.npy) plus the pooled vectors of the
     same pass, through ``mlfix.features.extract`` and ``mlfix.codebook`` (cached)."""
@@ -133,6 +153,14 @@ if __name__ == "__main__":
         data = word_bags(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
         print(sys.argv, data["bags"].shape, float(data["seconds"]))
         sys.exit(0)
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    data = features(args[0], int(args[1]), int(args[2]), flip="--flip" in sys.argv)
-    print(args, data["pooled"].shape, float(data["seconds"]))
+    import argparse
+
+    p = argparse.ArgumentParser(description="fill the feature cache of bench/detect.py")
+    p.add_argument("dataset")
+    p.add_argument("n", type=int)
+    p.add_argument("size", type=int)
+    p.add_argument("--flip", action="store_true", help="the mirrored images' features")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="a backbone with offline weights")
+    a = p.parse_args()
+    data = features(a.dataset, a.n, a.size, flip=a.flip, backbone=a.backbone)
+    print(vars(a), data["pooled"].shape, float(data["seconds"]))
