@@ -33,9 +33,14 @@ def run_index(project: Project, progress: Progress, workers: int | None = None,
     settings, samples = project.settings, project.samples
     if len(samples) == 0:
         raise ValueError(f"project {project.dir} has no readable samples; see its problems table")
+    from mlfix.backbone import architecture
+
     weights, weights_id = resolve_weights(project)
+    # the timm architecture too: when mlfix changes what a backbone name builds (EfficientNet-Lite
+    # became timm's tf_ variant), features cached by the old build are recomputed, not reused
     feature_key = {"samples": frame_digest(samples, ["sample_id", "path", "box_x", "box_y", "box_w", "box_h"]),
-                   "backbone": settings["backbone"], "weights": weights_id,
+                   "backbone": settings["backbone"], "architecture": architecture(settings["backbone"]),
+                   "weights": weights_id,
                    "image_size": int(settings["image_size"]), "cell_stride": int(settings["cell_stride"])}
     words_key = {**feature_key, "words": int(settings["words"]), "seed": int(settings["seed"]),
                  "kmeans_iterations": int(settings["kmeans_iterations"])}

@@ -148,3 +148,21 @@ def test_scores_cover_readable_samples_and_learn_from_decisions(indexed_copy):
     rescored = project.scores().set_index("sample_id")
     assert rescored.loc[top, "score"] == rescored["score"].min()  # confirmed: leaves the queue
     assert project.cached_scores() is not None
+
+
+def test_features_made_by_another_build_of_the_backbone_are_recomputed(indexed_copy):
+    """The index key names the timm architecture a backbone name builds, not just the name."""
+    import json
+
+    key_file = indexed_copy.dir / "features" / "words.key.json"
+    key = json.loads(key_file.read_text())
+    assert key["architecture"] == key["backbone"] == "resnet18"
+    pooled = indexed_copy.dir / "features" / "pooled.npy"
+    before = pooled.stat().st_mtime_ns
+    indexed_copy.index()
+    assert pooled.stat().st_mtime_ns == before  # same key: reused
+    for old in (indexed_copy.dir / "features").glob("*.key.json"):  # keys written by an older build
+        old.write_text(json.dumps({k: v for k, v in json.loads(old.read_text()).items() if k != "architecture"}))
+    Project.open(indexed_copy.dir).index()
+    assert pooled.stat().st_mtime_ns != before
+    assert json.loads(key_file.read_text())["architecture"] == "resnet18"
