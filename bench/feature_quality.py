@@ -127,8 +127,8 @@ def run_dataset(data: str, limit: int | None, label_column: str, epochs: int, tr
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--epochs-flowers", type=int, default=5)
-    p.add_argument("--epochs-cifar", type=int, default=1)
+    p.add_argument("--epochs-flowers", type=int, default=30)
+    p.add_argument("--epochs-cifar", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--only", choices=["flowers17", "cifar10n"], help="one data set only")
     p.add_argument("--cifar-offline-size", type=int, default=96,
