@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import emit, parser, require_shared
+from mlfix.cli import openmp_waits_for_training
 
 HEAD_DIM = 2048
 
@@ -122,6 +123,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="batch size (default: 64 up to 64 px, else 32)")
     p.add_argument("--steps", type=int, default=None, help="measured steps (default: 5 up to 64 px, else 3)")
     args = p.parse_args()
+    if len(args.sizes) == 1:  # as `mlfix train` runs at that size (set before torch is imported)
+        openmp_waits_for_training(args.sizes[0])
     import torch
 
     if args.threads:

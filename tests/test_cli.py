@@ -97,3 +97,22 @@ def test_scores_command_writes_the_stated_columns(demo_project, tmp_path, capsys
     assert {"score_knn", "score_cleanlab", "score_loss", "score_words", "score_combined"} <= set(table.columns)
     assert len(table) == len(demo_project.samples)
     assert f"{len(table)} rows" in capsys.readouterr().out
+
+
+def test_training_small_crops_lets_openmp_threads_sleep_unless_the_user_chose():
+    """Set before torch loads, in the process that trains (see openmp_waits_for_training)."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import os, sys, mlfix.cli as c; c.openmp_waits_for_training(int(sys.argv[1])); "
+             "print(os.environ.get('OMP_WAIT_POLICY', 'unset'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+
+    def policy(size: int, **extra) -> str:
+        return subprocess.run([sys.executable, "-c", probe, str(size)], env={**env, **extra},
+                              capture_output=True, text=True, timeout=120).stdout.strip()
+
+    assert policy(64) == "PASSIVE"
+    assert policy(224) == "unset"
+    assert policy(64, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
