@@ -30,7 +30,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from bench.common import emit, parser
 from bench.detect_features import DEFAULT_BACKBONE, bags_path, features, flip_averaged, load_labels, word_bags
-from mlfix import scores
+from mlfix import probe, scores
 
 BENCH = "detect"
 FLIP_SEED = 0
@@ -101,13 +101,13 @@ def greedy_embedding_order(x: np.ndarray, k: int = 64) -> np.ndarray:
 # Methods evaluated
 
 
-def method_scores(x: np.ndarray, labels: np.ndarray, ids: np.ndarray, oof: scores.OutOfFold,
+def method_scores(x: np.ndarray, labels: np.ndarray, ids: np.ndarray, oof: probe.OutOfFold,
                   near: scores.Neighbours, trusted=None) -> dict[str, pd.DataFrame]:
     """Every method's table on one feature set (one probe, one neighbour search)."""
     tables = {
         "knn": scores.knn_vote(x, labels, ids, trusted=trusted, neighbours=near),
-        "cleanlab": scores.confident_learning(None, labels, ids, trusted=trusted, probabilities=oof),
-        "loss": scores.probe_loss(None, labels, ids, trusted=trusted, probabilities=oof),
+        "cleanlab": probe.confident_learning(None, labels, ids, trusted=trusted, probabilities=oof),
+        "loss": probe.probe_loss(None, labels, ids, trusted=trusted, probabilities=oof),
     }
     tables["combined"] = scores.combined([tables[m] for m in scores.COMBINED_DEFAULT],
                                          scores.COMBINED_WEIGHTS)
@@ -123,7 +123,7 @@ def evaluate(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, se
     emit(BENCH, f"{name}.noise_rate", round(float(is_error.mean()), 4), "share", n, **setup)
     with_time = {}
     start = time.perf_counter()
-    oof = scores.out_of_fold_probabilities(x, labels, seed=0)
+    oof = probe.out_of_fold_probabilities(x, labels, seed=0)
     with_time["probe_s"] = time.perf_counter() - start
     start = time.perf_counter()
     near = scores.embedding_neighbours(x, 50)
@@ -132,11 +132,11 @@ def evaluate(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, se
     emit(BENCH, f"{name}.probe_accuracy_vs_truth", round(accuracy, 4), "share", n, **setup)
     tables = method_scores(x, labels, ids, oof, near)
     # cleanlab as usually run: the same cross-validation with sklearn's default regularization (C=1).
-    default = scores.out_of_fold_probabilities(x, labels, seed=0, l2=1.0 / (0.8 * n))
-    tables["cleanlab_default_C"] = scores.confident_learning(None, labels, ids, probabilities=default)
+    default = probe.out_of_fold_probabilities(x, labels, seed=0, l2=1.0 / (0.8 * n))
+    tables["cleanlab_default_C"] = probe.confident_learning(None, labels, ids, probabilities=default)
     if cells_mean is not None:  # the probe on pooled + mean of the stride-16 cells
-        both = scores.out_of_fold_probabilities(np.hstack([x, cells_mean]), labels, seed=0)
-        tables["loss_pooled_cells"] = scores.probe_loss(None, labels, ids, probabilities=both)
+        both = probe.out_of_fold_probabilities(np.hstack([x, cells_mean]), labels, seed=0)
+        tables["loss_pooled_cells"] = probe.probe_loss(None, labels, ids, probabilities=both)
     for method, table in tables.items():
         for metric, value in detection_metrics(is_error, table["score"].to_numpy()).items():
             emit(BENCH, f"{name}.{method}.{metric}", value, "", n, **setup)
@@ -176,7 +176,7 @@ def review(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, setu
     if quick:
         per_round, budget = max(10, n // 30), max(30, n // 10)
     ids = np.arange(n)
-    first = method_scores(x, labels, ids, scores.out_of_fold_probabilities(x, labels, seed=0), near)
+    first = method_scores(x, labels, ids, probe.out_of_fold_probabilities(x, labels, seed=0), near)
     for method in ("combined", "cleanlab"):
         static = np.argsort(-np.nan_to_num(first[method]["score"].to_numpy(), nan=-np.inf), kind="stable")
         found = int((labels[static[:budget]] != truth[static[:budget]]).sum())
@@ -191,7 +191,7 @@ def review(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, setu
         found += int((current[pick] != truth[pick]).sum())
         current[pick], trusted[pick] = truth[pick], True  # the reviewer fixes or confirms them
         viewed += len(pick)
-        oof = scores.out_of_fold_probabilities(x, current, seed=0, trusted=trusted)
+        oof = probe.out_of_fold_probabilities(x, current, seed=0, trusted=trusted)
         queue_score = method_scores(x, current, ids, oof, near, trusted=trusted)["combined"]["score"].to_numpy()
     emit(BENCH, f"{name}.review.reranked.combined.errors_found", found, "images", n,
          viewed=budget, per_round=per_round, **setup)
@@ -202,7 +202,7 @@ def review(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, setu
 # Data sets
 
 
-PROBE = f"5-fold softmax regression (scipy L-BFGS, l2={scores.DEFAULT_L2} on standardized features)"
+PROBE = f"5-fold softmax regression (scipy L-BFGS, l2={probe.DEFAULT_L2} on standardized features)"
 
 
 def pooled_and_bags(dataset: str, n: int, size: int, quick: bool, bag_size: int, words: int,

@@ -53,8 +53,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-# DEFAULT_L2 is not used here: bench/detect.py still reads it as scores.DEFAULT_L2 (move that to mlfix.probe).
-from mlfix.probe import DEFAULT_L2, OutOfFold, confident_learning, out_of_fold_probabilities, probe_loss  # noqa: F401
+from mlfix.probe import OutOfFold, confident_learning, out_of_fold_probabilities, probe_loss
 from mlfix.score_contract import (TRUSTED_SCORE, Labels, check_embeddings, check_ids, check_trusted, encode_labels,
                                   finish_score, score_frame)
 
