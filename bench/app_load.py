@@ -68,6 +68,15 @@ _IMAGES_READY = """
 """
 
 
+def bench_project(project: str | None, quick: bool, tmp: Path) -> Path:
+    """``project`` when given, else the demo (200 digits, 100 with ``--quick``; FAST settings) in ``tmp``."""
+    if project:
+        return Path(project)
+    from mlfix.demo import build_demo
+
+    return build_demo(tmp / "demo", limit=100 if quick else 200, **FAST).dir
+
+
 def stats(values: list[float]) -> tuple[float, float]:
     return float(np.median(values)), float(np.percentile(values, 90))
 
@@ -157,12 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"bench": "skip", "reason": f"no {CHROMIUM}"}), file=sys.stderr)
         return
     with tempfile.TemporaryDirectory(prefix="mlfix-bench-load-") as tmp:
-        if args.project:
-            project_dir = Path(args.project)
-        else:
-            from mlfix.demo import build_demo
-
-            project_dir = build_demo(Path(tmp) / "demo", limit=100 if args.quick else 200, **FAST).dir
+        project_dir = bench_project(args.project, args.quick, Path(tmp))
         from mlfix.project import Project
 
         before = len(Project.open(project_dir).reviews.decisions())

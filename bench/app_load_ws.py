@@ -47,7 +47,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.app_load import FAST, stats
+from bench.app_load import bench_project, stats
 from bench.common import emit, parser
 from mlfix.server import running_app
 
@@ -257,12 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     sessions = args.sessions or (2 if args.quick else 20)
     decisions = args.decisions if args.decisions is not None else (2 if args.quick else 5)
     with tempfile.TemporaryDirectory(prefix="mlfix-bench-load-ws-") as tmp:
-        if args.project:
-            project_dir = Path(args.project)
-        else:
-            from mlfix.demo import build_demo
-
-            project_dir = build_demo(Path(tmp) / "demo", limit=100 if args.quick else 200, **FAST).dir
+        project_dir = bench_project(args.project, args.quick, Path(tmp))
         load_before = os.getloadavg()[0]
         results, store = run(project_dir, sessions, decisions)
     report(results, store, sessions, decisions, load_before)
