@@ -226,6 +226,15 @@ def test_clicking_a_heatmap_cell_opens_it_in_the_grid(project, tmp_path):
         page.get_by_text("Confusion: given vs predicted").click()
         chart = page.locator(".js-plotly-plot").first
         chart.wait_for(timeout=20_000)
+        # let the expander finish opening and the chart finish drawing: a click computed on a moving
+        # chart misses its cell
+        last = None
+        for _ in range(40):
+            now = chart.bounding_box()
+            if now == last and page.locator(".js-plotly-plot .scatterlayer .point").count():
+                break
+            last = now
+            page.wait_for_timeout(250)
         # the click target of the cell: the x/y axes' category positions of (predicted, given)
         box = page.evaluate(
             """([el, x, y]) => { const l = el._fullLayout; const r = el.getBoundingClientRect();
