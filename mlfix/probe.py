@@ -8,6 +8,7 @@ K stratified folds, so each labeled sample gets class probabilities from a model
 ``probe_loss``         out-of-fold cross-entropy of the given label, ``-log p(given)``
 ``confident_learning`` cleanlab on the out-of-fold probabilities:
                        score = 1 - ``get_label_quality_scores``; ``flag`` = ``find_label_issues``
+                       (on the first fit)
 =====================  =======================================================================
 
 Both follow the contract of :mod:`mlfix.score_contract`; :func:`mlfix.scores.compute_scores` runs them
@@ -17,6 +18,14 @@ suggested label, and the "predicted" side of :func:`mlfix.scores.confusion`.
 Trusted (reviewed) samples are in the training set of *every* fold (never held out: a reviewed label
 is the best training signal there is). Their probability row is the mean of the fold models'
 predictions, i.e. in-sample; that is harmless because their score is pinned to the floor.
+
+The probe is fitted twice by default (``refit_without_suspects=True``), after cleanlab's
+``CleanLearning`` (Northcutt et al., "Confident Learning: Estimating Uncertainty in Dataset Labels",
+JAIR 2021): the samples that confident learning flags on the first fit are left out of the second
+fit's training folds, so the probe learns from cleaner labels. The flagged samples then get the mean
+prediction of the second fit's fold models, which never saw them. On CIFAR-10N (bench/detect.py) the
+refit raised the probe's accuracy against the true labels and the loss AUROC (0.933 -> 0.942 with
+EfficientNet-Lite2 + flip).
 """
 
 from __future__ import annotations
@@ -44,11 +53,14 @@ DEFAULT_L2 = 0.1
 class OutOfFold:
     """Out-of-fold predicted probabilities: ``probs`` (N, C) float64, rows sum to 1, columns follow
     ``classes``; ``fold`` (N,) int, the fold a sample was held out in (-1: never held out, i.e.
-    unlabeled or trusted, whose row is the mean of all fold models)."""
+    unlabeled, trusted, or left out of the refit, whose row is the mean of all fold models);
+    ``flags`` (N,) bool or None: cleanlab's ``find_label_issues`` on the first fit, when the probe
+    was refitted without them."""
 
     probs: np.ndarray
     classes: list
     fold: np.ndarray
+    flags: np.ndarray | None = None
 
     def predicted(self) -> np.ndarray:
         """(N,) the most probable class of each sample (object array of labels)."""
@@ -57,7 +69,8 @@ class OutOfFold:
 
 def out_of_fold_probabilities(embeddings: np.ndarray, labels: Sequence, folds: int = 5, seed: int = 0,
                               trusted: np.ndarray | None = None, l2: float = DEFAULT_L2,
-                              max_iter: int = 200, probe: str = "lbfgs") -> OutOfFold:
+                              max_iter: int = 200, probe: str = "lbfgs",
+                              refit_without_suspects: bool = True) -> OutOfFold:
     """Cross-validated linear probe: each labeled sample's class probabilities from a model that never
     saw it.
 
@@ -76,6 +89,10 @@ def out_of_fold_probabilities(embeddings: np.ndarray, labels: Sequence, folds: i
         folds: number of folds (reduced to the number of labeled, untrusted samples if fewer).
         seed: fold assignment seed; the result is deterministic for a seed.
         trusted: (N,) bool mask of reviewed samples.
+        refit_without_suspects: fit once more without the samples confident learning flags on the
+            first fit (see the module docstring); they get the mean of the refit's fold models
+            (``fold`` -1). A class keeps its flagged samples when flagging would drop half of it or
+            more: a probe that never saw a class cannot tell its samples apart.
 
     Returns:
         :class:`OutOfFold`.
@@ -89,6 +106,42 @@ def out_of_fold_probabilities(embeddings: np.ndarray, labels: Sequence, folds: i
     x = check_embeddings(embeddings)
     n = x.shape[0]
     coded, mask = encode_labels(labels, n), check_trusted(trusted, n)
+    first = _one_fit(x, coded, mask, folds, seed, l2, max_iter, probe)
+    if not refit_without_suspects:
+        return first
+    flags = _flags(first, coded, mask)
+    suspects = _suspects(flags, coded)
+    if not suspects.any():
+        return OutOfFold(first.probs, first.classes, first.fold, flags)
+    unflagged = Labels(np.where(suspects, -1, coded.codes), coded.classes)
+    second = _one_fit(x, unflagged, mask, folds, seed, l2, max_iter, probe)
+    return OutOfFold(second.probs, first.classes, second.fold, flags)
+
+
+def _flags(oof: OutOfFold, coded: Labels, trusted: np.ndarray) -> np.ndarray:
+    """(N,) bool: cleanlab's ``find_label_issues`` on the labeled, untrusted samples (trusted rows
+    are in-sample predictions and would bias its per-class thresholds)."""
+    from cleanlab.filter import find_label_issues
+
+    rows = np.flatnonzero(coded.labeled & ~trusted)
+    flags = np.zeros(len(coded.codes), dtype=bool)
+    if len(rows) >= 2 and len(oof.classes) >= 2:
+        flags[rows] = _cleanlab_flags(find_label_issues, coded.codes[rows], oof.probs[rows])
+    return flags
+
+
+def _suspects(flags: np.ndarray, coded: Labels) -> np.ndarray:
+    """The flagged samples, but none of a class that would lose half of its labeled samples or more."""
+    n_classes = len(coded.classes)
+    labeled = np.bincount(coded.codes[coded.labeled], minlength=n_classes)
+    flagged = np.bincount(coded.codes[flags], minlength=n_classes)
+    keep_all = flagged * 2 >= np.maximum(labeled, 1)
+    return flags & ~keep_all[np.maximum(coded.codes, 0)]
+
+
+def _one_fit(x: np.ndarray, coded: Labels, mask: np.ndarray, folds: int, seed: int, l2: float,
+             max_iter: int, probe: str) -> OutOfFold:
+    n = x.shape[0]
     if folds < 2:
         raise ValueError(f"folds must be >= 2, got {folds}")
     if probe not in ("lbfgs", "sklearn"):
@@ -272,7 +325,9 @@ def confident_learning(embeddings: np.ndarray | None, labels: Sequence, sample_i
     """cleanlab's confident learning on the out-of-fold probe probabilities.
 
     ``score`` = 1 - ``cleanlab.rank.get_label_quality_scores(method=method)``; the extra boolean column
-    ``flag`` is ``cleanlab.filter.find_label_issues`` (the samples cleanlab would call label issues).
+    ``flag`` is ``cleanlab.filter.find_label_issues`` (the samples cleanlab would call label issues) on
+    the probe's first fit (``probabilities.flags``; a probe refitted on cleaner labels is more
+    confident everywhere, which raises cleanlab's per-class thresholds above the errors it finds).
     Only labeled, untrusted samples are given to cleanlab (trusted rows are in-sample predictions and
     would bias its per-class thresholds); the others get NaN / the floor and ``flag`` False.
 
@@ -284,21 +339,18 @@ def confident_learning(embeddings: np.ndarray | None, labels: Sequence, sample_i
         >>> int(table.score.idxmax()), int(table.flag.sum())
         (3, 1)
     """
-    from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
     n = len(labels)
     ids, mask = check_ids(sample_ids, n), check_trusted(trusted, n)
     oof = _oof(embeddings, labels, folds, seed, mask, probabilities)
     _, codes = _given_probability(oof, labels)
+    coded = Labels(codes, oof.classes)
     rows = np.flatnonzero((codes >= 0) & ~mask)
     score = np.full(n, np.nan)
-    flag = np.zeros(n, dtype=bool)
     if len(rows):
-        pred = oof.probs[rows]
-        score[rows] = 1.0 - get_label_quality_scores(codes[rows], pred, method=method)
-        flag[rows] = _cleanlab_flags(find_label_issues, codes[rows], pred)
-    coded = Labels(codes, oof.classes)
+        score[rows] = 1.0 - get_label_quality_scores(codes[rows], oof.probs[rows], method=method)
+    flag = oof.flags & ~mask if oof.flags is not None else _flags(oof, coded, mask)
     frame = score_frame(ids, finish_score(score, coded, mask), oof.predicted())
     frame["flag"] = flag
     return frame

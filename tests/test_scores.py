@@ -111,10 +111,47 @@ def test_trusted_samples_leave_the_queue(blobs, method):
 def test_trusted_samples_are_in_every_training_fold(blobs):
     trusted = np.zeros(len(blobs["ids"]), dtype=bool)
     trusted[::7] = True
-    oof = probe.out_of_fold_probabilities(blobs["x"], blobs["labels"], folds=5, trusted=trusted)
-    assert (oof.fold[trusted] == -1).all()
-    assert set(oof.fold[~trusted]) == set(range(5))
-    np.testing.assert_allclose(oof.probs.sum(axis=1), 1.0, atol=1e-9)
+    for refit in (False, True):
+        oof = probe.out_of_fold_probabilities(blobs["x"], blobs["labels"], folds=5, trusted=trusted,
+                                              refit_without_suspects=refit)
+        assert (oof.fold[trusted] == -1).all()
+        assert set(oof.fold[~trusted]) - {-1} == set(range(5))  # -1 there: suspects left out of the refit
+        np.testing.assert_allclose(oof.probs.sum(axis=1), 1.0, atol=1e-9)
+
+
+def _noisy_blobs(flip: float, seed: int = 1):
+    """Blobs that overlap (noise 2.5x) with many flipped labels: the first fit learns from the noise."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 1, (4, DIM)) * 1.2
+    truth = np.repeat(np.arange(4), 100)
+    x = (centers[truth] + rng.normal(0, 1, (len(truth), DIM))).astype(np.float32)
+    given = truth.copy()
+    planted = rng.choice(len(truth), int(flip * len(truth)), replace=False)
+    given[planted] = (truth[planted] + rng.integers(1, 4, len(planted))) % 4
+    return x, given.astype(str).astype(object), truth.astype(str).astype(object), given != truth
+
+
+def test_the_refit_leaves_the_suspects_out_and_learns_cleaner_labels():
+    x, labels, truth, is_error = _noisy_blobs(flip=0.3)
+    first = probe.out_of_fold_probabilities(x, labels, refit_without_suspects=False)
+    refit = probe.out_of_fold_probabilities(x, labels)
+    flagged = probe.confident_learning(None, labels, range(len(labels)), probabilities=first)["flag"].to_numpy()
+    assert flagged.any()
+    np.testing.assert_array_equal(refit.fold == -1, flagged)  # exactly the flagged ones were left out
+    assert (first.fold >= 0).all()
+    assert (refit.predicted() == truth).mean() > (first.predicted() == truth).mean()
+    assert roc_auc_score(is_error, -np.log(refit.probs[np.arange(400), [refit.classes.index(v) for v in labels]])) \
+        > roc_auc_score(is_error, -np.log(first.probs[np.arange(400), [first.classes.index(v) for v in labels]]))
+
+
+def test_the_refit_keeps_a_class_that_would_lose_half_its_samples():
+    x, labels, _, _ = _noisy_blobs(flip=0.0)
+    labels = labels.copy()
+    rare = np.flatnonzero(labels == "0")[:4]  # 4 samples of another class called "rare"
+    labels[rare] = "rare"
+    oof = probe.out_of_fold_probabilities(x, labels)
+    assert (oof.fold[rare] >= 0).all()  # all 4 look wrong, but leaving them out would unlearn the class
+    assert "rare" in oof.classes
 
 
 def test_scores_are_deterministic_for_a_seed(blobs):
