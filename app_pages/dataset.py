@@ -99,11 +99,15 @@ def _create_form() -> None:
         settings = {
             "image_size": c1.number_input("Image size (px)", 32, 1024, 224, 16, key="ds_image_size"),
             "words": c2.number_input("Visual words", 8, 65536, 1024, 64, key="ds_words"),
-            "backbone": c3.text_input("Backbone (timm)", "resnet18", key="ds_backbone"),
+            "backbone": c3.text_input("Backbone (timm)", "resnet18", key="ds_backbone",
+                                      help="Join names with + for an ensemble that finds more label errors, "
+                                           "e.g. efficientnet_lite0+efficientnet_lite2 (one pass per member)"),
             "weights": c4.selectbox("Weights", WEIGHTS, key="ds_weights",
                                     help="auto: the project's trained checkpoint when there is one, "
                                          "else random initialisation"),
         }
+        settings["tta_flip"] = st.checkbox("Average each image with its mirror image (twice the extraction)",
+                                           value=False, key="ds_tta_flip")
     start_index = st.checkbox("Start indexing right away", value=True, key="ds_start_index")
     if st.button("Create project", type="primary", key="ds_create"):
         _create(target, images, source, labels_path, upload, padding, settings, start_index)

@@ -12,6 +12,12 @@ Weights:
                   (``efficientnet_lite0/1/2``: see :data:`OFFLINE_WEIGHTS`);
     a file path   a timm state dict, or a checkpoint written by ``mlfix train``.
 
+Ensembles: a name such as ``efficientnet_lite0+efficientnet_lite2`` builds a :class:`BackboneEnsemble`:
+every member sees the same input, the pooled vector is the members' pooled vectors side by side and
+the cells are the first member's. Different networks err on different images, so the probe and the
+neighbour votes on the joint vector find more label errors (bench/detect.py) at the cost of one
+forward pass per member.
+
 Input: every backbone takes what :func:`image_transform` (and lightly's augmentations) give, pixels
 normalised with the ImageNet mean and std. A backbone whose weights were trained with other input
 statistics (the TensorFlow EfficientNet-Lite weights: ``(x - 127) / 128``) converts its input to them
@@ -37,6 +43,7 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_IMAGE_SIZE = 32
+ENSEMBLE_SEPARATOR = "+"  # "efficientnet_lite0+efficientnet_lite2": a BackboneEnsemble
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,42 @@ class Backbone(nn.Module):
                 "std": self.std, "native_size": self.native_size}
 
 
+class BackboneEnsemble(nn.Module):
+    """Several backbones on one input, with :class:`Backbone`'s interface.
+
+    ``forward(x)`` returns ``(cells, pooled)``: the first member's cells (B, C, h, w) (the visual
+    words need one grid) and the members' pooled vectors concatenated (B, sum of D), each member in
+    the order of the name. Built by :func:`create_backbone` from a ``+``-joined name.
+    """
+
+    def __init__(self, members: list[Backbone]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two backbones")
+        self.members = nn.ModuleList(members)
+        first = members[0]
+        self.name = ENSEMBLE_SEPARATOR.join(m.name for m in members)
+        self.weights = first.weights
+        self.architecture = ENSEMBLE_SEPARATOR.join(m.architecture for m in members)
+        self.cell_module, self.cell_channels, self.cell_stride = (first.cell_module, first.cell_channels,
+                                                                  first.cell_stride)
+        self.pooled_dim = sum(m.pooled_dim for m in members)
+        self.native_size = max(m.native_size for m in members)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cells, first = self.members[0](x)
+        return cells, torch.cat([first] + [member(x)[1] for member in self.members[1:]], dim=1)
+
+    def grid_size(self, image_size: int) -> int:
+        return self.members[0].grid_size(image_size)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "weights": self.weights, "architecture": self.architecture,
+                "cell_module": self.cell_module, "cell_channels": self.cell_channels,
+                "cell_stride": self.cell_stride, "pooled_dim": self.pooled_dim,
+                "native_size": self.native_size, "members": [m.describe() for m in self.members]}
+
+
 class InputStatistics(nn.Module):
     """ImageNet-normalised images -> images normalised with ``mean``/``std`` (identity when equal).
 
@@ -124,18 +167,23 @@ class InputStatistics(nn.Module):
 
 
 def create_backbone(name: str = "resnet18", weights: str | os.PathLike = "random",
-                    cell_stride: int = 16) -> Backbone:
-    """Create a :class:`Backbone` from a timm model name.
+                    cell_stride: int = 16) -> Backbone | BackboneEnsemble:
+    """Create a :class:`Backbone` from a timm model name (a :class:`BackboneEnsemble` from several).
 
     Args:
         name: any timm model with ``feature_info`` (resnet18, efficientnet_lite0, convnext_tiny...).
             ``efficientnet_lite0/1/2`` are built as timm's ``tf_efficientnet_lite*`` whatever the
             weights (see :class:`OfflineWeights`), so random init, offline and hub weights and the
             checkpoints trained from any of them are one network with one input normalisation.
+            Names joined by ``+`` (``efficientnet_lite0+efficientnet_lite2``) build an ensemble;
+            every member gets ``weights``.
         weights: ``random``, ``imagenet``, ``offline`` or a path to a weights file.
         cell_stride: the stride of the stage whose output becomes the cell grid (8, 16 or 32).
     """
     import timm
+
+    if ENSEMBLE_SEPARATOR in name:
+        return _ensemble(name, str(weights), cell_stride)
 
     if name not in timm.list_models() and name not in timm.list_pretrained():
         raise ValueError(f"unknown backbone {name!r}; try resnet18, resnet50 or efficientnet_lite0 "
@@ -153,6 +201,17 @@ def create_backbone(name: str = "resnet18", weights: str | os.PathLike = "random
     return Backbone(model, stage["module"], stage["num_chs"], stage["reduction"], name, weights)
 
 
+def _ensemble(name: str, weights: str, cell_stride: int) -> BackboneEnsemble:
+    members = name.split(ENSEMBLE_SEPARATOR)
+    if any(not m for m in members):
+        raise ValueError(f"backbone {name!r} has an empty member; join timm names with '+', as in "
+                         "'efficientnet_lite0+efficientnet_lite2'")
+    if weights not in ("random", "imagenet", "offline"):
+        raise ValueError(f"a weights file fits one backbone, not the ensemble {name!r}; use weights "
+                         "'offline', 'imagenet' or 'random'")
+    return BackboneEnsemble([create_backbone(m, weights, cell_stride) for m in members])
+
+
 def _stage_with_stride(model: nn.Module, stride: int) -> dict:
     stages = list(model.feature_info)
     for stage in stages:
@@ -163,7 +222,10 @@ def _stage_with_stride(model: nn.Module, stride: int) -> dict:
 
 
 def architecture(name: str) -> str:
-    """The timm model mlfix builds for backbone ``name`` (the name itself but for OFFLINE_WEIGHTS)."""
+    """The timm model mlfix builds for backbone ``name`` (the name itself but for OFFLINE_WEIGHTS);
+    an ensemble's members', joined by ``+``."""
+    if ENSEMBLE_SEPARATOR in name:
+        return ENSEMBLE_SEPARATOR.join(architecture(member) for member in name.split(ENSEMBLE_SEPARATOR))
     return OFFLINE_WEIGHTS[name].architecture if name in OFFLINE_WEIGHTS else name
 
 

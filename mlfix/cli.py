@@ -1,7 +1,7 @@
 """The ``mlfix`` command: index, train, scores, serve.
 
-    mlfix index --images PATH [--labels CSV | --coco JSON] --project DIR [--backbone NAME]
-                [--image-size PX] [--words K] [--weights FILE|imagenet|offline|random]
+    mlfix index --images PATH [--labels CSV | --coco JSON] --project DIR [--backbone NAME[+NAME...]]
+                [--image-size PX] [--tta-flip] [--words K] [--weights FILE|imagenet|offline|random]
     mlfix train --project DIR [--epochs N] [--batch-size B] [--image-size PX] [--init random|imagenet|FILE] [--no-flip]
     mlfix scores --project DIR [-o scores.csv]
     mlfix serve --project DIR [--port PORT] [--address ADDR] [--db URL]
@@ -59,9 +59,12 @@ def _add_index(commands) -> None:
     source.add_argument("--labels", help="CSV with path,label columns (paths relative to --images)")
     source.add_argument("--coco", help="COCO JSON: every box becomes a crop sample")
     p.add_argument("--padding", type=float, default=0.0, help="COCO crops: context around boxes (fraction)")
-    p.add_argument("--backbone", help="timm model name (default resnet18)")
+    p.add_argument("--backbone", help="timm model name (default resnet18); join names with + for an ensemble, "
+                                      "e.g. efficientnet_lite0+efficientnet_lite1+efficientnet_lite2")
     p.add_argument("--weights", help="random | imagenet (internet) | offline | FILE (default: trained, else random)")
     p.add_argument("--image-size", type=int, help="input size in px; small images are scaled up (default 224)")
+    p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each image's features with its mirror image's (twice the extraction)")
     p.add_argument("--words", type=int, help="visual words in the codebook (default 1024)")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, help="image decoding processes")
@@ -73,7 +76,7 @@ def run_index(args) -> int:
     from mlfix.project import Project
 
     settings = {"backbone": args.backbone, "weights": args.weights, "image_size": args.image_size,
-                "words": args.words, "batch_size": args.batch_size}
+                "tta_flip": args.tta_flip, "words": args.words, "batch_size": args.batch_size}
     settings = {k: v for k, v in settings.items() if v is not None}
     progress = Progress("index", Path(args.project) / "progress")
     if args.images:

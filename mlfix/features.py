@@ -5,6 +5,10 @@
 returned (or written to a memory-mapped ``.npy``); cell vectors are never all held in memory: each
 batch's cells go to the ``on_cells(rows, cells)`` callback, which samples, stores or assigns them.
 
+``tta_flip=True`` also runs each image's mirror image and averages the two (the mirror's cells are
+flipped back first): test-time augmentation that makes the features blind to which way an image
+faces, for twice the forward passes.
+
 Images that fail to decode are skipped and reported (``ok`` is False for them), never the end of a run.
 
 Example:
@@ -86,7 +90,7 @@ def make_loader(dataset, batch_size: int, workers: int | None, device_type: str)
 def extract(root: DataRoot, samples: pd.DataFrame, backbone, image_size: int, batch_size: int = 64,
             workers: int | None = None, on_cells: CellsFn | None = None,
             progress: ProgressFn | None = None, device: str | None = None,
-            pooled_out: str | os.PathLike | None = None) -> Extraction:
+            pooled_out: str | os.PathLike | None = None, tta_flip: bool = False) -> Extraction:
     """Run ``backbone`` over every sample; return pooled vectors and stream cell vectors.
 
     Args:
@@ -101,6 +105,7 @@ def extract(root: DataRoot, samples: pd.DataFrame, backbone, image_size: int, ba
         progress: ``progress(done, total)`` after every batch.
         device: ``cuda`` / ``cpu``; default: CUDA when available.
         pooled_out: optional ``.npy`` path; pooled vectors are written there (memory-mapped).
+        tta_flip: average each image's features with its mirror image's (see the module docstring).
     """
     import torch
 
@@ -125,7 +130,7 @@ def extract(root: DataRoot, samples: pd.DataFrame, backbone, image_size: int, ba
                                  "reason": error})
             if good.any():
                 batch = images[torch.from_numpy(good)].to(device, non_blocking=True)
-                cells, vectors = model(batch.contiguous(memory_format=torch.channels_last))
+                cells, vectors = _forward(model, batch.contiguous(memory_format=torch.channels_last), tta_flip)
                 side = int(cells.shape[-1])
                 pooled[rows[good]] = vectors.float().cpu().numpy().astype(np.float16)
                 ok[rows[good]] = True
@@ -137,6 +142,17 @@ def extract(root: DataRoot, samples: pd.DataFrame, backbone, image_size: int, ba
     if isinstance(pooled, np.memmap):
         pooled.flush()
     return Extraction(pooled=pooled, ok=ok, problems=problems_frame(failures), grid=(side, side))
+
+
+def _forward(model, batch, tta_flip: bool):
+    """(cells, pooled) of a batch; with ``tta_flip`` the mean over the batch and its mirror image."""
+    import torch
+
+    cells, pooled = model(batch)
+    if not tta_flip:
+        return cells, pooled
+    mirror_cells, mirror_pooled = model(torch.flip(batch, dims=[3]))
+    return (cells + torch.flip(mirror_cells, dims=[3])) / 2, (pooled + mirror_pooled) / 2
 
 
 def _pooled_array(n: int, dim: int, path: str | os.PathLike | None) -> np.ndarray:

@@ -248,8 +248,11 @@ def _settings(n: int, *, backbone: str, init: str, epochs: int, batch_size: int,
         warnings.warn(f"batch size {batch_size} is larger than the dataset ({n} images); using "
                       f"{n}, one step per epoch", stacklevel=3)
         batch_size = n
-    from mlfix.backbone import MIN_IMAGE_SIZE  # backbone imports torch: only when training
+    from mlfix.backbone import ENSEMBLE_SEPARATOR, MIN_IMAGE_SIZE  # backbone imports torch: only when training
 
+    if ENSEMBLE_SEPARATOR in backbone:
+        raise ValueError(f"Barlow Twins trains one backbone, not the ensemble {backbone!r}; train one "
+                         "member (e.g. --backbone efficientnet_lite0) or index with the ensemble's offline weights")
     if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"image size {image_size!r} px is too small for the backbone's stride-32 "
                          f"stages; use at least {MIN_IMAGE_SIZE} (64 is a good CPU default)")

@@ -33,6 +33,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "backbone": "resnet18",
     "weights": "auto",  # the project's trained checkpoint when there is one, else random init
     "image_size": 224,
+    "tta_flip": False,  # average each image's features with its mirror image's (twice the extraction)
     "cell_stride": 16,
     "words": 1024,
     "kmeans_iterations": 20,

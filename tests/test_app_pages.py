@@ -203,9 +203,11 @@ def test_no_project_offers_to_create_one_from_a_folder_or_a_zip(tiny_image_folde
     at.text_input(key="ds_new_dir").input(str(target))
     at.text_input(key="ds_images").input(str(images))
     at.checkbox(key="ds_start_index").uncheck()
+    at.checkbox(key="ds_tta_flip").check()
     at.button(key="ds_create").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert Project.is_project(target)
+    assert Project.open(target).settings["tta_flip"] is True
     assert at.session_state[ui_state.PROJECT_KEY] == str(target.resolve())
     assert any("Created" in s.value and "40 samples" in s.value for s in at.success)
     assert {m.label: m.value for m in at.metric}["Samples"] == "40"

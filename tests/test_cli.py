@@ -32,6 +32,26 @@ def test_index_from_a_csv_with_bad_rows_reports_problems_and_completes(tiny_imag
     assert project.settings["image_size"] == 64 and project.settings["words"] == 32
 
 
+def test_index_with_an_ensemble_and_flip_tta_keys_its_features_by_both(tiny_image_folder, tmp_path, capsys):
+    import json
+
+    project_dir = tmp_path / "project"
+    assert main(["index", "--images", str(tiny_image_folder), "--project", str(project_dir),
+                 "--backbone", "resnet18+resnet18", "--tta-flip", "--image-size", "64", "--words", "32",
+                 "--weights", "random"]) == 0
+    project = Project.open(project_dir)
+    assert project.settings["tta_flip"] is True and project.settings["backbone"] == "resnet18+resnet18"
+    assert project.pooled().shape == (40, 1024)
+    key = json.loads((project_dir / "features" / "words.key.json").read_text())
+    assert key["tta_flip"] is True and key["architecture"] == "resnet18+resnet18"
+    assert project.scores()["score"].notna().all()
+    pooled = project_dir / "features" / "pooled.npy"
+    before = pooled.stat().st_mtime_ns
+    assert main(["index", "--project", str(project_dir), "--no-tta-flip"]) == 0
+    assert pooled.stat().st_mtime_ns != before  # the features without the mirror images are new ones
+    assert "tta_flip" not in json.loads((project_dir / "features" / "words.key.json").read_text())
+
+
 def test_index_without_images_on_a_new_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["index", "--project", str(tmp_path / "nothing")]) == 2
     assert "give --images to create it" in capsys.readouterr().err

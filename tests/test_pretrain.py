@@ -250,6 +250,8 @@ def test_bad_arguments_give_clear_messages(shapes, tmp_path):
         train_barlow_twins(root, samples, tmp_path / "m", **{**FAST, "batch_size": 1})
     with pytest.raises(ValueError, match="unknown backbone"):
         train_barlow_twins(root, samples, tmp_path / "m", **{**FAST, "backbone": "no_such_net"})
+    with pytest.raises(ValueError, match="trains one backbone, not the ensemble"):
+        train_barlow_twins(root, samples, tmp_path / "m", **{**FAST, "backbone": "resnet18+resnet18"})
 
 
 def test_batch_larger_than_dataset_is_clamped_and_bad_images_are_skipped(shapes, tmp_path):
