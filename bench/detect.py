@@ -3,6 +3,8 @@
     python -m bench.detect            # CIFAR-10N first 10,000 images at 224 px; GTSRB 5,000 at 96 px
     python -m bench.detect --quick    # 300 images per data set at 64 px (a smoke test, < 60 s)
     python -m bench.detect --only cifar10n --backbone efficientnet_lite2 --size 260 --tta-flip
+    python -m bench.detect --only cifar10n --size 260 --tta-flip \
+        --backbone efficientnet_lite0+efficientnet_lite1+efficientnet_lite2     # the best offline setup
 
 Setup: pooled features of ``efficientnet_lite0`` (``--backbone``: any with offline weights) with its
 offline ImageNet weights (``create_backbone("efficientnet_lite0", weights="offline")``), cached in
@@ -13,7 +15,11 @@ its labels flipped to another class with ``numpy.random.default_rng(FLIP_SEED)``
 
 Figures (JSON lines via bench.common.emit), per data set:
 - per method: AUROC, average precision, precision at 1%, 2%, 5% of N, and the share of all errors
-  found in the first 5% of the queue; cleanlab (self-confidence on the same probe) is the baseline;
+  found in the first 5% of the queue. mlfix's probe is fitted twice (the refit leaves out the
+  samples cleanlab flags on the first fit); the baseline is cleanlab as usually run: self-confidence
+  on the single cross-validated fit of the same probe on the same features (``cleanlab_single_fit``),
+  and with sklearn's default regularization (``cleanlab_default_C``); ``loss_single_fit`` shows what
+  the refit adds;
 - neighbour purity of orderings (share of adjacent pairs with the same true class);
 - a simulated review: a reviewer fixes the top 200 of the queue per round; errors found after
   2,000 images viewed with the queue fixed at the start (static) vs recomputed after every round.
@@ -128,11 +134,16 @@ def evaluate(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, se
     start = time.perf_counter()
     near = scores.embedding_neighbours(x, 50)
     with_time["knn_search_s"] = time.perf_counter() - start
-    accuracy = float((oof.predicted() == truth).mean())
-    emit(BENCH, f"{name}.probe_accuracy_vs_truth", round(accuracy, 4), "share", n, **setup)
+    single = probe.out_of_fold_probabilities(x, labels, seed=0, refit_without_suspects=False)
+    for fit, result in (("", oof), ("_single_fit", single)):
+        accuracy = float((result.predicted() == truth).mean())
+        emit(BENCH, f"{name}.probe_accuracy_vs_truth{fit}", round(accuracy, 4), "share", n, **setup)
     tables = method_scores(x, labels, ids, oof, near)
-    # cleanlab as usually run: the same cross-validation with sklearn's default regularization (C=1).
-    default = probe.out_of_fold_probabilities(x, labels, seed=0, l2=1.0 / (0.8 * n))
+    # cleanlab as usually run: one cross-validated fit, with our regularization and with sklearn's
+    # default (C=1).
+    tables["cleanlab_single_fit"] = probe.confident_learning(None, labels, ids, probabilities=single)
+    tables["loss_single_fit"] = probe.probe_loss(None, labels, ids, probabilities=single)
+    default = probe.out_of_fold_probabilities(x, labels, seed=0, l2=1.0 / (0.8 * n), refit_without_suspects=False)
     tables["cleanlab_default_C"] = probe.confident_learning(None, labels, ids, probabilities=default)
     if cells_mean is not None:  # the probe on pooled + mean of the stride-16 cells
         both = probe.out_of_fold_probabilities(np.hstack([x, cells_mean]), labels, seed=0)
@@ -152,7 +163,7 @@ def evaluate(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, se
          "share", n, **setup)
     if bags is not None:
         word_figures(name, bags, labels, truth, setup)
-    review(name, x, labels, truth, setup, near, quick)
+    review(name, x, labels, truth, setup, near, quick, first=tables)
 
 
 def word_figures(name: str, bags: np.ndarray, labels: np.ndarray, truth: np.ndarray, setup: dict) -> None:
@@ -170,14 +181,17 @@ def word_figures(name: str, bags: np.ndarray, labels: np.ndarray, truth: np.ndar
 
 
 def review(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, setup: dict,
-           near: scores.Neighbours, quick: bool, per_round: int = 200, budget: int = 2000) -> None:
-    """A reviewer fixes the top ``per_round`` of the queue each round until ``budget`` images viewed."""
+           near: scores.Neighbours, quick: bool, first: dict[str, pd.DataFrame], per_round: int = 200,
+           budget: int = 2000) -> None:
+    """A reviewer fixes the top ``per_round`` of the queue each round until ``budget`` images viewed.
+
+    ``first``: the methods' tables before any review (static queues: combined, cleanlab, and the
+    cleanlab baseline)."""
     n = len(labels)
     if quick:
         per_round, budget = max(10, n // 30), max(30, n // 10)
     ids = np.arange(n)
-    first = method_scores(x, labels, ids, probe.out_of_fold_probabilities(x, labels, seed=0), near)
-    for method in ("combined", "cleanlab"):
+    for method in ("combined", "cleanlab", "cleanlab_single_fit"):
         static = np.argsort(-np.nan_to_num(first[method]["score"].to_numpy(), nan=-np.inf), kind="stable")
         found = int((labels[static[:budget]] != truth[static[:budget]]).sum())
         emit(BENCH, f"{name}.review.static.{method}.errors_found", found, "images", n,
@@ -202,7 +216,8 @@ def review(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, setu
 # Data sets
 
 
-PROBE = f"5-fold softmax regression (scipy L-BFGS, l2={probe.DEFAULT_L2} on standardized features)"
+PROBE = (f"5-fold softmax regression (scipy L-BFGS, l2={probe.DEFAULT_L2} on standardized features), "
+         "refitted without the samples cleanlab flags on the first fit")
 
 
 def pooled_and_bags(dataset: str, n: int, size: int, quick: bool, bag_size: int, words: int,
@@ -269,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--words-only", action="store_true", help="only the visual-word figures (CIFAR-10N)")
     p.add_argument("--only", choices=["cifar10n", "gtsrb35"], help="run one data set")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                   help="a backbone with offline weights (efficientnet_lite0, _lite1, _lite2)")
+                   help="a backbone with offline weights (efficientnet_lite0, _lite1, _lite2), or an "
+                        "ensemble of them joined by + (efficientnet_lite0+efficientnet_lite2)")
     p.add_argument("--tta-flip", action="store_true",
                    help="average each image's features with its mirror image's (twice the extraction; "
                         "not for GTSRB, where a mirrored sign can be another class)")

@@ -6,6 +6,9 @@ bench/results/ (git-ignored) as ``features_<key>.npz`` holding ``pooled`` (N, D)
 that costs nothing extra to keep). The key names the timm architecture mlfix builds for the backbone
 (``tf_efficientnet_lite0`` for ``efficientnet_lite0``), so features from an older build are not reused.
 ``flip`` caches the mirrored images' features; :func:`flip_averaged` is the flip test-time augmentation.
+An ensemble (``efficientnet_lite0+efficientnet_lite2``) is its members' cached features side by side
+(cells: the first member's), which is what ``mlfix.backbone.BackboneEnsemble`` computes
+(tests/test_backbone_ensemble.py); its flip average is therefore the members' flip averages.
 
 ``mlfix.features.extract`` is used when it exists; until then (and as a fallback) a plain batched loop
 over the same ``image_transform`` gives the same vectors.
@@ -59,6 +62,13 @@ def cache_path(dataset: str, n: int, size: int, flip: bool, backbone: str = DEFA
 def features(dataset: str, n: int, size: int, flip: bool = False, backbone: str = DEFAULT_BACKBONE,
              batch_size: int = 64, log=print) -> dict[str, np.ndarray]:
     """Pooled and cell-mean features for the first ``n`` images of ``dataset`` (cached)."""
+    from mlfix.backbone import ENSEMBLE_SEPARATOR
+
+    if ENSEMBLE_SEPARATOR in backbone:
+        parts = [features(dataset, n, size, flip, member, batch_size, log)
+                 for member in backbone.split(ENSEMBLE_SEPARATOR)]
+        return {"pooled": np.hstack([part["pooled"] for part in parts]), "cells_mean": parts[0]["cells_mean"],
+                "seconds": np.array(sum(float(part["seconds"]) for part in parts))}
     path = cache_path(dataset, n, size, flip, backbone)
     if path.exists():
         with np.load(path) as data:
