@@ -42,7 +42,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from mlfix.reviews import PG_CONNECT_TIMEOUT_S, SQLITE_BUSY_TIMEOUT_MS, UTCDateTime, _configure_sqlite, _lock_key, _unavailable_as_error
+from mlfix.database import UTCDateTime, create_engine, lock_key, unavailable_as_error
 
 DEFAULT_MINUTES = 15.0
 MAX_MINUTES = 24 * 60.0
@@ -110,17 +110,7 @@ class ClaimBook:
         self.clock = clock or _utcnow
         self._owns_engine = engine is None
         if engine is None:
-            backend = sa.engine.make_url(url).get_backend_name()
-            if backend == "sqlite":
-                engine_kwargs.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
-                engine = sa.create_engine(url, **engine_kwargs)
-                _configure_sqlite(engine)
-            elif backend == "postgresql":
-                engine_kwargs.setdefault("pool_pre_ping", True)
-                engine_kwargs.setdefault("connect_args", {}).setdefault("connect_timeout", PG_CONNECT_TIMEOUT_S)
-                engine = sa.create_engine(url, **engine_kwargs)
-            else:
-                raise ValueError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")
+            engine = create_engine(url, **engine_kwargs)
         self.engine = engine
         self.dialect = engine.dialect.name
         with self._write("") as conn:
@@ -146,11 +136,11 @@ class ClaimBook:
     @contextmanager
     def _write(self, label: str) -> Iterator[Connection]:
         """One write transaction holding the lock of ``label`` ("" for schema changes)."""
-        with _unavailable_as_error(self.url), self.engine.connect() as conn:
+        with unavailable_as_error(self.url), self.engine.connect() as conn:
             conn = conn.execution_options(mlfix_write=True)  # SQLite: BEGIN IMMEDIATE
             with conn.begin():
                 if self.dialect == "postgresql":
-                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(f"mlfix-claims:{label}")})
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(f"mlfix-claims:{label}")})
                 yield conn
 
     def _now(self) -> _dt.datetime:
@@ -282,7 +272,7 @@ class ClaimBook:
             query = query.where(t.c.label == label)
         if page is not None:
             query = query.where(t.c.page == page)
-        with _unavailable_as_error(self.url), self.engine.connect() as conn:
+        with unavailable_as_error(self.url), self.engine.connect() as conn:
             return [Claim(r.label, int(r.page), r.reviewer, r.claimed_at, r.expires_at) for r in conn.execute(query)]
 
     def active(self, label: str | None = None) -> pd.DataFrame:
@@ -300,7 +290,7 @@ class ClaimBook:
         query = sa.select(t).order_by(t.c.id)
         if label is not None:
             query = query.where(t.c.label == label)
-        with _unavailable_as_error(self.url), self.engine.connect() as conn:
+        with unavailable_as_error(self.url), self.engine.connect() as conn:
             rows = [tuple(r) for r in conn.execute(query)]
         frame = pd.DataFrame.from_records(rows, columns=[c.name for c in t.columns])
         ended_by = frame["ended_by"].astype(object)

@@ -48,7 +48,6 @@ import datetime as _dt
 import os
 import threading
 import uuid
-import zlib
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,8 +57,9 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
+from mlfix.database import StoreUnavailable, UTCDateTime, create_engine, lock_key, sqlite_url, unavailable_as_error
 from mlfix.decision_log import (DECISION_COLUMNS, KINDS, derive_state, effective_mask, final_labels,
                                 final_state, find_conflicts, reviewer_summary)
 
@@ -68,51 +68,8 @@ try:
 except ImportError:  # Windows: SQLite's busy timeout alone
     fcntl = None
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-PG_CONNECT_TIMEOUT_S = 10
 _CHUNK = 500  # rows per IN (...) lookup: well under SQLite's bound-parameter limit
 _ALLOWED_KEYS = {"client_id", "sample_id", "kind", "label", "reviewer", "undoes", "note", "view"}
-
-
-class StoreUnavailable(RuntimeError):
-    """The decisions database cannot be reached (down, unreachable, locked for too long).
-
-    Nothing of the failed call was stored: retry it with the same client ids once the database is
-    back (a retry stores each decision once). The message names the database, never its password.
-    """
-
-
-@contextmanager
-def _unavailable_as_error(url: str) -> Iterator[None]:
-    """Turn "cannot reach the database" errors of the driver into :class:`StoreUnavailable`."""
-    try:
-        yield
-    except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as error:
-        shown = sa.engine.make_url(url).render_as_string(hide_password=True)
-        reason = str(getattr(error, "orig", error) or error).strip().splitlines()
-        raise StoreUnavailable(f"the decisions database {shown} is unavailable ({reason[0] if reason else error}): "
-                               "decisions are NOT being saved; retry when it is back") from error
-
-
-class UTCDateTime(sa.types.TypeDecorator):
-    """A timestamp that is always returned timezone-aware in UTC (SQLite stores naive UTC text)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value, dialect):
-        if value is not None:
-            if value.tzinfo is None:
-                raise ValueError("created_at must be timezone-aware")
-            value = value.astimezone(_dt.timezone.utc)
-            if dialect.name == "sqlite":
-                value = value.replace(tzinfo=None)
-        return value
-
-    def process_result_value(self, value, dialect):
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=_dt.timezone.utc)
-        return value
 
 
 metadata = sa.MetaData()
@@ -160,35 +117,6 @@ for _dialect, _statements in _APPEND_ONLY_DDL.items():
         event.listen(decisions_table, "after_create", sa.DDL(_statement).execute_if(dialect=_dialect))
 
 
-def sqlite_url(path: str | os.PathLike) -> str:
-    """The SQLAlchemy URL of a SQLite file, e.g. ``sqlite_url("p/reviews.db") == "sqlite:////abs/p/reviews.db"``."""
-    return f"sqlite:///{Path(path).resolve()}"
-
-
-def _configure_sqlite(engine: Engine) -> None:
-    """WAL, fsync on commit, a busy timeout, and transactions that SQLAlchemy begins itself.
-
-    pysqlite's own transaction handling begins lazily with a deferred BEGIN; a deferred transaction
-    that reads and then writes can fail with SQLITE_BUSY without waiting, so writes here take the
-    write lock up front with ``BEGIN IMMEDIATE`` (the documented SQLAlchemy recipe).
-    """
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record):
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = FULL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn):
-        write = conn.get_execution_options().get("mlfix_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
@@ -211,17 +139,7 @@ class ReviewStore:
         self.labels = frozenset(labels) if labels is not None else None
         parsed = sa.engine.make_url(url)
         backend = parsed.get_backend_name()
-        if backend not in ("sqlite", "postgresql"):
-            raise ValueError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")
-        if backend == "sqlite":
-            engine_kwargs.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
-            self.engine = sa.create_engine(url, **engine_kwargs)
-            _configure_sqlite(self.engine)
-        else:
-            engine_kwargs.setdefault("pool_pre_ping", True)
-            # An unreachable host fails in seconds, not after the system's TCP timeout (minutes).
-            engine_kwargs.setdefault("connect_args", {}).setdefault("connect_timeout", PG_CONNECT_TIMEOUT_S)
-            self.engine = sa.create_engine(url, **engine_kwargs)
+        self.engine = create_engine(url, **engine_kwargs)
         self.dialect = backend
         database = parsed.database if backend == "sqlite" else None
         in_memory = not database or database == ":memory:" or database.startswith("file:")
@@ -229,7 +147,7 @@ class ReviewStore:
         self._thread_lock = threading.Lock()
         self._lock_fd: int | None = None
         self._lock_pid: int | None = None
-        with _unavailable_as_error(url):
+        with unavailable_as_error(url):
             self._create_schema()
 
     @classmethod
@@ -293,7 +211,7 @@ class ReviewStore:
         a writer waited more than 30 s). The transaction itself begins with BEGIN IMMEDIATE, and the
         busy timeout still covers other programs writing to the file.
         """
-        with _unavailable_as_error(self.url), self._file_lock():
+        with unavailable_as_error(self.url), self._file_lock():
             with self.engine.connect() as conn:
                 conn = conn.execution_options(mlfix_write=True)
                 with conn.begin():
@@ -318,7 +236,7 @@ class ReviewStore:
         # Serialised, so that two processes opening a new database at once do not race on CREATE.
         with self._write() as conn:
             if self.dialect == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key("mlfix-schema")})
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key("mlfix-schema")})
             metadata.create_all(conn, checkfirst=True)
 
     def record(self, decisions: Mapping[str, Any] | Sequence[Mapping[str, Any]],
@@ -451,7 +369,7 @@ class ReviewStore:
 
     def _lock_sample(self, conn: Connection, sample_id: str) -> None:
         if self.dialect == "postgresql":  # SQLite's BEGIN IMMEDIATE already serialises writers
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(sample_id)})
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(sample_id)})
 
     def _sample_log(self, conn: Connection, sample_id: str) -> pd.DataFrame:
         t = decisions_table
@@ -502,12 +420,12 @@ class ReviewStore:
         query = self._log_query()
         if since_id is not None:
             query = query.where(t.c.id > int(since_id))
-        with _unavailable_as_error(self.url), self.engine.connect() as conn:
+        with unavailable_as_error(self.url), self.engine.connect() as conn:
             return _to_frame(conn.execute(query))
 
     def last_id(self) -> int:
         """The id of the latest decision (0 when none): a cheap "did anything change?" check."""
-        with _unavailable_as_error(self.url), self.engine.connect() as conn:
+        with unavailable_as_error(self.url), self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.max(decisions_table.c.id))).scalar() or 0)
 
     def current_state(self, samples: pd.DataFrame) -> pd.DataFrame:
@@ -604,11 +522,6 @@ def _check_same_decision(new: dict, stored: Mapping[str, Any]) -> None:
         if new[key] != stored[key]:
             raise ValueError(f"client_id {new['client_id']!r} was already used for a different decision "
                              f"({key}: {stored[key]!r} stored, {new[key]!r} now): make a new client id per action")
-
-
-def _lock_key(text: str) -> int:
-    """A signed 64-bit key for pg_advisory_xact_lock."""
-    return zlib.crc32(text.encode()) - 2**31
 
 
 # -- reading the log back ----------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 
-from mlfix import decision_log, reviews
+from mlfix import database, decision_log, reviews
 from mlfix.reviews import ReviewStore, sqlite_url
 from tests.pg import postgres_server  # noqa: F401  (session fixture: a throwaway PostgreSQL server)
 from tests.test_decision_log import PROPERTY_SAMPLES, as_dict, ops, replay
@@ -275,7 +275,7 @@ def test_file_is_sqlite_in_wal_mode_with_full_sync(sqlite_store, tmp_path):
         assert conn.execute("SELECT count(*) FROM decisions").fetchone()[0] == 1
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
-        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == reviews.SQLITE_BUSY_TIMEOUT_MS
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == database.SQLITE_BUSY_TIMEOUT_MS
 
 
 def test_database_refuses_update_and_delete(store):
