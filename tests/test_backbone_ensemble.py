@@ -74,3 +74,26 @@ def test_flip_tta_gives_an_image_and_its_mirror_the_same_pooled_vector(tmp_path)
     assert np.abs(plain.pooled[0].astype(np.float32) - plain.pooled[1]).max() > 10 * np.abs(a - b).max()
     # the cells are mirrored back before averaging: b's grid is a's grid read right to left
     np.testing.assert_allclose(cells[1], cells[0][:, ::-1], rtol=1e-3, atol=1e-3)
+
+
+def test_the_detection_bench_measures_what_mlfix_index_computes():
+    """bench/detect.py builds an ensemble's flip-averaged features from per-member caches; mlfix's
+    extraction with the ensemble and ``tta_flip`` must give the same vectors (on 8 CIFAR images)."""
+    from bench.detect_features import _extract, load_labels
+    from tests.conftest import shared_data
+
+    folder = shared_data("cifar10n")
+    table = load_labels("cifar10n", 8)
+    members = ["efficientnet_lite0", "efficientnet_lite1"]
+    quiet = lambda *args, **kwargs: None  # noqa: E731
+    per_member = []
+    for member in members:
+        plain, mirrored = (_extract("cifar10n", table, 64, flip, member, 8, quiet)["pooled"].astype(np.float32)
+                           for flip in (False, True))
+        per_member.append((plain + mirrored) / 2)
+    bench_vectors = np.hstack(per_member)
+    samples = table.assign(box_x=np.nan, box_y=np.nan, box_w=np.nan, box_h=np.nan)
+    product = extract(DataRoot(folder / "images.zip"), samples, create_backbone("+".join(members), "offline"), 64,
+                      batch_size=8, workers=0, device="cpu", tta_flip=True)
+    assert product.ok.all()
+    np.testing.assert_allclose(product.pooled.astype(np.float32), bench_vectors, rtol=2e-2, atol=2e-2)
