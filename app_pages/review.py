@@ -4,7 +4,7 @@ Similar images sit side by side (the project's similarity ordering) or the most 
 first (any score column). Every key press in the grid is a decision stored at once in the project's
 decisions store; see :mod:`mlfix.ui.grid` for how the grid and this script talk. The confusion
 heatmap (given label x the probe's prediction, from the cached scores) opens a cell's samples in the
-grid, most suspicious first; see :mod:`mlfix.ui.confusion`.
+grid, most suspicious first; see :mod:`mlfix.ui.confusion_section`.
 
 Runs inside ``app.py`` (st.navigation) and on its own (``streamlit run app_pages/review.py -- --project
 DIR``, and AppTest). Imports no torch.
@@ -21,7 +21,7 @@ import streamlit as st
 
 from mlfix import review_actions, thumbnails
 from mlfix.reviews import StoreUnavailable
-from mlfix.ui import confusion, grid, state, team
+from mlfix.ui import confusion_section, grid, state, team
 
 GRID_KEY = "mlfix_review_grid"
 PAGE_KEY = "mlfix_review_page"
@@ -30,11 +30,6 @@ APPLIER_KEY = "mlfix_review_applier"
 ERRORS_KEY = "mlfix_review_errors"
 BATCHES_KEY = "mlfix_review_batches"
 FOCUS_KEY = "mlfix_review_focus"
-CELL_KEY = "mlfix_review_cell"  # the confusion cell (given, predicted) open in the grid
-CELL_PICK_KEY = "mlfix_review_cell_pick"
-CHART_KEY = "mlfix_review_confusion"  # + a generation that a new chart (no stale selection) bumps
-CHART_GEN_KEY = "mlfix_review_confusion_gen"
-NO_CELL = "(pick a cell)"
 ALL_IMAGES = "(all images)"
 BY_CLASS = "By class"
 SIMILARITY = "Similarity"
@@ -194,44 +189,6 @@ def make_items(ids: list[str], urls: list[str], current: pd.DataFrame, originals
     return items
 
 
-def scores_stamp(project) -> tuple:
-    """The version of scores.parquet: what the confusion view's caches are keyed on."""
-    from mlfix.ui import loaders
-
-    return loaders.stamp(project.dir, ("scores.parquet",))
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _confusion_data(project_dir: str, stamp: tuple, _scores: pd.DataFrame,
-                    _originals: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    frame = confusion.confusion_frame(_scores, _originals)
-    return None if frame is None else (frame, confusion.counts(frame))
-
-
-def confusion_data(project, scores: pd.DataFrame | None,
-                   originals: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """(per-sample frame, counts table) of the confusion view, made once per version of
-    scores.parquet; None without scores or without a predicted label in them."""
-    if scores is None:
-        return None
-    return _confusion_data(str(project.dir), scores_stamp(project), scores, originals)
-
-
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _cell_view(project_dir: str, stamp: tuple, given, predicted, _frame: pd.DataFrame) -> dict:
-    return {"sample_ids": confusion.cell_ids(_frame, given, predicted), "created": str(stamp)}
-
-
-def cell_view(project, frame: pd.DataFrame, cell: tuple) -> dict:
-    """A confusion cell as a view (``{sample_ids, created}``), most suspicious first."""
-    return _cell_view(str(project.dir), scores_stamp(project), cell[0], cell[1], frame)
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _confusion_figure(project_dir: str, stamp: tuple, current: tuple | None, _table: pd.DataFrame):
-    return confusion.figure(_table, current=current)
-
-
 # ------------------------------------------------------------------------------------ actions
 
 
@@ -282,39 +239,6 @@ def _turn_page(delta: int) -> None:
     st.session_state[PAGE_KEY] = st.session_state.get(PAGE_KEY, 0) + delta
 
 
-def _open_cell(cell: tuple, names: dict) -> None:
-    """Show a confusion cell in the grid; the picker follows (``names``: cell -> picker option)."""
-    st.session_state[CELL_KEY] = cell
-    st.session_state[CELL_PICK_KEY] = names.get(cell, NO_CELL)
-
-
-def _close_cell() -> None:
-    """Back to the class view; a new chart drops the old click."""
-    st.session_state.pop(CELL_KEY, None)
-    st.session_state[CELL_PICK_KEY] = NO_CELL
-    st.session_state[CHART_GEN_KEY] = st.session_state.get(CHART_GEN_KEY, 0) + 1
-
-
-def _cell_from_chart(key: str, classes: list, names: dict) -> None:
-    event = st.session_state.get(key) or {}
-    try:
-        points = event["selection"]["points"]
-    except (KeyError, TypeError):
-        points = []
-    cell = confusion.cell_of_points(points, classes)
-    if cell is not None:
-        _open_cell(cell, names)
-
-
-def _cell_from_picker(cells: dict) -> None:
-    choice = st.session_state.get(CELL_PICK_KEY)
-    if choice in cells:
-        _open_cell(cells[choice], {cell: name for name, cell in cells.items()})
-        st.session_state[CHART_GEN_KEY] = st.session_state.get(CHART_GEN_KEY, 0) + 1
-    else:
-        _close_cell()
-
-
 # ------------------------------------------------------------------------------------ page
 
 
@@ -349,41 +273,6 @@ def _text(value) -> str | None:
     return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
 
 
-def _confusion_section(project, scores: pd.DataFrame | None, data, cell: tuple | None) -> None:
-    """The expander with the heatmap and its keyboard-friendly picker (or how to get scores)."""
-    with st.expander("Confusion: given vs predicted", icon=":material/grid_on:", expanded=cell is not None):
-        if data is None:
-            what = "No scores yet" if scores is None else "The scores hold no predicted label"
-            st.caption(f"{what}: compute them with `mlfix scores --project {project.dir}` (or index the "
-                    "project on the Training page, which ends with the scores), then reload this page.")
-            return
-        _, table = data
-        classes = confusion.top_classes(table, keep=cell or ())
-        cells = {confusion.cell_name(*c): (c[0], c[1]) for c in confusion.cells(table)[:confusion.MAX_PICKS]}
-        names = {c: name for name, c in cells.items()}
-        chart, side = st.columns([3, 2])
-        figure = _confusion_figure(str(project.dir), scores_stamp(project), cell, table)
-        key = f"{CHART_KEY}_{st.session_state.get(CHART_GEN_KEY, 0)}"
-        chart.plotly_chart(figure, key=key, on_select=lambda: _cell_from_chart(key, classes, names),
-                           selection_mode="points", width="content",
-                           config={"displayModeBar": False, "scrollZoom": False})
-        if st.session_state.get(CELL_PICK_KEY) not in cells:
-            st.session_state[CELL_PICK_KEY] = NO_CELL
-        side.selectbox("Confusion cell", [NO_CELL] + list(cells), key=CELL_PICK_KEY,
-                       on_change=_cell_from_picker, args=(cells,),
-                       help="Given → predicted (images), largest first. Opens those images in the grid.")
-        agree = int(table.loc[table["given"] == table["predicted"], "count"].sum())
-        total = int(table["count"].sum())
-        column = confusion.predicted_column(scores)
-        side.caption(f"Rows: the label the scores were computed against; columns: "
-                     f"{confusion.PREDICTED_COLUMNS[column]}. They agree on {agree:,} of "
-                     f"{total:,} labeled images. Click a cell, or pick one above, to review its images "
-                     "in the grid, most suspicious first. The grey diagonal is agreement.")
-        if len(classes) < len(confusion.classes(table)):
-            side.caption(f"The heatmap shows the {len(classes)} of {len(confusion.classes(table))} classes in "
-                         f"the most disagreements; the picker lists the {len(cells)} largest cells.")
-
-
 def main() -> None:
     project = state.require_project()
     team.banner()
@@ -399,14 +288,14 @@ def main() -> None:
     st.html("<style>.block-container{padding:2.2rem 1.5rem 0.5rem 1.5rem;max-width:none}</style>")
 
     # ---- pickers ---------------------------------------------------------------------------
-    conf = confusion_data(project, scores, originals)
-    cell = st.session_state.get(CELL_KEY) if conf is not None else None
-    cell_ids_view = cell_view(project, conf[0], cell) if cell is not None else None
+    conf = confusion_section.confusion_data(project, scores, originals)
+    cell = st.session_state.get(confusion_section.CELL_KEY) if conf is not None else None
+    cell_ids_view = confusion_section.cell_view(project, conf[0], cell) if cell is not None else None
     widths = ([1.0] if cell is not None else []) + ([1.3] if views else []) + [1.3, 1.2, 0.7, 0.75, 0.75]
     cols = list(st.columns(widths, vertical_alignment="bottom"))
     if cell is not None:
         cols.pop(0).button("Classes", key="mlfix_review_back", icon=":material/arrow_back:",
-                           on_click=_close_cell, width="stretch",
+                           on_click=confusion_section.close_cell, width="stretch",
                            help="Close the confusion cell: back to one class at a time.")
     view_name = BY_CLASS
     if views:
@@ -423,7 +312,7 @@ def main() -> None:
                              help="Similarity: similar images side by side. A score: most likely "
                                   "mislabeled first. A confusion cell opens most suspicious first.")
     page_size = cols[2].selectbox("Per page", PAGE_SIZES, index=len(PAGE_SIZES) - 1, key="mlfix_review_size")
-    _confusion_section(project, scores, conf, cell)
+    confusion_section.section(project, scores, conf, cell)
 
     ids, id_index, note = ordering(project, None if label == ALL_IMAGES else label, view_name, view, sort,
                                    scores)
