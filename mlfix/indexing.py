@@ -42,7 +42,7 @@ def run_index(project: Project, progress: Progress, workers: int | None = None,
                    "backbone": settings["backbone"], "architecture": architecture(settings["backbone"]),
                    "weights": weights_id,
                    "image_size": int(settings["image_size"]), "cell_stride": int(settings["cell_stride"])}
-    if _is_true(settings.get("tta_flip")):  # only when on: projects indexed before it keep their features
+    if settings.get("tta_flip"):  # only when on: projects indexed before it keep their features
         feature_key["tta_flip"] = True
     words_key = {**feature_key, "words": int(settings["words"]), "seed": int(settings["seed"]),
                  "kmeans_iterations": int(settings["kmeans_iterations"])}
@@ -59,10 +59,6 @@ def run_index(project: Project, progress: Progress, workers: int | None = None,
                  "exact_order_max": int(settings["exact_order_max"])}
     if read_key(project.dir / "orders" / "orders.key.json") != order_key:
         _orders(project, order_key, progress)
-
-
-def _is_true(value) -> bool:
-    return str(value).strip().lower() in ("true", "1", "yes")
 
 
 def resolve_weights(project: Project) -> tuple[str, object]:
@@ -124,7 +120,7 @@ def _extract_all(project, backbone, on_cells, workers, device, progress) -> np.n
     result = extract(project.root, project.samples, backbone, int(settings["image_size"]),
                      batch_size=int(settings["batch_size"]), workers=workers, device=device,
                      on_cells=on_cells, progress=progress.stage("features"), pooled_out=tmp_pooled,
-                     tta_flip=_is_true(settings.get("tta_flip")))
+                     tta_flip=bool(settings.get("tta_flip")))
     del result.pooled
     os.replace(tmp_pooled, features_dir / "pooled.npy")
     atomic_save_npy(features_dir / "ok.npy", result.ok)
@@ -191,7 +187,7 @@ def _words_in_two_passes(codebook: Codebook, feature_key: dict, shape: tuple[int
     extract(project.root, samples.iloc[subset], backbone, int(settings["image_size"]),
             batch_size=int(settings["batch_size"]), workers=workers, device=device,
             on_cells=collect, progress=progress.stage("codebook sample"),
-            tta_flip=_is_true(settings.get("tta_flip")))
+            tta_flip=bool(settings.get("tta_flip")))
     progress.update("codebook", 0, 1)
     codebook.fit(np.concatenate(kept))
     progress.update("codebook", 1, 1)
