@@ -16,7 +16,7 @@ its labels flipped to another class with ``numpy.random.default_rng(FLIP_SEED)``
 Figures (JSON lines via bench.common.emit), per data set:
 - per method: AUROC, average precision, precision at 1%, 2%, 5% of N, and the share of all errors
   found in the first 5% of the queue. mlfix's probe is fitted twice (the refit leaves out the
-  samples cleanlab flags on the first fit); the baseline is cleanlab as usually run: self-confidence
+  samples cleanlab flags on the first fit) and the two fits' probabilities averaged; the baseline is cleanlab as usually run: self-confidence
   on the single cross-validated fit of the same probe on the same features (``cleanlab_single_fit``),
   and with sklearn's default regularization (``cleanlab_default_C``); ``loss_single_fit`` shows what
   the refit adds;
@@ -217,7 +217,7 @@ def review(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, setu
 
 
 PROBE = (f"5-fold softmax regression (scipy L-BFGS, l2={probe.DEFAULT_L2} on standardized features), "
-         "refitted without the samples cleanlab flags on the first fit")
+         "averaged with a refit without the samples cleanlab flags on the first fit")
 
 
 def pooled_and_bags(dataset: str, n: int, size: int, quick: bool, bag_size: int, words: int,
