@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from mlfix import jobs
+from mlfix.service import jobs
 from mlfix.ui import loaders, state
 
 FLASH_KEY = "mlfix_dataset_flash"

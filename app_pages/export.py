@@ -7,7 +7,7 @@ from pathlib import Path
 import plotly.express as px
 import streamlit as st
 
-from mlfix import export
+from mlfix.review import export
 from mlfix.ui import loaders, state, team
 
 

@@ -19,9 +19,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from mlfix import review_actions, thumbnails
-from mlfix.reviews import StoreUnavailable
-from mlfix.ui import confusion_section, grid, state, team
+from mlfix.data import thumbnails
+from mlfix.review import actions as review_actions
+from mlfix.project import Project
+from mlfix.review.store import ReviewStore, StoreUnavailable
+from mlfix.ui import access, confusion_section, grid, state, team
 
 GRID_KEY = "mlfix_review_grid"
 PAGE_KEY = "mlfix_review_page"
@@ -42,39 +44,27 @@ NEIGHBOURS = 8
 # ------------------------------------------------------------------------------------ data
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _store_for(project_dir: str):
-    from mlfix.reviews import ReviewStore
-
-    return ReviewStore.for_project(project_dir)
+def review_store(project: Project) -> ReviewStore:
+    """The project's decisions store (one per open project: it holds a connection pool)."""
+    return project.reviews
 
 
-def review_store(project):
-    """The project's decisions store (``project.reviews`` when the project offers it)."""
-    store = getattr(project, "reviews", None)
-    return store if store is not None and hasattr(store, "record") else _store_for(str(project.dir))
-
-
-def published_views(project) -> dict[str, dict]:
+def published_views(project: Project) -> dict[str, dict]:
     """``{name: {sample_ids, note, created}}`` published from a notebook; {} when none or unsupported."""
     try:
-        if hasattr(project, "views"):
-            return dict(project.views())
-        from mlfix.views import list_views
-
-        return list_views(project.dir)
+        return dict(project.views())
     except Exception:  # a damaged view file must not break the page
         return {}
 
 
-def score_table(project) -> pd.DataFrame | None:
+def score_table(project: Project) -> pd.DataFrame | None:
     """The project's last computed scores, or None. Never computes them here: that is slow work
     for the Training page or a notebook (``project.scores()``), and would import torch."""
     path = Path(project.dir) / "scores.parquet"
     if not path.exists():
         return None
     try:
-        table = project.cached_scores() if hasattr(project, "cached_scores") else pd.read_parquet(path)
+        table = project.cached_scores()
     except Exception:  # scores being rewritten, or an old format: sort by similarity only
         return None
     return table if isinstance(table, pd.DataFrame) and "sample_id" in table.columns else None
@@ -85,7 +75,7 @@ def _scores_by_id(project_dir: str, stamp: tuple, _scores: pd.DataFrame) -> pd.D
     return _scores.drop_duplicates("sample_id").set_index("sample_id")
 
 
-def scores_by_id(project, scores: pd.DataFrame | None) -> pd.DataFrame | None:
+def scores_by_id(project: Project, scores: pd.DataFrame | None) -> pd.DataFrame | None:
     """The scores indexed by sample id (made once per version of scores.parquet)."""
     from mlfix.ui import loaders
 
@@ -100,7 +90,7 @@ def score_columns(table: pd.DataFrame | None) -> list[str]:
     return [c for c in table.columns if c == "score" or c.startswith("score_")]
 
 
-def ordered_ids(project, label: str | None, view: dict | None, sort: str,
+def ordered_ids(project: Project, label: str | None, view: dict | None, sort: str,
                 scores: pd.DataFrame | None) -> tuple[np.ndarray, str | None]:
     """The sample ids to review in order, and a note when the order is a fallback."""
     samples = project.samples
@@ -108,7 +98,7 @@ def ordered_ids(project, label: str | None, view: dict | None, sort: str,
     if view is not None:
         wanted = np.asarray(view["sample_ids"], dtype=object)
         ids = wanted[pd.Index(samples["sample_id"].to_numpy()).get_indexer(wanted) >= 0]
-    elif getattr(project, "is_indexed", False):
+    elif project.is_indexed:
         ids = np.asarray(project.order(label), dtype=object)
     else:
         subset = samples if label is None else samples[samples["label"] == label]
@@ -131,7 +121,7 @@ def _ordering(project_dir: str, stamp: tuple, label: str | None, view_key: tuple
     return ids, pd.Index(ids), note
 
 
-def ordering(project, label: str | None, view_name: str, view: dict | None, sort: str,
+def ordering(project: Project, label: str | None, view_name: str, view: dict | None, sort: str,
              scores: pd.DataFrame | None) -> tuple[np.ndarray, pd.Index, str | None]:
     """:func:`ordered_ids` plus a hash index of them, cached while the files that made them are
     unchanged (a class of 100,000 is not re-read and re-hashed at every key press)."""
@@ -151,7 +141,7 @@ def _sample_tables(project_dir: str, stamp: tuple, _project) -> tuple[pd.Series,
     return originals, list(_project.labels)
 
 
-def sample_tables(project) -> tuple[pd.Series, list[str]]:
+def sample_tables(project: Project) -> tuple[pd.Series, list[str]]:
     """(given label by sample id, sorted labels), made once per version of samples.parquet."""
     from mlfix.ui import loaders
 
@@ -162,7 +152,7 @@ def _state_of(store, index: pd.Index, originals: pd.Series) -> pd.DataFrame:
     """The review state (status, current label) of those samples of ``index`` that have decisions,
     by sample id; the others are unreviewed. Costs lookups of the decided ids, not a pass over the
     class (a class of a million images is as fast as one of a hundred)."""
-    from mlfix.decision_log import derive_state
+    from mlfix.review.log import derive_state
 
     log = store.decisions()
     decided = log["sample_id"].unique()
@@ -198,7 +188,7 @@ def _applier() -> review_actions.BatchApplier:
     return st.session_state[APPLIER_KEY]
 
 
-def _apply_actions(project, store, labels: list[str], view: str | None) -> None:
+def _apply_actions(project: Project, store, labels: list[str], view: str | None) -> None:
     """Callback of the grid's ``actions`` trigger: store the batch (exactly once), move pages."""
     st.session_state[BATCHES_KEY] = st.session_state.get(BATCHES_KEY, 0) + 1
     try:
@@ -211,9 +201,9 @@ def _apply_actions(project, store, labels: list[str], view: str | None) -> None:
         st.session_state[FOCUS_KEY] = payload["focus"]
     if not payload.get("actions"):
         return  # a focus move only
-    known = project.row_of if hasattr(project, "row_of") else None
+    known = project.row_of
     try:
-        result = _applier().apply(payload, store, labels, state.reviewer(),
+        result = _applier().apply(payload, store, labels, access.reviewer(),
                                   known_ids=(lambda s: _is_known(known, s)) if known else None,
                                   view=view)
     except Exception as err:  # the grid resends the batch; say why it was not stored
@@ -247,7 +237,7 @@ def _focused_id() -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _panel(project, store, focus: str, url_for, originals: pd.Series, scores: pd.DataFrame | None,
+def _panel(project: Project, store, focus: str, url_for, originals: pd.Series, scores: pd.DataFrame | None,
            sort: str) -> dict:
     """The side panel of the focused image: a larger thumbnail and its nearest neighbours."""
     big = thumbnails.for_project(project, PANEL_SIZE)
@@ -259,7 +249,7 @@ def _panel(project, store, focus: str, url_for, originals: pd.Series, scores: pd
         if column is not None and not pd.isna(row[column]):
             panel["score"] = float(row[column])
     try:
-        near = list(project.neighbours(focus, k=NEIGHBOURS)) if getattr(project, "is_indexed", False) else []
+        near = list(project.neighbours(focus, k=NEIGHBOURS)) if project.is_indexed else []
     except Exception:
         near = []
     if near:
@@ -325,7 +315,7 @@ def main() -> None:
     st.session_state[PAGE_KEY] = page
     if len(ids):  # with several reviewers, the page on screen is this reviewer's for a while
         page = team.claim_page(store, f"{view_name if view is not None else label} · {sort} · {page_size}",
-                               page, pages, state.reviewer(), PAGE_KEY)
+                               page, pages, access.reviewer(), PAGE_KEY)
         if page is None:
             return
     cols[3].button("Prev", key="mlfix_review_prev", icon=":material/chevron_left:", on_click=_turn_page,

@@ -1,6 +1,6 @@
 """Training: start, stop and resume Barlow Twins training and indexing; live progress.
 
-The work runs in a background process (:mod:`mlfix.jobs`), never in this script run: a page
+The work runs in a background process (:mod:`mlfix.service.jobs`), never in this script run: a page
 refresh neither blocks nor kills it. While a job runs, only the progress fragment refreshes.
 """
 
@@ -17,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from mlfix import jobs
+from mlfix.service import jobs
 from mlfix.ui import loaders, state
 
 REFRESH_S = 2.0
@@ -175,19 +175,19 @@ def _index_controls(project, running: bool) -> None:
                "did not change are reused.")
     settings = project.settings
     trained = (project.dir / "models" / "last.pt").is_file()
-    weights = settings.get("weights", "auto")
-    st.markdown(f"Backbone **{settings.get('backbone')}**, weights **{weights}**"
+    weights = str(settings.weights)
+    st.markdown(f"Backbone **{settings.backbone}**, weights **{weights}**"
                 f"{' (the trained checkpoint)' if weights == 'auto' and trained else ''}, "
-                f"{settings.get('image_size')} px, {settings.get('words')} words.")
+                f"{settings.image_size} px, {settings.words} words.")
     with st.expander("Change settings for this run"):
         c1, c2 = st.columns(2)
-        size = c1.number_input("Image size (px)", 32, 1024, int(settings.get("image_size", 224)), 16,
+        size = c1.number_input("Image size (px)", 32, 1024, settings.image_size, 16,
                                key="ix_size")
-        words = c2.number_input("Visual words", 8, 65536, int(settings.get("words", 1024)), 64, key="ix_words")
+        words = c2.number_input("Visual words", 8, 65536, settings.words, 64, key="ix_words")
     args = []
-    if int(size) != int(settings.get("image_size", 224)):
+    if int(size) != settings.image_size:
         args += ["--image-size", str(int(size))]
-    if int(words) != int(settings.get("words", 1024)):
+    if int(words) != settings.words:
         args += ["--words", str(int(words))]
     label = "Index again" if project.is_indexed else "Start indexing"
     if st.button(label, type="primary", disabled=running, key="ix_start"):

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlfix.server import running_app
+from mlfix.service.server import running_app
 from bench.common import emit, parser
 from bench.review_page import CHROMIUM
 

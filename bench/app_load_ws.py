@@ -49,7 +49,7 @@ from pathlib import Path
 
 from bench.app_load import bench_project, stats
 from bench.common import emit, parser
-from mlfix.server import running_app
+from mlfix.service.server import running_app
 
 LIMIT_S = 120
 PAGE = "review"

@@ -36,7 +36,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from bench.common import emit, parser
 from bench.detect_features import DEFAULT_BACKBONE, bags_path, features, flip_averaged, load_labels, word_bags
-from mlfix import probe, scores
+from mlfix.scoring import probe, scores
 
 BENCH = "detect"
 FLIP_SEED = 0
@@ -45,7 +45,7 @@ FLIP_RATE = 0.05
 
 def backbone_text(name: str, tta_flip: bool = False) -> str:
     """The setup's backbone field: name, weights, the timm architecture, flip TTA."""
-    from mlfix.backbone import architecture
+    from mlfix.pipeline.backbone import architecture
 
     return f"{name} offline (ImageNet; timm {architecture(name)}){' + flip TTA' if tta_flip else ''}"
 
@@ -168,7 +168,7 @@ def evaluate(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, se
 
 def word_figures(name: str, bags: np.ndarray, labels: np.ndarray, truth: np.ndarray, setup: dict) -> None:
     """The visual-word vote's detection figures and the purity of the seed's greedy order on bags."""
-    from mlfix.ordering import greedy_order
+    from mlfix.pipeline.ordering import greedy_order
 
     n = len(labels)
     table = scores.word_vote(bags, labels, np.arange(n))

@@ -7,10 +7,10 @@ that costs nothing extra to keep). The key names the timm architecture mlfix bui
 (``tf_efficientnet_lite0`` for ``efficientnet_lite0``), so features from an older build are not reused.
 ``flip`` caches the mirrored images' features; :func:`flip_averaged` is the flip test-time augmentation.
 An ensemble (``efficientnet_lite0+efficientnet_lite2``) is its members' cached features side by side
-(cells: the first member's), which is what ``mlfix.backbone.BackboneEnsemble`` computes
-(tests/test_backbone_ensemble.py); its flip average is therefore the members' flip averages.
+(cells: the first member's), which is what ``mlfix.pipeline.backbone.BackboneEnsemble`` computes
+(tests/pipeline/test_backbone_ensemble.py); its flip average is therefore the members' flip averages.
 
-``mlfix.features.extract`` is used when it exists; until then (and as a fallback) a plain batched loop
+``mlfix.pipeline.features.extract`` is used when it exists; until then (and as a fallback) a plain batched loop
 over the same ``image_transform`` gives the same vectors.
 
 Run alone to fill the cache:
@@ -50,7 +50,7 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 def _arch(backbone: str) -> str:
-    from mlfix.backbone import architecture
+    from mlfix.pipeline.backbone import architecture
 
     return architecture(backbone)
 
@@ -62,7 +62,7 @@ def cache_path(dataset: str, n: int, size: int, flip: bool, backbone: str = DEFA
 def features(dataset: str, n: int, size: int, flip: bool = False, backbone: str = DEFAULT_BACKBONE,
              batch_size: int = 64, log=print) -> dict[str, np.ndarray]:
     """Pooled and cell-mean features for the first ``n`` images of ``dataset`` (cached)."""
-    from mlfix.backbone import ENSEMBLE_SEPARATOR
+    from mlfix.pipeline.backbone import ENSEMBLE_SEPARATOR
 
     if ENSEMBLE_SEPARATOR in backbone:
         parts = [features(dataset, n, size, flip, member, batch_size, log)
@@ -93,8 +93,8 @@ def flip_averaged(dataset: str, n: int, size: int, backbone: str = DEFAULT_BACKB
 def _extract(dataset, table, size, flip, backbone_name, batch_size, log) -> dict[str, np.ndarray]:
     import torch
 
-    from mlfix.backbone import create_backbone, image_transform
-    from mlfix.dataset import DataRoot, load_image
+    from mlfix.pipeline.backbone import create_backbone, image_transform
+    from mlfix.data.dataset import DataRoot, load_image
 
     torch.manual_seed(0)
     # channels_last on both model and input: about 2x faster on this CPU
@@ -123,17 +123,17 @@ def bags_path(dataset: str, n: int, size: int, k: int, backbone: str = DEFAULT_B
 def word_bags(dataset: str, n: int, size: int, k: int = 1024, backbone: str = DEFAULT_BACKBONE,
               seed: int = 0, log=print) -> dict[str, np.ndarray]:
     """Bags of visual words (packed, as a project's codebook/bags.npy) plus the pooled vectors of the
-    same pass, through ``mlfix.features.extract`` and ``mlfix.codebook`` (cached)."""
+    same pass, through ``mlfix.pipeline.features.extract`` and ``mlfix.pipeline.codebook`` (cached)."""
     path = bags_path(dataset, n, size, k, backbone)
     if path.exists():
         with np.load(path) as data:
             return {key: data[key] for key in data.files}
     import torch
 
-    from mlfix.backbone import create_backbone
-    from mlfix.codebook import Codebook, pack_bags
-    from mlfix.dataset import DataRoot
-    from mlfix.features import extract
+    from mlfix.pipeline.backbone import create_backbone
+    from mlfix.pipeline.codebook import Codebook, pack_bags
+    from mlfix.data.dataset import DataRoot
+    from mlfix.pipeline.features import extract
 
     torch.manual_seed(0)
     table = load_labels(dataset, n)

@@ -3,7 +3,7 @@
     python -m bench.extraction [--quick]
 
 Figures:
-- ``pipeline_vs_forward``: images/s of :func:`mlfix.features.extract` (decode in workers, resize,
+- ``pipeline_vs_forward``: images/s of :func:`mlfix.pipeline.features.extract` (decode in workers, resize,
   forward, cells handed to a callback) over images/s of the bare forward on the same batches, made
   once in memory beforehand (goal: at least 90%). On flowers17 photos when present, else generated.
 - ``kmeans_seconds`` and ``kmeans_peak_mb`` at 200k and 1M cells (k=1024, d=256, 20 iterations;
@@ -18,7 +18,7 @@ from bench.common import emit, parser, peak_rss_mb, require_shared, reset_peak_r
 
 
 def flowers_samples(limit: int):
-    from mlfix.dataset import scan
+    from mlfix.data.dataset import scan
 
     folder = require_shared("flowers17")
     if folder is None:
@@ -30,9 +30,9 @@ def flowers_samples(limit: int):
 def bench_pipeline(n: int, image_size: int, batch_size: int) -> None:
     import torch
 
-    from mlfix.backbone import create_backbone
-    from mlfix.dataset import DataRoot
-    from mlfix.features import SampleImages, extract
+    from mlfix.pipeline.backbone import create_backbone
+    from mlfix.data.dataset import DataRoot
+    from mlfix.pipeline.features import SampleImages, extract
 
     result, samples = flowers_samples(n)
     if result is None:
@@ -60,7 +60,7 @@ def bench_pipeline(n: int, image_size: int, batch_size: int) -> None:
 
 
 def bench_kmeans(cells: int, dim: int = 256, k: int = 1024) -> None:
-    from mlfix.codebook import Codebook
+    from mlfix.pipeline.codebook import Codebook
 
     rng = np.random.default_rng(0)
     centers = rng.normal(0, 1, (k, dim)).astype(np.float32)

@@ -6,11 +6,11 @@ For each data set (flowers17: 1,360 photos, 17 classes; cifar10n: the first 10k 
 ``clean_label``) and each backbone:
 
 - ``random``: resnet18, random init (seed 0);
-- ``barlow_twins``: resnet18 trained from random init with :func:`mlfix.pretrain.train_barlow_twins`
+- ``barlow_twins``: resnet18 trained from random init with :func:`mlfix.training.barlow_twins.train_barlow_twins`
   on the same images for the stated number of epochs (labels unused);
 - ``offline_imagenet``: efficientnet_lite0 with the offline ImageNet weights.
 
-the pooled features are extracted with :func:`mlfix.features.extract`, L2-normalised, and every image
+the pooled features are extracted with :func:`mlfix.pipeline.features.extract`, L2-normalised, and every image
 is classified by a majority vote of its k=20 nearest neighbours (cosine, leave-one-out; ties go to the
 label of the nearest tied neighbour). The figure is the fraction that matches the clean label.
 
@@ -77,7 +77,7 @@ def knn_vote(neighbours: np.ndarray, codes: np.ndarray, classes: int, k: int = K
 
 
 def evaluate(name: str, data: str, root, samples, labels, backbone, image_size: int, **setup) -> float:
-    from mlfix.features import extract
+    from mlfix.pipeline.features import extract
 
     start = time.perf_counter()
     result = extract(root, samples, backbone, image_size=image_size, batch_size=64, device="cpu")
@@ -94,9 +94,9 @@ def run_dataset(data: str, limit: int | None, label_column: str, epochs: int, tr
                 batch_size: int, offline_size: int, fresh: bool, quick: bool) -> None:
     import torch
 
-    from mlfix.backbone import create_backbone
-    from mlfix.dataset import DataRoot
-    from mlfix.pretrain import train_barlow_twins
+    from mlfix.pipeline.backbone import create_backbone
+    from mlfix.data.dataset import DataRoot
+    from mlfix.training.barlow_twins import train_barlow_twins
     from mlfix.progress import Progress
 
     folder = require_shared(data)

@@ -19,7 +19,7 @@ import tracemalloc
 import numpy as np
 
 from bench.common import emit, parser, peak_rss_mb, timer
-from mlfix.ordering import approximate_order, greedy_order, mean_shared_words, seed_greedy_order
+from mlfix.pipeline.ordering import approximate_order, greedy_order, mean_shared_words, seed_greedy_order
 
 BENCH = "ordering"
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlfix.server import running_app
+from mlfix.service.server import running_app
 from bench.common import emit, parser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def build_project(folder: Path, limit: int | None):
 def bench_apptest(project, repeats: int) -> None:
     from streamlit.testing.v1 import AppTest
 
-    from mlfix.reviews import ReviewStore
+    from mlfix.review.store import ReviewStore
 
     at = AppTest.from_file(PAGE, default_timeout=300)
     at.session_state["mlfix_project_dir"] = str(project.dir)
@@ -130,7 +130,7 @@ def large_project(folder: Path, n: int, classes: int = 10):
 def bench_large(n: int, repeats: int) -> None:
     from streamlit.testing.v1 import AppTest
 
-    from mlfix.reviews import ReviewStore
+    from mlfix.review.store import ReviewStore
 
     with tempfile.TemporaryDirectory(prefix="mlfix-bench-large-") as tmp:
         start = time.perf_counter()

@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 
 from bench.common import emit, parser, timer
-from mlfix.decision_log import derive_state
-from mlfix.reviews import ReviewStore, sqlite_url
+from mlfix.review.log import derive_state
+from mlfix.review.store import ReviewStore, sqlite_url
 
 BENCH = "reviews"
 CTX = multiprocessing.get_context("fork")

@@ -6,7 +6,7 @@ For each image size, in one process:
 
 - ``bare_step``: images/s of the bare training step (two views through resnet18 + a 2048-d
   projection head, lightly's BarlowTwinsLoss, backward, AdamW) on random tensors made beforehand;
-- ``train_loop``: images/s of :func:`mlfix.pretrain.train_barlow_twins` on real photos (flowers17
+- ``train_loop``: images/s of :func:`mlfix.training.barlow_twins.train_barlow_twins` on real photos (flowers17
   when present, else generated images): decoding, lightly's two-view augmentations in a DataLoader
   worker, the same step, progress records. Measured between the end of the first and the last step,
   so start-up (imports, model creation, worker start) is left out; the end-of-epoch work
@@ -36,7 +36,7 @@ def bare_rate(image_size: int, batch_size: int, steps: int) -> float:
     from lightly.loss import BarlowTwinsLoss
     from lightly.models.modules import BarlowTwinsProjectionHead
 
-    from mlfix.backbone import create_backbone
+    from mlfix.pipeline.backbone import create_backbone
 
     torch.manual_seed(0)
     model = create_backbone("resnet18", "random").to(memory_format=torch.channels_last).train()
@@ -82,7 +82,7 @@ def loop_rate(root, samples, image_size: int, batch_size: int, steps: int) -> tu
     """(images/s between the first and last step, seconds after the last step) of the real loop."""
     import torch
 
-    from mlfix.pretrain import train_barlow_twins
+    from mlfix.training.barlow_twins import train_barlow_twins
 
     times = StepTimes()
     with tempfile.TemporaryDirectory() as folder:
@@ -96,7 +96,7 @@ def loop_rate(root, samples, image_size: int, batch_size: int, steps: int) -> tu
 
 def data(n: int):
     """flowers17 photos when present, else n generated 256 px images."""
-    from mlfix.dataset import DataRoot, scan
+    from mlfix.data.dataset import DataRoot, scan
 
     folder = require_shared("flowers17")
     if folder is not None:

@@ -1,7 +1,7 @@
 """The ``mlfix`` command: index, train, scores, serve.
 
     mlfix index --images PATH [--labels CSV | --coco JSON] --project DIR [--backbone NAME[+NAME...]]
-                [--image-size PX] [--tta-flip] [--words K] [--weights FILE|imagenet|offline|random]
+                [--image-size PX] [--tta-flip] [--words K] [--weights auto|random|imagenet|offline|trained|FILE]
     mlfix train --project DIR [--epochs N] [--batch-size B] [--image-size PX] [--init random|imagenet|FILE] [--no-flip]
     mlfix scores --project DIR [-o scores.csv]
     mlfix serve --project DIR [--port PORT] [--address ADDR] [--db URL]
@@ -41,11 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     _add_scores(commands)
     _add_serve(commands)
     args = parser.parse_args(argv)
-    from mlfix.project import NotAProjectError
+    from mlfix.errors import MlfixError
 
     try:
         return args.run(args) or 0
-    except (OSError, ValueError, RuntimeError, KeyError, NotAProjectError) as err:
+    except (MlfixError, OSError, ValueError, RuntimeError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"mlfix {args.command}: error: {message}", file=sys.stderr)
         return 2
@@ -61,7 +61,8 @@ def _add_index(commands) -> None:
     p.add_argument("--padding", type=float, default=0.0, help="COCO crops: context around boxes (fraction)")
     p.add_argument("--backbone", help="timm model name (default resnet18); join names with + for an ensemble, "
                                       "e.g. efficientnet_lite0+efficientnet_lite1+efficientnet_lite2")
-    p.add_argument("--weights", help="random | imagenet (internet) | offline | FILE (default: trained, else random)")
+    p.add_argument("--weights", help="auto | random | imagenet (internet) | offline | trained | FILE (a path, or "
+                                     "file:NAME); default auto: the project's trained checkpoint, else random")
     p.add_argument("--image-size", type=int, help="input size in px; small images are scaled up (default 224)")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
                    help="average each image's features with its mirror image's (twice the extraction)")
@@ -120,7 +121,8 @@ def _add_train(commands) -> None:
 
 
 def run_train(args) -> int:
-    from mlfix.pretrain import checkpoint_summary, train_barlow_twins
+    from mlfix.training.barlow_twins import train_barlow_twins
+    from mlfix.training.checkpoints import checkpoint_summary
     from mlfix.project import Project
 
     project = Project.open(args.project)
@@ -134,7 +136,7 @@ def run_train(args) -> int:
     openmp_waits_for_training(int(settings["image_size"]))
     progress = Progress("train", project.dir / "progress")
     checkpoint = train_barlow_twins(project.root, readable, project.dir / "models",
-                                    backbone=project.settings["backbone"], seed=int(project.settings["seed"]),
+                                    backbone=project.settings.backbone, seed=project.settings.seed,
                                     workers=args.workers, device=args.device, progress=progress,
                                     resume=not args.restart, **settings)
     print(f"checkpoint: {checkpoint}\nrun `mlfix index --project {args.project}` to index with it")
@@ -182,20 +184,20 @@ def run_serve(args) -> int:
     import subprocess
 
     from mlfix.project import Project
-    from mlfix.reviews import ReviewStore, StoreUnavailable
+    from mlfix.review.store import ENV_DB_URL, ReviewStore, StoreUnavailable
 
     project = Project.open(args.project)
     env = dict(os.environ)
     if args.db:
-        env["MLFIX_DB_URL"] = args.db
-    if env.get("MLFIX_DB_URL"):
+        env[ENV_DB_URL] = args.db
+    if env.get(ENV_DB_URL):
         # Reach the database now, so a wrong URL or a server that is down is said here, once.
         try:
-            ReviewStore.connect_with_retry(env["MLFIX_DB_URL"], attempts=max(1, args.db_retries)).close()
+            ReviewStore.connect_with_retry(env[ENV_DB_URL], attempts=max(1, args.db_retries)).close()
         except (StoreUnavailable, ValueError) as error:
             print(f"mlfix serve: {error}", file=sys.stderr)
             return 2
-    from mlfix.server import APP_ROOT, app_command
+    from mlfix.service.server import APP_ROOT, app_command
 
     return subprocess.call(app_command(project.dir, args.port, args.address), env=env, cwd=APP_ROOT)
 

@@ -15,38 +15,21 @@ Example (a notebook):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tomllib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mlfix.dataset import DataRoot, load_image, problems_frame, scan
-from mlfix.progress import Progress
+from mlfix.data.dataset import DataRoot, load_image, problems_frame, scan
+from mlfix.errors import NotAProjectError, NotIndexedError
+from mlfix.pipeline.artifacts import atomic_parquet, read_key, same_key, write_key
+from mlfix.progress import Progress, ProgressFn
+from mlfix.settings import CONFIG_NAME, IndexSettings, read_config, write_config
 
-CONFIG_NAME = "mlfix.toml"
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "backbone": "resnet18",
-    "weights": "auto",  # the project's trained checkpoint when there is one, else random init
-    "image_size": 224,
-    "tta_flip": False,  # average each image's features with its mirror image's (twice the extraction)
-    "cell_stride": 16,
-    "words": 1024,
-    "kmeans_iterations": 20,
-    "seed": 0,
-    "batch_size": 64,
-    "cell_cache_gb": 4.0,  # keep all cell vectors on disk (float16) when they fit: a new --words is then cheap
-    "exact_order_max": 50_000,  # larger groups are ordered approximately
-}
-ProgressFn = Callable[[int, int], None]
-
-
-class NotAProjectError(Exception):
-    """The folder has no ``mlfix.toml``."""
+__all__ = ["Project", "NotAProjectError"]
 
 
 class Project:
@@ -54,16 +37,7 @@ class Project:
 
     def __init__(self, directory: str | os.PathLike):
         self.dir = Path(directory).expanduser().resolve()
-        config_path = self.dir / CONFIG_NAME
-        if not config_path.is_file():
-            raise NotAProjectError(f"{self.dir} is not an mlfix project (no {CONFIG_NAME}); "
-                                   "create one with `mlfix index --images PATH --project DIR`")
-        try:
-            config = tomllib.loads(config_path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise NotAProjectError(f"{config_path} is not a valid mlfix.toml: {err}") from None
-        self.source: dict = config.get("source", {})
-        self.settings: dict = {**DEFAULT_SETTINGS, **config.get("index", {})}
+        self.source, self.settings = read_config(self.dir)  # NotAProjectError when it is not one
         self._cache: dict[str, Any] = {}
 
     # ---- creating and opening -------------------------------------------------------------------
@@ -73,16 +47,14 @@ class Project:
                labels: str | os.PathLike | None = None, coco: str | os.PathLike | None = None,
                padding: float = 0.0, progress: ProgressFn | None = None, **settings) -> "Project":
         """Scan ``images`` (+ a labels CSV or COCO file) into a new project (or rescan an existing one)."""
-        unknown = set(settings) - set(DEFAULT_SETTINGS)
-        if unknown:
-            raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(DEFAULT_SETTINGS)}")
+        base = cls.open(directory).settings if cls.is_project(directory) else IndexSettings()
+        chosen = base.replace(**settings)  # validated before the scan: a typo costs no time
         directory = Path(directory).expanduser().resolve()
         directory.mkdir(parents=True, exist_ok=True)
         result = scan(images, labels=labels, coco=coco, padding=padding, progress=progress)
-        _atomic_parquet(result.samples, directory / "samples.parquet")
-        _atomic_parquet(result.problems, directory / "problems.parquet")
-        previous = cls.open(directory).settings if cls.is_project(directory) else {}
-        _write_config(directory, result.source, {**DEFAULT_SETTINGS, **previous, **settings})
+        atomic_parquet(result.samples, directory / "samples.parquet")
+        atomic_parquet(result.problems, directory / "problems.parquet")
+        write_config(directory, result.source, chosen)
         return cls(directory)
 
     @classmethod
@@ -149,14 +121,14 @@ class Project:
     def index(self, progress: Progress | None = None, workers: int | None = None,
               device: str | None = None, **overrides) -> "Project":
         """Run features -> codebook -> bags -> orderings, reusing every artifact whose key matches."""
-        from mlfix.indexing import run_index
+        from mlfix.pipeline.index import run_index
+        from mlfix.training.checkpoints import resolve_weights
 
-        unknown = set(overrides) - set(DEFAULT_SETTINGS)
-        if unknown:
-            raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(DEFAULT_SETTINGS)}")
-        self.settings.update({k: v for k, v in overrides.items() if v is not None})
-        _write_config(self.dir, self.source, self.settings)
-        run_index(self, progress or Progress("index", self.dir / "progress"), workers=workers, device=device)
+        self.settings = self.settings.replace(**overrides)
+        write_config(self.dir, self.source, self.settings)
+        weights, weights_id = resolve_weights(self.settings, self.dir)
+        run_index(self.dir, self.settings, self.root, weights, weights_id,
+                  progress or Progress("index", self.dir / "progress"), workers=workers, device=device)
         self._cache = {k: v for k, v in self._cache.items() if k == "root"}
         return self
 
@@ -166,13 +138,13 @@ class Project:
 
     def trained_weights(self) -> Path | None:
         """The project's last training checkpoint (models/last.pt), if any."""
-        from mlfix.pretrain import trained_weights_path
+        from mlfix.training.checkpoints import trained_weights_path
 
         return trained_weights_path(self.dir)
 
     def _require_index(self) -> None:
         if not self.is_indexed:
-            raise RuntimeError(f"project {self.dir} is not indexed yet: run `mlfix index --project {self.dir}`")
+            raise NotIndexedError(f"project {self.dir} is not indexed yet: run `mlfix index --project {self.dir}`")
 
     def _array(self, relative: str, mmap: bool = True) -> np.ndarray:
         self._require_index()
@@ -219,7 +191,7 @@ class Project:
         The index holds readable samples only, so ``k`` come back whenever ``k`` others are readable
         (an unreadable image has no embedding worth comparing).
         """
-        from mlfix.scores import cosine_index
+        from mlfix.scoring.scores import cosine_index
 
         if "knn_index" not in self._cache:
             rows = np.flatnonzero(self.readable())
@@ -235,14 +207,14 @@ class Project:
     # ---- suspected label errors -----------------------------------------------------------------
 
     def scores(self, methods=None) -> pd.DataFrame:
-        """Suspected label errors, highest score first is most suspect (see mlfix.scores).
+        """Suspected label errors, highest score first is most suspect (see mlfix.scoring.scores).
 
         Columns: sample_id, path, label, score, suggested_label, then ``score_<method>`` and
         ``suggested_<method>`` per method. The review loop learns: labels are the corrected ones
         and samples a reviewer relabeled or confirmed are trusted. Recomputed only when the index
         or the decisions changed since the last call; :meth:`cached_scores` never recomputes.
         """
-        from mlfix.scores import compute_scores
+        from mlfix.scoring.scores import compute_scores
 
         self._require_index()
         samples = self.samples
@@ -250,16 +222,16 @@ class Project:
         key = {"index": read_key(self.dir / "orders" / "orders.key.json"), "decisions": self.reviews.last_id(),
                "methods": sorted(methods) if methods else None}
         path = self.dir / "scores.parquet"
-        if read_key(self.dir / "scores.key.json") == json.loads(json.dumps(key, default=str)) and path.exists():
+        if same_key(self.dir / "scores.key.json", key) and path.exists():
             return pd.read_parquet(path)
         rows = np.flatnonzero(self.readable())
         trusted = state["status"].isin(["ok", "relabeled"]).to_numpy()
         table = compute_scores(np.asarray(self.pooled()[rows], dtype=np.float32),
                                state["label"].to_numpy()[rows], samples["sample_id"].to_numpy()[rows],
                                bags=np.asarray(self.bags()[rows]), trusted=trusted[rows],
-                               methods=methods, seed=int(self.settings["seed"]))
+                               methods=methods, seed=self.settings.seed)
         table.insert(1, "path", samples["path"].to_numpy()[rows])
-        _atomic_parquet(table, path)
+        atomic_parquet(table, path)
         write_key(self.dir / "scores.key.json", key)
         return table
 
@@ -273,11 +245,10 @@ class Project:
     @property
     def reviews(self):
         """The decisions store: ``MLFIX_DB_URL`` when set, else ``reviews.db`` in the project."""
-        from mlfix.reviews import ReviewStore, sqlite_url
+        from mlfix.review.store import ReviewStore
 
         if "reviews" not in self._cache:
-            url = os.environ.get("MLFIX_DB_URL") or sqlite_url(self.dir / "reviews.db")
-            self._cache["reviews"] = ReviewStore(url, labels=self.labels)
+            self._cache["reviews"] = ReviewStore.for_project(self.dir, labels=self.labels)
         return self._cache["reviews"]
 
     def decisions(self) -> pd.DataFrame:
@@ -285,28 +256,28 @@ class Project:
         return self.reviews.decisions()
 
     def corrected_labels(self) -> pd.DataFrame:
-        """One row per sample: original and corrected label, status, reviewer (see mlfix.export)."""
-        from mlfix.export import export_table
+        """One row per sample: original and corrected label, status, reviewer (see mlfix.review.export)."""
+        from mlfix.review.export import export_table
 
         samples = self.samples
         return export_table(samples, self.reviews.current_state(samples[["sample_id", "label"]]))
 
     def publish_view(self, name: str, sample_ids, note: str = "") -> Path:
         """Publish a named list of samples; it appears in the Review page's view picker."""
-        from mlfix.views import publish_view
+        from mlfix.review.views import publish_view
 
         return publish_view(self.dir, name, sample_ids, note=note,
                             known_ids=self.samples["sample_id"].to_numpy())
 
     def views(self) -> dict[str, dict]:
         """Published views: ``{name: {"sample_ids", "note", "created"}}``."""
-        from mlfix.views import list_views
+        from mlfix.review.views import list_views
 
         return list_views(self.dir)
 
     def serve(self, port: int | None = None, address: str = "localhost") -> str:
         """Start the app on this project in a background process; returns its URL."""
-        from mlfix.server import free_port, start_app
+        from mlfix.service.server import free_port, start_app
 
         port = port or free_port()
         log = open(self.dir / "serve.log", "ab")
@@ -318,50 +289,3 @@ class Project:
         from mlfix.progress import read_progress
 
         return read_progress(self.dir / "progress" / f"{job}.jsonl")
-
-
-# ---- small file helpers used by the stages ------------------------------------------------------
-
-def _write_config(directory: Path, source: dict, settings: dict) -> None:
-    import tomli_w
-
-    clean_source = {k: v for k, v in source.items() if v is not None}
-    text = tomli_w.dumps({"source": clean_source, "index": {k: v for k, v in settings.items() if v is not None}})
-    _atomic_write_text(directory / CONFIG_NAME, text)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _atomic_parquet(table: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
-def frame_digest(table: pd.DataFrame, columns: list[str]) -> str:
-    """A short content hash of some columns (vectorised)."""
-    hashed = pd.util.hash_pandas_object(table[columns], index=False).to_numpy()
-    return hashlib.sha1(hashed.tobytes()).hexdigest()[:16]
-
-
-def read_key(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def write_key(path: Path, key: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, json.dumps(key, sort_keys=True, default=str))

@@ -29,7 +29,7 @@ def test_index_from_a_csv_with_bad_rows_reports_problems_and_completes(tiny_imag
     assert "3 files skipped" in out and "leaves the data root" in out and "not an image" in out
     project = Project.open(project_dir)
     assert project.is_indexed and len(project.problems) == 3
-    assert project.settings["image_size"] == 64 and project.settings["words"] == 32
+    assert project.settings.image_size == 64 and project.settings.words == 32
 
 
 def test_index_with_an_ensemble_and_flip_tta_keys_its_features_by_both(tiny_image_folder, tmp_path, capsys):
@@ -40,7 +40,7 @@ def test_index_with_an_ensemble_and_flip_tta_keys_its_features_by_both(tiny_imag
                  "--backbone", "resnet18+resnet18", "--tta-flip", "--image-size", "64", "--words", "32",
                  "--weights", "random"]) == 0
     project = Project.open(project_dir)
-    assert project.settings["tta_flip"] is True and project.settings["backbone"] == "resnet18+resnet18"
+    assert project.settings.tta_flip is True and project.settings.backbone == "resnet18+resnet18"
     assert project.pooled().shape == (40, 1024)
     key = json.loads((project_dir / "features" / "words.key.json").read_text())
     assert key["tta_flip"] is True and key["architecture"] == "resnet18+resnet18"
@@ -101,7 +101,7 @@ def test_train_then_index_uses_the_trained_backbone_and_a_resume_keeps_its_setti
     assert main([*train, "--epochs", "1"]) == 0
     # a second call that names only --epochs resumes with the first run's settings (no CheckpointError)
     assert main(["train", "--project", str(project_dir), "--epochs", "2", "--workers", "0"]) == 0
-    from mlfix.pretrain import checkpoint_summary
+    from mlfix.training.barlow_twins import checkpoint_summary
 
     assert checkpoint_summary(project_dir / "models")["epoch"] == 2
     assert main(["index", "--project", str(project_dir)]) == 0

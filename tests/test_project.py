@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from mlfix.codebook import unpack_bags
+from mlfix.pipeline.codebook import unpack_bags
 from mlfix.project import NotAProjectError, Project
 from tests.conftest import FAST_SETTINGS, shape_image, write_image_folder
 

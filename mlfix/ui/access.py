@@ -1,6 +1,6 @@
 """Sign-in and roles in the app: who is using it, and which pages and controls they get.
 
-The rules live in :mod:`mlfix.auth` (no Streamlit); this module reads ``st.secrets`` and
+The rules live in :mod:`mlfix.service.auth` (no Streamlit); this module reads ``st.secrets`` and
 ``os.environ``, draws the sign-in in the sidebar, and keeps the identity in the session.
 
 - open mode (nothing configured): the local user is admin, named by the sidebar's reviewer field.
@@ -13,23 +13,42 @@ Review and Codebook pages only, and nobody gets any page before signing in.
 
 from __future__ import annotations
 
+import getpass
 import os
 import time
 
 import streamlit as st
 
-from mlfix import auth
-from mlfix.ui import state
+from mlfix.service import auth
 
 IDENTITY_KEY = "mlfix_identity"
+REVIEWER_KEY = "mlfix_reviewer"
+ENV_REVIEWER = "MLFIX_REVIEWER"
 MESSAGE_KEY = "mlfix_sign_in_message"
 FAILURES_KEY = "mlfix_sign_in_failures"
 NAME_KEY = "mlfix_sign_in_name"
 TOKEN_KEY = "mlfix_sign_in_token"
-# What each page needs (the page file's stem -> action of mlfix.auth.ACTIONS).
+# What each page needs (the page file's stem -> action of mlfix.service.auth.ACTIONS).
 PAGE_ACTIONS = {"dataset": "create_project", "training": "train", "codebook": "view", "review": "review",
                 "export": "export"}
 SLOW_AFTER_FAILURES = 5  # then each further attempt of this browser session waits a little
+
+
+def default_reviewer() -> str:
+    try:
+        return os.environ.get(ENV_REVIEWER) or getpass.getuser() or "reviewer"
+    except Exception:  # no user name in some containers
+        return "reviewer"
+
+
+def reviewer() -> str:
+    """The reviewer's name recorded with every decision (sidebar field, else the OS user)."""
+    name = str(st.session_state.get(REVIEWER_KEY) or "").strip()
+    return name or default_reviewer()
+
+
+def set_reviewer(name: str) -> None:
+    st.session_state[REVIEWER_KEY] = str(name).strip()
 
 
 def read_secrets() -> dict:
@@ -60,14 +79,14 @@ def identity() -> auth.Identity | None:
         return None
     if found.mode == "open":
         try:
-            return auth.open_identity(state.reviewer())
+            return auth.open_identity(reviewer())
         except auth.AuthError:
-            return auth.Identity(state.default_reviewer() or "reviewer", "admin", "open")
+            return auth.Identity(default_reviewer() or "reviewer", "admin", "open")
     if found.mode == "token":
         me = st.session_state.get(IDENTITY_KEY)
         if not (isinstance(me, auth.Identity) and me.via == "token"):
             return None
-        st.session_state[state.REVIEWER_KEY] = me.name  # decisions carry the signed-in name
+        st.session_state[REVIEWER_KEY] = me.name  # decisions carry the signed-in name
         return me
     try:
         user = st.user.to_dict() if hasattr(st.user, "to_dict") else dict(st.user)
@@ -80,7 +99,7 @@ def identity() -> auth.Identity | None:
     except auth.AuthError as err:
         st.session_state[MESSAGE_KEY] = str(err)
         return None
-    st.session_state[state.REVIEWER_KEY] = me.name
+    st.session_state[REVIEWER_KEY] = me.name
     return me
 
 
@@ -123,13 +142,13 @@ def _sign_in_with_token() -> None:
         return
     st.session_state[FAILURES_KEY] = 0
     st.session_state[IDENTITY_KEY] = me
-    st.session_state[state.REVIEWER_KEY] = me.name
+    st.session_state[REVIEWER_KEY] = me.name
     st.session_state.pop(MESSAGE_KEY, None)
 
 
 def _sign_out() -> None:
     st.session_state.pop(IDENTITY_KEY, None)
-    st.session_state.pop(state.REVIEWER_KEY, None)
+    st.session_state.pop(REVIEWER_KEY, None)
 
 
 def render_sign_in() -> auth.Identity | None:

@@ -7,7 +7,7 @@ The browser side is ``grid.js`` / ``grid.css`` beside this file. How it talks to
   image, the counter, the page, and ``acks`` (per browser session, the highest action ``seq`` that
   Python has applied).
 - The browser sends one trigger, ``actions``: ``{session, focus, actions: [...]}`` with every action
-  it has not seen acknowledged yet (see :mod:`mlfix.review_actions`) and the focused sample id (for
+  it has not seen acknowledged yet (see :mod:`mlfix.review.actions`) and the focused sample id (for
   the side panel's neighbours). One channel: a key press that decides and moves the focus costs
   one script run.
 
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import streamlit as st
+from mlfix.atomic import atomic_path
 
 HERE = Path(__file__).resolve().parent
 COMPONENT_NAME = "mlfix_review_grid"
@@ -103,7 +104,7 @@ def static_serving_dir() -> Path | None:
 def thumbnail_urls(cache, sample_ids: Sequence[str], static_dir: Path | None = None) -> list[str]:
     """URLs the browser loads the thumbnails of ``sample_ids`` from (made on disk when missing).
 
-    ``cache`` is a :class:`mlfix.thumbnails.ThumbnailCache`. With a ``static_dir`` the files are
+    ``cache`` is a :class:`mlfix.data.thumbnails.ThumbnailCache`. With a ``static_dir`` the files are
     hard-linked there (copied across file systems) and the URLs are ``app/static/...``; without one
     they are ``data:`` URLs.
     """
@@ -154,9 +155,8 @@ def _link_or_copy(source: Path, target: Path) -> None:
     except FileExistsError:
         pass
     except OSError:
-        tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
 
 
 def _data_url(path: Path) -> str:

@@ -19,12 +19,17 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from mlfix.ui import imaging
+
+if TYPE_CHECKING:
+    from mlfix.project import Project
+    from mlfix.review.store import ReviewStore
 
 PROJECT_FILES = ("mlfix.toml", "samples.parquet", "problems.parquet")
 CHUNK = 16384  # rows per pass over big arrays
@@ -66,7 +71,7 @@ def _open_project(project_dir: str, files: tuple):
 
 
 # Cached functions take the stamp as ``files`` (no leading underscore: Streamlit must hash it).
-def _key(project) -> tuple[str, tuple]:
+def _key(project: Project) -> tuple[str, tuple]:
     folder = str(project.dir)
     return folder, project_stamp(folder)
 
@@ -74,7 +79,7 @@ def _key(project) -> tuple[str, tuple]:
 # ----------------------------------------------------------------------------------------- dataset
 
 
-def class_counts(project) -> pd.DataFrame:
+def class_counts(project: Project) -> pd.DataFrame:
     """``label, count`` per class, largest first (unlabeled samples as ``(no label)``)."""
     return _class_counts(*_key(project))
 
@@ -87,7 +92,7 @@ def _class_counts(project_dir: str, files: tuple) -> pd.DataFrame:
     return counts.sort_values(["count", "label"], ascending=[False, True], ignore_index=True)
 
 
-def examples_per_class(project, per_class: int, seed: int = 0) -> dict[str, list[str]]:
+def examples_per_class(project: Project, per_class: int, seed: int = 0) -> dict[str, list[str]]:
     """Up to ``per_class`` sample_ids per class, drawn at random (stable for a seed)."""
     return _examples_per_class(*_key(project), per_class, seed)
 
@@ -105,10 +110,10 @@ def _examples_per_class(project_dir: str, files: tuple, per_class: int, seed: in
     return out
 
 
-def thumbnails(project, sample_ids: list[str], size: int = 96) -> list:
+def thumbnails(project: Project, sample_ids: list[str], size: int = 96) -> list:
     """Things ``st.image`` shows, one per id: paths of disk-cached JPEGs (``<project>/thumbs``,
     made in parallel on first use; a placeholder for an unreadable image)."""
-    from mlfix.thumbnails import for_project
+    from mlfix.data.thumbnails import for_project
 
     return [str(path) for path in for_project(project, size).ensure_many(list(sample_ids))]
 
@@ -126,16 +131,16 @@ def _bags(project_dir: str, files: tuple) -> np.ndarray:
     return np.asarray(open_project(project_dir).bags())
 
 
-def word_grids(project) -> np.ndarray:
+def word_grids(project: Project) -> np.ndarray:
     """``(N, h, w)`` uint16 word per cell, row-aligned with ``project.samples`` (memory-mapped)."""
     return _word_grids(*_key(project))
 
 
-def bags(project) -> np.ndarray:
+def bags(project: Project) -> np.ndarray:
     return _bags(*_key(project))
 
 
-def word_frequency(project) -> pd.DataFrame:
+def word_frequency(project: Project) -> pd.DataFrame:
     """Per visual word: ``word, images`` (how many images contain it), ``cells`` (how many cells)."""
     return _word_frequency(*_key(project))
 
@@ -143,7 +148,7 @@ def word_frequency(project) -> pd.DataFrame:
 @st.cache_data(show_spinner="Counting visual words…", max_entries=4)
 def _word_frequency(project_dir: str, files: tuple) -> pd.DataFrame:
     project = open_project(project_dir)
-    k = int(project.settings.get("words") or project.centroids().shape[0])
+    k = project.settings.words
     packed = _bags(project_dir, files)
     images = np.zeros(k, dtype=np.int64)
     # Chunked: unpacked bags are N x k bytes (1 GB for a million images and 1024 words).
@@ -157,7 +162,7 @@ def _word_frequency(project_dir: str, files: tuple) -> pd.DataFrame:
     return pd.DataFrame({"word": np.arange(k), "images": images, "cells": cells})
 
 
-def images_with_word(project, word: int) -> np.ndarray:
+def images_with_word(project: Project, word: int) -> np.ndarray:
     """Row indices (into ``project.samples``) of the images that contain ``word`` (from the bags)."""
     return _images_with_word(*_key(project), int(word))
 
@@ -168,7 +173,7 @@ def _images_with_word(project_dir: str, files: tuple, word: int) -> np.ndarray:
     return np.flatnonzero((packed[:, word >> 3] >> (word & 7)) & 1)
 
 
-def word_classes(project, word: int) -> pd.DataFrame:
+def word_classes(project: Project, word: int) -> pd.DataFrame:
     """``label, images, share``: in how many images of each class the word occurs."""
     return _word_classes(*_key(project), int(word))
 
@@ -185,7 +190,7 @@ def _word_classes(project_dir: str, files: tuple, word: int) -> pd.DataFrame:
     return table.sort_values(["images", "label"], ascending=[False, True], ignore_index=True)
 
 
-def word_patches(project, word: int, limit: int = 48, display: int = 64, seed: int = 0) -> list[dict]:
+def word_patches(project: Project, word: int, limit: int = 48, display: int = 64, seed: int = 0) -> list[dict]:
     """Up to ``limit`` image patches where ``word`` fires, one per image: JPEG bytes + where from."""
     return _word_patches(*_key(project), int(word), limit, display, seed)
 
@@ -198,7 +203,7 @@ def _word_patches(project_dir: str, files: tuple, word: int, limit: int, display
     if len(rows) > limit:
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=limit, replace=False))
     grids = _word_grids(project_dir, files)
-    image_size = int(project.settings.get("image_size", 224))
+    image_size = project.settings.image_size
     samples = project.samples
     out = []
     for row in rows.tolist():
@@ -218,7 +223,7 @@ def _word_patches(project_dir: str, files: tuple, word: int, limit: int, display
     return out
 
 
-def word_overlay(project, sample_id: str, display: int = 448, highlight: int | None = None) -> tuple[bytes, np.ndarray]:
+def word_overlay(project: Project, sample_id: str, display: int = 448, highlight: int | None = None) -> tuple[bytes, np.ndarray]:
     """The image as the model saw it with its word grid drawn on; returns ``(png, grid)``."""
     return _word_overlay(*_key(project), sample_id, display, highlight)
 
@@ -229,14 +234,14 @@ def _word_overlay(project_dir: str, files: tuple, sample_id: str, display: int,
     project = open_project(project_dir)
     row = sample_row(project, sample_id)
     grid = np.asarray(_word_grids(project_dir, files)[row])
-    square = imaging.model_view(project.image(sample_id), int(project.settings.get("image_size", 224)))
+    square = imaging.model_view(project.image(sample_id), project.settings.image_size)
     image = imaging.overlay_words(square, grid, display=display, highlight=highlight)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue(), grid
 
 
-def model_view_png(project, sample_id: str, display: int = 320) -> bytes:
+def model_view_png(project: Project, sample_id: str, display: int = 320) -> bytes:
     """The image as the model saw it (resized, center-cropped), scaled to ``display`` px, as PNG."""
     return _model_view_png(*_key(project), sample_id, display)
 
@@ -244,13 +249,13 @@ def model_view_png(project, sample_id: str, display: int = 320) -> bytes:
 @st.cache_data(show_spinner=False, max_entries=64)
 def _model_view_png(project_dir: str, files: tuple, sample_id: str, display: int) -> bytes:
     project = open_project(project_dir)
-    square = imaging.model_view(project.image(sample_id), int(project.settings.get("image_size", 224)))
+    square = imaging.model_view(project.image(sample_id), project.settings.image_size)
     buffer = io.BytesIO()
     square.resize((display, display)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def sample_row(project, sample_id: str) -> int:
+def sample_row(project: Project, sample_id: str) -> int:
     """Row index of ``sample_id`` in ``project.samples``; ``KeyError`` if it is not there."""
     return project.row_of(sample_id)
 
@@ -291,26 +296,13 @@ def _progress_records(path: str, files: tuple) -> list[dict]:
 # ----------------------------------------------------------------------------------------- reviews
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _sqlite_store(project_dir: str):
-    from mlfix.reviews import ReviewStore
-
-    return ReviewStore.for_project(project_dir)
-
-
-def _review_store(project_dir: str):
-    project = open_project(project_dir)
-    store = getattr(project, "reviews", None)  # honours MLFIX_DB_URL (PostgreSQL) when set
-    return store if store is not None and hasattr(store, "current_state") else _sqlite_store(project_dir)
-
-
-def review_store(project):
+def review_store(project: Project) -> ReviewStore:
     """The project's decisions store (``project.reviews``: one per open project, it holds a pool)."""
-    return _review_store(str(project.dir))
+    return project.reviews
 
 
-def export_table(project):
-    """``(table, last_decision_id)``: :func:`mlfix.export.export_table` of the current decisions,
+def export_table(project: Project):
+    """``(table, last_decision_id)``: :func:`mlfix.review.export.export_table` of the current decisions,
     recomputed only when a decision was added (or the samples changed)."""
     last_id = review_store(project).last_id()
     return _export_table(*_key(project), last_id), last_id
@@ -318,10 +310,10 @@ def export_table(project):
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _export_table(project_dir: str, files: tuple, last_id: int) -> pd.DataFrame:
-    from mlfix import export
+    from mlfix.review import export
 
     samples = open_project(project_dir).samples
-    store = _review_store(project_dir)
+    store = open_project(project_dir).reviews
     state = store.current_state(samples[["sample_id", "label"]]) if last_id else None
     return export.export_table(samples, state)
 
@@ -329,7 +321,7 @@ def _export_table(project_dir: str, files: tuple, last_id: int) -> pd.DataFrame:
 @st.cache_data(show_spinner=False, max_entries=16)
 def export_bytes(project_dir: str, files: tuple, last_id: int, fmt: str) -> bytes:
     """The export file in ``fmt`` (csv, json, coco); keyed like :func:`export_table`."""
-    from mlfix import export
+    from mlfix.review import export
 
     project = open_project(project_dir)
     table = _export_table(project_dir, files, last_id)

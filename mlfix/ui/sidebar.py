@@ -53,8 +53,8 @@ def render() -> None:
         st.session_state[INPUT_KEY] = shown
         st.session_state[SYNCED_KEY] = shown
         _remember(current)
-    if state.REVIEWER_KEY not in st.session_state:
-        st.session_state[state.REVIEWER_KEY] = state.default_reviewer()
+    if access.REVIEWER_KEY not in st.session_state:
+        st.session_state[access.REVIEWER_KEY] = access.default_reviewer()
 
     with st.sidebar:
         st.markdown("### mlfix")
@@ -68,7 +68,7 @@ def render() -> None:
                              on_change=_pick_recent, placeholder="Switch to…")
         _project_summary(current)
         if me.via == "open":  # signed-in names come from the sign-in, not a free field
-            st.text_input("Reviewer", key=state.REVIEWER_KEY,
+            st.text_input("Reviewer", key=access.REVIEWER_KEY,
                           help="Recorded with every decision you make on the Review page.")
 
 
@@ -82,6 +82,6 @@ def _project_summary(folder: Path | None) -> None:
         st.warning(f"Not an mlfix project: `{folder}`" if "not an mlfix project" in str(err)
                    else f"Cannot open `{folder}`: {err}")
         return
-    indexed = "indexed" if getattr(project, "is_indexed", False) else "not indexed yet"
+    indexed = "indexed" if project.is_indexed else "not indexed yet"
     st.caption(f"**{Path(project.dir).name}** · {len(project.samples):,} samples · "
                f"{len(project.labels)} classes · {indexed}")

@@ -1,4 +1,4 @@
-"""Where every page finds the current project folder and the reviewer's name.
+"""Where every page finds the current project folder (the reviewer's name is in :mod:`mlfix.ui.access`).
 
 Order of precedence for the project folder:
 
@@ -16,7 +16,6 @@ clear message into the page and stops the script run (never a traceback)::
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
 from pathlib import Path
@@ -24,9 +23,7 @@ from pathlib import Path
 import streamlit as st
 
 PROJECT_KEY = "mlfix_project_dir"
-REVIEWER_KEY = "mlfix_reviewer"
 ENV_PROJECT = "MLFIX_PROJECT"
-ENV_REVIEWER = "MLFIX_REVIEWER"
 
 
 def _argv_project(argv: list[str] | None = None) -> str | None:
@@ -54,23 +51,6 @@ def set_project_dir(path: str | os.PathLike | None) -> None:
         st.session_state.pop(PROJECT_KEY, None)
     else:
         st.session_state[PROJECT_KEY] = str(Path(path).expanduser().resolve())
-
-
-def default_reviewer() -> str:
-    try:
-        return os.environ.get(ENV_REVIEWER) or getpass.getuser() or "reviewer"
-    except Exception:  # no user name in some containers
-        return "reviewer"
-
-
-def reviewer() -> str:
-    """The reviewer's name recorded with every decision (sidebar field, else the OS user)."""
-    name = str(st.session_state.get(REVIEWER_KEY) or "").strip()
-    return name or default_reviewer()
-
-
-def set_reviewer(name: str) -> None:
-    st.session_state[REVIEWER_KEY] = str(name).strip()
 
 
 def current_project():

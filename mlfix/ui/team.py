@@ -23,9 +23,9 @@ from typing import Any, Callable
 import pandas as pd
 import streamlit as st
 
-from mlfix.claims import ClaimBook, ClaimTaken
-from mlfix.decision_log import FINAL_RULES
-from mlfix.reviews import StoreUnavailable
+from mlfix.review.claims import ClaimBook, ClaimTaken
+from mlfix.review.log import FINAL_RULES
+from mlfix.review.store import StoreUnavailable
 from mlfix.ui import access
 
 DOWN_KEY = "mlfix_store_down"
@@ -162,7 +162,7 @@ def _default_rule() -> str:
 
 def conflicts_section(project) -> None:
     """Export page, admins only: conflicts, the rule for the final labels, downloads under it."""
-    from mlfix import export
+    from mlfix.review import export
 
     if not access.can("resolve_conflicts"):
         return

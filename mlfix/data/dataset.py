@@ -1,0 +1,396 @@
+"""The sample table and image IO.
+
+A dataset is a *data root* (a folder or a ``.zip``) plus a way to label what is in it:
+
+- ImageFolder: each image's parent folder is its label (``root/cat/001.png``);
+- a flat folder of images: unlabeled samples;
+- a CSV with ``path`` and ``label`` columns, ``path`` relative to the root;
+- a COCO JSON file whose boxes become crop samples (category name as label).
+
+:func:`scan` turns one of these into a :class:`Scan`: a ``samples`` table (one row per image or crop,
+with a stable ``sample_id``) and a ``problems`` table (every file that was skipped, and why). Nothing
+outside the data root is ever read: paths with ``..`` or absolute paths become problems.
+
+Example:
+    >>> scan_result = scan("photos/")                      # doctest: +SKIP
+    >>> scan_result.samples[["sample_id", "label"]].head() # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from mlfix.errors import ImageError, UnsafePathError
+from mlfix.progress import ProgressFn
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+MIN_SIDE = 8  # smaller images carry no usable visual words
+MAX_PIXELS = 89_478_485  # PIL's own bomb threshold; a declared size above this is refused unread
+
+SAMPLE_COLUMNS = ["sample_id", "path", "label", "box_x", "box_y", "box_w", "box_h", "width", "height", "status"]
+PROBLEM_COLUMNS = ["sample_id", "path", "stage", "reason"]
+
+
+# Decoding errors must surface as errors, never as half-grey images.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def safe_relative_path(path: str) -> str:
+    """Normalise a dataset-relative path; raise :class:`UnsafePathError` if it leaves the root.
+
+    >>> safe_relative_path("cats/./a.png")
+    'cats/a.png'
+    >>> safe_relative_path("../etc/passwd")
+    Traceback (most recent call last):
+    ...
+    mlfix.errors.UnsafePathError: path leaves the data root: '../etc/passwd'
+    """
+    text = str(path).replace("\\", "/").strip()
+    if not text:
+        raise UnsafePathError("empty path")
+    if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
+        raise UnsafePathError(f"absolute path is not allowed: {text!r}")
+    parts: list[str] = []
+    for part in PurePosixPath(text).parts:
+        if part in ("", "."):
+            continue
+        if part == "..":
+            raise UnsafePathError(f"path leaves the data root: {text!r}")
+        parts.append(part)
+    if not parts:
+        raise UnsafePathError(f"empty path: {text!r}")
+    return "/".join(parts)
+
+
+class DataRoot:
+    """Read-only access to the files under a folder or inside a zip, confined to that root.
+
+    Safe to use from several threads and, after pickling, from DataLoader worker processes (each
+    process opens its own zip handle).
+    """
+
+    def __init__(self, location: str | os.PathLike):
+        self.location = Path(location).expanduser().resolve()
+        if not self.location.exists():
+            raise FileNotFoundError(f"image source not found: {self.location}")
+        self.is_zip = self.location.is_file() and zipfile.is_zipfile(self.location)
+        if self.location.is_file() and not self.is_zip:
+            raise ValueError(f"image source must be a folder or a .zip file: {self.location}")
+        self._local = threading.local()
+
+    def __getstate__(self):
+        return {"location": self.location, "is_zip": self.is_zip}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def _zip(self) -> zipfile.ZipFile:
+        handle = getattr(self._local, "zip", None)
+        if handle is None or getattr(self._local, "pid", None) != os.getpid():
+            handle = zipfile.ZipFile(self.location)
+            self._local.zip, self._local.pid = handle, os.getpid()
+        return handle
+
+    def list_images(self) -> list[str]:
+        """Relative posix paths of every image file under the root, sorted."""
+        if self.is_zip:
+            names = [n for n in self._zip().namelist() if not n.endswith("/")]
+        else:
+            names = [
+                Path(dirpath, f).relative_to(self.location).as_posix()
+                for dirpath, _, files in os.walk(self.location)
+                for f in files
+            ]
+        return sorted(
+            n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS and not _is_hidden(n)
+        )
+
+    def read_bytes(self, path: str) -> bytes:
+        """The bytes of one file; :class:`ImageError` if missing or outside the root."""
+        rel = safe_relative_path(path)
+        if self.is_zip:
+            try:
+                return self._zip().read(rel)
+            except KeyError:
+                raise ImageError(f"file not found in zip: {rel}") from None
+        full = (self.location / rel).resolve()
+        if not full.is_relative_to(self.location):
+            raise UnsafePathError(f"path leaves the data root through a link: {rel!r}")
+        try:
+            return full.read_bytes()
+        except FileNotFoundError:
+            raise ImageError(f"file not found: {rel}") from None
+        except IsADirectoryError:
+            raise ImageError(f"is a folder, not an image: {rel}") from None
+
+
+def _is_hidden(path: str) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in path.split("/"))
+
+
+def open_image_header(data: bytes) -> Image.Image:
+    """Open an image lazily (header only) and check its declared size."""
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError("not an image, or an unknown image format") from None
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"declared size too large (decompression bomb): {err}") from None
+    except Exception as err:  # PIL raises many kinds on garbage
+        raise ImageError(f"cannot read image header: {err}") from None
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"declared size {width}x{height} is too large (over {MAX_PIXELS:,} pixels)")
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(f"image too small ({width}x{height} px; at least {MIN_SIDE} px a side)")
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode (palette, grey, CMYK, 16-bit, float, alpha) to 8-bit RGB.
+
+    Transparent pixels become white, 16-bit and float images are scaled by their own range.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        return Image.fromarray(scaled.astype(np.uint8), "L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(data: bytes, box: tuple[float, float, float, float] | None = None,
+                 target_size: int | None = None) -> Image.Image:
+    """Decode bytes into an RGB image, optionally cropped to ``box`` = (x, y, w, h).
+
+    ``target_size`` lets JPEG decode at a reduced scale (draft mode), which is several times faster
+    for large photos that are resized down anyway.
+    """
+    image = open_image_header(data)
+    try:
+        if target_size and box is None and image.format == "JPEG":
+            image.draft("RGB", (target_size, target_size))
+        image = ImageOps.exif_transpose(image) or image
+        image.load()
+    except ImageError:
+        raise
+    except Exception as err:
+        raise ImageError(f"cannot decode image (corrupt or truncated): {err}") from None
+    if box is not None:
+        x, y, w, h = box
+        image = image.crop((int(round(x)), int(round(y)), int(round(x + w)), int(round(y + h))))
+    return to_rgb(image)
+
+
+def load_image(root: DataRoot, row: pd.Series | dict, target_size: int | None = None) -> Image.Image:
+    """Load the RGB image (or crop) for one sample row of the samples table."""
+    return decode_image(root.read_bytes(row["path"]), box=row_box(row), target_size=target_size)
+
+
+def row_box(row: pd.Series | dict) -> tuple[float, float, float, float] | None:
+    box = (row.get("box_x"), row.get("box_y"), row.get("box_w"), row.get("box_h"))
+    if any(v is None or (isinstance(v, float) and np.isnan(v)) for v in box):
+        return None
+    return tuple(float(v) for v in box)  # type: ignore[return-value]
+
+
+@dataclass
+class Scan:
+    """The result of :func:`scan`: usable samples and the problems found on the way."""
+
+    samples: pd.DataFrame
+    problems: pd.DataFrame
+    source: dict = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted(self.samples["label"].dropna().unique().tolist())
+
+
+def problems_frame(rows: Iterable[dict]) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=PROBLEM_COLUMNS).astype(
+        {"sample_id": "string", "path": "string", "stage": "string", "reason": "string"})
+
+
+def scan(images: str | os.PathLike, labels: str | os.PathLike | None = None,
+         coco: str | os.PathLike | None = None, padding: float = 0.0,
+         progress: ProgressFn | None = None, threads: int = 8) -> Scan:
+    """Build the sample table for a folder or zip of images.
+
+    Args:
+        images: a folder or a ``.zip`` of images (the data root).
+        labels: optional CSV with ``path`` and ``label`` columns, paths relative to ``images``.
+        coco: optional COCO JSON; each annotation box becomes a crop sample labelled with its
+            category name. Mutually exclusive with ``labels``.
+        padding: for COCO crops, extra context around each box as a fraction of its size.
+        progress: called as ``progress(done, total)`` while image headers are read.
+        threads: header-reading threads (IO bound).
+
+    Returns:
+        A :class:`Scan`; ``samples`` has the columns in ``SAMPLE_COLUMNS``.
+    """
+    if labels is not None and coco is not None:
+        raise ValueError("give either a labels CSV or a COCO file, not both")
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0 (a fraction of the box size), got {padding}")
+    root = DataRoot(images)
+    problems: list[dict] = []
+    if coco is not None:
+        rows = _rows_from_coco(Path(coco), padding, problems)
+    elif labels is not None:
+        rows = _rows_from_csv(Path(labels), problems)
+    else:
+        rows = _rows_from_folder(root)
+    rows = _drop_unsafe_and_duplicates(rows, problems)
+    samples = _check_headers(root, rows, problems, progress, threads)
+    source = {"images": str(root.location), "labels": str(Path(labels).resolve()) if labels else None,
+              "coco": str(Path(coco).resolve()) if coco else None, "padding": padding}
+    return Scan(samples=samples, problems=problems_frame(problems), source=source)
+
+
+def _rows_from_folder(root: DataRoot) -> list[dict]:
+    rows = []
+    for path in root.list_images():
+        parent = PurePosixPath(path).parent
+        label = parent.name if str(parent) not in ("", ".") else None
+        rows.append({"sample_id": path, "path": path, "label": label})
+    return rows
+
+
+def _rows_from_csv(csv_path: Path, problems: list[dict]) -> list[dict]:
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"labels CSV not found: {csv_path}")
+    bad_lines: list[list[str]] = []
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, engine="python",
+                            on_bad_lines=lambda line: bad_lines.append(line) and None)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise ValueError(f"cannot parse labels CSV {csv_path.name}: {err}") from None
+    table.columns = [str(c).strip().lower() for c in table.columns]
+    if "path" not in table.columns:
+        raise ValueError(f"labels CSV {csv_path.name} needs a 'path' column; it has {list(table.columns)}")
+    for line in bad_lines:
+        problems.append({"sample_id": None, "path": line[0] if line else None, "stage": "csv",
+                         "reason": f"row has {len(line)} fields, the header has {len(table.columns)}"})
+    has_label = "label" in table.columns
+    rows = []
+    for path, label in zip(table["path"], table["label"] if has_label else [""] * len(table)):
+        path, label = path.strip(), label.strip()
+        if not path:
+            problems.append({"sample_id": None, "path": None, "stage": "csv", "reason": "empty path"})
+            continue
+        rows.append({"sample_id": path, "path": path, "label": label or None})
+    return rows
+
+
+def _rows_from_coco(coco_path: Path, padding: float, problems: list[dict]) -> list[dict]:
+    try:
+        coco = json.loads(coco_path.read_text())
+        images = {img["id"]: img for img in coco["images"]}
+        categories = {cat["id"]: cat["name"] for cat in coco["categories"]}
+        annotations = coco["annotations"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"COCO file not found: {coco_path}") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"not a valid COCO file ({coco_path.name}): {err!r}") from None
+    rows = []
+    for ann in annotations:
+        ann_id = ann.get("id")
+        image = images.get(ann.get("image_id"))
+        bbox = ann.get("bbox")
+        if image is None or not isinstance(bbox, list) or len(bbox) != 4:
+            problems.append({"sample_id": f"annotation {ann_id}", "path": None, "stage": "coco",
+                             "reason": "annotation without a known image or a 4-number bbox"})
+            continue
+        x, y, w, h = (float(v) for v in bbox)
+        if w <= 0 or h <= 0:
+            problems.append({"sample_id": f"{image['file_name']}#{ann_id}", "path": image["file_name"],
+                             "stage": "coco", "reason": f"empty box {bbox}"})
+            continue
+        pad_w, pad_h = w * padding, h * padding
+        x0, y0 = max(0.0, x - pad_w), max(0.0, y - pad_h)
+        x1, y1 = x + w + pad_w, y + h + pad_h
+        if "width" in image and "height" in image:
+            x1, y1 = min(x1, float(image["width"])), min(y1, float(image["height"]))
+        rows.append({"sample_id": f"{image['file_name']}#{ann_id}", "path": image["file_name"],
+                     "label": categories.get(ann.get("category_id")),
+                     "box": (x0, y0, x1 - x0, y1 - y0), "coco_annotation_id": ann_id})
+    return rows
+
+
+def _drop_unsafe_and_duplicates(rows: list[dict], problems: list[dict]) -> list[dict]:
+    kept, seen = [], set()
+    for row in rows:
+        try:
+            row["path"] = safe_relative_path(row["path"])
+        except UnsafePathError as err:
+            problems.append({"sample_id": row["sample_id"], "path": row["path"], "stage": "path",
+                             "reason": str(err)})
+            continue
+        if "box" not in row:
+            row["sample_id"] = row["path"]
+        if row["sample_id"] in seen:
+            problems.append({"sample_id": row["sample_id"], "path": row["path"], "stage": "csv",
+                             "reason": "duplicate row: the sample is listed more than once"})
+            continue
+        seen.add(row["sample_id"])
+        kept.append(row)
+    return kept
+
+
+def _check_headers(root: DataRoot, rows: list[dict], problems: list[dict],
+                   progress: ProgressFn | None, threads: int) -> pd.DataFrame:
+    """Read every distinct file's header once (threads: IO bound) and keep the readable rows."""
+    paths = sorted({row["path"] for row in rows})
+    sizes: dict[str, tuple[int, int] | str] = {}
+
+    def header(path: str) -> tuple[str, tuple[int, int] | str]:
+        try:
+            return path, open_image_header(root.read_bytes(path)).size
+        except ImageError as err:
+            return path, str(err)
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for done, (path, result) in enumerate(pool.map(header, paths), start=1):
+            sizes[path] = result
+            if progress and (done % 256 == 0 or done == len(paths)):
+                progress(done, len(paths))
+    records = []
+    for row in rows:
+        result = sizes[row["path"]]
+        if isinstance(result, str):
+            problems.append({"sample_id": row["sample_id"], "path": row["path"], "stage": "read",
+                             "reason": result})
+            continue
+        box = row.get("box") or (np.nan, np.nan, np.nan, np.nan)
+        width, height = result
+        records.append({"sample_id": row["sample_id"], "path": row["path"], "label": row["label"],
+                        "box_x": box[0], "box_y": box[1], "box_w": box[2], "box_h": box[3],
+                        "width": width, "height": height, "status": "ok"})
+    samples = pd.DataFrame(records, columns=SAMPLE_COLUMNS)
+    return samples.astype({"sample_id": "string", "path": "string", "label": "string",
+                           "box_x": "float64", "box_y": "float64", "box_w": "float64",
+                           "box_h": "float64", "width": "int64", "height": "int64",
+                           "status": "string"})

@@ -1,0 +1,191 @@
+"""Thumbnails for the review grid, cached on disk in ``<project>/thumbs/``.
+
+A thumbnail is a JPEG whose longer side is ``size`` pixels (aspect kept), stored under a name made
+from a hash of the ``sample_id`` and the size, in one of 256 sub-folders (so that a project of a
+million samples never puts a million files in one folder). A thumbnail is made the first time it is
+asked for and then only read from disk: the page asks for the 100-200 it shows, never for all.
+
+An image that cannot be read gets a grey placeholder with a cross instead (and a ``.bad`` marker
+beside it, so that the broken file is not read again at every page view).
+
+Example:
+    >>> cache = ThumbnailCache("project/thumbs", load=project.image, size=128)   # doctest: +SKIP
+    >>> paths = cache.ensure_many(project.order("cat")[:200])                   # doctest: +SKIP
+    >>> paths[0].name                                                            # doctest: +SKIP
+    '3f2a...e1_128.jpg'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable
+
+from PIL import Image, ImageDraw
+from mlfix.atomic import atomic_path
+
+DEFAULT_SIZE = 128
+JPEG_QUALITY = 85
+PLACEHOLDER_GREY = (200, 200, 200)
+
+LoadFn = Callable[[str], Image.Image]
+
+
+def thumbnail_relpath(sample_id: str, size: int = DEFAULT_SIZE) -> str:
+    """The thumbnail's path relative to the thumbs folder: ``<2 hex>/<hash>_<size>.jpg``.
+
+    >>> thumbnail_relpath("cats/001.png", 128)
+    '91/911c1d19e31b72de98705d3b_128.jpg'
+    """
+    if not isinstance(sample_id, str) or not sample_id:
+        raise ValueError(f"sample_id must be a non-empty string, got {sample_id!r}")
+    _check_size(size)
+    digest = hashlib.sha1(sample_id.encode("utf-8")).hexdigest()[:24]
+    return f"{digest[:2]}/{digest}_{int(size)}.jpg"
+
+
+def make_thumbnail(image: Image.Image, size: int = DEFAULT_SIZE) -> Image.Image:
+    """A copy of ``image`` in RGB whose longer side is at most ``size`` pixels (aspect kept).
+
+    Small images are scaled *up* to ``size`` (with nearest-neighbour, so pixels stay crisp): a
+    32 px image must still fill a 128 px tile.
+    """
+    _check_size(size)
+    rgb = image.convert("RGB") if image.mode != "RGB" else image
+    width, height = rgb.size
+    scale = size / max(width, height)
+    new = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
+    if scale > 1 and max(width, height) * 2 > size:
+        resample = Image.Resampling.BICUBIC  # mild upscaling: smooth looks better than blocks
+    return rgb.resize(new, resample, reducing_gap=3.0 if scale < 1 else None)
+
+
+def placeholder(size: int = DEFAULT_SIZE) -> Image.Image:
+    """A grey square with a dark cross: the thumbnail of an image that cannot be read."""
+    _check_size(size)
+    image = Image.new("RGB", (size, size), PLACEHOLDER_GREY)
+    draw = ImageDraw.Draw(image)
+    pad, width = size // 4, max(1, size // 24)
+    draw.line((pad, pad, size - pad, size - pad), fill=(120, 120, 120), width=width)
+    draw.line((pad, size - pad, size - pad, pad), fill=(120, 120, 120), width=width)
+    return image
+
+
+class ThumbnailCache:
+    """Thumbnails of one size under one folder, made on demand with ``load(sample_id)``.
+
+    Args:
+        folder: where the thumbnails live (``<project>/thumbs``); created when needed.
+        load: returns the full RGB image (or crop) of a sample; any exception it raises makes a
+            placeholder thumbnail instead.
+        size: longer side in pixels (16-1024).
+        workers: threads used by :meth:`ensure_many` to make missing thumbnails.
+    """
+
+    def __init__(self, folder: str | os.PathLike, load: LoadFn, size: int = DEFAULT_SIZE,
+                 workers: int = 4):
+        _check_size(size)
+        if not callable(load):
+            raise TypeError("load must be a function sample_id -> PIL image (e.g. project.image)")
+        self.folder = Path(folder)
+        self.load = load
+        self.size = int(size)
+        self.workers = max(1, int(workers))
+        self.errors: dict[str, str] = {}  # sample_id -> why its placeholder was made (this process)
+        self._on_disk: set[str] = set()  # seen on disk by this object: no stat at the next page view
+
+    def path(self, sample_id: str) -> Path:
+        """Where the thumbnail of ``sample_id`` is (or will be) stored."""
+        return self.folder / thumbnail_relpath(sample_id, self.size)
+
+    def relpath(self, sample_id: str) -> str:
+        return thumbnail_relpath(sample_id, self.size)
+
+    def ensure(self, sample_id: str) -> Path:
+        """The thumbnail's path, making the thumbnail first if it is not on disk yet."""
+        target = self.path(sample_id)
+        if target.exists():
+            return target
+        try:
+            thumb = make_thumbnail(self.load(sample_id), self.size)
+            bad = None
+        except Exception as err:  # a broken image must not break the page
+            thumb, bad = placeholder(self.size), f"{type(err).__name__}: {err}"
+            self.errors[sample_id] = bad
+        _write_atomic(thumb, target)
+        if bad is not None:
+            target.with_suffix(".bad").write_text(bad, encoding="utf-8")
+        return target
+
+    def ensure_many(self, sample_ids: Iterable[str]) -> list[Path]:
+        """Paths of the thumbnails of ``sample_ids`` (same order), making the missing ones in threads.
+
+        Only a ``stat`` per thumbnail the first time; later calls trust what this object has seen.
+        """
+        ids = list(sample_ids)
+        paths = [self.path(s) for s in ids]
+        missing = [s for s, p in zip(ids, paths) if s not in self._on_disk and not p.exists()]
+        if len(missing) == 1 or self.workers == 1:
+            for s in missing:
+                self.ensure(s)
+        elif missing:
+            with ThreadPoolExecutor(min(self.workers, len(missing))) as pool:
+                list(pool.map(self.ensure, missing))
+        self._on_disk.update(ids)
+        return paths
+
+    def is_placeholder(self, sample_id: str) -> bool:
+        """True if the stored thumbnail is a placeholder for an unreadable image."""
+        return self.path(sample_id).with_suffix(".bad").exists()
+
+
+def for_project(project, size: int = DEFAULT_SIZE, workers: int = 4) -> ThumbnailCache:
+    """The thumbnail cache of a :class:`mlfix.project.Project` (``<project>/thumbs``), one per
+    project and size (reused, so its error notes survive page reruns).
+
+    Decodes with ``project.image(sample_id, target_size=2 * size)`` (JPEG draft mode: large photos
+    decode several times faster) when the project accepts ``target_size``.
+    """
+    key = (str(project.dir), int(size), id(project))
+    cache = _CACHES.get(key)
+    if cache is None:
+        cache = ThumbnailCache(Path(project.dir) / "thumbs", _project_loader(project, size), size, workers)
+        if len(_CACHES) > 32:  # a long-lived server opening many projects
+            _CACHES.clear()
+        _CACHES[key] = cache
+    return cache
+
+
+def thumbnail(project, sample_id: str, size: int = DEFAULT_SIZE) -> Path:
+    """The path of one sample's thumbnail (made if needed); a placeholder for an unreadable image.
+
+    Example: ``st.image(str(thumbnail(project, "cats/001.png", 96)))``
+    """
+    return for_project(project, size).ensure(sample_id)
+
+
+_CACHES: dict[tuple, ThumbnailCache] = {}
+
+
+def _project_loader(project, size: int) -> LoadFn:
+    def load(sample_id: str) -> Image.Image:
+        try:
+            return project.image(sample_id, target_size=2 * size)
+        except TypeError:  # a project object whose image() takes no target_size
+            return project.image(sample_id)
+
+    return load
+
+
+def _write_atomic(image: Image.Image, target: Path) -> None:
+    """Write a JPEG so that a reader (another tab, the web server) never sees half a file."""
+    with atomic_path(target, suffix=".jpg") as tmp:
+        image.save(tmp, "JPEG", quality=JPEG_QUALITY, optimize=True)
+
+
+def _check_size(size: int) -> None:
+    if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= 1024:
+        raise ValueError(f"thumbnail size must be an integer from 16 to 1024 pixels, got {size!r}")

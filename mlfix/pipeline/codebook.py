@@ -1,0 +1,133 @@
+"""Visual words: cluster cell vectors into a codebook, assign every cell, make bags of words.
+
+The method (from the talk mlfix grows from): cluster the backbone's cell vectors into ``k`` visual
+words with KMeans; each image becomes the set of words that occur in its grid, a ``k``-bit vector.
+Bags are stored packed, ``np.packbits(axis=1, bitorder="little")``: (N, k/8) uint8.
+
+KMeans is faiss's (seeded). Like faiss, it trains on at most ``max_points_per_centroid * k`` cells
+(256 * 1024 = 262,144 by default), sampled at random; :attr:`Codebook.fit_info_` says how many.
+
+Example:
+    >>> codebook = Codebook(k=256, seed=0).fit(cells)          # cells: (M, C) float32  # doctest: +SKIP
+    >>> words = codebook.assign(grid_cells)                     # (N, h, w, C) -> (N, h, w) uint16  # doctest: +SKIP
+    >>> bags = pack_bags(words, codebook.k)                     # (N, k/8) uint8  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from mlfix.progress import ProgressFn
+
+MAX_WORDS = 65_535  # word ids are stored as uint16
+
+
+class Codebook:
+    """KMeans visual words over cell vectors (scikit-learn style: settings in ``__init__``).
+
+    Args:
+        k: number of visual words (a multiple of 8, at most 65,535).
+        seed: KMeans seed; the same cells and seed give the same codebook.
+        niter: KMeans iterations.
+        max_points_per_centroid: training sample cap per word (faiss's own default is 256).
+
+    Attributes:
+        centroids_: (k, C) float32 after :meth:`fit`.
+        fit_info_: dict with ``cells_total``, ``cells_used``, ``seconds`` and the settings.
+    """
+
+    def __init__(self, k: int = 1024, seed: int = 0, niter: int = 20, max_points_per_centroid: int = 256):
+        if not 8 <= k <= MAX_WORDS or k % 8:
+            raise ValueError(f"k (number of visual words) must be a multiple of 8 in [8, {MAX_WORDS}], got {k}")
+        if niter < 1:
+            raise ValueError(f"niter must be at least 1, got {niter}")
+        self.k, self.seed, self.niter = k, seed, niter
+        self.max_points_per_centroid = max_points_per_centroid
+
+    @property
+    def sample_size(self) -> int:
+        return self.k * self.max_points_per_centroid
+
+    def fit(self, cells: np.ndarray) -> "Codebook":
+        """Fit on (M, C) cell vectors; ``M`` beyond :attr:`sample_size` is subsampled (seeded)."""
+        import time
+
+        import faiss
+
+        cells = np.asarray(cells)
+        if cells.ndim != 2:
+            raise ValueError(f"cells must be a 2-d array (M, C), got shape {cells.shape}")
+        if len(cells) < self.k:
+            raise ValueError(f"{len(cells)} cells cannot make {self.k} visual words; "
+                             f"use fewer words (e.g. --words {_suggest_k(len(cells))}) or more images")
+        rng = np.random.default_rng(self.seed)
+        total = len(cells)
+        if total > self.sample_size:
+            cells = cells[np.sort(rng.choice(total, self.sample_size, replace=False))]
+        data = np.ascontiguousarray(cells, dtype=np.float32)
+        start = time.perf_counter()
+        kmeans = faiss.Kmeans(data.shape[1], self.k, niter=self.niter, seed=self.seed, verbose=False,
+                              max_points_per_centroid=self.max_points_per_centroid, spherical=False)
+        kmeans.train(data)
+        self.centroids_ = np.asarray(kmeans.centroids, dtype=np.float32)
+        self.fit_info_ = {"cells_total": int(total), "cells_used": int(len(data)), "k": self.k,
+                          "niter": self.niter, "seed": self.seed,
+                          "seconds": round(time.perf_counter() - start, 3)}
+        return self
+
+    @classmethod
+    def from_centroids(cls, centroids: np.ndarray, **settings) -> "Codebook":
+        codebook = cls(k=len(centroids), **settings)
+        codebook.centroids_ = np.ascontiguousarray(centroids, dtype=np.float32)
+        return codebook
+
+    def assign(self, cells: np.ndarray) -> np.ndarray:
+        """Nearest word of every cell: (..., C) -> (...) uint16."""
+        import faiss
+
+        if not hasattr(self, "centroids_"):
+            raise RuntimeError("the codebook is not fitted yet: call fit(cells) first")
+        shape = cells.shape[:-1]
+        flat = np.ascontiguousarray(cells.reshape(-1, cells.shape[-1]), dtype=np.float32)
+        index = faiss.IndexFlatL2(self.centroids_.shape[1])
+        index.add(self.centroids_)
+        _, nearest = index.search(flat, 1)
+        return nearest[:, 0].astype(np.uint16).reshape(shape)
+
+
+def _suggest_k(cells: int) -> int:
+    return max(8, min(1024, (cells // 40) // 8 * 8))
+
+
+def pack_bags(words: np.ndarray, k: int, chunk: int = 65_536) -> np.ndarray:
+    """Bags of words from word grids: (N, h, w) or (N, cells) ids -> (N, k/8) packed uint8."""
+    if k % 8:
+        raise ValueError(f"k must be a multiple of 8, got {k}")
+    flat = words.reshape(len(words), -1)
+    packed = np.zeros((len(words), k // 8), dtype=np.uint8)
+    for start in range(0, len(words), chunk):
+        block = np.asarray(flat[start:start + chunk])
+        present = np.zeros((len(block), k), dtype=bool)
+        present[np.arange(len(block))[:, None], block.astype(np.int64)] = True
+        packed[start:start + len(block)] = np.packbits(present, axis=1, bitorder="little")
+    return packed
+
+
+def unpack_bags(packed: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Packed bags (N, k/8) uint8 -> (N, k) bool."""
+    bits = np.unpackbits(packed, axis=1, bitorder="little").astype(bool)
+    return bits if k is None else bits[:, :k]
+
+
+def word_counts(words: np.ndarray, k: int) -> np.ndarray:
+    """How many cells carry each word: (k,) int64."""
+    return np.bincount(np.asarray(words).ravel().astype(np.int64), minlength=k)
+
+
+def images_per_word(packed: np.ndarray, k: int, chunk: int = 65_536) -> np.ndarray:
+    """In how many images each word occurs: (k,) int64."""
+    counts = np.zeros(k, dtype=np.int64)
+    for start in range(0, len(packed), chunk):
+        counts += unpack_bags(packed[start:start + chunk], k).sum(axis=0)
+    return counts

@@ -1,0 +1,164 @@
+"""Batched, streamed feature extraction: a pooled vector per image and its grid of cell vectors.
+
+:func:`extract` runs a :class:`~mlfix.pipeline.backbone.Backbone` over the samples with a DataLoader
+(decoding in worker processes), in ``inference_mode`` and ``channels_last``. Pooled vectors are
+returned (or written to a memory-mapped ``.npy``); cell vectors are never all held in memory: each
+batch's cells go to the ``on_cells(rows, cells)`` callback, which samples, stores or assigns them.
+
+``tta_flip=True`` also runs each image's mirror image and averages the two (the mirror's cells are
+flipped back first): test-time augmentation that makes the features blind to which way an image
+faces, for twice the forward passes.
+
+Images that fail to decode are skipped and reported (``ok`` is False for them), never the end of a run.
+
+Example:
+    >>> result = extract(root, samples, create_backbone("resnet18"), image_size=224)  # doctest: +SKIP
+    >>> result.pooled.shape, result.ok.all()                                         # doctest: +SKIP
+    ((1360, 512), True)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from mlfix.data.dataset import DataRoot, ImageError, load_image, problems_frame
+from mlfix.progress import ProgressFn
+
+CellsFn = Callable[[np.ndarray, np.ndarray], None]
+
+
+@dataclass
+class Extraction:
+    """What :func:`extract` returns.
+
+    pooled: (N, D) float16, zero rows where ``ok`` is False.
+    ok: (N,) bool, False for images that could not be decoded.
+    problems: DataFrame[sample_id, path, stage, reason] for those images.
+    grid: (h, w) cells per image.
+    """
+
+    pooled: np.ndarray
+    ok: np.ndarray
+    problems: pd.DataFrame
+    grid: tuple[int, int]
+
+
+class SampleImages:
+    """A torch-style map dataset: row i of the samples table -> (i, image tensor, error text)."""
+
+    def __init__(self, root: DataRoot, samples: pd.DataFrame, image_size: int, transform=None):
+        from mlfix.pipeline.backbone import image_transform
+
+        self.root = root
+        self.rows = samples[["path", "box_x", "box_y", "box_w", "box_h"]].to_dict("records")
+        self.image_size = image_size
+        self.transform = transform or image_transform(image_size)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        try:
+            image = load_image(self.root, self.rows[i], target_size=self.image_size)
+            return i, self.transform(image), ""
+        except (ImageError, OSError, ValueError) as err:
+            return i, torch.zeros(3, self.image_size, self.image_size), str(err) or type(err).__name__
+
+
+def default_workers() -> int:
+    """Decoding workers: leave the cores to the model on small machines."""
+    return min(4, max(1, (os.cpu_count() or 2) // 2))
+
+
+def make_loader(dataset, batch_size: int, workers: int | None, device_type: str):
+    from torch.utils.data import DataLoader
+
+    workers = default_workers() if workers is None else workers
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=device_type == "cuda", persistent_workers=False,
+                      prefetch_factor=4 if workers > 0 else None)
+
+
+def extract(root: DataRoot, samples: pd.DataFrame, backbone, image_size: int, batch_size: int = 64,
+            workers: int | None = None, on_cells: CellsFn | None = None,
+            progress: ProgressFn | None = None, device: str | None = None,
+            pooled_out: str | os.PathLike | None = None, tta_flip: bool = False) -> Extraction:
+    """Run ``backbone`` over every sample; return pooled vectors and stream cell vectors.
+
+    Args:
+        root: the data root the sample paths are relative to.
+        samples: rows with ``path`` and ``box_*`` columns (the samples table or a subset).
+        backbone: a :class:`~mlfix.pipeline.backbone.Backbone`.
+        image_size: square input size in pixels; small images are resized up to it.
+        batch_size: images per forward pass.
+        workers: DataLoader decoding processes (default: half the cores, at most 4).
+        on_cells: called per batch as ``on_cells(rows, cells)`` with ``rows`` (B',) int64 positions
+            in ``samples`` of the images that decoded, and ``cells`` (B', h, w, C) float32.
+        progress: ``progress(done, total)`` after every batch.
+        device: ``cuda`` / ``cpu``; default: CUDA when available.
+        pooled_out: optional ``.npy`` path; pooled vectors are written there (memory-mapped).
+        tta_flip: average each image's features with its mirror image's (see the module docstring).
+    """
+    import torch
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    n = len(samples)
+    model = backbone.to(device).eval().to(memory_format=torch.channels_last)
+    side = backbone.grid_size(image_size)
+    pooled = _pooled_array(n, backbone.pooled_dim, pooled_out)
+    ok = np.zeros(n, dtype=bool)
+    failures: list[dict] = []
+    loader = make_loader(SampleImages(root, samples, image_size), batch_size, workers, device.type)
+    done = 0
+    with torch.inference_mode():
+        for rows, images, errors in loader:
+            rows = rows.numpy()
+            good = np.array([not e for e in errors], dtype=bool)
+            for row, error in zip(rows[~good], np.asarray(errors, dtype=object)[~good]):
+                failures.append({"sample_id": samples["sample_id"].iloc[row] if "sample_id" in samples
+                                 else None, "path": samples["path"].iloc[row], "stage": "decode",
+                                 "reason": error})
+            if good.any():
+                batch = images[torch.from_numpy(good)].to(device, non_blocking=True)
+                cells, vectors = _forward(model, batch.contiguous(memory_format=torch.channels_last), tta_flip)
+                side = int(cells.shape[-1])
+                pooled[rows[good]] = vectors.float().cpu().numpy().astype(np.float16)
+                ok[rows[good]] = True
+                if on_cells is not None:
+                    on_cells(rows[good], cells.permute(0, 2, 3, 1).float().cpu().numpy())
+            done += len(rows)
+            if progress:
+                progress(done, n)
+    if isinstance(pooled, np.memmap):
+        pooled.flush()
+    return Extraction(pooled=pooled, ok=ok, problems=problems_frame(failures), grid=(side, side))
+
+
+def _forward(model, batch, tta_flip: bool):
+    """(cells, pooled) of a batch; with ``tta_flip`` the mean over the batch and its mirror image."""
+    import torch
+
+    cells, pooled = model(batch)
+    if not tta_flip:
+        return cells, pooled
+    mirror_cells, mirror_pooled = model(torch.flip(batch, dims=[3]))
+    return (cells + torch.flip(mirror_cells, dims=[3])) / 2, (pooled + mirror_pooled) / 2
+
+
+def _pooled_array(n: int, dim: int, path: str | os.PathLike | None) -> np.ndarray:
+    if path is None:
+        return np.zeros((n, dim), dtype=np.float16)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, dim))
+    array[:] = 0
+    return array

@@ -1,0 +1,226 @@
+"""The indexing pipeline of a project: features -> visual words -> bags of words -> orderings.
+
+Each stage's artifact has a key (the settings and inputs that made it); a stage runs only when its
+key changed. Cell vectors are handled in one of two ways, chosen by their size:
+
+- they fit ``cell_cache_gb`` (float16 on disk): one pass over the images stores them in
+  ``features/cells.npy``; KMeans samples from it and every cell is assigned from it. A new number of
+  words then costs no forward pass.
+- they do not: a first pass over a random subset of the images collects the KMeans sample, then the
+  full pass assigns each batch's cells to words as they come. Memory stays bounded for any N.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mlfix.atomic import atomic_path, write_json_atomic
+from mlfix.data.dataset import DataRoot, problems_frame
+from mlfix.pipeline.artifacts import atomic_parquet, atomic_save_npy, frame_digest, read_key, write_key
+from mlfix.pipeline.codebook import Codebook, pack_bags
+from mlfix.progress import Progress
+from mlfix.settings import IndexSettings
+
+ASSIGN_CHUNK = 2048  # images per assignment chunk from the cell cache
+
+
+@dataclass
+class IndexRun:
+    """What one indexing run works on: the project folder, its settings and data, where to report."""
+
+    dir: Path
+    settings: IndexSettings
+    root: DataRoot
+    samples: pd.DataFrame
+    progress: Progress
+    workers: int | None = None
+    device: str | None = None
+
+    @property
+    def problems(self) -> pd.DataFrame:
+        path = self.dir / "problems.parquet"
+        return pd.read_parquet(path) if path.exists() else problems_frame([])
+
+
+def run_index(directory: Path, settings: IndexSettings, root: DataRoot, weights: str, weights_id: object,
+              progress: Progress, workers: int | None = None, device: str | None = None) -> None:
+    """Make (or reuse) every index artifact of the project folder ``directory``.
+
+    ``weights`` is what :func:`~mlfix.pipeline.backbone.create_backbone` takes (a keyword or a file)
+    and ``weights_id`` its identity in the cache key (both from the facade, which knows the project's
+    checkpoints). The sample table is read from ``samples.parquet``; decode failures are written back
+    to it and to ``problems.parquet``.
+    """
+    samples = pd.read_parquet(directory / "samples.parquet")
+    if len(samples) == 0:
+        raise ValueError(f"project {directory} has no readable samples; see its problems table")
+    from mlfix.pipeline.backbone import architecture
+
+    run = IndexRun(Path(directory), settings, root, samples, progress, workers, device)
+    # the timm architecture too: when mlfix changes what a backbone name builds (EfficientNet-Lite
+    # became timm's tf_ variant), features cached by the old build are recomputed, not reused
+    feature_key = settings.feature_key(
+        frame_digest(samples, ["sample_id", "path", "box_x", "box_y", "box_w", "box_h"]),
+        architecture(settings.backbone), weights_id)
+    words_key = settings.words_key(feature_key)
+    features_dir, codebook_dir = run.dir / "features", run.dir / "codebook"
+    if read_key(features_dir / "words.key.json") != words_key:
+        _features_and_words(run, weights, feature_key, words_key)
+    if read_key(codebook_dir / "bags.key.json") != words_key:
+        words = np.load(features_dir / "words.npy", mmap_mode="r")
+        progress.update("bags", 0, 1)
+        atomic_save_npy(codebook_dir / "bags.npy", pack_bags(words, settings.words))
+        write_key(codebook_dir / "bags.key.json", words_key)
+        progress.update("bags", 1, 1)
+    order_key = settings.order_key(words_key, frame_digest(run.samples, ["label"]))
+    if read_key(run.dir / "orders" / "orders.key.json") != order_key:
+        _orders(run, order_key)
+
+
+def _features_and_words(run: IndexRun, weights: str, feature_key: dict, words_key: dict) -> None:
+    import torch
+
+    from mlfix.pipeline.backbone import create_backbone
+
+    settings = run.settings
+    torch.manual_seed(settings.seed)  # random init is part of the key through the seed
+    backbone = create_backbone(settings.backbone, weights, settings.cell_stride).eval()
+    size = settings.image_size
+    with torch.inference_mode():
+        cells, _ = backbone(torch.zeros(1, 3, size, size))
+    _, channels, side, _ = cells.shape
+    cache_bytes = len(run.samples) * side * side * channels * 2
+    codebook = Codebook(k=settings.words, seed=settings.seed, niter=settings.kmeans_iterations)
+    if cache_bytes <= settings.cell_cache_gb * 2**30:
+        _words_from_cell_cache(run, codebook, backbone, feature_key, (side, channels))
+    else:
+        _words_in_two_passes(run, codebook, backbone, feature_key, (side, channels))
+    atomic_save_npy(run.dir / "codebook" / "centroids.npy", codebook.centroids_)
+    write_json_atomic(run.dir / "codebook" / "fit.json", codebook.fit_info_, indent=1)
+    write_key(run.dir / "features" / "words.key.json", words_key)
+
+
+def _extract(run: IndexRun, samples: pd.DataFrame, backbone, on_cells, stage: str, pooled_out=None):
+    from mlfix.pipeline.features import extract
+
+    settings = run.settings
+    return extract(run.root, samples, backbone, settings.image_size, batch_size=settings.batch_size,
+                   workers=run.workers, device=run.device, on_cells=on_cells,
+                   progress=run.progress.stage(stage), pooled_out=pooled_out, tta_flip=settings.tta_flip)
+
+
+def _extract_all(run: IndexRun, backbone, on_cells) -> np.ndarray:
+    """Full pass: pooled vectors to features/pooled.npy, decode failures to the problems table."""
+    features_dir = run.dir / "features"
+    with atomic_path(features_dir / "pooled.npy", suffix=".npy") as tmp_pooled:
+        result = _extract(run, run.samples, backbone, on_cells, "features", pooled_out=tmp_pooled)
+        del result.pooled  # the memory map: closed before the rename
+    atomic_save_npy(features_dir / "ok.npy", result.ok)
+    _record_decode_failures(run, result.ok, result.problems)
+    return result.ok
+
+
+def _words_from_cell_cache(run: IndexRun, codebook: Codebook, backbone, feature_key: dict,
+                           shape: tuple[int, int]) -> None:
+    features_dir = run.dir / "features"
+    side, channels = shape
+    n = len(run.samples)
+    cells_path = features_dir / "cells.npy"
+    if read_key(features_dir / "features.key.json") != {**feature_key, "cells": True} or not cells_path.exists():
+        with atomic_path(cells_path, suffix=".npy") as tmp:
+            cache = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, side, side, channels))
+
+            def store(rows: np.ndarray, cells: np.ndarray) -> None:
+                cache[rows] = cells
+
+            _extract_all(run, backbone, store)
+            cache.flush()
+            del cache
+        write_key(features_dir / "features.key.json", {**feature_key, "cells": True})
+    cells = np.load(cells_path, mmap_mode="r")
+    ok_rows = np.flatnonzero(np.load(features_dir / "ok.npy"))
+    flat = cells.reshape(n * side * side, channels)
+    per_image = side * side
+    total = len(ok_rows) * per_image
+    rng = np.random.default_rng(codebook.seed)
+    picks = np.sort(rng.choice(total, min(total, codebook.sample_size), replace=False))
+    sample_rows = ok_rows[picks // per_image] * per_image + picks % per_image
+    run.progress.update("codebook", 0, 1)
+    codebook.fit(np.asarray(flat[sample_rows], dtype=np.float32))
+    run.progress.update("codebook", 1, 1)
+    words = np.zeros((n, side, side), dtype=np.uint16)
+    for start in range(0, n, ASSIGN_CHUNK):
+        words[start:start + ASSIGN_CHUNK] = codebook.assign(np.asarray(cells[start:start + ASSIGN_CHUNK]))
+        run.progress.update("words", min(n, start + ASSIGN_CHUNK), n)
+    atomic_save_npy(features_dir / "words.npy", words)
+
+
+def _words_in_two_passes(run: IndexRun, codebook: Codebook, backbone, feature_key: dict,
+                         shape: tuple[int, int]) -> None:
+    features_dir = run.dir / "features"
+    side, channels = shape
+    n, per_image = len(run.samples), side * side
+    rng = np.random.default_rng(codebook.seed)
+    images_needed = min(n, math.ceil(1.25 * codebook.sample_size / per_image))
+    subset = np.sort(rng.choice(n, images_needed, replace=False))
+    keep = max(1, math.ceil(codebook.sample_size / images_needed))
+    kept: list[np.ndarray] = []
+
+    def collect(rows: np.ndarray, cells: np.ndarray) -> None:
+        flat = cells.reshape(len(rows), per_image, channels)
+        choice = rng.random((len(rows), per_image)).argsort(axis=1)[:, :keep]
+        kept.append(np.take_along_axis(flat, choice[..., None], axis=1).reshape(-1, channels))
+
+    _extract(run, run.samples.iloc[subset], backbone, collect, "codebook sample")
+    run.progress.update("codebook", 0, 1)
+    codebook.fit(np.concatenate(kept))
+    run.progress.update("codebook", 1, 1)
+    with atomic_path(features_dir / "words.npy", suffix=".npy") as tmp:
+        words = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint16, shape=(n, side, side))
+
+        def assign(rows: np.ndarray, cells: np.ndarray) -> None:
+            words[rows] = codebook.assign(cells)
+
+        _extract_all(run, backbone, assign)
+        words.flush()
+        del words
+    (features_dir / "cells.npy").unlink(missing_ok=True)
+    write_key(features_dir / "features.key.json", {**feature_key, "cells": False})
+
+
+def _record_decode_failures(run: IndexRun, ok: np.ndarray, failures: pd.DataFrame) -> None:
+    samples = run.samples.copy()
+    samples["status"] = np.where(ok, "ok", "unreadable")
+    samples["status"] = samples["status"].astype("string")
+    problems = run.problems
+    problems = problems[problems["stage"] != "decode"]
+    atomic_parquet(samples, run.dir / "samples.parquet")
+    atomic_parquet(pd.concat([problems, failures], ignore_index=True), run.dir / "problems.parquet")
+    run.samples = samples
+
+
+def _orders(run: IndexRun, order_key: dict) -> None:
+    from mlfix.pipeline.ordering import order as order_bags
+
+    orders_dir = run.dir / "orders"
+    ok = np.load(run.dir / "features" / "ok.npy")
+    packed = np.load(run.dir / "codebook" / "bags.npy", mmap_mode="r")
+    labels = run.samples["label"]
+    groups = {None: np.flatnonzero(ok)}
+    for label in sorted(labels.dropna().unique()):
+        groups[label] = np.flatnonzero(ok & (labels == label).fillna(False).to_numpy())
+    names = {}
+    for done, (label, rows) in enumerate(groups.items(), start=1):
+        name = "all" if label is None else f"class-{done - 2:04d}"
+        order = order_bags(np.asarray(packed[rows]), exact_max=run.settings.exact_order_max)
+        atomic_save_npy(orders_dir / f"{name}.npy", rows[order].astype(np.int64))
+        if label is not None:
+            names[label] = name
+        run.progress.update("orders", done, len(groups))
+    write_json_atomic(orders_dir / "orders.json", {"labels": names}, ensure_ascii=False, indent=1)
+    write_key(orders_dir / "orders.key.json", order_key)

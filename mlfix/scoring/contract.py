@@ -1,0 +1,119 @@
+"""The contract every suspected-label-error score method follows, and the helpers that keep it.
+
+Every method returns a ``DataFrame[sample_id, score, suggested_label]`` (:data:`SCORE_COLUMNS`) with
+one row per input sample, in input order (``RangeIndex``): ``score`` is a float, **higher = more
+likely mislabeled**, NaN for unlabeled samples (they have no given label to doubt);
+``suggested_label`` is the label the method believes in (it may be given for unlabeled samples too).
+A trusted (reviewed) sample's score is pinned to :data:`TRUSTED_SCORE`, the lowest score any method
+gives, so it leaves the queue. One report and one review page serve them all.
+
+The methods live in :mod:`mlfix.scoring.scores` (neighbour votes, the combined score, :func:`~mlfix.scoring.scores.compute_scores`)
+and :mod:`mlfix.scoring.probe` (the cross-validated linear probe: loss and cleanlab); both check their inputs
+and build their output here, so the rules above hold the same for all of them:
+
+- :func:`encode_labels`: labels (None/NaN = unlabeled) as indices into sorted classes (:class:`Labels`);
+- :func:`check_ids`, :func:`check_embeddings`, :func:`check_trusted`: one clear error per bad input;
+- :func:`finish_score` (NaN for unlabeled, the floor for trusted) and :func:`score_frame` (the table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+SCORE_COLUMNS = ["sample_id", "score", "suggested_label"]
+TRUSTED_SCORE = 0.0  # every method's lowest score: a reviewed sample leaves the queue
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Labels encoded as class indices: ``codes`` (N,) int64 with -1 for unlabeled; ``classes``."""
+
+    codes: np.ndarray
+    classes: list
+
+    @property
+    def labeled(self) -> np.ndarray:
+        return self.codes >= 0
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Class indices -> labels (object array); -1 becomes None."""
+        table = np.array(list(self.classes) + [None], dtype=object)
+        return table[np.where(codes >= 0, codes, len(self.classes))]
+
+
+def encode_labels(labels: Sequence | np.ndarray | pd.Series, n: int | None = None) -> Labels:
+    """Encode labels (strings or numbers; None/NaN = unlabeled) as indices into sorted classes.
+
+    >>> encode_labels(["b", None, "a", "b"]).codes.tolist()
+    [1, -1, 0, 1]
+    """
+    series = pd.Series(list(labels) if not isinstance(labels, pd.Series) else labels.to_numpy(),
+                       dtype=object)
+    if n is not None and len(series) != n:
+        raise ValueError(f"labels has {len(series)} entries but there are {n} samples; "
+                         "pass one label per embedding row (None for unlabeled)")
+    missing = series.isna().to_numpy()
+    present = series[~missing]
+    try:
+        classes = sorted(present.unique().tolist())
+    except TypeError:  # mixed types: sort by text so the order is still deterministic
+        classes = sorted(present.unique().tolist(), key=str)
+    # Plain Python values (np.str_ -> str), so suggested labels look like the labels users gave.
+    classes = [c.item() if isinstance(c, np.generic) else c for c in classes]
+    index = {c: i for i, c in enumerate(classes)}
+    codes = np.full(len(series), -1, dtype=np.int64)
+    codes[~missing] = [index[v] for v in present]
+    return Labels(codes, classes)
+
+
+def check_ids(sample_ids, n: int) -> np.ndarray:
+    """``sample_ids`` as an object array, or ValueError when there is not one per sample."""
+    ids = np.asarray(list(sample_ids), dtype=object)
+    if len(ids) != n:
+        raise ValueError(f"sample_ids has {len(ids)} entries but there are {n} samples; "
+                         "pass one id per embedding row")
+    return ids
+
+
+def check_embeddings(embeddings, name: str = "embeddings") -> np.ndarray:
+    """A non-empty finite (N, D) float32 array, or ValueError that says what to fix."""
+    x = np.asarray(embeddings)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D array (N samples x D dims), got shape {x.shape}")
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values; re-extract the features of those "
+                         "samples or drop them before scoring")
+    return x
+
+
+def check_trusted(trusted, n: int) -> np.ndarray:
+    """The (N,) bool mask of reviewed samples (all False when None), or ValueError."""
+    if trusted is None:
+        return np.zeros(n, dtype=bool)
+    mask = np.asarray(trusted)
+    if mask.shape != (n,):
+        raise ValueError(f"trusted must be a boolean mask of shape ({n},), got shape {mask.shape}")
+    if mask.dtype != bool:
+        if not np.isin(mask, (0, 1)).all():
+            raise ValueError("trusted must be a boolean mask (True = reviewed); got non-0/1 values")
+        mask = mask.astype(bool)
+    return mask
+
+
+def score_frame(sample_ids: np.ndarray, score: np.ndarray, suggested: np.ndarray) -> pd.DataFrame:
+    """The table every method returns: ``DataFrame[sample_id, score, suggested_label]``."""
+    return pd.DataFrame({"sample_id": sample_ids, "score": np.asarray(score, dtype=np.float64),
+                         "suggested_label": pd.Series(suggested, dtype=object)})
+
+
+def finish_score(score: np.ndarray, labels: Labels, trusted: np.ndarray) -> np.ndarray:
+    """Unlabeled -> NaN, trusted -> the floor."""
+    score = np.asarray(score, dtype=np.float64).copy()
+    score[~labels.labeled] = np.nan
+    score[trusted & labels.labeled] = TRUSTED_SCORE
+    return score

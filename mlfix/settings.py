@@ -1,0 +1,244 @@
+"""Typed index settings: defaults in one place, read from and written to ``mlfix.toml``, validated.
+
+A project's ``mlfix.toml`` has two tables: ``[source]`` (where the images and labels are) and
+``[index]`` (how to index them). :class:`IndexSettings` is the ``[index]`` table as a frozen
+dataclass: every field has its default here and nowhere else, every value is checked when the
+settings are made (a wrong one raises :class:`~mlfix.errors.SettingsError` naming the setting and
+what it accepts), and the cache keys of the pipeline's stages are built from it
+(:meth:`IndexSettings.feature_key` ...), so a stage reruns exactly when a setting it depends on
+changed.
+
+``weights`` is parsed once into a :class:`Weights` value (after timm's ``parse_model_name``, which
+splits ``"hf-hub:name"`` into a source and a name): a keyword (``auto``, ``random``, ``imagenet``,
+``offline``, ``trained``) or a file. Input that could mean both is refused.
+
+    >>> settings = IndexSettings(image_size=96, words=256)
+    >>> settings.image_size, settings.backbone
+    (96, 'resnet18')
+    >>> settings.replace(words=64).words
+    64
+    >>> IndexSettings(words=1)
+    Traceback (most recent call last):
+    ...
+    mlfix.errors.SettingsError: words must be an integer from 2 to 65536, got 1
+    >>> Weights.parse("offline")
+    Weights(kind='offline', path=None)
+    >>> Weights.parse("file:models/last.pt").kind
+    'file'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from mlfix.atomic import write_text_atomic
+from mlfix.errors import NotAProjectError, SettingsError
+
+CONFIG_NAME = "mlfix.toml"
+FILE_PREFIX = "file:"
+WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Which weights the backbone starts from.
+
+    ``kind`` is one of:
+
+    - ``auto``: the project's trained checkpoint when there is one for this backbone, else random;
+    - ``random``: random initialisation (seeded);
+    - ``imagenet``: timm's hub weights (needs the internet);
+    - ``offline``: ImageNet weights shipped in pip packages (EfficientNet-Lite0/1/2);
+    - ``trained``: the project's Barlow Twins checkpoint (``models/last.pt``), an error when absent;
+    - ``file``: a weights file at ``path``.
+    """
+
+    KEYWORDS: ClassVar[tuple[str, ...]] = ("auto", "random", "imagenet", "offline", "trained")
+
+    kind: str
+    path: Path | None = None
+
+    @classmethod
+    def parse(cls, value: "str | os.PathLike | Weights") -> "Weights":
+        """A keyword, ``file:PATH``, or a path (it must contain a folder separator or end in a
+        weights suffix such as ``.pt``). A keyword that is also a file in the current folder is
+        ambiguous and refused; so is a bare word that is neither."""
+        if isinstance(value, Weights):
+            return value
+        if isinstance(value, os.PathLike):
+            return cls("file", Path(value).expanduser())
+        if not isinstance(value, str) or not value.strip():
+            raise SettingsError(f"weights must be a keyword ({', '.join(cls.KEYWORDS)}) or a file path, "
+                                f"got {value!r}")
+        text = value.strip()
+        if text.startswith(FILE_PREFIX):
+            name = text[len(FILE_PREFIX):]
+            if not name:
+                raise SettingsError("weights 'file:' needs a path after it, e.g. file:models/last.pt")
+            return cls("file", Path(name).expanduser())
+        if text in cls.KEYWORDS:
+            if Path(text).exists():
+                raise SettingsError(f"weights {text!r} is both a keyword and a file in the current folder: "
+                                    f"write file:{text} (or ./{text}) for the file, or run from another folder "
+                                    "for the keyword")
+            return cls(text)
+        if "/" in text or os.sep in text or text.startswith("~") or text.lower().endswith(WEIGHT_FILE_SUFFIXES):
+            return cls("file", Path(text).expanduser())
+        raise SettingsError(f"unknown weights {text!r}: use one of {', '.join(cls.KEYWORDS)}, "
+                            f"or a file path (file:{text} if it is a file in the current folder)")
+
+    def __str__(self) -> str:
+        """The form stored in ``mlfix.toml`` (parses back to the same value)."""
+        if self.kind != "file":
+            return self.kind
+        text = str(self.path)
+        return text if ("/" in text or text.lower().endswith(WEIGHT_FILE_SUFFIXES)) else FILE_PREFIX + text
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value \
+            or not low <= int(value) <= high:
+        raise SettingsError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+    return int(value)
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise SettingsError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """How a project is indexed (the ``[index]`` table of ``mlfix.toml``).
+
+    Args:
+        backbone: a timm model name, or members joined by ``+`` for an ensemble.
+        weights: see :class:`Weights` (a string is parsed).
+        image_size: the side images are resized to before the backbone (small images are scaled up).
+        tta_flip: average each image's features with its mirror image's (twice the extraction).
+        cell_stride: stride of the backbone stage whose output is the cell grid (8, 16 or 32).
+        words: visual words in the codebook (the grid is stored as uint16, so at most 65536).
+        kmeans_iterations: KMeans iterations for the codebook.
+        seed: seed of random init, KMeans and the probe's folds.
+        batch_size: images per forward pass.
+        cell_cache_gb: keep all cell vectors on disk (float16) when they fit; then a new number of
+            words costs no forward pass.
+        exact_order_max: groups up to this size are ordered exactly, larger ones approximately.
+    """
+
+    backbone: str = "resnet18"
+    weights: Weights = field(default_factory=lambda: Weights("auto"))
+    image_size: int = 224
+    tta_flip: bool = False
+    cell_stride: int = 16
+    words: int = 1024
+    kmeans_iterations: int = 20
+    seed: int = 0
+    batch_size: int = 64
+    cell_cache_gb: float = 4.0
+    exact_order_max: int = 50_000
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise the values once, here
+        if not isinstance(self.backbone, str) or not self.backbone.strip() \
+                or any(not part for part in self.backbone.split("+")):
+            raise SettingsError(f"backbone must be a timm model name (or names joined by '+'), got {self.backbone!r}")
+        set_(self, "backbone", self.backbone.strip())
+        set_(self, "weights", Weights.parse(self.weights))
+        set_(self, "image_size", _check_int("image_size", self.image_size, 16, 4096))
+        set_(self, "tta_flip", _check_bool("tta_flip", self.tta_flip))
+        if self.cell_stride not in (8, 16, 32) or isinstance(self.cell_stride, bool):
+            raise SettingsError(f"cell_stride must be 8, 16 or 32, got {self.cell_stride!r}")
+        set_(self, "cell_stride", int(self.cell_stride))
+        set_(self, "words", _check_int("words", self.words, 2, 65536))
+        set_(self, "kmeans_iterations", _check_int("kmeans_iterations", self.kmeans_iterations, 1, 10_000))
+        set_(self, "seed", _check_int("seed", self.seed, 0, 2**32 - 1))
+        set_(self, "batch_size", _check_int("batch_size", self.batch_size, 1, 65536))
+        gb = self.cell_cache_gb
+        if isinstance(gb, bool) or not isinstance(gb, (int, float)) or not 0 <= gb <= 1e6:
+            raise SettingsError(f"cell_cache_gb must be a number of GiB >= 0, got {gb!r}")
+        set_(self, "cell_cache_gb", float(gb))
+        set_(self, "exact_order_max", _check_int("exact_order_max", self.exact_order_max, 0, 10**9))
+
+    # ---- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "settings") -> "IndexSettings":
+        """Settings from a mapping (a TOML table, CLI options); ``None`` values mean "the default"."""
+        unknown = sorted(set(values) - set(cls.names()))
+        if unknown:
+            raise SettingsError(f"unknown settings {unknown} in {where}; known: {cls.names()}")
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+    def replace(self, **changes: Any) -> "IndexSettings":
+        """A copy with some settings changed (``None`` keeps the current value), validated."""
+        unknown = sorted(set(changes) - set(self.names()))
+        if unknown:
+            raise SettingsError(f"unknown settings {unknown}; known: {self.names()}")
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML table: plain values, ``weights`` as its string form."""
+        table = {f.name: getattr(self, f.name) for f in fields(self)}
+        table["weights"] = str(self.weights)
+        return table
+
+    # ---- cache keys -----------------------------------------------------------------------------
+
+    def feature_key(self, samples_digest: str, architecture: str, weights_id: Any) -> dict[str, Any]:
+        """What the pooled vectors and cells depend on. ``architecture`` is what timm builds for the
+        backbone name (so a changed mapping recomputes); ``weights_id`` identifies the resolved weights."""
+        key = {"samples": samples_digest, "backbone": self.backbone, "architecture": architecture,
+               "weights": weights_id, "image_size": self.image_size, "cell_stride": self.cell_stride}
+        if self.tta_flip:  # only when on: projects indexed before the setting keep their features
+            key["tta_flip"] = True
+        return key
+
+    def words_key(self, feature_key: dict[str, Any]) -> dict[str, Any]:
+        """What the codebook, the word grids and the bags depend on."""
+        return {**feature_key, "words": self.words, "seed": self.seed, "kmeans_iterations": self.kmeans_iterations}
+
+    def order_key(self, words_key: dict[str, Any], labels_digest: str) -> dict[str, Any]:
+        """What the similarity orderings depend on."""
+        return {**words_key, "labels": labels_digest, "exact_order_max": self.exact_order_max}
+
+
+# ---- mlfix.toml ---------------------------------------------------------------------------------
+
+def read_config(directory: str | os.PathLike) -> tuple[dict[str, Any], IndexSettings]:
+    """``([source] table, IndexSettings)`` of a project folder; :class:`NotAProjectError` if it has none."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise NotAProjectError(f"{Path(directory)} is not an mlfix project (no {CONFIG_NAME}); "
+                               "create one with `mlfix index --images PATH --project DIR`")
+    try:
+        config = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise NotAProjectError(f"{path} is not a valid mlfix.toml: {err}") from None
+    source = config.get("source", {})
+    table = config.get("index", {})
+    if not isinstance(source, dict) or not isinstance(table, dict):
+        raise NotAProjectError(f"{path}: [source] and [index] must be tables")
+    try:
+        return source, IndexSettings.from_dict(table, where=str(path))
+    except SettingsError as err:
+        raise SettingsError(f"{err} (fix it in {path})") from None
+
+
+def write_config(directory: str | os.PathLike, source: dict[str, Any], settings: IndexSettings) -> None:
+    """Write ``mlfix.toml`` atomically (``None`` values of ``source`` are left out)."""
+    import tomli_w
+
+    clean_source = {k: v for k, v in source.items() if v is not None}
+    text = tomli_w.dumps({"source": clean_source, "index": settings.to_dict()})
+    write_text_atomic(Path(directory) / CONFIG_NAME, text)

@@ -1,0 +1,285 @@
+"""The Python side of the review grid: batches of actions applied exactly once, palette keys."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlfix.review.actions import BatchApplier, BatchError, action_records, parse_batch
+
+LABELS = ["cat", "dog", "fox"]
+
+
+class ListStore:
+    """Records what it is given, in order (the real store is tested further down)."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.calls = 0
+
+    def record(self, rows):
+        self.calls += 1
+        self.rows.extend(rows)
+
+
+def act(seq, kind="relabel", ids=("a",), label="dog", client=None, **extra):
+    item = {"seq": seq, "client_id": client or f"c{seq}", "kind": kind, **extra}
+    if kind != "page":
+        item["ids"] = list(ids)
+    if kind == "relabel":
+        item["label"] = label
+    return item
+
+
+def batch(*actions, session="s1"):
+    return {"session": session, "actions": list(actions)}
+
+
+def test_a_batch_is_stored_in_one_call_with_one_row_per_sample():
+    store, applier = ListStore(), BatchApplier()
+    result = applier.apply(batch(act(1, ids=["a", "b", "c"], label="fox"), act(2, "flag", ids=["d"])),
+                           store, LABELS, "ann")
+    assert store.calls == 1
+    assert [(r["sample_id"], r["kind"], r["label"]) for r in store.rows] == [
+        ("a", "relabel", "fox"), ("b", "relabel", "fox"), ("c", "relabel", "fox"), ("d", "flag", None)]
+    assert {r["reviewer"] for r in store.rows} == {"ann"}
+    assert result.ack == 2 and result.changed and not result.errors
+
+
+def test_a_resent_batch_is_applied_once():
+    store, applier = ListStore(), BatchApplier()
+    first = batch(act(1), act(2, "ok", ids=["b"]))
+    applier.apply(first, store, LABELS, "ann")
+    again = applier.apply(batch(act(1), act(2, "ok", ids=["b"]), act(3, "flag", ids=["c"])),
+                          store, LABELS, "ann")
+    assert again.skipped == [1, 2]
+    assert [r["sample_id"] for r in store.rows] == ["a", "b", "c"]
+    assert again.ack == 3
+
+
+def test_sequence_numbers_are_per_browser_session():
+    store, applier = ListStore(), BatchApplier()
+    applier.apply(batch(act(1, ids=["a"]), session="tab1"), store, LABELS, "ann")
+    applier.apply(batch(act(1, ids=["b"]), session="tab2"), store, LABELS, "bob")
+    assert [r["sample_id"] for r in store.rows] == ["a", "b"]
+
+
+def test_actions_are_applied_in_sequence_order():
+    store, applier = ListStore(), BatchApplier()
+    applier.apply(batch(act(2, "flag", ids=["a"]), act(1, ids=["a"])), store, LABELS, "ann")
+    assert [r["kind"] for r in store.rows] == ["relabel", "flag"]
+
+
+def test_unknown_label_is_a_clear_error_and_not_stored():
+    store, applier = ListStore(), BatchApplier()
+    result = applier.apply(batch(act(1, label="wolf"), act(2, label="cat", ids=["b"])), store,
+                           LABELS, "ann")
+    assert [r["label"] for r in store.rows] == ["cat"]
+    assert len(result.errors) == 1 and "'wolf' is not a label of this project" in result.errors[0]
+    assert result.ack == 2  # acknowledged, so the grid stops resending it
+
+
+def test_unknown_sample_is_refused_when_known_ids_are_given():
+    store, applier = ListStore(), BatchApplier()
+    result = applier.apply(batch(act(1, "ok", ids=["a", "zzz"])), store, LABELS, "ann",
+                           known_ids={"a", "b"})
+    assert store.rows == [] and "not in this project" in result.errors[0]
+
+
+@pytest.fixture
+def store(tmp_path):
+    from mlfix.review.store import ReviewStore
+
+    with ReviewStore.for_project(tmp_path) as review_store:
+        yield review_store
+
+
+SAMPLES = pd.DataFrame({"sample_id": ["a", "b", "c"], "label": ["cat", "cat", "cat"]})
+
+
+def status(store):
+    state = store.current_state(SAMPLES).set_index("sample_id")
+    return {s: (state.loc[s, "status"], state.loc[s, "label"]) for s in state.index}
+
+
+def test_undo_reverts_exactly_the_decisions_of_that_action(store):
+    applier = BatchApplier()
+    applier.apply(batch(act(1, ids=["a", "b"], label="dog", client="c1"), act(2, "ok", ids=["c"])),
+                  store, LABELS, "ann")
+    applier.apply(batch(act(3, "undo", ids=["a", "b"], undoes="c1")), store, LABELS, "ann")
+    assert status(store) == {"a": ("unreviewed", "cat"), "b": ("unreviewed", "cat"), "c": ("ok", "cat")}
+
+
+def test_undo_in_the_same_batch_as_its_action(store):
+    result = BatchApplier().apply(batch(act(1, ids=["a"], label="fox", client="c1"), act(2, "flag", ids=["b"]),
+                                        act(3, "undo", ids=["a"], undoes="c1")), store, LABELS, "ann")
+    assert not result.errors
+    assert status(store)["a"] == ("unreviewed", "cat") and status(store)["b"] == ("flagged", "cat")
+    assert list(store.decisions()["kind"]) == ["relabel", "flag", "undo"]
+
+
+def test_undo_without_an_action_reverts_the_reviewers_latest_decision(store):
+    store.decide(["a"], "relabel", "dog", reviewer="ann")
+    store.decide(["a"], "ok", reviewer="bob")
+    result = BatchApplier().apply(batch(act(1, "undo", ids=["a", "b"])), store, LABELS, "ann")
+    assert status(store)["a"] == ("ok", "cat")  # ann's relabel is undone, bob's ok stays
+    assert len(result.errors) == 1 and "nothing of yours to undo" in result.errors[0]
+
+
+def test_undo_of_an_action_that_was_not_stored_is_an_error(store):
+    result = BatchApplier().apply(batch(act(1, label="wolf", client="c1"), act(2, "undo", undoes="c1")),
+                                  store, LABELS, "ann")
+    assert store.decisions().empty
+    assert any("nothing to undo" in e for e in result.errors)
+
+
+def test_a_resent_undo_after_restart_is_stored_once(store):
+    payload = batch(act(1, ids=["a"], client="c1"), act(2, "undo", ids=["a"], undoes="c1"))
+    BatchApplier().apply(payload, store, LABELS, "ann")
+    BatchApplier().apply(payload, store, LABELS, "ann")
+    assert list(store.decisions()["kind"]) == ["relabel", "undo"]
+
+
+def test_page_actions_move_pages_and_store_nothing():
+    store, applier = ListStore(), BatchApplier()
+    result = applier.apply(batch(act(1, "page", delta=1), act(2, "page", delta=1), act(3, "page", delta=-1)),
+                           store, LABELS, "ann")
+    assert store.rows == [] and result.page_delta == 1 and result.ack == 3
+
+
+def test_a_failed_store_write_is_retried_not_lost():
+    class FailingOnce(ListStore):
+        def record(self, rows):
+            if self.calls == 0:
+                self.calls += 1
+                raise RuntimeError("database is locked")
+            super().record(rows)
+
+    store, applier = FailingOnce(), BatchApplier()
+    with pytest.raises(RuntimeError):
+        applier.apply(batch(act(1)), store, LABELS, "ann")
+    result = applier.apply(batch(act(1)), store, LABELS, "ann")
+    assert [r["sample_id"] for r in store.rows] == ["a"] and result.ack == 1
+
+
+@pytest.mark.parametrize("payload, message", [
+    ("nope", "JSON object"),
+    ({"actions": []}, "session"),
+    ({"session": "s", "actions": {}}, "list"),
+])
+def test_malformed_batches_raise_batch_error(payload, message):
+    with pytest.raises(BatchError, match=message):
+        parse_batch(payload)
+
+
+@pytest.mark.parametrize("item, message", [
+    ({"seq": 0, "client_id": "c", "kind": "ok", "ids": ["a"]}, "seq"),
+    ({"seq": 1, "client_id": "c", "kind": "delete", "ids": ["a"]}, "unknown kind"),
+    ({"seq": 1, "client_id": "", "kind": "ok", "ids": ["a"]}, "client_id"),
+    ({"seq": 1, "client_id": "c", "kind": "ok", "ids": []}, "ids"),
+    ({"seq": 1, "client_id": "c", "kind": "relabel", "ids": ["a"]}, "needs a 'label'"),
+])
+def test_malformed_actions_are_reported_and_skipped(item, message):
+    _, actions, errors = parse_batch({"session": "s", "actions": [item]})
+    assert actions == [] and message in errors[0]
+
+
+def test_blank_reviewer_is_refused():
+    with pytest.raises(ValueError, match="reviewer"):
+        BatchApplier().apply(batch(act(1)), ListStore(), LABELS, "  ")
+
+
+def test_the_view_on_screen_is_stored_with_the_decision(store):
+    BatchApplier().apply(batch(act(1, "flag", ids=["a"])), store, LABELS, "ann", view="suspects")
+    assert store.decisions()["view"].tolist() == ["suspects"]
+
+
+def test_record_client_ids_are_unique_per_sample():
+    _, [action], _ = parse_batch(batch(act(1, ids=["a", "b", "a"])))
+    rows = action_records(action, "ann")
+    assert [r["client_id"] for r in rows] == ["c1:a", "c1:b"]
+
+
+# The grid resends every unacknowledged action; whatever subset of messages arrives, in whatever
+# overlap, each action is stored exactly once and in order.
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 12), data=st.data())
+def test_any_resend_pattern_stores_each_action_once(n, data):
+    actions = [act(i, "ok", ids=[f"s{i}"]) for i in range(1, n + 1)]
+    store, applier = ListStore(), BatchApplier()
+    acked = 0
+    sent_upto = 0
+    while acked < n:
+        # the grid made some more actions, then a message with everything not yet acknowledged
+        sent_upto = data.draw(st.integers(max(sent_upto, acked + 1), n))
+        pending = actions[acked:sent_upto]
+        if data.draw(st.booleans()):  # a duplicate delivery of the same message
+            applier.apply(batch(*pending), store, LABELS, "ann")
+        result = applier.apply(batch(*pending), store, LABELS, "ann")
+        acked = result.ack
+    assert [r["sample_id"] for r in store.rows] == [f"s{i}" for i in range(1, n + 1)]
+
+
+def test_with_the_real_store_a_resend_after_restart_is_stored_once(store):
+    payload = batch(act(1, ids=["a", "b"], label="fox"))
+    BatchApplier().apply(payload, store, LABELS, "ann")
+    BatchApplier().apply(payload, store, LABELS, "ann")  # a fresh applier: the server restarted
+    decisions = store.decisions()
+    assert sorted(decisions["sample_id"]) == ["a", "b"] and len(decisions) == 2
+
+
+# ---- the Python side of the component: palette keys and thumbnail URLs --------------------------
+
+def test_palette_keys_are_digits_then_letters_that_are_not_commands():
+    from mlfix.ui.grid import COMMAND_KEYS, palette
+
+    entries = palette([f"class{i:02d}" for i in range(40)])
+    keys = [e["key"] for e in entries]
+    assert keys[:10] == list("1234567890")
+    assigned = [k for k in keys if k is not None]
+    assert len(assigned) == len(set(assigned)) == 31 and keys[31:] == [None] * 9
+    assert not set(assigned) & COMMAND_KEYS
+    assert all(e["color"].startswith("#") for e in entries)
+    with pytest.raises(ValueError, match="unique"):
+        palette(["a", "a"])
+
+
+def test_thumbnail_urls_by_static_serving_or_data_urls(tmp_path):
+    from PIL import Image
+
+    from mlfix.data.thumbnails import ThumbnailCache
+    from mlfix.ui.grid import STATIC_SUBDIR, thumbnail_urls
+
+    cache = ThumbnailCache(tmp_path / "project" / "thumbs", lambda s: Image.new("RGB", (40, 30), "red"), 64)
+    urls = thumbnail_urls(cache, ["a.png", "b.png"], tmp_path / "static")
+    assert all(u.startswith(f"app/static/{STATIC_SUBDIR}/") for u in urls)
+    served = tmp_path / "static" / urls[0].removeprefix("app/static/")
+    assert served.read_bytes() == cache.path("a.png").read_bytes()
+    inline = thumbnail_urls(cache, ["a.png"], None)
+    assert inline[0].startswith("data:image/jpeg;base64,")
+
+
+def test_static_mirrors_of_old_projects_are_pruned(tmp_path):
+    from PIL import Image
+
+    from mlfix.data.thumbnails import ThumbnailCache
+    from mlfix.ui.grid import MAX_MIRRORS, STATIC_SUBDIR, thumbnail_urls
+
+    for i in range(MAX_MIRRORS + 3):
+        cache = ThumbnailCache(tmp_path / f"p{i}" / "thumbs", lambda s: Image.new("RGB", (20, 20)), 32)
+        thumbnail_urls(cache, ["a.png"], tmp_path / "static")
+    assert len(list((tmp_path / "static" / STATIC_SUBDIR).iterdir())) == MAX_MIRRORS
+
+
+def test_an_unwritable_static_folder_falls_back_to_data_urls(tmp_path):
+    from PIL import Image
+
+    from mlfix.data.thumbnails import ThumbnailCache
+    from mlfix.ui.grid import thumbnail_urls
+
+    static = tmp_path / "static"
+    static.write_text("a file where the folder should be")  # unwritable even for root
+    cache = ThumbnailCache(tmp_path / "thumbs", lambda s: Image.new("RGB", (20, 20)), 32)
+    assert thumbnail_urls(cache, ["a.png"], static)[0].startswith("data:image/jpeg")

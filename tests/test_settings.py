@@ -1,0 +1,114 @@
+"""Typed index settings: defaults, validation, mlfix.toml round trips, weights parsing, cache keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mlfix.errors import MlfixError, NotAProjectError, SettingsError
+from mlfix.settings import CONFIG_NAME, IndexSettings, Weights, read_config, write_config
+
+settings_values = st.fixed_dictionaries({}, optional={
+    "backbone": st.sampled_from(["resnet18", "efficientnet_lite0", "efficientnet_lite0+efficientnet_lite2"]),
+    "weights": st.sampled_from(["auto", "random", "imagenet", "offline", "trained", "models/last.pt",
+                                "/abs/w.pth", "file:weights"]),
+    "image_size": st.integers(16, 4096),
+    "tta_flip": st.booleans(),
+    "cell_stride": st.sampled_from([8, 16, 32]),
+    "words": st.integers(2, 65536),
+    "kmeans_iterations": st.integers(1, 10_000),
+    "seed": st.integers(0, 2**32 - 1),
+    "batch_size": st.integers(1, 65536),
+    "cell_cache_gb": st.floats(0, 1e6, allow_nan=False),
+    "exact_order_max": st.integers(0, 10**9),
+})
+
+
+@given(settings_values)
+def test_settings_survive_a_round_trip_through_mlfix_toml(tmp_path_factory, values):
+    folder = tmp_path_factory.mktemp("p")
+    settings = IndexSettings.from_dict(values)
+    write_config(folder, {"images": "/data/photos", "labels": None}, settings)
+    source, again = read_config(folder)
+    assert again == settings
+    assert source == {"images": "/data/photos"}  # None values are left out of the file
+
+
+@given(st.sampled_from(["auto", "random", "imagenet", "offline", "trained", "models/last.pt", "w.pt",
+                        "~/w.safetensors", "file:w", "/abs/path/model.pth"]))
+def test_weights_parse_back_from_their_stored_form(text):
+    weights = Weights.parse(text)
+    assert Weights.parse(str(weights)) == weights
+
+
+def test_defaults_live_in_one_place_and_are_typed():
+    settings = IndexSettings()
+    assert settings.weights == Weights("auto") and settings.image_size == 224 and settings.words == 1024
+    assert settings.to_dict()["weights"] == "auto"
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("words", 1, "words must be an integer from 2 to 65536"),
+    ("words", 70000, "words must be an integer"),
+    ("image_size", "224", "image_size must be an integer"),
+    ("image_size", True, "image_size must be an integer"),
+    ("image_size", 12.5, "image_size must be an integer"),
+    ("tta_flip", "yes", "tta_flip must be true or false"),
+    ("cell_stride", 12, "cell_stride must be 8, 16 or 32"),
+    ("backbone", "", "backbone must be a timm model name"),
+    ("backbone", "resnet18+", "backbone must be a timm model name"),
+    ("cell_cache_gb", -1, "cell_cache_gb must be a number"),
+    ("weights", "imagnet", "unknown weights 'imagnet'"),
+    ("weights", "file:", "needs a path"),
+])
+def test_bad_values_are_refused_with_the_setting_named(name, value, message):
+    with pytest.raises(SettingsError, match=message):
+        IndexSettings(**{name: value})
+
+
+def test_a_settings_error_is_a_value_error_and_an_mlfix_error():
+    with pytest.raises(ValueError):
+        IndexSettings(words=0)
+    assert issubclass(SettingsError, MlfixError)
+
+
+def test_unknown_and_unchanged_settings():
+    with pytest.raises(SettingsError, match="unknown settings"):
+        IndexSettings().replace(wrods=3)
+    assert IndexSettings(words=64).replace(words=None).words == 64  # None keeps the value
+    assert IndexSettings(image_size=32).replace(image_size=64.0).image_size == 64  # an integral float is an int
+
+
+def test_a_keyword_that_is_also_a_file_here_is_ambiguous(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "offline").write_bytes(b"")
+    with pytest.raises(SettingsError, match="both a keyword and a file"):
+        Weights.parse("offline")
+    assert Weights.parse("file:offline") == Weights("file", Path("offline"))
+    assert Weights.parse("./offline").kind == "file"
+
+
+def test_cache_keys_change_exactly_with_the_settings_they_depend_on():
+    base = IndexSettings()
+    features = base.feature_key("digest", "resnet18", "random")
+    assert "tta_flip" not in features  # projects indexed before the setting keep their features
+    assert base.replace(tta_flip=True).feature_key("digest", "resnet18", "random")["tta_flip"] is True
+    assert base.replace(words=64).feature_key("digest", "resnet18", "random") == features
+    assert base.replace(words=64).words_key(features) != base.words_key(features)
+    assert base.replace(exact_order_max=10).words_key(features) == base.words_key(features)
+    assert base.replace(exact_order_max=10).order_key(base.words_key(features), "l") != \
+        base.order_key(base.words_key(features), "l")
+
+
+def test_a_damaged_config_says_which_file_and_setting(tmp_path):
+    with pytest.raises(NotAProjectError, match="no mlfix.toml"):
+        read_config(tmp_path)
+    (tmp_path / CONFIG_NAME).write_text("[index]\nwords = 'many'\n")
+    with pytest.raises(SettingsError, match=r"words must be an integer.*fix it in .*mlfix.toml"):
+        read_config(tmp_path)
+    (tmp_path / CONFIG_NAME).write_text("[index\n")
+    with pytest.raises(NotAProjectError, match="not a valid mlfix.toml"):
+        read_config(tmp_path)

@@ -1,0 +1,480 @@
+"""AppTest for the app shell and the Dataset, Training, Codebook and Export pages.
+
+Each test runs the real ``app.py`` (navigation + sidebar) on a small generated project and checks
+what the page shows: chart data, table rows, messages, download bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.io as pio
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from mlfix.service import jobs
+from mlfix.project import Project
+from mlfix.review.store import ReviewStore
+from mlfix.ui import access
+from mlfix.ui import state as ui_state
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+TIMEOUT = 120  # generous: the CI machine is small and shared
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def app_on(project_dir, page: str | None = None) -> AppTest:
+    """The app, run once with ``project_dir`` open, then switched to ``page`` and run again."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    if project_dir is not None:
+        at.session_state[ui_state.PROJECT_KEY] = str(project_dir)
+    at.run()
+    if page is not None:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def plotly_figures(at: AppTest) -> list:
+    return [pio.from_json(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def values(array) -> list:
+    """Plot data as a list, whether plotly stored it plainly or as a typed binary array."""
+    if isinstance(array, dict) and "bdata" in array:
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).tolist()
+    return list(array)
+
+
+def copy_project(source: Project, target: Path) -> Path:
+    """A private copy of an indexed project (the images stay where they are, read-only)."""
+    shutil.copytree(source.dir, target, ignore=shutil.ignore_patterns("reviews.db*", "jobs", "thumbs",
+                                                                         "views", "progress"))
+    return target
+
+
+@pytest.fixture
+def project_copy(demo_project, tmp_path) -> Project:
+    return Project.open(copy_project(demo_project, tmp_path / "project"))
+
+
+@pytest.fixture
+def media(monkeypatch):
+    """Every media file (images, downloads) the app stores, by its URL file name."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    stored: dict[str, bytes] = {}
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def load_and_get_id(self, path_or_data, mimetype, kind, filename=None):
+        file_id = original(self, path_or_data, mimetype, kind, filename)
+        stored[file_id] = self._files_by_id[file_id].content
+        return file_id
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", load_and_get_id)
+    return stored
+
+
+def table(at: AppTest, *columns: str) -> pd.DataFrame:
+    """The one dataframe on the page with these columns (AppTest does not expose a table's key)."""
+    found = [d.value for d in at.dataframe if set(columns) <= set(d.value.columns)]
+    assert len(found) == 1, f"{len(found)} dataframes with columns {columns}"
+    return found[0]
+
+
+def download(at: AppTest, media: dict, label: str) -> bytes:
+    button = next(b for b in at.get("download_button") if b.proto.label == label)
+    return media[Path(button.proto.url).stem]
+
+
+@pytest.fixture
+def project_with_problems(tiny_image_folder, tmp_path) -> Project:
+    (tiny_image_folder / "red" / "broken.png").write_bytes(b"not a png at all")
+    (tiny_image_folder / "blue" / "empty.jpg").write_bytes(b"")
+    return Project.create(tmp_path / "proj", images=tiny_image_folder)
+
+
+# ------------------------------------------------------------------------------------ shell
+
+
+def test_state_reads_the_project_from_the_script_argument_and_the_environment(monkeypatch):
+    assert ui_state._argv_project(["--project", "/data/p", "--other", "x"]) == "/data/p"
+    assert ui_state._argv_project(["--unrelated"]) is None
+    assert ui_state._argv_project(["--project"]) is None  # no value: absent, not a crash
+    at = AppTest.from_string(
+        "import streamlit as st\nfrom mlfix.ui import access, state\nst.write(str(state.project_dir()))\n"
+        "st.write(access.reviewer())", default_timeout=TIMEOUT)
+    monkeypatch.setenv("MLFIX_PROJECT", "/from/env")
+    monkeypatch.setenv("MLFIX_REVIEWER", "carol")
+    at.run()
+    assert [m.value for m in at.markdown] == ["/from/env", "carol"]
+    at.session_state[ui_state.PROJECT_KEY] = "/from/session"
+    at.run()
+    assert at.markdown[0].value == "/from/session"  # the sidebar's choice wins over the environment
+
+
+def test_the_sidebar_shows_the_project_and_the_reviewer(project_with_problems, tmp_path):
+    at = app_on(project_with_problems.dir)
+    assert at.sidebar.text_input(key="mlfix_project_input").value == str(project_with_problems.dir)
+    captions = " ".join(c.value for c in at.sidebar.caption)
+    assert "40 samples" in captions and "4 classes" in captions and "not indexed yet" in captions
+    # AppTest reruns only the page after the first run, so drive the sidebar on its own.
+    side = AppTest.from_string("from mlfix.ui import access, sidebar, state\nimport streamlit as st\n"
+                               "sidebar.render()\nst.write(access.reviewer())\n"
+                               "st.write(str(state.project_dir()))", default_timeout=TIMEOUT)
+    side.run()
+    side.sidebar.text_input(key=access.REVIEWER_KEY).input("alice").run()
+    assert side.markdown[0].value == "alice"
+    side.sidebar.text_input(key="mlfix_project_input").input(str(tmp_path)).run()
+    assert side.markdown[1].value == str(tmp_path.resolve())
+    assert any("Not an mlfix project" in w.value for w in side.sidebar.warning)
+    at.switch_page("app_pages/export.py").run()  # the shared sidebar is on every page
+    assert at.sidebar.text_input(key="mlfix_project_input").value == str(project_with_problems.dir)
+
+
+def test_a_deep_link_runs_the_page_inside_the_shell(project_with_problems):
+    """A first request for /training gets the shell: the pages live in app_pages/, not pages/, so
+    Streamlit never falls back to its legacy multipage mode (which runs a page without the shell)."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state[ui_state.PROJECT_KEY] = str(project_with_problems.dir)
+    at.switch_page("app_pages/training.py")
+    at.run()
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Training"]
+    assert at.sidebar.text_input(key="mlfix_project_input").value == str(project_with_problems.dir)
+
+
+@pytest.mark.parametrize("page", ["app_pages/dataset.py", "app_pages/training.py", "app_pages/codebook.py",
+                                  "app_pages/export.py"])
+def test_a_folder_that_is_not_a_project_is_a_clear_message_on_every_page(tmp_path, page):
+    at = app_on(tmp_path, page)
+    assert any("not an mlfix project" in e.value for e in at.error), [e.value for e in at.error]
+
+
+@pytest.mark.parametrize("page", ["app_pages/training.py", "app_pages/codebook.py", "app_pages/export.py"])
+def test_no_project_open_sends_the_user_to_the_dataset_page(page, monkeypatch):
+    monkeypatch.delenv("MLFIX_PROJECT", raising=False)
+    at = app_on(None, page)
+    assert any("No project is open" in i.value for i in at.info)
+
+
+# ------------------------------------------------------------------------------------ dataset
+
+
+def test_dataset_page_shows_counts_examples_and_problems(project_with_problems):
+    at = app_on(project_with_problems.dir)  # the Dataset page is the default page
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics == {"Samples": "40", "Classes": "4", "Problems": "2", "Index": "not built"}
+    (figure,) = plotly_figures(at)
+    assert sorted(zip(values(figure.data[0].x), values(figure.data[0].y))) == [
+        ("blue", 10), ("green", 10), ("red", 10), ("yellow", 10)]
+    images = at.get("image")
+    assert len(images) == 4 and all(len(i.value) == 8 for i in images)  # 8 examples per class
+    assert sorted(at.markdown[i].value.split("**")[1] for i in range(len(at.markdown))
+                  if at.markdown[i].value.startswith("**"))[:4] == ["blue", "green", "red", "yellow"]
+    problems = table(at, "sample_id", "reason")
+    assert sorted(problems["path"]) == ["blue/empty.jpg", "red/broken.png"]
+    reasons = dict(zip(problems["path"], problems["reason"]))
+    assert "empty file" in reasons["blue/empty.jpg"]
+    assert "not an image" in reasons["red/broken.png"]
+    at.slider(key="ds_per_class").set_value(3).run()
+    assert all(len(i.value) == 3 for i in at.get("image"))
+
+
+@pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
+def test_no_project_offers_to_create_one_from_a_folder_or_a_zip(tiny_image_folder, tmp_path, monkeypatch,
+                                                                 as_zip):
+    monkeypatch.delenv("MLFIX_PROJECT", raising=False)
+    images = shutil.make_archive(str(tmp_path / "images"), "zip", tiny_image_folder) if as_zip \
+        else tiny_image_folder
+    at = app_on(None)
+    assert any("Open an existing project" in i.value for i in at.info)
+    target = tmp_path / "new-project"
+    at.text_input(key="ds_new_dir").input(str(target))
+    at.text_input(key="ds_images").input(str(images))
+    at.checkbox(key="ds_start_index").uncheck()
+    at.checkbox(key="ds_tta_flip").check()
+    at.button(key="ds_create").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert Project.is_project(target)
+    assert Project.open(target).settings.tta_flip is True
+    assert at.session_state[ui_state.PROJECT_KEY] == str(target.resolve())
+    assert any("Created" in s.value and "40 samples" in s.value for s in at.success)
+    assert {m.label: m.value for m in at.metric}["Samples"] == "40"
+
+
+def _create_with_csv(at: AppTest, images: Path, target: Path, content: bytes) -> AppTest:
+    at.text_input(key="ds_new_dir").input(str(target))
+    at.text_input(key="ds_images").input(str(images))
+    at.radio(key="ds_source").set_value("csv").run()
+    at.file_uploader(key="ds_csv_upload").upload("labels.csv", content, "text/csv")
+    at.checkbox(key="ds_start_index").uncheck()
+    return at.button(key="ds_create").click().run()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe\x00garbage\x00\x81", "not UTF-8"),
+    (b'path,label\n"red/000.png,red\n', "does not parse"),
+    (b"file,label\nred/000.png,red\n", "needs a `path` column"),
+])
+def test_an_uploaded_csv_that_cannot_be_used_is_a_clear_message(tiny_image_folder, tmp_path, monkeypatch,
+                                                                 content, message):
+    monkeypatch.delenv("MLFIX_PROJECT", raising=False)
+    at = _create_with_csv(app_on(None), tiny_image_folder, tmp_path / "p", content)
+    assert not at.exception
+    assert any(message in e.value for e in at.error), [e.value for e in at.error]
+    assert not Project.is_project(tmp_path / "p")
+
+
+def test_an_uploaded_csv_labels_the_project(tiny_image_folder, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFIX_PROJECT", raising=False)
+    csv = "path,label\n" + "".join(f"red/{i:03d}.png,warm\n" for i in range(5)) + \
+          "".join(f"blue/{i:03d}.png,cold\n" for i in range(3))
+    at = _create_with_csv(app_on(None), tiny_image_folder, tmp_path / "p", csv.encode())
+    assert not at.error, [e.value for e in at.error]
+    project = Project.open(tmp_path / "p")
+    assert project.labels == ["cold", "warm"] and len(project.samples) == 8
+    assert (tmp_path / "p" / "uploads" / "labels.csv").read_text() == csv  # kept with the project
+    (figure,) = plotly_figures(at)
+    assert sorted(zip(values(figure.data[0].x), values(figure.data[0].y))) == [("cold", 3), ("warm", 5)]
+
+
+def test_opening_a_folder_that_is_not_a_project_says_so(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFIX_PROJECT", raising=False)
+    at = app_on(None)
+    at.text_input(key="ds_open_dir").input(str(tmp_path))
+    at.button[0].click().run()  # the form's submit button
+    assert any("is not an mlfix project" in e.value for e in at.error)
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def write_train_log(project_dir: Path, steps: int = 30) -> None:
+    lines = [{"job": "train", "time": 1000.0 + s, "stage": "train", "done": s, "total": 100, "step": s,
+              "epoch": 1 + s // 10, "loss": 50.0 - s, "images_per_s": 123.4, "eta_s": 100 - s}
+             for s in range(1, steps + 1)]
+    (project_dir / "progress").mkdir(exist_ok=True)
+    (project_dir / "progress" / "train.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+
+
+def test_training_page_shows_the_loss_curve_speed_eta_and_stage_progress(project_copy):
+    write_train_log(project_copy.dir)
+    (project_copy.dir / "progress" / "index.jsonl").write_text(
+        json.dumps({"job": "index", "time": 1.0, "stage": "features", "done": 200, "total": 200}) + "\n" +
+        json.dumps({"job": "index", "time": 2.0, "stage": "words", "done": 50, "total": 200}) + "\n")
+    at = app_on(project_copy.dir, "app_pages/training.py")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics == {"Epoch": "4", "Loss": "20", "Images/s": "123.4", "ETA": "1 min 10 s"}
+    loss = plotly_figures(at)[0]
+    assert values(loss.data[0].x) == list(range(1, 31))
+    assert values(loss.data[0].y) == [50.0 - s for s in range(1, 31)]
+    bars = {p.proto.text.split(" · ")[0]: p.proto.value for p in at.get("progress")}
+    assert bars["training: step 30 of 100"] == 30
+    assert bars["features: 200 of 200"] == 100
+    assert bars["words: 50 of 200"] == 25
+    assert [b.label for b in at.button] == ["Start training", "Index again"]
+    # an unfinished log written moments ago: work started from a terminal, followed live
+    assert any("started outside the app" in c.value for c in at.caption)
+    write_train_log(project_copy.dir, steps=100)  # both runs finished
+    (project_copy.dir / "progress" / "index.jsonl").write_text(
+        json.dumps({"job": "index", "time": 3.0, "stage": "orders", "done": 11, "total": 11}) + "\n")
+    at.run()
+    assert not any("started outside the app" in c.value for c in at.caption)
+
+
+def test_a_long_training_log_is_thinned_for_the_browser(project_copy):
+    write_train_log(project_copy.dir, steps=5000)
+    at = app_on(project_copy.dir, "app_pages/training.py")
+    steps = values(plotly_figures(at)[0].data[0].x)
+    assert len(steps) <= 2000 and steps[0] == 1 and steps[-1] == 5000
+    assert {m.label: m.value for m in at.metric}["Loss"] == "-4950"  # the latest record, not a thinned one
+
+
+def test_training_buttons_start_a_background_job_with_the_chosen_settings(project_copy, monkeypatch):
+    # The job runs a harmless command instead of real training; the page does not know the difference.
+    def harmless(project_dir, kind, args=()):
+        return [sys.executable, "-c", f"print('pretend {kind}', {list(map(str, args))!r})"]
+
+    monkeypatch.setattr(jobs, "mlfix_command", harmless)
+    at = app_on(project_copy.dir, "app_pages/training.py")
+    at.number_input(key="tr_epochs").set_value(3)
+    at.checkbox(key="tr_flip").uncheck()
+    at.button(key="tr_start").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    record = jobs.current_job(project_copy.dir)
+    assert record["kind"] == "train"
+    assert record["args"][:2] == ["--epochs", "3"] and "--no-flip" in record["args"]
+    status = jobs.wait_job(project_copy.dir, timeout=60)
+    assert status.state == "finished" and "pretend train" in status.log_tail
+    at.run()
+    assert any("Training finished" in s.value for s in at.success)
+
+
+def test_a_checkpoint_offers_resume_with_its_settings_or_a_fresh_start(project_copy, monkeypatch):
+    monkeypatch.setattr(jobs, "mlfix_command", lambda project_dir, kind, args=(): [sys.executable, "-c", "pass"])
+    models = project_copy.dir / "models"
+    models.mkdir()
+    (models / "last.pt").write_bytes(b"weights")
+    (models / "last.json").write_text(json.dumps({
+        "settings": {"epochs": 7, "batch_size": 64, "image_size": 96, "init": "random", "flip": False,
+                     "head_dim": 1024}, "epoch": 3, "step": 30, "total_steps": 70, "loss": 812.5}))
+    at = app_on(project_copy.dir, "app_pages/training.py")
+    assert at.button(key="tr_start").label == "Resume training"
+    assert any("epoch **3** of 7" in m.value and "loss 812.5" in m.value for m in at.markdown)
+    # the form starts from the checkpoint's settings, so a resume continues the same run
+    assert (at.number_input(key="tr_epochs").value, at.number_input(key="tr_batch").value,
+            at.number_input(key="tr_size").value, at.checkbox(key="tr_flip").value) == (7, 64, 96, False)
+    at.button(key="tr_restart").click().run()
+    assert not at.exception and not (models / "last.pt").exists()
+    (kept,) = models.glob("previous-*/last.pt")  # set aside, never deleted
+    assert kept.read_bytes() == b"weights"
+    assert jobs.current_job(project_copy.dir)["kind"] == "train"
+    jobs.wait_job(project_copy.dir, timeout=60)
+
+
+def test_a_running_job_can_be_stopped_from_the_page_and_a_second_is_refused(project_copy):
+    jobs.start_job(project_copy.dir, "train",
+                   command=[sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"])
+    try:
+        at = app_on(project_copy.dir, "app_pages/training.py")
+        assert any("is running" in i.value for i in at.info)
+        assert at.button(key="tr_start").disabled and at.button(key="ix_start").disabled
+        with pytest.raises(jobs.JobRunningError):  # a second tab pressing Start gets a clear refusal
+            jobs.start_job(project_copy.dir, "index")
+        at.button(key="tr_stop").click().run()
+        assert jobs.wait_job(project_copy.dir, timeout=30).state == "stopped"
+        assert jobs.stop_requested_at(project_copy.dir) is not None
+        at.run()
+        assert any("was stopped" in w.value for w in at.warning)
+    finally:
+        jobs.stop_job(project_copy.dir, force=True)
+
+
+def test_a_job_that_ignores_stop_can_be_killed_from_the_page(project_copy):
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    jobs.start_job(project_copy.dir, "train", command=[sys.executable, "-c", code])
+    try:
+        for _ in range(400):
+            if "ready" in jobs.job_status(project_copy.dir).log_tail:
+                break
+            time.sleep(0.05)
+        jobs.stop_job(project_copy.dir)
+        record = jobs.current_job(project_copy.dir)  # pretend the stop was asked for a minute ago
+        (project_copy.dir / "jobs" / f"{record['job_id']}.stop").write_text(str(time.time() - 60))
+        at = app_on(project_copy.dir, "app_pages/training.py")
+        assert any("has not stopped" in w.value for w in at.warning)
+        at.button(key="tr_kill").click().run()
+        assert jobs.wait_job(project_copy.dir, timeout=30).state == "stopped"
+    finally:
+        jobs.stop_job(project_copy.dir, force=True)
+
+
+def test_a_job_that_crashes_is_a_clear_message_with_its_log(project_copy):
+    jobs.start_job(project_copy.dir, "index",
+                   command=[sys.executable, "-c", "raise MemoryError('the cat ate the RAM')"])
+    jobs.wait_job(project_copy.dir, timeout=60)
+    at = app_on(project_copy.dir, "app_pages/training.py")
+    assert any("Indexing failed" in e.value and "exit code 1" in e.value for e in at.error)
+    assert any("MemoryError: the cat ate the RAM" in c.value for c in at.code)
+
+
+# ------------------------------------------------------------------------------------ codebook
+
+
+def test_codebook_page_shows_word_frequencies_patches_classes_and_an_overlay(demo_project):
+    at = app_on(demo_project.dir, "app_pages/codebook.py")
+    k = int(demo_project.settings.words)
+    in_images = np.unpackbits(np.asarray(demo_project.bags()), axis=1, bitorder="little")[:, :k].sum(0).astype(int)
+    frequency, classes = plotly_figures(at)[:2]
+    assert sorted(values(frequency.data[0].y), reverse=True) == sorted(in_images.tolist(), reverse=True)
+    assert {m.label: m.value for m in at.metric}["Words in use"] == str(int((in_images > 0).sum()))
+    word = at.selectbox(key="cb_word").value
+    # the first word shown is the most frequent one that is in at most half of the images
+    ranked = sorted(range(k), key=lambda w: (-in_images[w], w))
+    half = len(demo_project.samples) / 2
+    assert word == next((w for w in ranked if 0 < in_images[w] <= half), ranked[0])
+    patches, picture, overlay = at.get("image")  # the image as the model sees it, and its word grid
+    assert len(patches.value) == min(48, int(in_images[word]))
+    # the classes chart counts the images of each class that contain the word
+    labels = demo_project.samples["label"].to_numpy()
+    has = np.unpackbits(np.asarray(demo_project.bags()), axis=1, bitorder="little")[:, word].astype(bool)
+    expected = pd.Series(labels[has]).value_counts()
+    assert dict(zip(values(classes.data[0].y), values(classes.data[0].x))) == expected.to_dict()
+    # the chosen image's words are listed with their cell counts
+    sample_id = at.selectbox(key="cb_image").value
+    grid = np.asarray(demo_project.word_grids()[demo_project.row_of(sample_id)])
+    words = table(at, "word", "cells here")
+    assert dict(zip(words["word"], words["cells here"])) == dict(zip(*np.unique(grid, return_counts=True)))
+    # highlighting a word redraws the overlay without an error
+    before = at.get("image")[2].value
+    at.selectbox(key="cb_highlight").set_value(int(words["word"].iloc[0])).run()
+    assert not at.exception and len(at.get("image")) == 3
+    assert at.get("image")[2].value != before  # the overlay now shows that one word
+
+
+def test_codebook_page_asks_for_an_index_first(project_with_problems):
+    at = app_on(project_with_problems.dir, "app_pages/codebook.py")
+    assert any("not indexed yet" in i.value for i in at.info)
+
+
+# ------------------------------------------------------------------------------------ export
+
+
+def test_export_page_downloads_the_corrected_labels_and_summarises_the_changes(project_copy, media):
+    samples = project_copy.samples
+    ids = samples["sample_id"].tolist()
+    original = dict(zip(ids, samples["label"]))
+    other = next(l for l in project_copy.labels if l != original[ids[0]])
+    with ReviewStore.for_project(project_copy.dir) as store:
+        store.decide(ids[:3], "relabel", other, reviewer="alice")
+        store.decide(ids[3], "flag", reviewer="bob")
+        store.decide(ids[4], "ok", reviewer="bob")
+    at = app_on(project_copy.dir, "app_pages/export.py")
+    metrics = {m.label: m.value for m in at.metric}
+    changed = sum(original[i] != other for i in ids[:3])
+    assert metrics == {"Samples": str(len(ids)), "Reviewed": "5", "Relabeled": str(changed),
+                       "Flagged": "1", "Checked fine": "1"}
+    csv = pd.read_csv(io.BytesIO(download(at, media, "CSV")), keep_default_na=False)
+    assert len(csv) == len(ids)
+    assert csv.set_index("sample_id").loc[ids[:3], "corrected_label"].tolist() == [other] * 3
+    assert csv.set_index("sample_id").loc[ids[3], "status"] == "flagged"
+    doc = json.loads(download(at, media, "JSON"))
+    assert sum(s["changed"] for s in doc["samples"]) == changed
+    assert "COCO" not in [b.proto.label for b in at.get("download_button")]  # not a COCO project
+    changes = table(at, "original_label", "count")
+    assert changes["count"].sum() == changed and set(changes["corrected_label"]) == {other}
+    reviewers = table(at, "reviewer", "relabel").set_index("reviewer")
+    assert reviewers.loc["alice", "relabel"] == 3 and reviewers.loc["bob", "decisions"] == 2
+    # a decision made elsewhere (a notebook, another tab) shows at the next rerun
+    with ReviewStore.for_project(project_copy.dir) as store:
+        store.decide(ids[5], "flag", reviewer="carol")
+    at.run()
+    assert {m.label: m.value for m in at.metric}["Flagged"] == "2"
+
+
+def test_export_page_offers_coco_for_a_coco_project(tiny_image_folder, tmp_path, media):
+    images = sorted(p.relative_to(tiny_image_folder).as_posix() for p in tiny_image_folder.rglob("*.png"))[:4]
+    coco = {"images": [{"id": i, "file_name": name, "width": 48, "height": 48} for i, name in enumerate(images)],
+            "categories": [{"id": 1, "name": "thing"}],
+            "annotations": [{"id": 100 + i, "image_id": i, "bbox": [4, 4, 30, 30], "category_id": 1}
+                            for i in range(len(images))]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    project = Project.create(tmp_path / "p", images=tiny_image_folder, coco=tmp_path / "coco.json")
+    with ReviewStore.for_project(project.dir) as store:
+        store.decide(project.samples["sample_id"].iloc[0], "relabel", "gadget", reviewer="alice")
+    at = app_on(project.dir, "app_pages/export.py")
+    out = json.loads(download(at, media, "COCO"))
+    assert out["categories"][-1]["name"] == "gadget"
+    assert [a["category_id"] for a in out["annotations"]] == [out["categories"][-1]["id"], 1, 1, 1]
