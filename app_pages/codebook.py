@@ -11,13 +11,14 @@ import numpy as np
 import plotly.express as px
 import streamlit as st
 
+from mlfix.project import Project
 from mlfix.ui import loaders, state
 
 PATCHES = 48
 DISPLAY = 320  # px of the image and its word-grid overlay
 
 
-def _frequency_section(project, freq) -> None:
+def _frequency_section(project: Project, freq) -> None:
     st.subheader("How often each word occurs")
     used = int((freq["images"] > 0).sum())
     ranked = freq.sort_values(["images", "word"], ascending=[False, True], ignore_index=True)
@@ -36,7 +37,7 @@ def _frequency_section(project, freq) -> None:
                    "dataset needs, or those centroids sit between clusters.")
 
 
-def _word_section(project, freq) -> None:
+def _word_section(project: Project, freq) -> None:
     st.subheader("One word: where it fires")
     ranked = freq[freq["images"] > 0].sort_values(["images", "word"], ascending=[False, True])
     if ranked.empty:
@@ -68,7 +69,7 @@ def _word_section(project, freq) -> None:
         st.plotly_chart(fig, key="cb_word_classes", width="stretch")
 
 
-def _image_section(project) -> None:
+def _image_section(project: Project) -> None:
     st.subheader("One image: its word grid")
     samples = project.samples
     labels = ["(all)"] + project.labels

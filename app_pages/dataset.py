@@ -10,6 +10,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from mlfix.project import Project
 from mlfix.service import jobs
 from mlfix.ui import loaders, state
 
@@ -38,8 +39,6 @@ def _open_form() -> None:
 
 
 def _open(folder: str) -> None:
-    from mlfix.project import Project
-
     folder = (folder or "").strip()
     if not folder:
         st.error("Type the folder of a project to open it.")
@@ -115,8 +114,6 @@ def _create_form() -> None:
 
 def _create(target: str, images: str, source: str, labels_path: str | None, upload, padding: float,
             settings: dict, start_index: bool) -> None:
-    from mlfix.project import Project
-
     target, images = (target or "").strip(), (images or "").strip()
     if not target or not images:
         st.error("Give both the new project folder and the images (a folder or a .zip).")
@@ -158,7 +155,7 @@ def _create(target: str, images: str, source: str, labels_path: str | None, uplo
     st.rerun()
 
 
-def _overview(project) -> None:
+def _overview(project: Project) -> None:
     samples, problems = project.samples, project.problems
     counts = loaders.class_counts(project)
     c1, c2, c3, c4 = st.columns(4)
@@ -201,7 +198,7 @@ def _overview(project) -> None:
         st.dataframe(problems, hide_index=True, key="ds_problems", width="stretch")
 
 
-def _examples(project, counts: pd.DataFrame) -> None:
+def _examples(project: Project, counts: pd.DataFrame) -> None:
     st.subheader("Examples per class")
     labels = counts["label"].tolist()
     c1, c2 = st.columns([3, 1])

@@ -7,11 +7,12 @@ from pathlib import Path
 import plotly.express as px
 import streamlit as st
 
+from mlfix.project import Project
 from mlfix.review import export
 from mlfix.ui import loaders, state, team
 
 
-def _downloads(project, last_id: int) -> None:
+def _downloads(project: Project, last_id: int) -> None:
     st.subheader("Download the corrected labels")
     key = (str(project.dir), loaders.project_stamp(project.dir), last_id)
     name = Path(project.dir).name
@@ -65,7 +66,7 @@ def _changes(table) -> None:
                                   "decided_at"]], hide_index=True, key="ex_changed_rows", width="stretch")
 
 
-def _reviewers(project) -> None:
+def _reviewers(project: Project) -> None:
     st.subheader("Decisions per reviewer")
     summary = loaders.review_store(project).per_reviewer()
     if summary.empty:

@@ -20,8 +20,8 @@ import pandas as pd
 import streamlit as st
 
 from mlfix.data import thumbnails
-from mlfix.review import actions as review_actions
 from mlfix.project import Project
+from mlfix.review import actions as review_actions
 from mlfix.review.store import ReviewStore, StoreUnavailable
 from mlfix.ui import access, confusion_section, grid, state, team
 

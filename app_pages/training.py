@@ -17,6 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from mlfix.project import Project
 from mlfix.service import jobs
 from mlfix.ui import loaders, state
 
@@ -121,7 +122,7 @@ def _start(project_dir: Path, kind: str, args: list[str]) -> None:
     st.rerun()
 
 
-def _train_controls(project, running: bool) -> None:
+def _train_controls(project: Project, running: bool) -> None:
     st.subheader("Train the backbone")
     st.caption("Barlow Twins, self-supervised on this project's own images: no labels are used. "
                "Checkpoints go to `models/last.pt`; indexing then uses them (weights `auto`).")
@@ -169,7 +170,7 @@ def _set_aside_checkpoint(project_dir: Path) -> None:
             shutil.move(str(models / name), str(target / name))
 
 
-def _index_controls(project, running: bool) -> None:
+def _index_controls(project: Project, running: bool) -> None:
     st.subheader("Index")
     st.caption("Features → visual words → bags of words → similarity orderings. Stages whose inputs "
                "did not change are reused.")

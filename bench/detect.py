@@ -36,7 +36,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from bench.common import emit, parser
 from bench.detect_features import DEFAULT_BACKBONE, bags_path, features, flip_averaged, load_labels, word_bags
-from mlfix.scoring import probe, scores
+from mlfix.scoring import combine, neighbours, probe
 
 BENCH = "detect"
 FLIP_SEED = 0
@@ -84,7 +84,7 @@ def greedy_embedding_order(x: np.ndarray, k: int = 64) -> np.ndarray:
 
     x = np.ascontiguousarray(x, dtype=np.float32).copy()
     faiss.normalize_L2(x)
-    near = scores.embedding_neighbours(x, k)
+    near = neighbours.embedding_neighbours(x, k)
     n = len(x)
     placed = np.zeros(n, dtype=bool)
     order = np.empty(n, dtype=np.int64)
@@ -108,15 +108,15 @@ def greedy_embedding_order(x: np.ndarray, k: int = 64) -> np.ndarray:
 
 
 def method_scores(x: np.ndarray, labels: np.ndarray, ids: np.ndarray, oof: probe.OutOfFold,
-                  near: scores.Neighbours, trusted=None) -> dict[str, pd.DataFrame]:
+                  near: neighbours.Neighbours, trusted=None) -> dict[str, pd.DataFrame]:
     """Every method's table on one feature set (one probe, one neighbour search)."""
     tables = {
-        "knn": scores.knn_vote(x, labels, ids, trusted=trusted, neighbours=near),
+        "knn": neighbours.knn_vote(x, labels, ids, trusted=trusted, neighbours=near),
         "cleanlab": probe.confident_learning(None, labels, ids, trusted=trusted, probabilities=oof),
         "loss": probe.probe_loss(None, labels, ids, trusted=trusted, probabilities=oof),
     }
-    tables["combined"] = scores.combined([tables[m] for m in scores.COMBINED_DEFAULT],
-                                         scores.COMBINED_WEIGHTS)
+    tables["combined"] = combine.combined([tables[m] for m in combine.COMBINED_DEFAULT],
+                                          combine.COMBINED_WEIGHTS)
     return tables
 
 
@@ -132,7 +132,7 @@ def evaluate(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, se
     oof = probe.out_of_fold_probabilities(x, labels, seed=0)
     with_time["probe_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    near = scores.embedding_neighbours(x, 50)
+    near = neighbours.embedding_neighbours(x, 50)
     with_time["knn_search_s"] = time.perf_counter() - start
     single = probe.out_of_fold_probabilities(x, labels, seed=0, refit_without_suspects=False)
     for fit, result in (("", oof), ("_single_fit", single)):
@@ -168,10 +168,10 @@ def evaluate(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, se
 
 def word_figures(name: str, bags: np.ndarray, labels: np.ndarray, truth: np.ndarray, setup: dict) -> None:
     """The visual-word vote's detection figures and the purity of the seed's greedy order on bags."""
-    from mlfix.pipeline.ordering import greedy_order
+    from mlfix.pipeline.ordering.exact import greedy_order
 
     n = len(labels)
-    table = scores.word_vote(bags, labels, np.arange(n))
+    table = neighbours.word_vote(bags, labels, np.arange(n))
     for metric, value in detection_metrics(labels != truth, table["score"].to_numpy()).items():
         emit(BENCH, f"{name}.words.{metric}", value, "", n, **setup)
     start = time.perf_counter()
@@ -181,7 +181,7 @@ def word_figures(name: str, bags: np.ndarray, labels: np.ndarray, truth: np.ndar
 
 
 def review(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, setup: dict,
-           near: scores.Neighbours, quick: bool, first: dict[str, pd.DataFrame], per_round: int = 200,
+           near: neighbours.Neighbours, quick: bool, first: dict[str, pd.DataFrame], per_round: int = 200,
            budget: int = 2000) -> None:
     """A reviewer fixes the top ``per_round`` of the queue each round until ``budget`` images viewed.
 

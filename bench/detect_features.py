@@ -94,7 +94,7 @@ def _extract(dataset, table, size, flip, backbone_name, batch_size, log) -> dict
     import torch
 
     from mlfix.pipeline.backbone import create_backbone, image_transform
-    from mlfix.data.dataset import DataRoot, load_image
+    from mlfix.data.images import DataRoot, load_image
 
     torch.manual_seed(0)
     # channels_last on both model and input: about 2x faster on this CPU
@@ -132,7 +132,7 @@ def word_bags(dataset: str, n: int, size: int, k: int = 1024, backbone: str = DE
 
     from mlfix.pipeline.backbone import create_backbone
     from mlfix.pipeline.codebook import Codebook, pack_bags
-    from mlfix.data.dataset import DataRoot
+    from mlfix.data.images import DataRoot
     from mlfix.pipeline.features import extract
 
     torch.manual_seed(0)

@@ -18,7 +18,7 @@ from bench.common import emit, parser, peak_rss_mb, require_shared, reset_peak_r
 
 
 def flowers_samples(limit: int):
-    from mlfix.data.dataset import scan
+    from mlfix.data.scan import scan
 
     folder = require_shared("flowers17")
     if folder is None:
@@ -31,7 +31,7 @@ def bench_pipeline(n: int, image_size: int, batch_size: int) -> None:
     import torch
 
     from mlfix.pipeline.backbone import create_backbone
-    from mlfix.data.dataset import DataRoot
+    from mlfix.data.images import DataRoot
     from mlfix.pipeline.features import SampleImages, extract
 
     result, samples = flowers_samples(n)

@@ -95,7 +95,7 @@ def run_dataset(data: str, limit: int | None, label_column: str, epochs: int, tr
     import torch
 
     from mlfix.pipeline.backbone import create_backbone
-    from mlfix.data.dataset import DataRoot
+    from mlfix.data.images import DataRoot
     from mlfix.training.barlow_twins import train_barlow_twins
     from mlfix.progress import Progress
 

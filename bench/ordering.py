@@ -19,7 +19,9 @@ import tracemalloc
 import numpy as np
 
 from bench.common import emit, parser, peak_rss_mb, timer
-from mlfix.pipeline.ordering import approximate_order, greedy_order, mean_shared_words, seed_greedy_order
+from mlfix.pipeline.ordering import mean_shared_words
+from mlfix.pipeline.ordering.approximate import approximate_order
+from mlfix.pipeline.ordering.exact import greedy_order, seed_greedy_order
 
 BENCH = "ordering"
 

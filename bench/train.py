@@ -96,7 +96,8 @@ def loop_rate(root, samples, image_size: int, batch_size: int, steps: int) -> tu
 
 def data(n: int):
     """flowers17 photos when present, else n generated 256 px images."""
-    from mlfix.data.dataset import DataRoot, scan
+    from mlfix.data.images import DataRoot
+    from mlfix.data.scan import scan
 
     folder = require_shared("flowers17")
     if folder is not None:

@@ -25,9 +25,9 @@ def openmp_waits_for_training(image_size: int) -> None:
 
     On the CPU the model runs on every core while a DataLoader worker decodes and augments images on
     the same cores. At small crops that data work is a large share, and spinning OpenMP threads steal
-    its time: at 64 px the Barlow Twins loop ran at 43-45 img/s with spinning threads and 49-58 img/s
-    with sleeping ones. At 224 px the model dominates and spinning was faster (8.9 vs 7.3 img/s), so
-    the default is kept there (``python -m bench.train``, 2 cores). A value the user set is kept.
+    its time: the Barlow Twins loop ran faster with sleeping threads. At 224 px the model dominates
+    and spinning was faster, so the default is kept there. Measured with ``python -m bench.train``
+    (the README's figures table). A value the user set is kept.
     """
     if image_size <= SMALL_TRAINING_CROP:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -6,11 +6,22 @@ and inputs that made it, so a rerun recomputes only the stages whose inputs chan
 written to a temporary name and renamed, and each key is written after its artifact: a run killed
 mid-write leaves no artifact that looks valid.
 
-Example (a notebook):
-    >>> project = Project.create("flowers-review", images="flowers/")   # doctest: +SKIP
-    >>> project.index(image_size=224, words=1024)                       # doctest: +SKIP
-    >>> project.samples.loc[:, ["sample_id", "label"]]                  # doctest: +SKIP
-    >>> project.order("daisy")[:10]                                     # doctest: +SKIP
+Example (a notebook; the demo's digits stand in for your images, small settings keep it quick):
+    >>> import pathlib, tempfile
+    >>> from mlfix.demo import write_digits
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = write_digits(folder / "images", limit=40)   # an ImageFolder: images/<label>/<n>.png
+    >>> project = Project.create(folder / "review", images=folder / "images",
+    ...                          backbone="resnet18", weights="random", image_size=64, words=16)
+    >>> project.index().is_indexed
+    True
+    >>> project.samples.loc[:1, ["sample_id", "label"]]
+            sample_id  label
+    0  eight/0008.png  eight
+    1  eight/0018.png  eight
+    >>> order = project.order("three")                  # one class, in similarity order
+    >>> len(order), order[0]
+    (3, 'three/0003.png')
 """
 
 from __future__ import annotations
@@ -23,7 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlfix.data.dataset import DataRoot, load_image, problems_frame, scan
+from mlfix.data.images import DataRoot, load_image
+from mlfix.data.scan import problems_frame, scan
 from mlfix.errors import NotAProjectError, NotIndexedError
 from mlfix.pipeline.artifacts import atomic_parquet, read_key, same_key, write_key
 from mlfix.progress import Progress, ProgressFn
@@ -191,7 +203,7 @@ class Project:
         The index holds readable samples only, so ``k`` come back whenever ``k`` others are readable
         (an unreadable image has no embedding worth comparing).
         """
-        from mlfix.scoring.scores import cosine_index
+        from mlfix.scoring.neighbours import cosine_index
 
         if "knn_index" not in self._cache:
             rows = np.flatnonzero(self.readable())
@@ -207,14 +219,14 @@ class Project:
     # ---- suspected label errors -----------------------------------------------------------------
 
     def scores(self, methods=None) -> pd.DataFrame:
-        """Suspected label errors, highest score first is most suspect (see mlfix.scoring.scores).
+        """Suspected label errors, highest score first is most suspect (see mlfix.scoring.registry).
 
         Columns: sample_id, path, label, score, suggested_label, then ``score_<method>`` and
         ``suggested_<method>`` per method. The review loop learns: labels are the corrected ones
         and samples a reviewer relabeled or confirmed are trusted. Recomputed only when the index
         or the decisions changed since the last call; :meth:`cached_scores` never recomputes.
         """
-        from mlfix.scoring.scores import compute_scores
+        from mlfix.scoring.registry import compute_scores
 
         self._require_index()
         samples = self.samples

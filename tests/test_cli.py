@@ -101,7 +101,7 @@ def test_train_then_index_uses_the_trained_backbone_and_a_resume_keeps_its_setti
     assert main([*train, "--epochs", "1"]) == 0
     # a second call that names only --epochs resumes with the first run's settings (no CheckpointError)
     assert main(["train", "--project", str(project_dir), "--epochs", "2", "--workers", "0"]) == 0
-    from mlfix.training.barlow_twins import checkpoint_summary
+    from mlfix.training.checkpoints import checkpoint_summary
 
     assert checkpoint_summary(project_dir / "models")["epoch"] == 2
     assert main(["index", "--project", str(project_dir)]) == 0

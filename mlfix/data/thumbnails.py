@@ -8,11 +8,14 @@ asked for and then only read from disk: the page asks for the 100-200 it shows, 
 An image that cannot be read gets a grey placeholder with a cross instead (and a ``.bad`` marker
 beside it, so that the broken file is not read again at every page view).
 
-Example:
-    >>> cache = ThumbnailCache("project/thumbs", load=project.image, size=128)   # doctest: +SKIP
-    >>> paths = cache.ensure_many(project.order("cat")[:200])                   # doctest: +SKIP
-    >>> paths[0].name                                                            # doctest: +SKIP
-    '3f2a...e1_128.jpg'
+Example (in the app, ``load`` is ``project.image`` and the folder ``<project>/thumbs``; see
+:func:`for_project`):
+    >>> import tempfile
+    >>> photo = Image.new("RGB", (640, 480), "teal")
+    >>> cache = ThumbnailCache(tempfile.mkdtemp(), load=lambda sample_id: photo, size=128)
+    >>> paths = cache.ensure_many(["cats/001.png", "cats/002.png"])
+    >>> paths[0].name, Image.open(paths[0]).size
+    ('911c1d19e31b72de98705d3b_128.jpg', (128, 96))
 """
 
 from __future__ import annotations

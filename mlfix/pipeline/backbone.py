@@ -25,9 +25,9 @@ first, inside ``forward``: extraction, training and batch-norm recalibration can
 every caller keeps one transform.
 
 Example:
-    >>> backbone = create_backbone("resnet18", weights="random")        # doctest: +SKIP
-    >>> cells, pooled = backbone(torch.zeros(2, 3, 224, 224))          # doctest: +SKIP
-    >>> cells.shape, pooled.shape                                       # doctest: +SKIP
+    >>> backbone = create_backbone("resnet18", weights="random")
+    >>> cells, pooled = backbone(torch.zeros(2, 3, 224, 224))
+    >>> cells.shape, pooled.shape
     (torch.Size([2, 256, 14, 14]), torch.Size([2, 512]))
 """
 

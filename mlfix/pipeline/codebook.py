@@ -8,9 +8,15 @@ KMeans is faiss's (seeded). Like faiss, it trains on at most ``max_points_per_ce
 (256 * 1024 = 262,144 by default), sampled at random; :attr:`Codebook.fit_info_` says how many.
 
 Example:
-    >>> codebook = Codebook(k=256, seed=0).fit(cells)          # cells: (M, C) float32  # doctest: +SKIP
-    >>> words = codebook.assign(grid_cells)                     # (N, h, w, C) -> (N, h, w) uint16  # doctest: +SKIP
-    >>> bags = pack_bags(words, codebook.k)                     # (N, k/8) uint8  # doctest: +SKIP
+    >>> rng = np.random.default_rng(0)
+    >>> cells = rng.normal(size=(4000, 16)).astype(np.float32)        # (M, C) cell vectors
+    >>> codebook = Codebook(k=64, seed=0).fit(cells)
+    >>> grid_cells = rng.normal(size=(5, 4, 4, 16)).astype(np.float32)  # (N, h, w, C)
+    >>> words = codebook.assign(grid_cells)                           # (N, h, w) uint16
+    >>> words.shape, words.dtype
+    ((5, 4, 4), dtype('uint16'))
+    >>> pack_bags(words, codebook.k).shape                           # (N, k/8) uint8
+    (5, 8)
 """
 
 from __future__ import annotations

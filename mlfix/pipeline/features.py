@@ -11,10 +11,21 @@ faces, for twice the forward passes.
 
 Images that fail to decode are skipped and reported (``ok`` is False for them), never the end of a run.
 
-Example:
-    >>> result = extract(root, samples, create_backbone("resnet18"), image_size=224)  # doctest: +SKIP
-    >>> result.pooled.shape, result.ok.all()                                         # doctest: +SKIP
-    ((1360, 512), True)
+Example (20 of the demo's digits; ``project.root`` and ``project.samples`` are what it needs):
+    >>> import pathlib, tempfile
+    >>> from mlfix.demo import write_digits
+    >>> from mlfix.project import Project
+    >>> from mlfix.pipeline.backbone import create_backbone
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = write_digits(folder / "images", limit=20)
+    >>> project = Project.create(folder / "review", images=folder / "images")
+    >>> seen = []
+    >>> result = extract(project.root, project.samples, create_backbone("resnet18"), image_size=64,
+    ...                  workers=0, on_cells=lambda rows, cells: seen.append(cells.shape))
+    >>> result.pooled.shape, bool(result.ok.all()), result.grid
+    ((20, 512), True, (4, 4))
+    >>> seen                                            # one batch of cells: (B, h, w, C)
+    [(20, 4, 4, 256)]
 """
 
 from __future__ import annotations
@@ -27,7 +38,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from mlfix.data.dataset import DataRoot, ImageError, load_image, problems_frame
+from mlfix.data.images import DataRoot, load_image
+from mlfix.data.scan import problems_frame
+from mlfix.errors import ImageError
 from mlfix.progress import ProgressFn
 
 CellsFn = Callable[[np.ndarray, np.ndarray], None]

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from mlfix.atomic import atomic_path, write_json_atomic
-from mlfix.data.dataset import DataRoot, problems_frame
+from mlfix.data.images import DataRoot
+from mlfix.data.scan import problems_frame
 from mlfix.pipeline.artifacts import atomic_parquet, atomic_save_npy, frame_digest, read_key, write_key
 from mlfix.pipeline.codebook import Codebook, pack_bags
 from mlfix.progress import Progress

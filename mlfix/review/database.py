@@ -1,6 +1,6 @@
 """The database plumbing shared by the decisions store (:mod:`mlfix.review.store`) and the page claims
 (:mod:`mlfix.review.claims`): one engine factory for SQLite and PostgreSQL, the errors a UI can act on,
-timestamps that always come back in UTC, and advisory-lock keys.
+timestamps that always come back in UTC, advisory-lock keys, and the queue of writers to a SQLite file.
 
 SQLite runs in WAL mode with ``synchronous=FULL`` (a committed transaction survives a killed process
 and a power cut) and writes begin with ``BEGIN IMMEDIATE`` (see :func:`configure_sqlite`);
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import threading
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,11 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from mlfix.errors import StoreUnavailable
+
+try:
+    import fcntl
+except ImportError:  # Windows: SQLite's busy timeout alone
+    fcntl = None
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 10
@@ -108,3 +114,50 @@ def configure_sqlite(engine: Engine) -> None:
 def lock_key(text: str) -> int:
     """A signed 64-bit key for pg_advisory_xact_lock."""
     return zlib.crc32(text.encode()) - 2**31
+
+
+class WriterQueue:
+    """Writers to one SQLite file queue on a lock file beside it (``reviews.db.lock``, flock).
+
+    The kernel wakes a waiter as soon as the lock is free, where SQLite's busy handler polls with
+    sleeps of up to 100 ms and starves some writers when many write at once. Hold :meth:`turn` around
+    a write transaction. For PostgreSQL, an in-memory database or without flock (Windows) the turn
+    is free: the database's own locks (and SQLite's busy timeout) do the work.
+
+    Threads share this process's lock file descriptor; a forked child opens its own.
+
+        >>> with WriterQueue("sqlite://").turn():  # in memory: nothing to queue on
+        ...     pass
+    """
+
+    def __init__(self, url: str):
+        parsed = sa.engine.make_url(url)
+        database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+        in_memory = not database or database == ":memory:" or database.startswith("file:")
+        self.path = None if in_memory else f"{Path(database).resolve()}.lock"
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+        self._pid: int | None = None
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """Wait for this writer's turn and hold it for the block."""
+        if self.path is None or fcntl is None:
+            yield
+            return
+        with self._thread_lock:  # threads share this process's lock file descriptor
+            if self._fd is None or self._pid != os.getpid():  # a fork shares the descriptor
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+                self._pid = os.getpid()
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close the lock file (a later :meth:`turn` opens it again)."""
+        with self._thread_lock:
+            if self._fd is not None and self._pid == os.getpid():
+                os.close(self._fd)
+            self._fd = None

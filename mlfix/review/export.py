@@ -8,9 +8,22 @@ and the review state (``ReviewStore.current_state(samples)``)::
 
 ``status`` is ``unreviewed``, ``relabeled``, ``flagged`` (wrong, no new label given) or ``ok``.
 
-Example:
-    >>> table = export_table(project.samples, project.reviews.current_state(project.samples))  # doctest: +SKIP
-    >>> open("labels.csv", "wb").write(to_csv(table))                                        # doctest: +SKIP
+Example (for a project: ``export_table(project.samples, project.reviews.current_state(project.samples))``,
+which is what ``project.corrected_labels()`` returns):
+    >>> samples = pd.DataFrame({"sample_id": ["cat/1.png", "cat/2.png"], "path": ["cat/1.png", "cat/2.png"],
+    ...                         "label": ["cat", "cat"]})
+    >>> state = pd.DataFrame({"sample_id": ["cat/1.png", "cat/2.png"], "label": ["dog", "cat"],
+    ...                       "status": ["relabeled", "unreviewed"]})
+    >>> table = export_table(samples, state)
+    >>> table[["sample_id", "corrected_label", "changed", "status"]]
+       sample_id corrected_label  changed      status
+    0  cat/1.png             dog     True   relabeled
+    1  cat/2.png             cat    False  unreviewed
+    >>> print(to_csv(table).decode())
+    sample_id,path,original_label,corrected_label,changed,status,reviewer,decided_at
+    cat/1.png,cat/1.png,cat,dog,True,relabeled,,
+    cat/2.png,cat/2.png,cat,cat,False,unreviewed,,
+    <BLANKLINE>
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ means (undo, the current label, final labels when reviewers disagree) are descri
 :mod:`mlfix.review.log`, whose pure functions the store's reading methods apply to the whole log.
 
 Rows are only ever inserted: the code has no UPDATE or DELETE on this table, and the database
-refuses them too (triggers), so nothing a reviewer did is ever overwritten. The current label of a
-sample is derived from the log (:meth:`ReviewStore.current_state`).
+refuses them too (triggers; the table and its rules are in :mod:`mlfix.review.schema`), so nothing a
+reviewer did is ever overwritten. The current label of a sample is derived from the log
+(:meth:`ReviewStore.current_state`).
 
 Undo
     :meth:`ReviewStore.undo` with a sample id reverts that sample's latest effective non-undo
@@ -46,7 +47,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import threading
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -56,66 +56,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
-from mlfix.review.database import StoreUnavailable, UTCDateTime, create_engine, lock_key, sqlite_url, unavailable_as_error
-from mlfix.review.log import (DECISION_COLUMNS, KINDS, derive_state, effective_mask, final_labels,
-                                final_state, find_conflicts, reviewer_summary)
-
-try:
-    import fcntl
-except ImportError:  # Windows: SQLite's busy timeout alone
-    fcntl = None
+from mlfix.review.database import (StoreUnavailable, WriterQueue, create_engine, lock_key, sqlite_url,
+                                   unavailable_as_error)
+from mlfix.review.log import (DECISION_COLUMNS, derive_state, effective_mask, final_labels, final_state,
+                              find_conflicts, reviewer_summary)
+from mlfix.review.schema import (check_batch, check_same_decision, decisions_table, log_frame, metadata,
+                                 validate_decision)
 
 ENV_DB_URL = "MLFIX_DB_URL"  # the decisions database of a team session (PostgreSQL)
 _CHUNK = 500  # rows per IN (...) lookup: well under SQLite's bound-parameter limit
-_ALLOWED_KEYS = {"client_id", "sample_id", "kind", "label", "reviewer", "undoes", "note", "view"}
-
-
-metadata = sa.MetaData()
-decisions_table = sa.Table(
-    "decisions", metadata,
-    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
-              autoincrement=True),
-    sa.Column("client_id", sa.String(200), nullable=False, unique=True),
-    sa.Column("sample_id", sa.Text, nullable=False, index=True),
-    sa.Column("kind", sa.String(8), nullable=False),
-    sa.Column("label", sa.Text, nullable=True),
-    sa.Column("reviewer", sa.String(200), nullable=False),
-    sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Column("undoes", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-              sa.ForeignKey("decisions.id"), nullable=True),
-    sa.Column("note", sa.Text, nullable=True),
-    sa.Column("view", sa.Text, nullable=True),
-    # The same rules as _validate(), kept by the database against any other writer.
-    sa.CheckConstraint("kind IN ('relabel', 'flag', 'ok', 'undo')", name="decisions_kind"),
-    sa.CheckConstraint("(kind = 'relabel') = (label IS NOT NULL)", name="decisions_label"),
-    sa.CheckConstraint("(kind = 'undo') = (undoes IS NOT NULL)", name="decisions_undoes"),
-    sa.CheckConstraint("length(reviewer) > 0", name="decisions_reviewer"),
-    sqlite_autoincrement=True,  # ids never reused: the log order is the id order
-)
-
-# The log is append-only, and the database says so too: UPDATE and DELETE fail.
-_APPEND_ONLY_DDL = {
-    "sqlite": [
-        "CREATE TRIGGER IF NOT EXISTS decisions_no_update BEFORE UPDATE ON decisions "
-        "BEGIN SELECT RAISE(ABORT, 'decisions are append-only: record an undo instead'); END",
-        "CREATE TRIGGER IF NOT EXISTS decisions_no_delete BEFORE DELETE ON decisions "
-        "BEGIN SELECT RAISE(ABORT, 'decisions are append-only: record an undo instead'); END",
-    ],
-    "postgresql": [
-        "CREATE OR REPLACE FUNCTION mlfix_decisions_append_only() RETURNS trigger AS $$ BEGIN "
-        "RAISE EXCEPTION 'decisions are append-only: record an undo instead'; END $$ LANGUAGE plpgsql",
-        "CREATE TRIGGER decisions_no_change BEFORE UPDATE OR DELETE ON decisions "
-        "FOR EACH ROW EXECUTE FUNCTION mlfix_decisions_append_only()",
-        "CREATE TRIGGER decisions_no_truncate BEFORE TRUNCATE ON decisions "
-        "FOR EACH STATEMENT EXECUTE FUNCTION mlfix_decisions_append_only()",
-    ],
-}
-for _dialect, _statements in _APPEND_ONLY_DDL.items():
-    for _statement in _statements:
-        event.listen(decisions_table, "after_create", sa.DDL(_statement).execute_if(dialect=_dialect))
 
 
 def _now() -> _dt.datetime:
@@ -138,16 +89,9 @@ class ReviewStore:
             raise ValueError(f"url must be a SQLAlchemy URL string such as 'sqlite:///reviews.db', got {url!r}")
         self.url = url
         self.labels = frozenset(labels) if labels is not None else None
-        parsed = sa.engine.make_url(url)
-        backend = parsed.get_backend_name()
         self.engine = create_engine(url, **engine_kwargs)
-        self.dialect = backend
-        database = parsed.database if backend == "sqlite" else None
-        in_memory = not database or database == ":memory:" or database.startswith("file:")
-        self._lock_path = None if backend != "sqlite" or in_memory else f"{Path(database).resolve()}.lock"
-        self._thread_lock = threading.Lock()
-        self._lock_fd: int | None = None
-        self._lock_pid: int | None = None
+        self.dialect = sa.engine.make_url(url).get_backend_name()
+        self._writers = WriterQueue(url)
         with unavailable_as_error(url):
             self._create_schema()
 
@@ -189,10 +133,7 @@ class ReviewStore:
     def close(self) -> None:
         """Close the pooled connections (and the lock file)."""
         self.engine.dispose()
-        with self._thread_lock:
-            if self._lock_fd is not None and self._lock_pid == os.getpid():
-                os.close(self._lock_fd)
-            self._lock_fd = None
+        self._writers.close()
 
     def __enter__(self) -> "ReviewStore":
         return self
@@ -209,32 +150,15 @@ class ReviewStore:
     def _write(self) -> Iterator[Connection]:
         """A write transaction: committed when the block ends, rolled back on an exception.
 
-        On a SQLite file, writers first queue on a lock file (``reviews.db.lock``, flock): the kernel
-        wakes a waiter as soon as the lock is free, where SQLite's busy handler polls with sleeps of
-        up to 100 ms and starves some writers when many write at once (measured: with 20 processes
-        a writer waited more than 30 s). The transaction itself begins with BEGIN IMMEDIATE, and the
-        busy timeout still covers other programs writing to the file.
+        On a SQLite file, writers first queue on a lock file (:class:`~mlfix.review.database.WriterQueue`).
+        The transaction itself begins with BEGIN IMMEDIATE, and the busy timeout still covers other
+        programs writing to the file.
         """
-        with unavailable_as_error(self.url), self._file_lock():
+        with unavailable_as_error(self.url), self._writers.turn():
             with self.engine.connect() as conn:
                 conn = conn.execution_options(mlfix_write=True)
                 with conn.begin():
                     yield conn
-
-    @contextmanager
-    def _file_lock(self) -> Iterator[None]:
-        if self._lock_path is None or fcntl is None:
-            yield
-            return
-        with self._thread_lock:  # threads share this process's lock file descriptor
-            if self._lock_fd is None or self._lock_pid != os.getpid():  # a fork shares the descriptor
-                self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-                self._lock_pid = os.getpid()
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _create_schema(self) -> None:
         # Serialised, so that two processes opening a new database at once do not race on CREATE.
@@ -259,10 +183,10 @@ class ReviewStore:
         if isinstance(decisions, Mapping):
             decisions = [decisions]
         allowed = frozenset(labels) if labels is not None else self.labels
-        rows = [_validate(d, allowed, i) for i, d in enumerate(decisions)]
+        rows = [validate_decision(d, allowed, i) for i, d in enumerate(decisions)]
         if not rows:
             return []
-        rows = _dedupe_batch(rows)
+        rows = check_batch(rows)
         with self._write() as conn:
             return self._insert(conn, rows)
 
@@ -274,7 +198,7 @@ class ReviewStore:
         conn.execute(self._insert_ignoring_duplicates(), unique_rows)
         stored = self._rows_by_client_id(conn, [r["client_id"] for r in unique_rows])
         for r in unique_rows:
-            _check_same_decision(r, stored[r["client_id"]])
+            check_same_decision(r, stored[r["client_id"]])
         return [int(stored[r["client_id"]]["id"]) for r in rows]
 
     def _insert_ignoring_duplicates(self):
@@ -353,7 +277,7 @@ class ReviewStore:
             raise ValueError(f"undo target must be a sample id (str) or a decision id (int), got {target!r}")
         client_id = client_id or uuid.uuid4().hex
         # Validate the shape first (reviewer, client id); undoes is filled in below.
-        _validate({"client_id": client_id, "kind": "undo", "undoes": 0, "reviewer": reviewer}, None, 0)
+        validate_decision({"client_id": client_id, "kind": "undo", "undoes": 0, "reviewer": reviewer}, None, 0)
         # Choosing the target and writing the undo happen in one transaction, under SQLite's write
         # lock or a per-sample advisory lock on PostgreSQL, so two tabs pressing undo at once
         # revert two decisions, not the same one twice.
@@ -367,7 +291,7 @@ class ReviewStore:
             else:
                 decision_id = int(target)
                 self._check_undoable(conn, decision_id)
-            row = _validate({"client_id": client_id, "kind": "undo", "undoes": decision_id,
+            row = validate_decision({"client_id": client_id, "kind": "undo", "undoes": decision_id,
                              "reviewer": reviewer, "note": note}, None, 0)
             return self._insert(conn, [row])[0]
 
@@ -377,7 +301,7 @@ class ReviewStore:
 
     def _sample_log(self, conn: Connection, sample_id: str) -> pd.DataFrame:
         t = decisions_table
-        return _to_frame(conn.execute(self._log_query().where(t.c.sample_id == sample_id)))
+        return log_frame(conn.execute(self._log_query().where(t.c.sample_id == sample_id)))
 
     def _log_query(self) -> sa.Select:
         """SELECT of the log columns by id; on SQLite the timestamp comes back as its stored text,
@@ -425,7 +349,7 @@ class ReviewStore:
         if since_id is not None:
             query = query.where(t.c.id > int(since_id))
         with unavailable_as_error(self.url), self.engine.connect() as conn:
-            return _to_frame(conn.execute(query))
+            return log_frame(conn.execute(query))
 
     def last_id(self) -> int:
         """The id of the latest decision (0 when none): a cheap "did anything change?" check."""
@@ -464,79 +388,3 @@ class ReviewStore:
         """:meth:`current_state` with ``label`` decided by ``rule`` (input for ``export.export_table``)."""
         return final_state(self.decisions(), samples, rule, admins)
 
-
-# -- validation -----------------------------------------------------------------------------------
-
-def _validate(decision: Mapping[str, Any], labels: frozenset | None, index: int) -> dict:
-    """A clean row for the insert, or ValueError that says which decision and what to fix."""
-    where = f"decision {index}"
-    if not isinstance(decision, Mapping):
-        raise ValueError(f"{where}: expected a dict with sample_id, kind, reviewer, got {type(decision).__name__}")
-    unknown = set(decision) - _ALLOWED_KEYS
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_ALLOWED_KEYS)}")
-    kind = decision.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"{where}: unknown kind {kind!r}; use one of {list(KINDS)}")
-    reviewer = decision.get("reviewer")
-    if not isinstance(reviewer, str) or not reviewer.strip():
-        raise ValueError(f"{where}: reviewer is empty; pass the reviewer's name")
-    label, undoes, sample_id = decision.get("label"), decision.get("undoes"), decision.get("sample_id")
-    if kind == "relabel":
-        if not isinstance(label, str) or label == "":
-            raise ValueError(f"{where}: a relabel needs the new label (a non-empty str), got {label!r}")
-        if labels is not None and label not in labels:
-            raise ValueError(f"{where}: label {label!r} is not one of the project's labels {sorted(labels)}")
-    elif label is not None:
-        raise ValueError(f"{where}: only a relabel carries a label; drop label={label!r} for kind {kind!r}")
-    if kind == "undo":
-        if isinstance(undoes, bool) or not isinstance(undoes, (int, np.integer)):
-            raise ValueError(f"{where}: an undo needs undoes=<id of the decision it reverts>, got {undoes!r}")
-        undoes = int(undoes)
-    elif undoes is not None:
-        raise ValueError(f"{where}: only an undo has undoes; drop undoes={undoes!r} for kind {kind!r}")
-    if not (isinstance(sample_id, str) and sample_id) and not (kind == "undo" and sample_id is None):
-        raise ValueError(f"{where}: sample_id must be a non-empty str, got {sample_id!r}")
-    client_id = decision.get("client_id")
-    if client_id is None:
-        client_id = uuid.uuid4().hex
-    elif not isinstance(client_id, str) or not client_id or len(client_id) > 200:
-        raise ValueError(f"{where}: client_id must be a non-empty str of at most 200 characters, got {client_id!r}")
-    return {"client_id": client_id, "sample_id": sample_id, "kind": kind, "label": label,
-            "reviewer": reviewer, "undoes": undoes, "note": decision.get("note"), "view": decision.get("view")}
-
-
-_IDENTITY = ("sample_id", "kind", "label", "reviewer", "undoes")
-
-
-def _dedupe_batch(rows: list[dict]) -> list[dict]:
-    """Rows as given; the same client id twice in one batch must be the same decision."""
-    first: dict[str, dict] = {}
-    for r in rows:
-        seen = first.setdefault(r["client_id"], r)
-        if seen is not r:
-            _check_same_decision(r, seen)
-    return rows
-
-
-def _check_same_decision(new: dict, stored: Mapping[str, Any]) -> None:
-    for key in _IDENTITY:
-        if key == "sample_id" and new[key] is None:  # an undo whose sample is filled in from its target
-            continue
-        if new[key] != stored[key]:
-            raise ValueError(f"client_id {new['client_id']!r} was already used for a different decision "
-                             f"({key}: {stored[key]!r} stored, {new[key]!r} now): make a new client id per action")
-
-
-# -- reading the log back ----------------------------------------------------------------------
-
-def _to_frame(result) -> pd.DataFrame:
-    """Rows of the log query as the log DataFrame of :mod:`mlfix.review.log` (its dtypes)."""
-    rows = [tuple(row) for row in result]  # plain tuples: pandas probes Row objects slowly
-    frame = pd.DataFrame.from_records(rows, columns=DECISION_COLUMNS)
-    frame["id"] = frame["id"].astype("int64")
-    frame["undoes"] = frame["undoes"].astype("Int64")
-    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True, format="ISO8601")
-    for column in ("client_id", "sample_id", "kind", "label", "reviewer", "note", "view"):
-        frame[column] = frame[column].astype(object)
-    return frame

@@ -5,10 +5,17 @@ it at any moment)::
 
     {"name": "suspects round 1", "sample_ids": ["cat/001.png", ...], "note": "...", "created": 1764272000.0}
 
-Example (a notebook):
-    >>> publish_view("proj", "suspects", ["cat/001.png", "dog/007.png"], note="top kNN scores")  # doctest: +SKIP
-    >>> list_views("proj")["suspects"]["sample_ids"]                                             # doctest: +SKIP
+Example (from a notebook, ``project.publish_view(name, ids, note=...)`` does this for a project):
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = publish_view(folder, "suspects", ["cat/001.png", "dog/007.png"], note="top kNN scores",
+    ...                  known_ids=["cat/001.png", "cat/002.png", "dog/007.png"])
+    >>> list_views(folder)["suspects"]["sample_ids"]
     ['cat/001.png', 'dog/007.png']
+    >>> publish_view(folder, "typo", ["cat/010.png"], known_ids=["cat/001.png"])
+    Traceback (most recent call last):
+    ...
+    ValueError: 1 sample_id(s) are not in this project: 'cat/010.png'; use ids from project.samples['sample_id']
 """
 
 from __future__ import annotations

@@ -1,0 +1,12 @@
+"""Scores of suspected label errors: one contract, a registry of checks, and what they share.
+
+=========================  ===========================================================================
+``contract``               what every check returns: a score per sample (higher = worse), a suggestion
+``registry``               the registered checks and ``compute_scores``, which runs them into one table
+``neighbours``             the cosine index, kNN graphs (embeddings, visual words) and label votes
+``probe``                  the cross-validated linear probe; its checks: loss, confident learning
+``confident_learning``     Northcutt et al.'s per-class thresholds and label-issue flags (no cleanlab)
+``combine``                the combined score (rank average), the default review queue
+``confusion``              given x predicted counts, and the samples in one cell
+=========================  ===========================================================================
+"""

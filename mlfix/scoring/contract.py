@@ -7,9 +7,10 @@ likely mislabeled**, NaN for unlabeled samples (they have no given label to doub
 A trusted (reviewed) sample's score is pinned to :data:`TRUSTED_SCORE`, the lowest score any method
 gives, so it leaves the queue. One report and one review page serve them all.
 
-The methods live in :mod:`mlfix.scoring.scores` (neighbour votes, the combined score, :func:`~mlfix.scoring.scores.compute_scores`)
-and :mod:`mlfix.scoring.probe` (the cross-validated linear probe: loss and cleanlab); both check their inputs
-and build their output here, so the rules above hold the same for all of them:
+The methods live in :mod:`mlfix.scoring.neighbours` (neighbour votes), :mod:`mlfix.scoring.probe` (the
+cross-validated linear probe: loss and confident learning) and :mod:`mlfix.scoring.combine` (the
+combined score); :mod:`mlfix.scoring.registry` runs them all (:func:`~mlfix.scoring.registry.compute_scores`).
+Each checks its inputs and builds its output here, so the rules above hold the same for all of them:
 
 - :func:`encode_labels`: labels (None/NaN = unlabeled) as indices into sorted classes (:class:`Labels`);
 - :func:`check_ids`, :func:`check_embeddings`, :func:`check_trusted`: one clear error per bad input;

@@ -1,4 +1,4 @@
-"""The cross-validated linear probe and the score methods built on it: ``probe_loss``, ``confident_learning``.
+"""The cross-validated linear probe and the two checks built on it: ``probe_loss``, ``confident_learning``.
 
 :func:`out_of_fold_probabilities` fits a multinomial logistic regression on the pooled embeddings in
 K stratified folds, so each labeled sample gets class probabilities from a model that never saw it
@@ -6,33 +6,30 @@ K stratified folds, so each labeled sample gets class probabilities from a model
 
 =====================  =======================================================================
 ``probe_loss``         out-of-fold cross-entropy of the given label, ``-log p(given)``
-``confident_learning`` cleanlab on the out-of-fold probabilities:
-                       score = 1 - ``get_label_quality_scores``; ``flag`` = ``find_label_issues``
+``confident_learning`` confident learning on the out-of-fold probabilities (the ``cleanlab``
+                       check): score = 1 - ``p(given)`` (self-confidence); ``flag`` = the samples
+                       :func:`mlfix.scoring.confident_learning.find_label_issues` calls wrong
                        (on the first fit)
 =====================  =======================================================================
 
-Both follow the contract of :mod:`mlfix.scoring.contract`; :func:`mlfix.scoring.scores.compute_scores` runs them
-with the neighbour votes and combines them. The probe's argmax (:meth:`OutOfFold.predicted`) is the
-suggested label, and the "predicted" side of :func:`mlfix.scoring.scores.confusion`.
+Both follow the contract of :mod:`mlfix.scoring.contract`; :func:`mlfix.scoring.registry.compute_scores`
+runs them with the neighbour votes and combines them. The probe's argmax (:meth:`OutOfFold.predicted`)
+is the suggested label, and the "predicted" side of :func:`mlfix.scoring.confusion.confusion`.
 
 Trusted (reviewed) samples are in the training set of *every* fold (never held out: a reviewed label
 is the best training signal there is). Their probability row is the mean of the fold models'
 predictions, i.e. in-sample; that is harmless because their score is pinned to the floor.
 
 The probe is fitted twice by default (``refit_without_suspects=True``), after cleanlab's
-``CleanLearning`` (Northcutt et al., "Confident Learning: Estimating Uncertainty in Dataset Labels",
-JAIR 2021): the samples that confident learning flags on the first fit are left out of the second
-fit's training folds, so the second probe learns from cleaner labels; the flagged samples get the
-mean prediction of the second fit's fold models, which never saw them. The probabilities are the
-mean of the two fits. Why the mean (bench/detect.py, loss AUROC / AP):
-
-- heavy human noise (CIFAR-10N 10k, 17.8%, EfficientNet-Lite2 at 260 px): first fit 0.931 / 0.803,
-  refit alone 0.939 / 0.824, mean 0.938 / 0.819: the refit learns from cleaner labels;
-- light noise with a weak probe (GTSRB, 5% flipped, 43 classes, probe 78% accurate): 0.990 / 0.953,
-  0.988 / 0.938, mean 0.989 / 0.952: there most flags are hard but right examples (a third of them
-  are errors), and leaving them out costs the probe what it knows about hard classes.
-
-The mean keeps nearly all of the gain where it helps and nearly all of the first fit where it does not.
+``CleanLearning`` (Northcutt, Jiang and Chuang, "Confident Learning: Estimating Uncertainty in Dataset
+Labels", JAIR 2021): the samples that confident learning flags on the first fit are left out of the
+second fit's training folds, so the second probe learns from cleaner labels; the flagged samples get
+the mean prediction of the second fit's fold models, which never saw them. The probabilities are the
+mean of the two fits. Why the mean: under heavy human noise the refit gains by learning from cleaner
+labels; under light noise with a weak probe most flags are hard but right examples, and leaving them
+out costs the probe what it knows about hard classes. The mean keeps nearly all of the gain where it
+helps and nearly all of the first fit where it does not (see the README's figures table,
+``python -m bench.detect``).
 """
 
 from __future__ import annotations
@@ -44,11 +41,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from mlfix.scoring.contract import (Labels, check_embeddings, check_ids, check_trusted, encode_labels, finish_score,
-                                  score_frame)
+from mlfix.scoring.confident_learning import find_label_issues, import_cleanlab, self_confidence
+from mlfix.scoring.contract import (Labels, check_embeddings, check_ids, check_trusted, encode_labels,
+                                    finish_score, score_frame)
 
-# Probe regularization (weight decay on standardized features, mean loss): chosen on CIFAR-10N 10k
-# EfficientNet-Lite0 features; AUROC 0.889 / 0.907 / 0.916 / 0.905 at 0.01 / 0.03 / 0.1 / 1.0.
+# Probe regularization (weight decay on standardized features, mean loss): the best AUROC of a sweep
+# over 0.01, 0.03, 0.1 and 1.0 on CIFAR-10N features (bench/detect.py); the detection figures it gives
+# are in the README's figures table (python -m bench.detect).
 DEFAULT_L2 = 0.1
 
 
@@ -61,8 +60,9 @@ class OutOfFold:
     """Out-of-fold predicted probabilities: ``probs`` (N, C) float64, rows sum to 1, columns follow
     ``classes``; ``fold`` (N,) int, the fold a sample was held out in (-1: never held out, i.e.
     unlabeled, trusted, or left out of the refit, whose row is the mean of all fold models);
-    ``flags`` (N,) bool or None: cleanlab's ``find_label_issues`` on the first fit, when the probe
-    was refitted without them."""
+    ``flags`` (N,) bool or None: confident learning's flags on the first fit
+    (:func:`mlfix.scoring.confident_learning.find_label_issues`), when the probe was refitted
+    without them."""
 
     probs: np.ndarray
     classes: list
@@ -127,15 +127,25 @@ def out_of_fold_probabilities(embeddings: np.ndarray, labels: Sequence, folds: i
 
 
 def _flags(oof: OutOfFold, coded: Labels, trusted: np.ndarray) -> np.ndarray:
-    """(N,) bool: cleanlab's ``find_label_issues`` on the labeled, untrusted samples (trusted rows
-    are in-sample predictions and would bias its per-class thresholds)."""
-    from cleanlab.filter import find_label_issues
-
+    """(N,) bool: confident learning's flags on the labeled, untrusted samples (trusted rows are
+    in-sample predictions and would bias its per-class thresholds)."""
     rows = np.flatnonzero(coded.labeled & ~trusted)
     flags = np.zeros(len(coded.codes), dtype=bool)
     if len(rows) >= 2 and len(oof.classes) >= 2:
-        flags[rows] = _cleanlab_flags(find_label_issues, coded.codes[rows], oof.probs[rows])
+        flags[rows] = _present_class_flags(coded.codes[rows], oof.probs[rows])
     return flags
+
+
+def _present_class_flags(codes: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Confident learning over the classes that appear among ``codes``: a class seen only in
+    trusted or unlabeled rows is dropped from the matrix and the rows renormalised (its threshold
+    would have no samples to average)."""
+    present = np.unique(codes)
+    if len(present) < 2:
+        return np.zeros(len(codes), dtype=bool)
+    sub = probs[:, present]
+    sub = sub / np.clip(sub.sum(axis=1, keepdims=True), 1e-12, None)
+    return find_label_issues(np.searchsorted(present, codes), sub)
 
 
 def _suspects(flags: np.ndarray, coded: Labels) -> np.ndarray:
@@ -330,14 +340,19 @@ def confident_learning(embeddings: np.ndarray | None, labels: Sequence, sample_i
                        folds: int = 5, seed: int = 0, trusted: np.ndarray | None = None,
                        probabilities: OutOfFold | None = None,
                        method: str = "self_confidence") -> pd.DataFrame:
-    """cleanlab's confident learning on the out-of-fold probe probabilities.
+    """Confident learning on the out-of-fold probe probabilities (the ``cleanlab`` check).
 
-    ``score`` = 1 - ``cleanlab.rank.get_label_quality_scores(method=method)``; the extra boolean column
-    ``flag`` is ``cleanlab.filter.find_label_issues`` (the samples cleanlab would call label issues) on
-    the probe's first fit (``probabilities.flags``; a probe refitted on cleaner labels is more
-    confident everywhere, which raises cleanlab's per-class thresholds above the errors it finds).
-    Only labeled, untrusted samples are given to cleanlab (trusted rows are in-sample predictions and
-    would bias its per-class thresholds); the others get NaN / the floor and ``flag`` False.
+    ``score`` = 1 - self-confidence, the probability of the given label; the extra boolean column
+    ``flag`` marks the samples confident learning calls label errors
+    (:func:`mlfix.scoring.confident_learning.find_label_issues`, cleanlab's flags exactly) on the
+    probe's first fit (``probabilities.flags``; a probe refitted on cleaner labels is more confident
+    everywhere, which raises the per-class thresholds above the errors it finds). Only labeled,
+    untrusted samples are scored and flagged (trusted rows are in-sample predictions and would bias
+    the per-class thresholds); the others get NaN / the floor and ``flag`` False.
+
+    ``method``: ``"self_confidence"`` (computed here); any other
+    ``cleanlab.rank.get_label_quality_scores`` method runs cleanlab itself, which is optional (an
+    ImportError says ``pip install cleanlab`` when it is missing).
 
     Example:
         >>> x = np.r_[np.zeros((10, 2)), np.ones((10, 2))] + np.random.default_rng(0).normal(0, .1, (20, 2))
@@ -347,8 +362,6 @@ def confident_learning(embeddings: np.ndarray | None, labels: Sequence, sample_i
         >>> int(table.score.idxmax()), int(table.flag.sum())
         (3, 1)
     """
-    from cleanlab.rank import get_label_quality_scores
-
     n = len(labels)
     ids, mask = check_ids(sample_ids, n), check_trusted(trusted, n)
     oof = _oof(embeddings, labels, folds, seed, mask, probabilities)
@@ -357,22 +370,19 @@ def confident_learning(embeddings: np.ndarray | None, labels: Sequence, sample_i
     rows = np.flatnonzero((codes >= 0) & ~mask)
     score = np.full(n, np.nan)
     if len(rows):
-        score[rows] = 1.0 - get_label_quality_scores(codes[rows], oof.probs[rows], method=method)
+        score[rows] = 1.0 - _label_quality(codes[rows], oof.probs[rows], method)
     flag = oof.flags & ~mask if oof.flags is not None else _flags(oof, coded, mask)
     frame = score_frame(ids, finish_score(score, coded, mask), oof.predicted())
     frame["flag"] = flag
     return frame
 
 
-def _cleanlab_flags(find_label_issues, codes: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    # cleanlab needs every class to appear among the labels it is given; classes seen only in
-    # trusted/unlabeled rows are dropped from the matrix (renormalised) for the flags.
-    present = np.unique(codes)
-    sub = pred[:, present]
-    sub = sub / np.clip(sub.sum(axis=1, keepdims=True), 1e-12, None)
-    local = np.searchsorted(present, codes)
-    if len(present) < 2:
-        return np.zeros(len(codes), dtype=bool)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return np.asarray(find_label_issues(local, sub), dtype=bool)
+def _label_quality(codes: np.ndarray, probs: np.ndarray, method: str) -> np.ndarray:
+    known = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
+    if method not in known:
+        raise ValueError(f"unknown label quality method {method!r}; choose from {list(known)}")
+    if method == "self_confidence":
+        return self_confidence(codes, probs)
+    # Other quality scores are a baseline only: cleanlab (AGPL-3.0) stays optional and off the default.
+    rank = import_cleanlab("cleanlab.rank")
+    return rank.get_label_quality_scores(codes, probs, method=method)

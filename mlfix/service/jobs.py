@@ -14,12 +14,19 @@ Only one job runs per project at a time: :func:`start_job` refuses a second one 
 :class:`JobRunningError`. A record whose process is gone without an exit file (killed with
 SIGKILL, machine restarted) is *stale*: it counts as failed, and a new job may start.
 
-Example:
-    >>> job = start_job("proj", "index")                       # doctest: +SKIP
-    >>> job_status("proj").state                               # doctest: +SKIP
+Example (``start_job(project_dir, "index")`` runs ``mlfix index --project DIR``; a stand-in command
+that only sleeps shows the life of a job without the work):
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> job_status(folder).state
+    'none'
+    >>> record = start_job(folder, "nap", command=[sys.executable, "-c", "import time; time.sleep(60)"])
+    >>> job_status(folder).state
     'running'
-    >>> stop_job("proj")                                       # doctest: +SKIP
+    >>> stop_job(folder)
     True
+    >>> wait_job(folder).state
+    'stopped'
 """
 
 from __future__ import annotations

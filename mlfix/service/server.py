@@ -5,6 +5,11 @@ all need. The server runs from the repository root, so ``.streamlit/config.toml`
 the caller's working folder.
 
 Example:
+    >>> command = app_command("demo-project", 8501)
+    >>> command[1:4], command[-2:]
+    (['-m', 'streamlit', 'run'], ['--project', 'demo-project'])
+
+Starting the server binds a port and takes seconds (the browser tests do it), so this one is shown only:
     >>> with running_app("demo-project") as url:     # doctest: +SKIP
     ...     print(url)                                 # http://127.0.0.1:PORT
 """

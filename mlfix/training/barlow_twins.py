@@ -1,56 +1,59 @@
-"""Barlow Twins self-supervised training of a project's backbone on its own images.
+"""Barlow Twins self-supervised training of a project's backbone on its own images (Zbontar et al.
+2021, "Barlow Twins: Self-Supervised Learning via Redundancy Reduction", arXiv:2103.03230).
 
-:func:`train_barlow_twins` trains a timm backbone (ResNet18 by default) with lightly's
-``BarlowTwinsLoss``, ``BarlowTwinsProjectionHead`` and BYOL two-view augmentations (lightly's own
-Barlow Twins recipe, without hue jitter), AdamW with a linear warmup and a cosine decay, seeded. (AdamW rather than
-SGD/LARS: on short CPU runs with small batches SGD at lightly's CIFAR learning rate was unstable, loss
-spikes of 2x; AdamW fell steadily.) The features it learns
-reflect the dataset's own domain (traffic-sign crops, product photos) rather than ImageNet.
+:func:`train_barlow_twins` checks the arguments, builds the run and starts it: a timm backbone
+(ResNet18 by default) with lightly's ``BarlowTwinsLoss``, ``BarlowTwinsProjectionHead`` and BYOL
+two-view augmentations (lightly's own Barlow Twins recipe, without hue jitter), AdamW with a linear
+warmup and a cosine decay, seeded. AdamW rather than SGD/LARS: on short CPU runs with small batches
+SGD at lightly's CIFAR learning rate was unstable (loss spikes) where AdamW fell steadily. The
+features it learns reflect the dataset's own domain (traffic-sign crops, product photos) rather than
+ImageNet. Throughput: ``python -m bench.train``.
 
-Checkpoints (``<checkpoint_dir>/last.pt``) are written after every epoch, and every few minutes
-within long epochs, to a temporary file in the same folder that then replaces ``last.pt``
-(:mod:`mlfix.atomic`), so a kill or a full disk never leaves a half-written checkpoint. Calling
-again resumes from ``last.pt`` at the saved epoch and step; a larger ``epochs`` extends a finished
-run (the cosine schedule is stretched to the new length from the current step on).
+The run's other parts have their own modules: the steps and checkpoints of the loop
+(:mod:`mlfix.training.loop`), writing and resuming checkpoints (:mod:`mlfix.training.checkpoints`),
+the two augmented views per image and the seeded epoch order (:mod:`mlfix.training.data`).
 
-A checkpoint that cannot be read is never overwritten silently: :class:`CheckpointError` names the
-file and says what to do (rename or delete it, or pass ``resume=False`` to start over and replace it).
+Checkpoints (``<checkpoint_dir>/last.pt``) are written atomically after every epoch, and every few
+minutes within long epochs. Calling again resumes from ``last.pt`` at the saved epoch and step; a
+larger ``epochs`` extends a finished run (the cosine schedule is stretched to the new length from
+the current step on). A checkpoint that cannot be read is never overwritten silently:
+:class:`~mlfix.errors.CheckpointError` names the file and says what to do (rename or delete it, or
+pass ``resume=False`` to start over and replace it).
 
-Example:
-    >>> from mlfix.data.dataset import scan, DataRoot                               # doctest: +SKIP
+Example (needs a folder of photos and a training run)::
+
+    >>> from mlfix.data.images import DataRoot                                 # doctest: +SKIP
+    >>> from mlfix.data.scan import scan                                       # doctest: +SKIP
+    >>> from mlfix.pipeline.backbone import create_backbone                    # doctest: +SKIP
     >>> found = scan("photos/")                                                # doctest: +SKIP
     >>> path = train_barlow_twins(DataRoot("photos/"), found.samples,          # doctest: +SKIP
-    ...                           Path("proj/models"), epochs=5, image_size=64)
+    ...                           "proj/models", epochs=5, image_size=64)
     >>> backbone = create_backbone("resnet18", weights=path)                   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import glob
-import json
 import math
 import os
-import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlfix.atomic import atomic_path, write_json_atomic
-from mlfix.data.dataset import DataRoot
-from mlfix.errors import CheckpointError
-from mlfix.training.checkpoints import (CHECKPOINT_NAME, SETTINGS_THAT_MUST_MATCH, SUMMARY_NAME,
-                                        TrainSettings, _Position, checkpoint_summary, trained_weights_path)
-from mlfix.training.data import MIN_BATCH, EvalImages, pair_loader, recalibrate_batchnorm
+from mlfix.data.images import DataRoot
+from mlfix.training.checkpoints import (CHECKPOINT_NAME, Position, TrainSettings, load_checkpoint,
+                                        remove_stale_temporaries, restore)
+from mlfix.training.data import MIN_BATCH, EvalImages, pair_loader
+from mlfix.training.loop import TrainingLoop
 
 if TYPE_CHECKING:  # torch is imported lazily: the app's pages import this module
     import pandas as pd
     import torch
 
     from mlfix.progress import Progress
+
 
 def train_barlow_twins(root: DataRoot, samples: pd.DataFrame, checkpoint_dir: str | os.PathLike, *,
                        backbone: str = "resnet18", init: str = "random", epochs: int = 10,
@@ -72,7 +75,7 @@ def train_barlow_twins(root: DataRoot, samples: pd.DataFrame, checkpoint_dir: st
         batch_size: images per step; clamped (with a warning) to the number of samples.
         image_size: side of the square training crops in pixels (at least 32).
         flip: random horizontal flips; turn off where a mirror image means another class.
-        head_dim: width of the projection head (lightly's default 8192 is ~8x slower on a CPU).
+        head_dim: width of the projection head (lightly's default 8192 is much slower on a CPU).
         lr: AdamW peak learning rate, reached after a linear warmup of up to one epoch (at most
             500 steps), then a cosine decay to 0.1% of it at the last step.
         weight_decay: AdamW (decoupled) weight decay on weights, not on biases and norm parameters.
@@ -116,8 +119,8 @@ def train_barlow_twins(root: DataRoot, samples: pd.DataFrame, checkpoint_dir: st
 def _train(root: DataRoot, rows: list[dict], checkpoint_dir: Path, settings: TrainSettings, dev, *,
            progress, resume: bool, workers: int | None, checkpoint_minutes: float, channels_last: bool,
            bn_images: int) -> Path:
-    _remove_stale_temporaries(checkpoint_dir)
-    saved = _load_checkpoint(checkpoint_dir / CHECKPOINT_NAME, settings) if resume else None
+    remove_stale_temporaries(checkpoint_dir)
+    saved = load_checkpoint(checkpoint_dir / CHECKPOINT_NAME, settings) if resume else None
     seed = settings.seed
 
     _seed_everything(seed)
@@ -126,14 +129,14 @@ def _train(root: DataRoot, rows: list[dict], checkpoint_dir: Path, settings: Tra
     steps_per_epoch = len(rows) // settings.batch_size
     total_steps = settings.epochs * steps_per_epoch
     scheduler = _scheduler(optimizer, settings, total_steps)
-    position = _restore(saved, model, head, optimizer, scheduler, steps_per_epoch) if saved else _Position()
+    position = restore(saved, model, head, optimizer, scheduler, steps_per_epoch) if saved else Position()
     if position.step >= total_steps:
         _close(progress)
         return checkpoint_dir / CHECKPOINT_NAME
 
     calibration = EvalImages(root, rows, settings.image_size, bn_images, settings.seed)
-    loop = _Loop(settings, model, head, optimizer, scheduler, dev, channels_last, checkpoint_dir,
-                 progress, total_steps, steps_per_epoch, checkpoint_minutes, calibration)
+    loop = TrainingLoop(settings, model, head, optimizer, scheduler, dev, channels_last, checkpoint_dir,
+                        progress, total_steps, steps_per_epoch, checkpoint_minutes, calibration)
     loader = pair_loader(root, rows, settings, dev, workers, position)
     try:
         loop.run(loader, position)
@@ -164,7 +167,7 @@ def _exclusive(folder: Path):
 
 def _sample_rows(samples: pd.DataFrame) -> list[dict]:
     if "path" not in samples.columns:
-        raise ValueError(f"samples need a 'path' column (the sample table from mlfix.data.dataset.scan); "
+        raise ValueError(f"samples need a 'path' column (the sample table from mlfix.data.scan.scan); "
                          f"got columns {list(samples.columns)}")
     keep = [c for c in ("sample_id", "path", "box_x", "box_y", "box_w", "box_h") if c in samples.columns]
     rows = samples[keep].to_dict("records")
@@ -302,178 +305,3 @@ def _scheduler(optimizer, settings: TrainSettings, total_steps: int):
 def _close(progress) -> None:
     if progress is not None:
         progress.close()
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def _load_checkpoint(path: Path, settings: TrainSettings) -> dict | None:
-    """The saved checkpoint if there is one that fits ``settings``; raises :class:`CheckpointError`."""
-    import torch
-
-    if not path.exists():
-        return None
-    advice = (f"Rename or delete {path} to start training over (or pass resume=False / "
-              f"`mlfix train --restart` to replace it).")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, wrong format, unpickling refused...
-        raise CheckpointError(f"checkpoint {path} cannot be read (corrupt or not an mlfix "
-                              f"checkpoint: {type(err).__name__}: {err}). It was left untouched. "
-                              f"{advice}") from None
-    needed = ("backbone", "head", "optimizer", "scheduler", "epoch", "step", "settings")
-    if not isinstance(saved, dict) or any(key not in saved for key in needed):
-        raise CheckpointError(f"checkpoint {path} is not an mlfix training checkpoint (it lacks "
-                              f"{[k for k in needed if not isinstance(saved, dict) or k not in saved]}). "
-                              f"{advice}")
-    old = saved["settings"]
-    new = asdict(settings)
-    differ = {k: (old.get(k), new[k]) for k in SETTINGS_THAT_MUST_MATCH if old.get(k) != new[k]}
-    if differ:
-        text = ", ".join(f"{k}: saved {a!r}, asked {b!r}" for k, (a, b) in differ.items())
-        raise CheckpointError(f"checkpoint {path} was trained with other settings ({text}). "
-                              f"Resume with the saved settings, or: {advice}")
-    return saved
-
-
-def _restore(saved: dict, model, head, optimizer, scheduler, steps_per_epoch: int) -> _Position:
-    model.model.load_state_dict(saved["backbone"])
-    head.load_state_dict(saved["head"])
-    optimizer.load_state_dict(saved["optimizer"])
-    position = _Position(epoch=int(saved["epoch"]), batch=int(saved.get("batch", 0)),
-                         step=int(saved["step"]))
-    if position.batch >= steps_per_epoch:  # the dataset shrank since: that epoch is done
-        position.epoch, position.batch = position.epoch + 1, 0
-    # The schedule is a function of the step: re-derive the lr for the (possibly longer) run.
-    scheduler.last_epoch = position.step - 1
-    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
-        warnings.simplefilter("ignore", UserWarning)
-        scheduler.step()
-    return position
-
-
-def _save_atomic(state: dict, path: Path) -> None:
-    """Write ``state`` to a temporary file beside ``path``, then rename it over ``path``."""
-    import torch
-
-    try:
-        with atomic_path(path, fsync=True) as temporary:
-            torch.save(state, temporary)
-    except OSError as err:
-        kept = f"the previous checkpoint {path} is intact" if path.exists() else "no checkpoint was kept"
-        raise OSError(err.errno, f"cannot write checkpoint {path}: {err.strerror or err} "
-                      f"(is the disk full?); {kept}. Free some space and run again to resume.") from err
-
-
-def _remove_stale_temporaries(folder: Path) -> None:
-    for leftover in glob.glob(str(folder / f".{CHECKPOINT_NAME}.*.tmp")):
-        Path(leftover).unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------- the loop
-
-
-class _Loop:
-    def __init__(self, settings: TrainSettings, model, head, optimizer, scheduler, dev, channels_last,
-                 checkpoint_dir: Path, progress, total_steps: int, steps_per_epoch: int,
-                 checkpoint_minutes: float, calibration: EvalImages):
-        from lightly.loss import BarlowTwinsLoss
-
-        self.settings, self.model, self.head = settings, model, head
-        self.optimizer, self.scheduler, self.dev = optimizer, scheduler, dev
-        self.channels_last, self.dir = channels_last, checkpoint_dir
-        self.total, self.per_epoch = total_steps, steps_per_epoch
-        self.every = checkpoint_minutes * 60
-        self.calibration = calibration
-        self.criterion = BarlowTwinsLoss()
-        if progress is None:
-            from mlfix.progress import Progress
-
-            progress = Progress("train", log_dir=None)
-        self.progress = progress
-        self.callback = progress.stage("train")
-        self.failed: dict[int, str] = {}
-        self.recent: list[tuple[float, int]] = []  # (seconds, images) of the last steps
-        self.last_loss = float("nan")
-
-    def run(self, loader, position: _Position) -> None:
-        last_save = time.monotonic()
-        while position.epoch < self.settings.epochs:
-            loader.batch_sampler.set_epoch(position.epoch, position.batch)
-            used = 0
-            start = time.perf_counter()
-            for x0, x1, failures in loader:
-                self._note_failures(failures, loader.dataset.rows)
-                if x0 is not None and len(x0) >= MIN_BATCH:
-                    self.last_loss = self._step(x0, x1, position)
-                    used += 1
-                position.batch += 1
-                position.step += 1
-                self.scheduler.step()
-                now = time.perf_counter()
-                self._report(position, now - start, 0 if x0 is None else len(x0))
-                start = now
-                if time.monotonic() - last_save > self.every and position.batch < self.per_epoch:
-                    self._save(position)
-                    last_save = time.monotonic()
-            if used == 0 and position.batch > 0:
-                raise RuntimeError(f"no image of epoch {position.epoch + 1} could be read "
-                                   f"({len(self.failed)} failures, e.g. {next(iter(self.failed.values()), '')})")
-            position.epoch, position.batch = position.epoch + 1, 0
-            self._save(position)
-            last_save = time.monotonic()
-
-    def _step(self, x0, x1, position: _Position) -> float:
-        import torch
-
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        x0 = x0.to(self.dev, non_blocking=True, memory_format=fmt)
-        x1 = x1.to(self.dev, non_blocking=True, memory_format=fmt)
-        z0 = self.head(self.model(x0)[1])
-        z1 = self.head(self.model(x1)[1])
-        loss = self.criterion(z0, z1)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise RuntimeError(f"the loss became {value} at step {position.step + 1}; lower the "
-                               f"learning rate (lr={self.settings.lr}). The last checkpoint in "
-                               f"{self.dir} is kept.")
-        self.optimizer.step()
-        return value
-
-    def _note_failures(self, failures, rows) -> None:
-        for index, reason in failures:
-            if index not in self.failed:
-                self.failed[index] = reason
-                self.progress.record(stage="train_problem", sample_id=str(rows[index].get("sample_id",
-                                     rows[index]["path"])), path=str(rows[index]["path"]), reason=reason)
-
-    def _report(self, position: _Position, seconds: float, images: int) -> None:
-        self.recent = (self.recent + [(seconds, images)])[-20:]
-        elapsed = sum(s for s, _ in self.recent)
-        rate = sum(i for _, i in self.recent) / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - position.step) * elapsed / len(self.recent)
-        self.callback(position.step, self.total, step=position.step, epoch=position.epoch + 1,
-                      loss=round(self.last_loss, 4), images_per_s=round(rate, 1), eta_s=round(eta, 1),
-                      lr=self.optimizer.param_groups[0]["lr"], skipped=len(self.failed))
-
-    def _save(self, position: _Position) -> None:
-        recalibrate_batchnorm(self.model, self.calibration.batches(min(self.settings.batch_size, 64)),
-                              self.dev, self.channels_last)
-        state = {"backbone": self.model.model.state_dict(), "head": self.head.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "epoch": position.epoch, "batch": position.batch, "step": position.step,
-                 "settings": asdict(self.settings), "loss": self.last_loss}
-        state["scheduler"] = {k: v for k, v in state["scheduler"].items() if k != "lr_lambdas"}
-        path = self.dir / CHECKPOINT_NAME
-        _save_atomic(state, path)
-        summary = {"settings": asdict(self.settings), "epoch": position.epoch, "batch": position.batch,
-                   "step": position.step, "total_steps": self.total, "loss": self.last_loss,
-                   "skipped_images": len(self.failed), "time": time.time(), "checkpoint": str(path)}
-        try:  # informational only: last.pt is the truth
-            write_json_atomic(self.dir / SUMMARY_NAME, summary, default=float)
-        except OSError:
-            pass
-        self.progress.record(stage="checkpoint", epoch=position.epoch, step=position.step,
-                             path=str(path), loss=self.last_loss)

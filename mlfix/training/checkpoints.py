@@ -1,10 +1,15 @@
-"""Training checkpoints: what a run is (:class:`TrainSettings`), where its checkpoint lies, and
-which weights an index run starts from.
+"""Training checkpoints: what a run is (:class:`TrainSettings`), where its checkpoint lies, how it is
+written and read back, and which weights an index run starts from.
 
 A run writes ``<project>/models/last.pt`` (the weights and :class:`TrainSettings`) and a small
 ``last.json`` summary beside it (:func:`checkpoint_summary`, cheap to read for the app and the CLI).
 :func:`resolve_weights` turns a project's ``weights`` setting into what the backbone factory takes:
 ``auto`` becomes the trained checkpoint when it was trained for the same backbone, else random.
+
+:func:`save_checkpoint` writes to a temporary file beside ``last.pt`` that then replaces it
+(:mod:`mlfix.atomic`), so a kill or a full disk never leaves a half-written checkpoint.
+:func:`load_checkpoint` never overwrites an unreadable or mismatched checkpoint silently: it raises
+:class:`~mlfix.errors.CheckpointError`, which names the file and says what to do.
 
     >>> import tempfile
     >>> trained_weights_path(tempfile.mkdtemp()) is None
@@ -13,12 +18,15 @@ A run writes ``<project>/models/last.pt`` (the weights and :class:`TrainSettings
 
 from __future__ import annotations
 
+import glob
 import json
 import os
-from dataclasses import dataclass
+import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mlfix.errors import SettingsError
+from mlfix.atomic import atomic_path
+from mlfix.errors import CheckpointError, SettingsError
 from mlfix.settings import IndexSettings
 
 CHECKPOINT_NAME = "last.pt"
@@ -45,10 +53,84 @@ class TrainSettings:
 
 
 @dataclass
-class _Position:
+class Position:
+    """Where a run is; saved in every checkpoint, so a resumed run goes on from there."""
+
     epoch: int = 0      # completed epochs
     batch: int = 0      # batches done within the current epoch
     step: int = 0       # batches done in total (the schedule's clock)
+
+
+# ---------------------------------------------------------------- writing and reading a run
+
+
+def load_checkpoint(path: Path, settings: TrainSettings) -> dict | None:
+    """The saved checkpoint if there is one that fits ``settings``; raises :class:`CheckpointError`."""
+    import torch
+
+    if not path.exists():
+        return None
+    advice = (f"Rename or delete {path} to start training over (or pass resume=False / "
+              f"`mlfix train --restart` to replace it).")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, wrong format, unpickling refused...
+        raise CheckpointError(f"checkpoint {path} cannot be read (corrupt or not an mlfix "
+                              f"checkpoint: {type(err).__name__}: {err}). It was left untouched. "
+                              f"{advice}") from None
+    needed = ("backbone", "head", "optimizer", "scheduler", "epoch", "step", "settings")
+    if not isinstance(saved, dict) or any(key not in saved for key in needed):
+        raise CheckpointError(f"checkpoint {path} is not an mlfix training checkpoint (it lacks "
+                              f"{[k for k in needed if not isinstance(saved, dict) or k not in saved]}). "
+                              f"{advice}")
+    old = saved["settings"]
+    new = asdict(settings)
+    differ = {k: (old.get(k), new[k]) for k in SETTINGS_THAT_MUST_MATCH if old.get(k) != new[k]}
+    if differ:
+        text = ", ".join(f"{k}: saved {a!r}, asked {b!r}" for k, (a, b) in differ.items())
+        raise CheckpointError(f"checkpoint {path} was trained with other settings ({text}). "
+                              f"Resume with the saved settings, or: {advice}")
+    return saved
+
+
+def restore(saved: dict, model, head, optimizer, scheduler, steps_per_epoch: int) -> Position:
+    """Load a checkpoint's weights and optimizer state; the :class:`Position` to go on from, with the
+    schedule's learning rate re-derived for the (possibly longer) run."""
+    model.model.load_state_dict(saved["backbone"])
+    head.load_state_dict(saved["head"])
+    optimizer.load_state_dict(saved["optimizer"])
+    position = Position(epoch=int(saved["epoch"]), batch=int(saved.get("batch", 0)),
+                         step=int(saved["step"]))
+    if position.batch >= steps_per_epoch:  # the dataset shrank since: that epoch is done
+        position.epoch, position.batch = position.epoch + 1, 0
+    # The schedule is a function of the step: re-derive the lr for the (possibly longer) run.
+    scheduler.last_epoch = position.step - 1
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()
+    return position
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write ``state`` to a temporary file beside ``path``, then rename it over ``path``."""
+    import torch
+
+    try:
+        with atomic_path(path, fsync=True) as temporary:
+            torch.save(state, temporary)
+    except OSError as err:
+        kept = f"the previous checkpoint {path} is intact" if path.exists() else "no checkpoint was kept"
+        raise OSError(err.errno, f"cannot write checkpoint {path}: {err.strerror or err} "
+                      f"(is the disk full?); {kept}. Free some space and run again to resume.") from err
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary checkpoint files a killed run left in ``folder``."""
+    for leftover in glob.glob(str(folder / f".{CHECKPOINT_NAME}.*.tmp")):
+        Path(leftover).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- which weights an index run uses
 
 
 def trained_weights_path(project_dir: str | os.PathLike) -> Path | None:

@@ -8,7 +8,7 @@ Where the numbers come from: the scores table (``scores.parquet``). Its ``label`
 the scores were computed against (the given label, with reviewers' corrections at that time), and the
 prediction is the out-of-fold argmax of the linear probe (``suggested_cleanlab`` or
 ``suggested_loss``; the default ``suggested_label`` when neither was computed). Counting and listing
-a cell are :func:`mlfix.scoring.scores.confusion` and :func:`mlfix.scoring.scores.confusion_samples`.
+a cell are :func:`mlfix.scoring.confusion.confusion` and :func:`mlfix.scoring.confusion.confusion_samples`.
 
 Why a scatter on top of the heatmap: Plotly heatmaps send no selection events (streamlit issue
 #8760), so each non-empty cell also has an invisible square marker that carries ``customdata =
@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from mlfix.scoring.scores import confusion, confusion_samples
+from mlfix.scoring.confusion import confusion, confusion_samples
 
 # Which column holds the prediction, best first, and how the page names it.
 PREDICTED_COLUMNS = {
@@ -75,7 +75,7 @@ def confusion_frame(scores: pd.DataFrame, labels: pd.Series | None = None) -> pd
 
 
 def counts(frame: pd.DataFrame) -> pd.DataFrame:
-    """``DataFrame[given, predicted, count]``, every pair of classes (see mlfix.scoring.scores.confusion)."""
+    """``DataFrame[given, predicted, count]``, every pair of classes (see mlfix.scoring.confusion.confusion)."""
     return confusion(frame["given"], frame["predicted"])
 
 

@@ -9,10 +9,15 @@ scores.parquet, the callbacks and the expander.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 import streamlit as st
 
 from mlfix.ui import confusion
+
+if TYPE_CHECKING:
+    from mlfix.project import Project
 
 CELL_KEY = "mlfix_review_cell"  # the confusion cell (given, predicted) open in the grid
 CELL_PICK_KEY = "mlfix_review_cell_pick"
@@ -21,7 +26,7 @@ CHART_GEN_KEY = "mlfix_review_confusion_gen"
 NO_CELL = "(pick a cell)"
 
 
-def scores_stamp(project) -> tuple:
+def scores_stamp(project: Project) -> tuple:
     """The version of scores.parquet: what the confusion view's caches are keyed on."""
     from mlfix.ui import loaders
 
@@ -35,7 +40,7 @@ def _confusion_data(project_dir: str, stamp: tuple, _scores: pd.DataFrame,
     return None if frame is None else (frame, confusion.counts(frame))
 
 
-def confusion_data(project, scores: pd.DataFrame | None,
+def confusion_data(project: Project, scores: pd.DataFrame | None,
                    originals: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """(per-sample frame, counts table) of the confusion view, made once per version of
     scores.parquet; None without scores or without a predicted label in them."""
@@ -49,7 +54,7 @@ def _cell_view(project_dir: str, stamp: tuple, given, predicted, _frame: pd.Data
     return {"sample_ids": confusion.cell_ids(_frame, given, predicted), "created": str(stamp)}
 
 
-def cell_view(project, frame: pd.DataFrame, cell: tuple) -> dict:
+def cell_view(project: Project, frame: pd.DataFrame, cell: tuple) -> dict:
     """A confusion cell as a view (``{sample_ids, created}``), most suspicious first."""
     return _cell_view(str(project.dir), scores_stamp(project), cell[0], cell[1], frame)
 
@@ -92,7 +97,7 @@ def _cell_from_picker(cells: dict) -> None:
         close_cell()
 
 
-def section(project, scores: pd.DataFrame | None, data, cell: tuple | None) -> None:
+def section(project: Project, scores: pd.DataFrame | None, data, cell: tuple | None) -> None:
     """The expander with the heatmap and its keyboard-friendly picker (or how to get scores)."""
     with st.expander("Confusion: given vs predicted", icon=":material/grid_on:", expanded=cell is not None):
         if data is None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pandas as pd
 import streamlit as st
@@ -27,6 +27,9 @@ from mlfix.review.claims import ClaimBook, ClaimTaken
 from mlfix.review.log import FINAL_RULES
 from mlfix.review.store import StoreUnavailable
 from mlfix.ui import access
+
+if TYPE_CHECKING:
+    from mlfix.project import Project
 
 DOWN_KEY = "mlfix_store_down"
 SHOWN_KEY = "mlfix_store_down_shown"
@@ -160,7 +163,7 @@ def _default_rule() -> str:
     return rule if rule in FINAL_RULES else "latest"
 
 
-def conflicts_section(project) -> None:
+def conflicts_section(project: Project) -> None:
     """Export page, admins only: conflicts, the rule for the final labels, downloads under it."""
     from mlfix.review import export
 

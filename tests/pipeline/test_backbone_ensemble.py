@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from mlfix.pipeline.backbone import BackboneEnsemble, architecture, create_backbone
-from mlfix.data.dataset import DataRoot
+from mlfix.data.images import DataRoot
 from mlfix.pipeline.features import extract
 
 

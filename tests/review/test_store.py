@@ -1,4 +1,4 @@
-"""The decisions store: append-only log, retries, undo targets, reading methods, concurrency.
+"""The decisions store: retries, undo targets, reading methods, storage guarantees, concurrency.
 
 The semantics of the log (what undo means, derived state, conflicts, final labels) are pure functions
 tested without a database in tests/review/test_log.py and tests/review/test_final_labels.py; here the store
@@ -8,7 +8,6 @@ writes and reads the log on SQLite and PostgreSQL and answers with those functio
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import multiprocessing
 import sqlite3
 import threading
@@ -16,12 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 
 from mlfix.review import database
 from mlfix.review import log as decision_log
-from mlfix.review import store as reviews
 from mlfix.review.store import ReviewStore, sqlite_url
 from tests.pg import postgres_server  # noqa: F401  (session fixture: a throwaway PostgreSQL server)
 from tests.review.test_log import PROPERTY_SAMPLES, as_dict, ops, replay
@@ -278,22 +275,6 @@ def test_file_is_sqlite_in_wal_mode_with_full_sync(sqlite_store, tmp_path):
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == database.SQLITE_BUSY_TIMEOUT_MS
-
-
-def test_database_refuses_update_and_delete(store):
-    store.decide("a", "relabel", "dog", reviewer="al")
-    for statement in ("UPDATE decisions SET label = 'cow'", "DELETE FROM decisions"):
-        with pytest.raises(sa.exc.DBAPIError, match="append-only"):
-            with store.engine.begin() as conn:
-                conn.exec_driver_sql(statement)
-    assert store.decisions()["label"].tolist() == ["dog"]
-
-
-def test_code_has_no_update_or_delete_of_decisions():
-    source = inspect.getsource(reviews)
-    for forbidden in ("sa.update(", "sa.delete(", "decisions_table.update", "decisions_table.delete",
-                      "UPDATE decisions", "DELETE FROM"):
-        assert forbidden not in source
 
 
 def test_for_project_needs_an_existing_folder(tmp_path):

@@ -1,14 +1,19 @@
-"""Which weights an index run starts from: resolve_weights over a project's checkpoint."""
+"""Checkpoints: a corrupt or mismatched one is refused and left alone, a full disk keeps the previous
+one, the summary is None without a run; which weights an index run starts from (resolve_weights)."""
 
 from __future__ import annotations
 
+import errno
 import json
 
 import pytest
+import torch
 
-from mlfix.errors import SettingsError
+from mlfix.errors import CheckpointError, SettingsError
 from mlfix.settings import IndexSettings
-from mlfix.training.checkpoints import resolve_weights
+from mlfix.training.barlow_twins import train_barlow_twins
+from mlfix.training.checkpoints import checkpoint_summary, resolve_weights
+from tests.training.tiny_runs import FAST, copy_models
 
 
 def fake_checkpoint(project_dir, backbone: str) -> None:
@@ -36,3 +41,44 @@ def test_keywords_pass_through_and_a_missing_file_is_named(tmp_path):
     assert resolve_weights(IndexSettings(weights="offline"), tmp_path) == ("offline", "offline")
     with pytest.raises(FileNotFoundError, match="nothere.pt"):
         resolve_weights(IndexSettings(weights=str(tmp_path / "nothere.pt")), tmp_path)
+
+
+def test_corrupt_checkpoint_is_refused_and_left_alone(shapes, tmp_path):
+    root, samples = shapes
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "last.pt").write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"last\.pt cannot be read.*Rename or delete"):
+        train_barlow_twins(root, samples, models, epochs=1, **FAST)
+    assert (models / "last.pt").read_bytes() == b"PK\x03\x04 this is not a checkpoint"
+    # an explicit restart replaces it
+    train_barlow_twins(root, samples, models, epochs=1, resume=False, **FAST)
+    assert torch.load(models / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_resume_with_other_settings_is_refused(trained, tmp_path):
+    root, samples, project = trained
+    models = copy_models(project, tmp_path)
+    with pytest.raises(CheckpointError, match="image_size: saved 32, asked 48"):
+        train_barlow_twins(root, samples, models, epochs=2, **{**FAST, "image_size": 48})
+
+
+def test_disk_full_keeps_the_previous_checkpoint(trained, tmp_path, monkeypatch):
+    root, samples, project = trained
+    models = copy_models(project, tmp_path)
+    before = (models / "last.pt").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match=r"disk full.*previous checkpoint .*last\.pt is intact"):
+        train_barlow_twins(root, samples, models, epochs=2, **FAST)
+    assert (models / "last.pt").read_bytes() == before
+    assert [p.name for p in models.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_summary_is_none_without_a_run(tmp_path):
+    assert checkpoint_summary(tmp_path) is None
+    (tmp_path / "last.json").write_text("{half")
+    assert checkpoint_summary(tmp_path) is None

@@ -1,4 +1,5 @@
-"""Compiled (numba) kernels of :mod:`mlfix.pipeline.ordering`. Imported lazily: numba takes a second to import.
+"""Compiled (numba) kernels of the orderings (:mod:`mlfix.pipeline.ordering`), loaded on first use by
+:func:`mlfix.pipeline.ordering.bags.load_kernels`: importing numba takes a second.
 
 Bags are rows of ``uint64`` words (packed bits); the similarity of two bags is the number of shared
 words, ``popcount(x & y)``, which does not depend on how the bits were packed as long as both rows

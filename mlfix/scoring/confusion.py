@@ -1,0 +1,65 @@
+"""The confusion table: given label x predicted label counts, and the samples in one cell.
+
+The prediction is usually the probe's out-of-fold argmax (:meth:`mlfix.scoring.probe.OutOfFold.predicted`,
+the ``suggested_cleanlab`` column of the scores table). A large off-diagonal cell is a systematic
+confusion (two classes that look alike, or an annotator's habit); the review page opens a cell with
+:func:`confusion_samples`, most suspicious first.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from mlfix.scoring.contract import check_ids, encode_labels
+
+
+def confusion(labels: Sequence, predicted: Sequence) -> pd.DataFrame:
+    """Counts of (given label, predicted label) pairs: ``DataFrame[given, predicted, count]``.
+
+    Every pair of classes appears (zero counts too), rows sorted by given then predicted, so the table
+    pivots straight into a heatmap: ``table.pivot(index="given", columns="predicted", values="count")``.
+    Unlabeled samples are left out.
+
+    >>> confusion(["a", "a", "b", None], ["a", "b", "b", "a"])["count"].tolist()
+    [1, 1, 0, 1]
+    """
+    given, pred = _pairs(labels, predicted)
+    classes = encode_labels(list(given) + list(pred)).classes
+    full = pd.MultiIndex.from_product([classes, classes], names=["given", "predicted"])
+    counts = pd.Series(1, index=pd.MultiIndex.from_arrays([given, pred], names=["given", "predicted"]))
+    counts = counts.groupby(level=[0, 1]).sum().reindex(full, fill_value=0)
+    return counts.rename("count").reset_index().astype({"count": np.int64})
+
+
+def confusion_samples(labels: Sequence, predicted: Sequence, sample_ids: Sequence, given,
+                      predicted_label, order: Sequence[float] | None = None) -> list:
+    """The sample ids in one confusion cell (given label ``given``, predicted ``predicted_label``).
+
+    With ``order`` (e.g. a score column) the ids come most suspicious first.
+
+    >>> confusion_samples(["a", "a", "b"], ["b", "b", "b"], ["x", "y", "z"], "a", "b", order=[.1, .9, .5])
+    ['y', 'x']
+    """
+    n = len(labels)
+    ids = check_ids(sample_ids, n)
+    given_arr, pred_arr = np.asarray(list(labels), dtype=object), np.asarray(list(predicted), dtype=object)
+    if len(pred_arr) != n:
+        raise ValueError(f"predicted has {len(pred_arr)} entries, labels {n}; pass one prediction per sample")
+    rows = np.flatnonzero((given_arr == given) & (pred_arr == predicted_label))
+    if order is not None:
+        key = np.asarray(order, dtype=np.float64)[rows]
+        rows = rows[np.argsort(-np.nan_to_num(key, nan=-np.inf), kind="stable")]
+    return ids[rows].tolist()
+
+
+def _pairs(labels: Sequence, predicted: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    given = pd.Series(list(labels), dtype=object)
+    pred = pd.Series(list(predicted), dtype=object)
+    if len(given) != len(pred):
+        raise ValueError(f"labels has {len(given)} entries but predicted has {len(pred)}; "
+                         "pass one prediction per label")
+    keep = ~(given.isna() | pred.isna()).to_numpy()
+    return given[keep].to_numpy(), pred[keep].to_numpy()
