@@ -20,15 +20,21 @@ the current step on). A checkpoint that cannot be read is never overwritten sile
 :class:`~mlfix.errors.CheckpointError` names the file and says what to do (rename or delete it, or
 pass ``resume=False`` to start over and replace it).
 
-Example (needs a folder of photos and a training run)::
+Example (one short epoch on 16 of the demo's digits; a real run wants thousands of images)::
 
-    >>> from mlfix.data.images import DataRoot                                 # doctest: +SKIP
-    >>> from mlfix.data.scan import scan                                       # doctest: +SKIP
-    >>> from mlfix.pipeline.backbone import create_backbone                    # doctest: +SKIP
-    >>> found = scan("photos/")                                                # doctest: +SKIP
-    >>> path = train_barlow_twins(DataRoot("photos/"), found.samples,          # doctest: +SKIP
-    ...                           "proj/models", epochs=5, image_size=64)
-    >>> backbone = create_backbone("resnet18", weights=path)                   # doctest: +SKIP
+    >>> import tempfile, pathlib
+    >>> from mlfix.data.images import DataRoot
+    >>> from mlfix.data.scan import scan
+    >>> from mlfix.demo import write_digits
+    >>> from mlfix.pipeline.backbone import create_backbone
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = write_digits(folder / "digits", limit=16)
+    >>> found = scan(folder / "digits")
+    >>> path = train_barlow_twins(DataRoot(folder / "digits"), found.samples, folder / "models",
+    ...                           epochs=1, batch_size=8, image_size=32, head_dim=64, workers=0)
+    >>> path.name
+    'last.pt'
+    >>> backbone = create_backbone("resnet18", weights=path)
 """
 
 from __future__ import annotations
