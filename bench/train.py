@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import emit, parser, require_shared
-from mlfix.cli import openmp_waits_for_training
+from mlfix.cli.train import openmp_waits_for_training
 
 HEAD_DIM = 2048
 

@@ -125,7 +125,7 @@ def test_training_small_crops_lets_openmp_threads_sleep_unless_the_user_chose():
     import subprocess
     import sys
 
-    probe = ("import os, sys, mlfix.cli as c; c.openmp_waits_for_training(int(sys.argv[1])); "
+    probe = ("import os, sys, mlfix.cli.train as c; c.openmp_waits_for_training(int(sys.argv[1])); "
              "print(os.environ.get('OMP_WAIT_POLICY', 'unset'))")
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
 
