@@ -4,6 +4,7 @@ A shared sidebar (project, reviewer) and one page per step: Dataset, Training, C
 Export. Pages are thin: they call :mod:`mlfix`.
 """
 
+from functools import partial
 from pathlib import Path
 
 import streamlit as st
@@ -27,10 +28,23 @@ PAGES = [
 available = [(path, title, icon) for path, title, icon in PAGES if (HERE / path).exists()]
 # Each role gets its pages only (a reviewer: Review and Codebook); before signing in, none.
 allowed = set(access.allowed_pages([Path(path).stem for path, _, _ in available]))
-pages = [st.Page(str(HERE / path), title=title, icon=icon, url_path=Path(path).stem,
-                 default=Path(path).stem == "review" and "dataset" not in allowed)
+pages = [st.Page(str(HERE / path), title=title, icon=icon, url_path=Path(path).stem)
          for path, title, icon in available if Path(path).stem in allowed]
-navigation = st.navigation(pages or [st.Page(access.sign_in_page, title="Sign in", icon=":material/login:",
-                                             url_path="sign-in")])
+# A page this identity may not open still answers its URL (/export), saying why ("sign in first",
+# "admins only") instead of Streamlit's "Page not found"; hidden from the menu.
+denied = [st.Page(partial(access.page_denied, title, Path(path).stem), title=title, icon=icon,
+                  url_path=Path(path).stem, visibility="hidden")
+          for path, title, icon in available if Path(path).stem not in allowed]
+if pages:
+    # Streamlit serves its default page at "/" only (its own /dataset would be "Page not found"), so
+    # the default is a hidden "/" that moves on to the first page (a reviewer's: Review), keeping
+    # the URL's query (?project=). Every page keeps its own URL for deep links and reloads.
+    first = next((p for p in pages if p.url_path == "review" and "dataset" not in allowed), pages[0])
+    home = st.Page(lambda: st.switch_page(first, query_params=st.query_params.to_dict()), title=first.title,
+                   icon=first.icon, url_path="", default=True, visibility="hidden")
+else:
+    # Same URL as the hidden "/" above, so signing in here goes on to the first page.
+    home = st.Page(access.sign_in_page, title="Sign in", icon=":material/login:", url_path="", default=True)
+navigation = st.navigation([home, *pages, *denied])
 sidebar.render()
 navigation.run()

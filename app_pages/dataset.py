@@ -96,13 +96,17 @@ def _create_form() -> None:
     with st.expander("Index settings"):
         c1, c2, c3, c4 = st.columns(4)
         settings = {
-            "image_size": c1.number_input("Image size (px)", 32, 1024, 224, 16, key="ds_image_size"),
+            "image_size": c1.number_input("Image size (px)", 32, 1024, None, 16, key="ds_image_size",
+                                          placeholder="auto",
+                                          help="empty: auto, the measured best for the backbone "
+                                               "(224 px for EfficientNet-Lite0, small images too)"),
             "words": c2.number_input("Visual words", 8, 65536, 1024, 64, key="ds_words"),
-            "backbone": c3.text_input("Backbone (timm)", "resnet18", key="ds_backbone",
+            "backbone": c3.text_input("Backbone (timm)", "efficientnet_lite0", key="ds_backbone",
                                       help="Join names with + for an ensemble that finds more label errors, "
                                            "e.g. efficientnet_lite0+efficientnet_lite2 (one pass per member)"),
             "weights": c4.selectbox("Weights", WEIGHTS, key="ds_weights",
                                     help="auto: the project's trained checkpoint when there is one, "
+                                         "else the offline ImageNet weights (EfficientNet-Lite0/1/2), "
                                          "else random initialisation"),
         }
         settings["tta_flip"] = st.checkbox("Average each image with its mirror image (twice the extraction)",
@@ -165,7 +169,8 @@ def _overview(project: Project) -> None:
     c4.metric("Index", "ready" if project.is_indexed else "not built")
     job = jobs.job_status(project.dir)
     if job.running:
-        st.info(f"A {job.kind} job is running in the background: follow it on the **Training** page.")
+        st.info(f"{jobs.a_job(job.kind).capitalize()} is running in the background: follow it on the "
+                "**Training** page.")
     elif not project.is_indexed:
         st.info("This project is not indexed yet: start indexing on the **Training** page.")
     if job.running or not project.is_indexed:

@@ -22,17 +22,19 @@ def _downloads(project: Project, last_id: int) -> None:
     c2.download_button("JSON", loaders.export_bytes(*key, "json"), file_name=f"{name}-labels.json",
                        mime="application/json", key="ex_json", icon=":material/data_object:", width="stretch")
     coco = project.source.get("coco")
-    if coco:
-        if Path(coco).is_file():
-            try:
-                data = loaders.export_bytes(*key, "coco")
-            except (ValueError, OSError) as err:
-                c3.error(f"Cannot build the COCO file from `{coco}`: {err}")
-            else:
-                c3.download_button("COCO", data, file_name=f"{name}-coco.json", mime="application/json",
-                                   key="ex_coco", icon=":material/crop_free:", width="stretch")
+    no_coco = export.coco_unavailable(project.source)  # the same rule as `mlfix export --format coco`
+    if not no_coco:
+        try:
+            data = loaders.export_bytes(*key, "coco")
+        except (ValueError, OSError) as err:
+            c3.error(f"Cannot build the COCO file from `{coco}`: {err}")
         else:
-            c3.warning(f"The source COCO file `{coco}` is gone, so no COCO export.")
+            c3.download_button("COCO", data, file_name=f"{name}-coco.json", mime="application/json",
+                               key="ex_coco", icon=":material/crop_free:", width="stretch")
+    elif coco:
+        c3.warning(f"The source COCO file `{coco}` is gone, so no COCO export.")
+    else:
+        c3.caption("COCO: only for a project made from a COCO file (its boxes get the corrected labels).")
     st.caption("Columns: `sample_id, path, original_label, corrected_label, changed, status, reviewer, "
                "decided_at`; status is unreviewed, relabeled, flagged (wrong, no new label) or ok. "
                "From Python: `project.corrected_labels()`.")

@@ -1,10 +1,11 @@
 """Review: the sorted grid, one class (or one published view, or one confusion cell) at a time.
 
-Similar images sit side by side (the project's similarity ordering) or the most suspicious come
-first (any score column). Every key press in the grid is a decision stored at once in the project's
-decisions store; see :mod:`mlfix.ui.grid` for how the grid and this script talk. The confusion
-heatmap (given label x the probe's prediction, from the cached scores) opens a cell's samples in the
-grid, most suspicious first; see :mod:`mlfix.ui.confusion_section`.
+Similar images sit side by side (the project's similarity ordering: by pooled embedding by default,
+by visual words one click away in "Sort by") or the most suspicious come first (any score column).
+Every key press in the grid is a decision stored at once in the project's decisions store; see
+:mod:`mlfix.ui.grid` for how the grid and this script talk. The confusion heatmap (given label x the
+probe's prediction, from the cached scores) opens a cell's samples in the grid, most suspicious
+first; see :mod:`mlfix.ui.confusion_section`.
 
 Runs inside ``app.py`` (st.navigation) and on its own (``streamlit run app_pages/review.py -- --project
 DIR``, and AppTest). Imports no torch.
@@ -23,7 +24,7 @@ from mlfix.data import thumbnails
 from mlfix.project import Project
 from mlfix.review import actions as review_actions
 from mlfix.review.store import ReviewStore, StoreUnavailable
-from mlfix.ui import access, confusion_section, grid, state, team
+from mlfix.ui import access, confusion_section, grid, scores_job, state, team
 
 GRID_KEY = "mlfix_review_grid"
 PAGE_KEY = "mlfix_review_page"
@@ -34,7 +35,11 @@ BATCHES_KEY = "mlfix_review_batches"
 FOCUS_KEY = "mlfix_review_focus"
 ALL_IMAGES = "(all images)"
 BY_CLASS = "By class"
-SIMILARITY = "Similarity"
+SIMILARITY = "Similarity (embedding)"  # the default order: its neighbour purity measured higher
+SIMILARITY_WORDS = "Similarity (visual words)"
+SIMILARITY_ORDERS = {SIMILARITY: "embedding", SIMILARITY_WORDS: "words"}  # sort option -> Project.order(by=)
+NO_EMBEDDING_ORDER = ("This project was indexed before the embedding order existed: showing the visual-word "
+                      "order. Index it again (Training page, or `mlfix index`) to add it; the features are reused.")
 PAGE_SIZES = (100, 150, 200)
 THUMB_SIZE = 128
 PANEL_SIZE = 256
@@ -99,19 +104,24 @@ def ordered_ids(project: Project, label: str | None, view: dict | None, sort: st
         wanted = np.asarray(view["sample_ids"], dtype=object)
         ids = wanted[pd.Index(samples["sample_id"].to_numpy()).get_indexer(wanted) >= 0]
     elif project.is_indexed:
-        ids = np.asarray(project.order(label), dtype=object)
+        held = project.orderings()
+        by = SIMILARITY_ORDERS.get(sort, held[0])  # a score sort breaks ties in the default order
+        if by not in held:
+            by, note = held[0], NO_EMBEDDING_ORDER
+        ids = np.asarray(project.order(label, by=by), dtype=object)
     else:
         subset = samples if label is None else samples[samples["label"] == label]
         ids = subset["sample_id"].to_numpy(dtype=object)
         note = "The project is not indexed yet: images are in file order. Index it to see similar images side by side."
-    if sort != SIMILARITY and scores is not None and sort in scores.columns:
+    if sort not in SIMILARITY_ORDERS and scores is not None and sort in scores.columns:
         by_id = scores.drop_duplicates("sample_id").set_index("sample_id")[sort]
         values = by_id.reindex(ids).to_numpy(dtype=float)
         ids = ids[np.argsort(np.where(np.isnan(values), -np.inf, -values), kind="stable")]
     return ids, note
 
 
-ORDER_FILES = ("samples.parquet", "orders/orders.json", "orders/orders.key.json", "scores.parquet")
+ORDER_FILES = ("samples.parquet", "orders/orders.json", "orders/orders.key.json", "orders/by-embedding/orders.json",
+               "orders/by-embedding/orders.key.json", "scores.parquet")
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -298,10 +308,13 @@ def main() -> None:
     label_options = labels + [ALL_IMAGES] if labels else [ALL_IMAGES]
     label = cols[0].selectbox("Class", label_options, key="mlfix_review_class", disabled=view is not None,
                               help="Images whose given label is this class.")
-    sort = cols[1].selectbox("Sort by", [SIMILARITY] + score_columns(scores), key="mlfix_review_sort",
-                             help="Similarity: similar images side by side. A score: most likely "
-                                  "mislabeled first. A confusion cell opens most suspicious first.")
+    sort = cols[1].selectbox("Sort by", list(SIMILARITY_ORDERS) + score_columns(scores), key="mlfix_review_sort",
+                             help="Similarity: similar images side by side, by the pooled embedding (the "
+                                  "default: more neighbours of the same class) or by shared visual words. "
+                                  "A score: most likely mislabeled first. A confusion cell opens most "
+                                  "suspicious first.")
     page_size = cols[2].selectbox("Per page", PAGE_SIZES, index=len(PAGE_SIZES) - 1, key="mlfix_review_size")
+    scores_job.offer(project, scores)  # no scores yet: compute them in the background
     confusion_section.section(project, scores, conf, cell)
 
     ids, id_index, note = ordering(project, None if label == ALL_IMAGES else label, view_name, view, sort,
@@ -359,7 +372,7 @@ def main() -> None:
                 counter={"reviewed": reviewed, "total": len(ids), "title": title},
                 page={"index": page, "count": pages}, acks=dict(_applier().last_seq), panel=panel,
                 errors=errors, show_labels=view is not None or label == ALL_IMAGES,
-                show_suggested=sort != SIMILARITY or cell is not None,
+                show_suggested=sort not in SIMILARITY_ORDERS or cell is not None,
                 batches=st.session_state.get(BATCHES_KEY, 0),
                 on_actions=lambda: _apply_actions(project, store, labels,
                                                   view_name if view is not None else None))

@@ -17,6 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from mlfix.cli.train import default_init
 from mlfix.project import Project
 from mlfix.service import jobs
 from mlfix.ui import loaders, state
@@ -24,7 +25,7 @@ from mlfix.ui import loaders, state
 REFRESH_S = 2.0
 MAX_POINTS = 2000  # points of the loss curve sent to the browser
 KILL_AFTER_S = 15.0  # offer SIGKILL when a stopped job is still running after this long
-JOB_NAMES = {"index": "Indexing", "train": "Training"}
+JOB_NAMES = {"index": "Indexing", "train": "Training", "scores": "Scoring"}
 INDEX_STAGES = ["scan", "features", "cells", "codebook", "words", "bags", "orders", "scores"]
 
 
@@ -143,7 +144,9 @@ def _train_controls(project: Project, running: bool) -> None:
     inits = ["random", "offline", "imagenet"]
     if saved.get("init") and saved["init"] not in inits:  # a weights file: resume must keep it
         inits.append(str(saved["init"]))
-    init = c4.selectbox("Start from", inits, index=inits.index(saved.get("init", "random")), key="tr_init")
+    # like `mlfix train`: continued training from the offline weights where the backbone has them
+    first = saved.get("init") or default_init(project.settings.backbone)
+    init = c4.selectbox("Start from", inits, index=inits.index(first), key="tr_init")
     head = c5.number_input("Head width", 128, 8192, int(saved.get("head_dim", 2048)), 128, key="tr_head")
     flip = c6.checkbox("Flips", value=bool(saved.get("flip", True)), key="tr_flip",
                        help="Random horizontal flips. Turn off where a mirror image means another class "
@@ -172,21 +175,22 @@ def _set_aside_checkpoint(project_dir: Path) -> None:
 
 def _index_controls(project: Project, running: bool) -> None:
     st.subheader("Index")
-    st.caption("Features → visual words → bags of words → similarity orderings. Stages whose inputs "
-               "did not change are reused.")
+    st.caption("Features → visual words → bags of words → similarity orderings → label-error scores "
+               "(when the labels name two classes or more). Stages whose inputs did not change are reused.")
     settings = project.settings
     trained = (project.dir / "models" / "last.pt").is_file()
     weights = str(settings.weights)
     st.markdown(f"Backbone **{settings.backbone}**, weights **{weights}**"
                 f"{' (the trained checkpoint)' if weights == 'auto' and trained else ''}, "
-                f"{settings.image_size} px, {settings.words} words.")
+                f"{project.image_size} px{' (auto)' if settings.image_size == 'auto' else ''}, "
+                f"{settings.words} words.")
     with st.expander("Change settings for this run"):
         c1, c2 = st.columns(2)
-        size = c1.number_input("Image size (px)", 32, 1024, settings.image_size, 16,
+        size = c1.number_input("Image size (px)", 32, 1024, project.image_size, 16,
                                key="ix_size")
         words = c2.number_input("Visual words", 8, 65536, settings.words, 64, key="ix_words")
     args = []
-    if int(size) != settings.image_size:
+    if int(size) != project.image_size:
         args += ["--image-size", str(int(size))]
     if int(words) != settings.words:
         args += ["--words", str(int(words))]

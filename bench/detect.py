@@ -2,6 +2,8 @@
 
     python -m bench.detect            # CIFAR-10N first 10,000 images at 224 px; GTSRB 5,000 at 96 px
     python -m bench.detect --quick    # 300 images per data set at 64 px (a smoke test, < 60 s)
+    python -m bench.detect --orders-only --n 3000 --size 112   # the orders' neighbour purity only:
+                                      # embedding vs words, both from one pass at 112 px as in an index
     python -m bench.detect --only cifar10n --backbone efficientnet_lite2 --size 260 --tta-flip
     python -m bench.detect --only cifar10n --size 260 --tta-flip \
         --backbone efficientnet_lite0+efficientnet_lite1+efficientnet_lite2     # the best offline setup
@@ -20,7 +22,10 @@ Figures (JSON lines via bench.common.emit), per data set:
   on the single cross-validated fit of the same probe on the same features (``cleanlab_single_fit``),
   and with sklearn's default regularization (``cleanlab_default_C``); ``loss_single_fit`` shows what
   the refit adds;
-- neighbour purity of orderings (share of adjacent pairs with the same true class);
+- neighbour purity of orderings (share of adjacent pairs with the same true class): the product's
+  two similarity orders (``mlfix.pipeline.ordering.embedding.embedding_order``, the default, and the
+  greedy chain on bags of visual words), over all images (``purity``) and inside each given-label
+  class as the Review page shows them (``class_purity``);
 - a simulated review: a reviewer fixes the top 200 of the queue per round; errors found after
   2,000 images viewed with the queue fixed at the start (static) vs recomputed after every round.
 """
@@ -36,6 +41,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from bench.common import emit, parser
 from bench.detect_features import DEFAULT_BACKBONE, bags_path, features, flip_averaged, load_labels, word_bags
+from mlfix.pipeline.ordering.embedding import embedding_order
 from mlfix.scoring import combine, neighbours, probe
 
 BENCH = "detect"
@@ -74,33 +80,17 @@ def purity(order: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(t[1:] == t[:-1]))
 
 
-def greedy_embedding_order(x: np.ndarray, k: int = 64) -> np.ndarray:
-    """Greedy chain over cosine neighbours: next = the most similar image not yet placed.
-
-    Candidates come from each image's top-k neighbours; when all are placed, an exact search over the
-    remaining images (rare) continues the chain.
-    """
-    import faiss
-
-    x = np.ascontiguousarray(x, dtype=np.float32).copy()
-    faiss.normalize_L2(x)
-    near = neighbours.embedding_neighbours(x, k)
-    n = len(x)
-    placed = np.zeros(n, dtype=bool)
-    order = np.empty(n, dtype=np.int64)
-    current = 0
-    for i in range(n):
-        order[i] = current
-        placed[current] = True
-        if i == n - 1:
-            break
-        candidates = near.index[current][~placed[near.index[current]]]
-        if len(candidates):
-            current = int(candidates[0])
-        else:
-            left = np.flatnonzero(~placed)
-            current = int(left[np.argmax(x[left] @ x[current])])
-    return order
+def class_purity(order_rows, labels: np.ndarray, truth: np.ndarray) -> float:
+    """Neighbour purity inside each given-label class (as the Review page shows one class at a time):
+    the share of adjacent pairs with the same true class, over all classes' orders.
+    ``order_rows(rows)`` orders the rows of one class (a permutation of their positions)."""
+    same = pairs = 0
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        t = truth[rows[order_rows(rows)]]
+        same += int(np.sum(t[1:] == t[:-1]))
+        pairs += max(0, len(rows) - 1)
+    return same / max(1, pairs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,18 +146,28 @@ def evaluate(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, se
     emit(BENCH, f"{name}.cleanlab_flags.recall", round(float(flags[is_error].mean()), 4), "", n, **setup)
     for key, value in with_time.items():
         emit(BENCH, f"{name}.{key}", round(value, 2), "s", n, **setup)
-    # Orderings: neighbour purity.
-    rng = np.random.default_rng(0)
-    emit(BENCH, f"{name}.purity.random", round(purity(rng.permutation(n), truth), 4), "share", n, **setup)
-    emit(BENCH, f"{name}.purity.greedy_embedding", round(purity(greedy_embedding_order(x), truth), 4),
-         "share", n, **setup)
+    embedding_figures(name, x, labels, truth, setup)
     if bags is not None:
         word_figures(name, bags, labels, truth, setup)
     review(name, x, labels, truth, setup, near, quick, first=tables)
 
 
+def embedding_figures(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, setup: dict) -> None:
+    """Neighbour purity of a random order and of the product's embedding order (the default)."""
+    n = len(labels)
+    rng = np.random.default_rng(0)
+    emit(BENCH, f"{name}.purity.random", round(purity(rng.permutation(n), truth), 4), "share", n, **setup)
+    start = time.perf_counter()
+    by_embedding = embedding_order(x)  # the product's order (mlfix.pipeline.ordering.embedding)
+    emit(BENCH, f"{name}.purity.greedy_embedding", round(purity(by_embedding, truth), 4), "share", n,
+         seconds=round(time.perf_counter() - start, 2), **setup)
+    emit(BENCH, f"{name}.class_purity.greedy_embedding",
+         round(class_purity(lambda rows: embedding_order(x[rows]), labels, truth), 4), "share", n, **setup)
+
+
 def word_figures(name: str, bags: np.ndarray, labels: np.ndarray, truth: np.ndarray, setup: dict) -> None:
     """The visual-word vote's detection figures and the purity of the seed's greedy order on bags."""
+    from mlfix.pipeline.ordering import order as order_bags
     from mlfix.pipeline.ordering.exact import greedy_order
 
     n = len(labels)
@@ -178,6 +178,8 @@ def word_figures(name: str, bags: np.ndarray, labels: np.ndarray, truth: np.ndar
     order = greedy_order(bags)
     emit(BENCH, f"{name}.purity.greedy_words", round(purity(order, truth), 4), "share", n,
          seconds=round(time.perf_counter() - start, 2), **setup)
+    emit(BENCH, f"{name}.class_purity.greedy_words",
+         round(class_purity(lambda rows: order_bags(bags[rows]), labels, truth), 4), "share", n, **setup)
 
 
 def review(name: str, x: np.ndarray, labels: np.ndarray, truth: np.ndarray, setup: dict,
@@ -282,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bag-size", type=int, default=112, help="CIFAR-10N input size for visual words")
     p.add_argument("--words", type=int, default=1024)
     p.add_argument("--words-only", action="store_true", help="only the visual-word figures (CIFAR-10N)")
+    p.add_argument("--orders-only", action="store_true",
+                   help="only the orderings' neighbour purity, embedding vs visual words (CIFAR-10N; "
+                        "extracts the bags at --bag-size when they are not cached)")
     p.add_argument("--only", choices=["cifar10n", "gtsrb35"], help="run one data set")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE,
                    help="a backbone with offline weights (efficientnet_lite0, _lite1, _lite2), or an "
@@ -300,6 +305,21 @@ def main(argv: list[str] | None = None) -> int:
                      {"data": f"cifar10n first {args.n} images (label = random_label1)",
                       "backbone": backbone_text(args.backbone),
                       "bags": f"{args.words} words at {args.bag_size} px"})
+        return 0
+    if args.orders_only:  # which similarity order the Review page shows by default
+        table = load_labels("cifar10n", args.n)
+        labels, truth = table["label"].to_numpy(dtype=object), table["clean_label"].to_numpy(dtype=object)
+        setup = {"data": f"cifar10n first {args.n} images (label = random_label1)",
+                 "backbone": backbone_text(args.backbone), "image_size": args.size, "features": "pooled",
+                 "bags": f"{args.words} words at {args.bag_size} px"}
+        if args.size == args.bag_size:  # one pass gives both, as in a project's index
+            data = word_bags("cifar10n", args.n, args.bag_size, k=args.words, backbone=args.backbone)
+            x, bags = data["pooled"].astype(np.float32), data["bags"]
+        else:
+            x = features("cifar10n", args.n, args.size, backbone=args.backbone)["pooled"].astype(np.float32)
+            bags = word_bags("cifar10n", args.n, args.bag_size, k=args.words, backbone=args.backbone)["bags"]
+        embedding_figures("cifar10n", x, labels, truth, setup)
+        word_figures("cifar10n", bags, labels, truth, setup)
         return 0
     if args.only in (None, "cifar10n"):
         cifar10n(args.n, args.size, args.quick, args.bag_size, args.words, args.backbone, args.tta_flip)

@@ -81,3 +81,23 @@ class JobRunningError(JobError):
 
 class NotIndexedError(MlfixError, RuntimeError):
     """The project has no index yet; the message says which command makes it."""
+
+
+class NoReadableSamplesError(MlfixError, ValueError):
+    """Every file of the data source failed (none left to index); the message lists the first
+    reasons and where the full problems table is."""
+
+
+class ExportError(MlfixError, ValueError):
+    """An export that cannot be made (an unknown format, COCO for a project without boxes); the
+    message says which format works instead."""
+
+
+class WeightsUnavailableError(MlfixError, RuntimeError):
+    """Pretrained weights that cannot be had here (no internet to the hub, not in the local cache);
+    the message names the alternatives (``offline`` weights, ``random``)."""
+
+
+class NotEnoughLabelsError(MlfixError, ValueError):
+    """Label-error scores need labels in at least two classes (``Project.scores`` on an unlabeled or
+    one-class project); the message says what works instead (the similarity order)."""

@@ -22,6 +22,8 @@ Example (a notebook; the demo's digits stand in for your images, small settings 
     >>> order = project.order("three")                  # one class, in similarity order
     >>> len(order), order[0]
     (3, 'three/0003.png')
+    >>> project.orderings()                             # the default first; project.order(label, by="words")
+    ['embedding', 'words']
 """
 
 from __future__ import annotations
@@ -29,17 +31,20 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from mlfix.data.images import DataRoot, load_image
 from mlfix.data.scan import problems_frame, scan
-from mlfix.errors import NotAProjectError, NotIndexedError
+from mlfix.errors import NotAProjectError, NotEnoughLabelsError, NotIndexedError
 from mlfix.pipeline.artifacts import atomic_parquet, read_key, same_key, write_key
 from mlfix.progress import Progress, ProgressFn
 from mlfix.settings import CONFIG_NAME, IndexSettings, read_config, write_config
+
+if TYPE_CHECKING:
+    from mlfix.service.server import AppServer
 
 __all__ = ["Project", "NotAProjectError"]
 
@@ -59,9 +64,12 @@ class Project:
                labels: str | os.PathLike | None = None, coco: str | os.PathLike | None = None,
                padding: float = 0.0, progress: ProgressFn | None = None, **settings) -> "Project":
         """Scan ``images`` (+ a labels CSV or COCO file) into a new project (or rescan an existing one)."""
+        from mlfix.training.checkpoints import choose_weights
+
         base = cls.open(directory).settings if cls.is_project(directory) else IndexSettings()
         chosen = base.replace(**settings)  # validated before the scan: a typo costs no time
         directory = Path(directory).expanduser().resolve()
+        choose_weights(chosen, directory)  # and a missing weights file or checkpoint too
         directory.mkdir(parents=True, exist_ok=True)
         result = scan(images, labels=labels, coco=coco, padding=padding, progress=progress)
         atomic_parquet(result.samples, directory / "samples.parquet")
@@ -96,7 +104,8 @@ class Project:
 
     @property
     def problems(self) -> pd.DataFrame:
-        """Every file skipped (at scan or decode time) and why."""
+        """Every file skipped (at scan or decode time) and why; plus, of stage ``clipped``, the COCO boxes
+        that reached past the image edge (kept, clipped to the image)."""
         return self._load_parquet("problems.parquet")
 
     @property
@@ -131,15 +140,36 @@ class Project:
     # ---- indexing -------------------------------------------------------------------------------
 
     def index(self, progress: Progress | None = None, workers: int | None = None,
-              device: str | None = None, **overrides) -> "Project":
-        """Run features -> codebook -> bags -> orderings, reusing every artifact whose key matches."""
-        from mlfix.pipeline.index import run_index
-        from mlfix.training.checkpoints import resolve_weights
+              device: str | None = None, quality: str | None = None,
+              announce: "Callable[[str], None] | None" = None, **overrides) -> "Project":
+        """Run features -> codebook -> bags -> orderings, reusing every artifact whose key matches.
 
-        self.settings = self.settings.replace(**overrides)
+        ``quality`` (``fast``, ``default``, ``best``) applies a preset (:func:`mlfix.settings.quality_settings`)
+        before ``overrides``. ``announce`` (e.g. ``print``) receives the line saying which backbone, weights
+        and image size the run uses and why, and with a ``quality``, the time estimate before it starts.
+        """
+        from mlfix.pipeline.backbone import check_backbone
+        from mlfix.pipeline.defaults import describe, estimate, resolve_image_size, typical_side
+        from mlfix.pipeline.index import run_index
+        from mlfix.settings import quality_settings
+        from mlfix.training.checkpoints import choose_weights
+
+        if quality is not None:
+            preset = quality_settings(quality, typical_side(self.samples))
+            overrides = {**preset, **{k: v for k, v in overrides.items() if v is not None}}
+        chosen = self.settings.replace(**overrides)
+        settings, side = resolve_image_size(chosen, self.samples)
+        choice = choose_weights(settings, self.dir)  # a missing file or checkpoint fails here, before
+        check_backbone(settings.backbone)            # anything is written: a bad setting is not kept
+        self.settings = chosen
         write_config(self.dir, self.source, self.settings)
-        weights, weights_id = resolve_weights(self.settings, self.dir)
-        run_index(self.dir, self.settings, self.root, weights, weights_id,
+        if announce is not None:
+            announce(describe(settings, choice.text, side, self.settings.image_size != settings.image_size,
+                              quality))
+            if quality is not None:
+                announce(str(estimate(settings, choice.weights, int((self.samples["status"] == "ok").sum()),
+                                      device)))
+        run_index(self.dir, settings, self.root, choice.weights, choice.identity,
                   progress or Progress("index", self.dir / "progress"), workers=workers, device=device)
         self._cache = {k: v for k, v in self._cache.items() if k == "root"}
         return self
@@ -147,6 +177,17 @@ class Project:
     @property
     def is_indexed(self) -> bool:
         return (self.dir / "orders" / "orders.key.json").is_file()
+
+    @property
+    def image_size(self) -> int:
+        """The input size in px the backbone sees: the indexed one, else the settings' (``auto`` resolved
+        from the images)."""
+        from mlfix.pipeline.defaults import resolve_image_size
+
+        key = read_key(self.dir / "features" / "words.key.json") or {}
+        if isinstance(key.get("image_size"), int):
+            return int(key["image_size"])
+        return int(resolve_image_size(self.settings, self.samples)[0].image_size)
 
     def trained_weights(self) -> Path | None:
         """The project's last training checkpoint (models/last.pt), if any."""
@@ -184,18 +225,43 @@ class Project:
         """(N, k/8) uint8 packed bags of words (``np.packbits(axis=1, bitorder="little")``)."""
         return self._array("codebook/bags.npy")
 
-    def order_rows(self, label: str | None = None) -> np.ndarray:
-        """Row positions in similarity order: one class, or the whole dataset when ``label`` is None."""
+    def orderings(self) -> list[str]:
+        """The similarity orders the index holds, the default first: ``"embedding"`` (the greedy chain
+        over pooled embeddings, :mod:`mlfix.pipeline.ordering.embedding`) and ``"words"`` (over bags
+        of visual words). A project indexed before the embedding order existed has ``["words"]``
+        until its next :meth:`index` (which reuses the features)."""
+        from mlfix.pipeline.ordering import DEFAULT_ORDERING, ORDERINGS
+
+        held = [by for by, folder in ORDERINGS.items() if (self.dir / folder / "orders.key.json").is_file()]
+        return sorted(held, key=lambda by: by != DEFAULT_ORDERING)
+
+    def order_rows(self, label: str | None = None, by: str | None = None) -> np.ndarray:
+        """Row positions in similarity order: one class, or the whole dataset when ``label`` is None.
+
+        ``by``: ``"embedding"`` or ``"words"`` (see :meth:`orderings`); None is the default, the first
+        of :meth:`orderings` (the embedding order; the words order on a project indexed before it).
+        """
+        from mlfix.pipeline.ordering import DEFAULT_ORDERING, ORDERINGS
+
         self._require_index()
-        orders = json.loads((self.dir / "orders" / "orders.json").read_text())
+        if by is not None and by not in ORDERINGS:
+            raise ValueError(f"by must be one of {sorted(ORDERINGS)} or None (the default, "
+                             f"{DEFAULT_ORDERING!r}), got {by!r}")
+        by = by or (self.orderings() or [DEFAULT_ORDERING])[0]
+        folder = ORDERINGS[by]
+        if not (self.dir / folder / "orders.key.json").is_file():
+            raise NotIndexedError(f"project {self.dir} has no {by} order yet (indexed by an older mlfix): "
+                                  f"run `mlfix index --project {self.dir}` to add it (the features are reused)")
+        orders = json.loads((self.dir / folder / "orders.json").read_text())
         name = "all" if label is None else orders["labels"].get(label)
         if name is None:
             raise KeyError(f"no ordering for label {label!r}; labels: {sorted(orders['labels'])}")
-        return self._array(f"orders/{name}.npy", mmap=False)
+        return self._array(f"{folder}/{name}.npy", mmap=False)
 
-    def order(self, label: str | None = None) -> np.ndarray:
-        """Sample ids in similarity order, for one class or (``label=None``) the whole dataset."""
-        return self.samples["sample_id"].to_numpy()[self.order_rows(label)]
+    def order(self, label: str | None = None, by: str | None = None) -> np.ndarray:
+        """Sample ids in similarity order, for one class or (``label=None``) the whole dataset;
+        ``by`` chooses the order (``"embedding"``, ``"words"``; None: the default, see :meth:`order_rows`)."""
+        return self.samples["sample_id"].to_numpy()[self.order_rows(label, by)]
 
     def neighbours(self, sample_id: str, k: int = 8) -> list[str]:
         """The ``k`` nearest readable samples by pooled embedding (cosine), nearest first.
@@ -219,13 +285,20 @@ class Project:
     # ---- suspected label errors -----------------------------------------------------------------
 
     def scores(self, methods=None) -> pd.DataFrame:
-        """Suspected label errors, highest score first is most suspect (see mlfix.scoring.registry).
+        """Suspected label errors, one row per readable sample, most suspect first (see mlfix.scoring.registry).
 
         Columns: sample_id, path, label, score, suggested_label, then ``score_<method>`` and
-        ``suggested_<method>`` per method. The review loop learns: labels are the corrected ones
-        and samples a reviewer relabeled or confirmed are trusted. Recomputed only when the index
-        or the decisions changed since the last call; :meth:`cached_scores` never recomputes.
+        ``suggested_<method>`` per method. Rows are sorted by ``score``, highest (most suspect)
+        first; ties keep the sample order; unlabeled samples have no score (NaN) and come last
+        (their ``suggested_label`` is still a guess). The review loop learns: labels are the
+        corrected ones and samples a reviewer relabeled or confirmed are trusted. Recomputed only
+        when the index or the decisions changed since the last call; :meth:`cached_scores` never
+        recomputes.
+
+        Raises :class:`~mlfix.errors.NotEnoughLabelsError` when the readable samples' labels name
+        fewer than two classes (an unlabeled folder): the message says what works instead.
         """
+        from mlfix.scoring.contract import most_suspect_first
         from mlfix.scoring.registry import compute_scores
 
         self._require_index()
@@ -235,20 +308,38 @@ class Project:
                "methods": sorted(methods) if methods else None}
         path = self.dir / "scores.parquet"
         if same_key(self.dir / "scores.key.json", key) and path.exists():
-            return pd.read_parquet(path)
+            table = pd.read_parquet(path)  # sorted again: a table written unsorted by an older mlfix
+            return most_suspect_first(table, pd.Index(samples["sample_id"]).get_indexer(table["sample_id"]))
         rows = np.flatnonzero(self.readable())
+        classes = pd.Series(state["label"].to_numpy()[rows], dtype=object).dropna().unique()
+        if len(rows) and len(classes) < 2:
+            raise NotEnoughLabelsError(self._too_few_classes(sorted(map(str, classes))))
         trusted = state["status"].isin(["ok", "relabeled"]).to_numpy()
         table = compute_scores(np.asarray(self.pooled()[rows], dtype=np.float32),
                                state["label"].to_numpy()[rows], samples["sample_id"].to_numpy()[rows],
                                bags=np.asarray(self.bags()[rows]), trusted=trusted[rows],
                                methods=methods, seed=self.settings.seed)
         table.insert(1, "path", samples["path"].to_numpy()[rows])
+        table = most_suspect_first(table, rows)
         atomic_parquet(table, path)
         write_key(self.dir / "scores.key.json", key)
         return table
 
+    def scores_unavailable(self) -> str | None:
+        """Why :meth:`scores` cannot rank label errors here (the given labels name fewer than two
+        classes), saying what works instead; None when the labels allow it. Cheap: reads the sample
+        table only."""
+        labels = self.labels
+        return self._too_few_classes(labels) if len(labels) < 2 else None
+
+    def _too_few_classes(self, classes: list[str]) -> str:
+        found = "no labels" if not classes else f"one class only ({classes[0]!r})"
+        return (f"{found}: label-error scores need at least two classes; the similarity order works: "
+                f"open the Review page (`mlfix serve --project {self.dir}`)")
+
     def cached_scores(self) -> pd.DataFrame | None:
-        """The last computed scores table (possibly older than the latest decisions), or None."""
+        """The last computed scores table, most suspect first as :meth:`scores` wrote it (possibly
+        older than the latest decisions), or None."""
         path = self.dir / "scores.parquet"
         return self._load_parquet("scores.parquet") if path.exists() else None
 
@@ -287,17 +378,23 @@ class Project:
 
         return list_views(self.dir)
 
-    def serve(self, port: int | None = None, address: str = "localhost") -> str:
-        """Start the app on this project in a background process; returns its URL."""
-        from mlfix.service.server import free_port, start_app
+    def serve(self, port: int | None = None, address: str = "localhost",
+              timeout: float = 90) -> AppServer:
+        """Start the app on this project in a background process; returns once it answers.
 
-        port = port or free_port()
-        log = open(self.dir / "serve.log", "ab")
-        self._cache["server"] = start_app(self.dir, port, address, log=log, start_new_session=True)
-        return f"http://{address}:{port}"
+        Returns a :class:`mlfix.service.server.AppServer`: ``.url`` (also its ``str()``), ``.stop()``;
+        ``with project.serve() as app:`` stops it after the block, and it stops when Python exits.
+        Its output goes to ``serve.log`` in the project (named in the error if it does not start).
+        """
+        from mlfix.service.server import serve_app
+
+        self._cache["server"] = app = serve_app(self.dir, port, address, log=self.dir / "serve.log",
+                                                timeout=timeout, start_new_session=True)
+        return app
 
     def progress_log(self, job: str) -> list[dict]:
         """Progress records of a job (``index``, ``train``) as written by :class:`~mlfix.progress.Progress`."""
         from mlfix.progress import read_progress
 
         return read_progress(self.dir / "progress" / f"{job}.jsonl")
+

@@ -54,6 +54,25 @@ def demo_project(tmp_path_factory):
     return build_demo(folder, limit=200, **FAST_SETTINGS)
 
 
+def write_flat_folder(root: Path, n: int = 16) -> Path:
+    """An unlabeled folder: ``n`` images at the top level (no class folders)."""
+    root.mkdir(parents=True, exist_ok=True)
+    colours = list(COLORS.values())
+    for i in range(n):
+        shape_image(colours[i % len(colours)], seed=i).save(root / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def unlabeled_project(tmp_path_factory):
+    """16 unlabeled images (a flat folder), indexed with fast settings; no scores."""
+    from mlfix.project import Project
+
+    images = write_flat_folder(tmp_path_factory.mktemp("flat") / "images")
+    return Project.create(tmp_path_factory.mktemp("unlabeled") / "project", images=images,
+                          **FAST_SETTINGS).index()
+
+
 def shared_data(name: str) -> Path:
     """A shared evaluation data set, or skip the test with the reason."""
     path = SHARED_DATA / name

@@ -136,3 +136,45 @@ def test_training_small_crops_lets_openmp_threads_sleep_unless_the_user_chose():
     assert policy(64) == "PASSIVE"
     assert policy(224) == "unset"
     assert policy(64, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+
+
+def test_scores_prints_the_20_most_suspect_first_with_label_suggestion_and_score(demo_project, capsys):
+    assert main(["scores", "--project", str(demo_project.dir)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == f"The 20 most suspect of {len(demo_project.samples)} scored samples:"
+    assert lines[1].split() == ["sample_id", "label", "suggested_label", "score"]
+    rows = [line.split() for line in lines[2:22]]
+    expected = Project.open(demo_project.dir).scores().head(20)
+    assert [row[0] for row in rows] == expected["sample_id"].tolist()
+    assert [row[1:3] for row in rows] == expected[["label", "suggested_label"]].values.tolist()
+    printed = [float(row[3]) for row in rows]
+    assert printed == sorted(printed, reverse=True) and printed[0] > printed[-1]
+    assert "scores.parquet" in lines[22] and "-o scores.csv" in lines[22]
+
+
+def test_index_ends_with_the_scores_and_a_scores_stage(tiny_image_folder, tmp_path, capsys):
+    import json
+
+    project_dir = tmp_path / "project"
+    assert main(["index", "--images", str(tiny_image_folder), "--project", str(project_dir), "--image-size", "64",
+                 "--words", "32", "--weights", "random"]) == 0
+    out = capsys.readouterr().out
+    assert "The 5 most suspect of 40 scored samples:" in out and f"{project_dir.resolve()}/scores.parquet" in out
+    scores = project_dir / "scores.parquet"
+    assert scores.exists()
+    mtime = scores.stat().st_mtime_ns
+    assert len(Project.open(project_dir).scores()) == 40 and scores.stat().st_mtime_ns == mtime  # up to date
+    records = [json.loads(line) for line in (project_dir / "progress" / "index.jsonl").read_text().splitlines()]
+    assert {"stage": "scores", "done": 1, "total": 1}.items() <= records[-1].items()  # the Training page's bar
+
+
+def test_an_unlabeled_folder_indexes_and_says_what_works_instead_of_scores(unlabeled_project, capsys):
+    assert main(["index", "--project", str(unlabeled_project.dir)]) == 0
+    out = capsys.readouterr().out
+    assert ("scores: no labels: label-error scores need at least two classes; the similarity order works: "
+            "open the Review page") in out
+    assert main(["scores", "--project", str(unlabeled_project.dir)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    assert captured.err.startswith("mlfix scores: no labels: label-error scores need at least two classes")
+    assert not (unlabeled_project.dir / "scores.parquet").exists()

@@ -58,6 +58,38 @@ def test_rerun_with_same_settings_reuses_every_artifact(indexed):
     assert mtimes(indexed, *files) == before
 
 
+def test_both_orders_are_written_and_the_embedding_order_is_the_default(indexed):
+    from mlfix.pipeline.ordering.embedding import embedding_order
+
+    assert indexed.orderings() == ["embedding", "words"]
+    assert list(indexed.order()) == list(indexed.order(by="embedding"))
+    assert list(indexed.order_rows(by="words")) == list(np.load(indexed.dir / "orders" / "all.npy"))
+    samples = indexed.samples
+    for label in indexed.labels:
+        rows = np.flatnonzero((samples["label"] == label).to_numpy())
+        assert list(indexed.order_rows(label)) == list(rows[embedding_order(np.asarray(indexed.pooled()[rows]))])
+        assert sorted(indexed.order(label, by="words")) == sorted(samples["sample_id"].to_numpy()[rows])
+    with pytest.raises(ValueError, match="by must be one of"):
+        indexed.order(by="colour")
+
+
+def test_a_project_indexed_before_the_embedding_order_falls_back_then_gains_it(indexed_copy):
+    from mlfix.errors import NotIndexedError
+
+    shutil.rmtree(indexed_copy.dir / "orders" / "by-embedding")
+    old = Project.open(indexed_copy.dir)
+    assert old.orderings() == ["words"]
+    assert list(old.order("red")) == list(old.order("red", by="words"))
+    with pytest.raises(NotIndexedError, match="mlfix index"):
+        old.order(by="embedding")
+    files = ["features/pooled.npy", "features/words.npy", "codebook/bags.npy", "orders/all.npy"]
+    before = mtimes(old, *files)
+    project = Project.open(indexed_copy.dir).index()
+    assert mtimes(project, *files) == before  # no pass over the images, the words orders kept
+    assert project.orderings() == ["embedding", "words"]
+    assert sorted(project.order(by="embedding")) == sorted(project.samples["sample_id"])
+
+
 def test_changed_words_recompute_only_later_stages(indexed_copy):
     indexed = indexed_copy
     before = mtimes(indexed, "features/pooled.npy", "features/cells.npy", "features/words.npy")
@@ -110,6 +142,23 @@ def test_open_refuses_a_folder_that_is_not_a_project(tmp_path):
 def test_unknown_settings_are_refused(tmp_path, tiny_image_folder):
     with pytest.raises(ValueError, match="unknown settings"):
         Project.create(tmp_path / "p", images=tiny_image_folder, wrods=10)
+
+
+def test_a_setting_that_fails_is_not_kept_and_is_checked_before_the_scan(tmp_path, tiny_image_folder):
+    from mlfix.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="weights file not found"):
+        Project.create(tmp_path / "q", images=tiny_image_folder, weights=str(tmp_path / "nothere.pt"))
+    assert not (tmp_path / "q" / "samples.parquet").exists()  # refused before any scanning
+    project = Project.create(tmp_path / "p", images=tiny_image_folder, **FAST_SETTINGS)
+    with pytest.raises(SettingsError, match="weights file not found"):
+        project.index(weights=str(tmp_path / "nothere.pt"))
+    with pytest.raises(SettingsError, match="unknown backbone 'resnet1800'"):
+        project.index(backbone="resnet1800")
+    with pytest.raises(SettingsError, match="no checkpoint"):
+        project.index(weights="trained")
+    kept = Project.open(project.dir).settings
+    assert kept.backbone == FAST_SETTINGS["backbone"] and str(kept.weights) == FAST_SETTINGS["weights"]
 
 
 def test_unindexed_project_says_how_to_index(tmp_path, tiny_image_folder):
@@ -166,3 +215,62 @@ def test_features_made_by_another_build_of_the_backbone_are_recomputed(indexed_c
     Project.open(indexed_copy.dir).index()
     assert pooled.stat().st_mtime_ns != before
     assert json.loads(key_file.read_text())["architecture"] == "resnet18"
+
+
+def is_most_suspect_first(table) -> bool:
+    score = table["score"].to_numpy(dtype=float)
+    scored = score[~np.isnan(score)]
+    return bool((np.diff(scored) <= 0).all()) and not np.isnan(score[:len(scored)]).any()
+
+
+def test_scores_come_most_suspect_first_with_ties_in_sample_order_on_both_paths(indexed_copy):
+    project = indexed_copy
+    table = project.scores()
+    assert is_most_suspect_first(table)
+    rows = table["sample_id"].map(project.row_of)
+    for _, group in rows.groupby(table["score"]):  # equal scores keep the sample order (stable)
+        assert group.is_monotonic_increasing
+    assert table.index.tolist() == list(range(len(table)))
+    assert project.cached_scores()["sample_id"].tolist() == table["sample_id"].tolist()
+    # a table written unsorted (by an older mlfix) under the same key comes back sorted too
+    table.sample(frac=1, random_state=0).to_parquet(project.dir / "scores.parquet")
+    again = project.scores()
+    assert again["sample_id"].tolist() == table["sample_id"].tolist()
+    np.testing.assert_array_equal(again["score"], table["score"])
+
+
+def test_an_unlabeled_folder_is_a_clear_error_that_names_the_similarity_order(unlabeled_project):
+    from mlfix.errors import MlfixError, NotEnoughLabelsError
+
+    project = Project.open(unlabeled_project.dir)
+    assert project.labels == [] and project.is_indexed
+    assert project.scores_unavailable().startswith("no labels: label-error scores need at least two classes")
+    with pytest.raises(NotEnoughLabelsError, match="^no labels: label-error scores need at least two classes; "
+                                                    "the similarity order works: open the Review page"):
+        project.scores()
+    assert issubclass(NotEnoughLabelsError, MlfixError)
+    assert not (project.dir / "scores.parquet").exists()
+    assert len(project.order()) == len(project.samples)  # what works instead
+
+
+def test_one_class_and_mixed_labels(tmp_path):
+    """One class: the same clear error. Some samples unlabeled: the labelled ones are scored, the
+    others have no score and come last."""
+    from mlfix.errors import NotEnoughLabelsError
+
+    images = write_image_folder(tmp_path / "images", per_class=6, classes=("red", "blue"))
+    paths = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))
+    one = tmp_path / "one.csv"
+    one.write_text("path,label\n" + "".join(f"{p},{'red' if i < 3 else ''}\n" for i, p in enumerate(paths)))
+    project = Project.create(tmp_path / "p", images=images, labels=one, **FAST_SETTINGS).index()
+    with pytest.raises(NotEnoughLabelsError, match=r"^one class only \('red'\): label-error scores"):
+        project.scores()
+    mixed = tmp_path / "mixed.csv"  # every third image unlabeled
+    mixed.write_text("path,label\n" + "".join(f"{p},{'' if i % 3 == 0 else p.split('/')[0]}\n"
+                                              for i, p in enumerate(paths)))
+    project = Project.create(tmp_path / "p", images=images, labels=mixed).index()
+    table = project.scores()
+    unlabeled = table["label"].isna().to_numpy()
+    assert unlabeled.sum() == 4 and len(table) == 12
+    assert table["score"][~unlabeled].notna().all() and table["score"][unlabeled].isna().all()
+    assert unlabeled[-4:].all() and is_most_suspect_first(table)

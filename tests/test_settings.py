@@ -15,7 +15,7 @@ settings_values = st.fixed_dictionaries({}, optional={
     "backbone": st.sampled_from(["resnet18", "efficientnet_lite0", "efficientnet_lite0+efficientnet_lite2"]),
     "weights": st.sampled_from(["auto", "random", "imagenet", "offline", "trained", "models/last.pt",
                                 "/abs/w.pth", "file:weights"]),
-    "image_size": st.integers(16, 4096),
+    "image_size": st.one_of(st.integers(16, 4096), st.just("auto")),
     "tta_flip": st.booleans(),
     "cell_stride": st.sampled_from([8, 16, 32]),
     "words": st.integers(2, 65536),
@@ -46,16 +46,19 @@ def test_weights_parse_back_from_their_stored_form(text):
 
 def test_defaults_live_in_one_place_and_are_typed():
     settings = IndexSettings()
-    assert settings.weights == Weights("auto") and settings.image_size == 224 and settings.words == 1024
-    assert settings.to_dict()["weights"] == "auto"
+    assert settings.weights == Weights("auto") and settings.image_size == "auto" and settings.words == 1024
+    assert settings.backbone == "efficientnet_lite0"  # the best measured offline backbone (bench/defaults.py)
+    assert settings.to_dict()["weights"] == "auto" and settings.to_dict()["image_size"] == "auto"
 
 
 @pytest.mark.parametrize("name, value, message", [
     ("words", 1, "words must be an integer from 2 to 65536"),
     ("words", 70000, "words must be an integer"),
-    ("image_size", "224", "image_size must be an integer"),
-    ("image_size", True, "image_size must be an integer"),
-    ("image_size", 12.5, "image_size must be an integer"),
+    ("image_size", "224", "image_size must be 'auto' .* or an integer from 16 to 4096"),
+    ("image_size", "big", "image_size must be 'auto'"),
+    ("image_size", True, "image_size must be 'auto'"),
+    ("image_size", 12.5, "image_size must be 'auto'"),
+    ("image_size", 8, "image_size must be 'auto'"),
     ("tta_flip", "yes", "tta_flip must be true or false"),
     ("cell_stride", 12, "cell_stride must be 8, 16 or 32"),
     ("backbone", "", "backbone must be a timm model name"),
@@ -82,17 +85,22 @@ def test_unknown_and_unchanged_settings():
     assert IndexSettings(image_size=32).replace(image_size=64.0).image_size == 64  # an integral float is an int
 
 
-def test_a_keyword_that_is_also_a_file_here_is_ambiguous(tmp_path, monkeypatch):
+def test_a_keyword_means_the_keyword_and_a_file_path_is_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "offline").write_bytes(b"")
-    with pytest.raises(SettingsError, match="both a keyword and a file"):
-        Weights.parse("offline")
-    assert Weights.parse("file:offline") == Weights("file", Path("offline"))
-    assert Weights.parse("./offline").kind == "file"
+    assert Weights.parse("offline") == Weights("offline")  # even with a file of that name here
+    assert Weights.parse("file:offline") == Weights("file", tmp_path / "offline")
+    assert Weights.parse("./offline") == Weights("file", tmp_path / "offline")
+    assert Weights.parse("models/w.pt").path == tmp_path / "models" / "w.pt"  # read later from anywhere
+    with pytest.raises(SettingsError, match="unknown weights 'model'.*file:model"):
+        Weights.parse("model")
 
 
 def test_cache_keys_change_exactly_with_the_settings_they_depend_on():
-    base = IndexSettings()
+    with pytest.raises(SettingsError, match="image_size 'auto' must be resolved"):
+        IndexSettings().feature_key("digest", "resnet18", "random")
+    base = IndexSettings(image_size=224)
+    assert base.replace(image_size=128).feature_key("digest", "a", "w")["image_size"] == 128
     features = base.feature_key("digest", "resnet18", "random")
     assert "tta_flip" not in features  # projects indexed before the setting keep their features
     assert base.replace(tta_flip=True).feature_key("digest", "resnet18", "random")["tta_flip"] is True
@@ -111,4 +119,16 @@ def test_a_damaged_config_says_which_file_and_setting(tmp_path):
         read_config(tmp_path)
     (tmp_path / CONFIG_NAME).write_text("[index\n")
     with pytest.raises(NotAProjectError, match="not a valid mlfix.toml"):
+        read_config(tmp_path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[source]\nlabls = "x.csv"\n', r"unknown \[source\] key\(s\) \['labls'\]"),
+    ('[indx]\nwords = 3\n', r"unknown table\(s\) \['indx'\]"),
+    ('[source]\npadding = "lots"\n', r"\[source\] padding must be a fraction"),
+    ('[source]\nimages = 3\n', r"\[source\] images must be a path"),
+])
+def test_hand_edits_outside_index_are_checked_too(tmp_path, text, message):
+    (tmp_path / CONFIG_NAME).write_text(text)
+    with pytest.raises(SettingsError, match=message):
         read_config(tmp_path)

@@ -1,10 +1,13 @@
-"""The ``mlfix`` command: index, train, scores, serve (one module per command in this package).
+"""The ``mlfix`` command: index, train, scores, serve, status, export (one module per command in this package).
 
     mlfix index --images PATH [--labels CSV | --coco JSON] --project DIR [--backbone NAME[+NAME...]]
                 [--image-size PX] [--tta-flip] [--words K] [--weights auto|random|imagenet|offline|trained|FILE]
-    mlfix train --project DIR [--epochs N] [--batch-size B] [--image-size PX] [--init random|imagenet|FILE] [--no-flip]
+    mlfix train --project DIR [--epochs N] [--batch-size B] [--image-size PX] [--init offline|random|imagenet|FILE] [--lr LR] [--no-flip]
     mlfix scores --project DIR [-o scores.csv]
     mlfix serve --project DIR [--port PORT] [--address ADDR] [--db URL]
+    mlfix status --project DIR
+    mlfix export --project DIR [--format csv|json|coco] -o FILE
+    mlfix --version
 """
 
 from __future__ import annotations
@@ -12,13 +15,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mlfix.cli import index, scores, serve, train
+from mlfix.cli import export, index, scores, serve, status, train
 
-COMMANDS = (index, train, scores, serve)  # each module: add_parser(commands) and run(args)
+COMMANDS = (index, train, scores, serve, status, export)  # each module: add_parser(commands) and run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mlfix import __version__
+
     parser = argparse.ArgumentParser(prog="mlfix", description="Find and fix wrong labels in image datasets.")
+    parser.add_argument("--version", action="version", version=f"mlfix {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(commands)

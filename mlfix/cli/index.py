@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mlfix.progress import Progress
+from mlfix.settings import AUTO, QUALITIES
 
 def add_parser(commands) -> None:
     p = commands.add_parser("index", help="scan images and build features, visual words and orderings")
@@ -15,11 +16,21 @@ def add_parser(commands) -> None:
     source.add_argument("--labels", help="CSV with path,label columns (paths relative to --images)")
     source.add_argument("--coco", help="COCO JSON: every box becomes a crop sample")
     p.add_argument("--padding", type=float, default=0.0, help="COCO crops: context around boxes (fraction)")
-    p.add_argument("--backbone", help="timm model name (default resnet18); join names with + for an ensemble, "
+    p.add_argument("--quality", choices=QUALITIES,
+                   help="a preset (explicit options win): default = efficientnet_lite0 at a size chosen from the "
+                        "images, 1 pass per image; fast = the same, smaller; best = the three offline backbones "
+                        "efficientnet_lite0+1+2 at 260 px with the mirror image (6 passes). Prints a time "
+                        "estimate first")
+    p.add_argument("--backbone", help="timm model name (default efficientnet_lite0; resnet18 and any timm name "
+                                      "work too); join names with + for an ensemble, "
                                       "e.g. efficientnet_lite0+efficientnet_lite1+efficientnet_lite2")
     p.add_argument("--weights", help="auto | random | imagenet (internet) | offline | trained | FILE (a path, or "
-                                     "file:NAME); default auto: the project's trained checkpoint, else random")
-    p.add_argument("--image-size", type=int, help="input size in px; small images are scaled up (default 224)")
+                                     "file:NAME); default auto: the project's trained checkpoint for this "
+                                     "backbone, else the offline ImageNet weights (EfficientNet-Lite0/1/2), "
+                                     "else random")
+    p.add_argument("--image-size", type=_image_size,
+                   help="input size in px, or auto (the default: 224, EfficientNet-Lite0's own size, which "
+                        "found the most errors even on 32 px images); small images are scaled up")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
                    help="average each image's features with its mirror image's (twice the extraction)")
     p.add_argument("--words", type=int, help="visual words in the codebook (default 1024)")
@@ -27,6 +38,15 @@ def add_parser(commands) -> None:
     p.add_argument("--workers", type=int, help="image decoding processes")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.set_defaults(run=run)
+
+
+def _image_size(text: str) -> int | str:
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels or 'auto', got {text!r}") from None
 
 
 def run(args) -> int:
@@ -43,19 +63,60 @@ def run(args) -> int:
         project = Project.open(args.project)
     else:
         raise ValueError(f"{args.project} is not a project yet: give --images to create it")
-    project.index(progress=progress, workers=args.workers, device=args.device, **settings)
+    project.index(progress=progress, workers=args.workers, device=args.device,
+                  quality=getattr(args, "quality", None), announce=print, **settings)
+    scores = _scores_after_index(project, progress)
     progress.close()
     _print_summary(project)
+    _print_scores(project, scores)
     return 0
 
 
 def _print_summary(project) -> None:
     samples, problems = project.samples, project.problems
     usable = int((samples["status"] == "ok").sum())
-    print(f"{usable} samples indexed in {len(project.labels)} classes -> {project.dir}")
+    classes = f"in {len(project.labels)} classes" if project.labels else "(unlabeled)"
+    print(f"{usable} samples indexed {classes} -> {project.dir}")
+    from mlfix.data.scan import NOTE_STAGES
+
+    notes = problems[problems["stage"].isin(NOTE_STAGES)]
+    if len(notes):
+        print(f"{len(notes)} COCO box{'es' if len(notes) != 1 else ''} reached past the image edge: clipped to "
+              "the image "
+              f"(stage 'clipped' in {project.dir / 'problems.parquet'})")
+    problems = problems[~problems["stage"].isin(NOTE_STAGES)]
     if len(problems):
         print(f"{len(problems)} files skipped:")
         with_reason = problems[["path", "stage", "reason"]].fillna("")
         print(with_reason.head(20).to_string(index=False))
         if len(problems) > 20:
             print(f"... and {len(problems) - 20} more (see {project.dir / 'problems.parquet'})")
+
+
+def _scores_after_index(project, progress: Progress):
+    """Indexing ends with the scores (stage ``scores``) when the labels name two classes or more:
+    the table; else the line that says why not; None when nothing could be read."""
+    from mlfix.errors import NotEnoughLabelsError
+
+    if not project.is_indexed or not project.readable().any():
+        return None
+    reason = project.scores_unavailable()
+    if reason is not None:
+        return reason
+    stage = progress.stage("scores")
+    stage(0, 1)
+    try:
+        table = project.scores()
+    except NotEnoughLabelsError as err:  # the labelled images are the unreadable ones
+        return str(err)
+    stage(1, 1)
+    return table
+
+
+def _print_scores(project, scores) -> None:
+    from mlfix.cli.scores import print_top
+
+    if isinstance(scores, str):
+        print(f"scores: {scores}")
+    elif scores is not None:
+        print_top(scores, 5, project.dir)

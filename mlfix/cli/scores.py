@@ -1,22 +1,49 @@
-"""``mlfix scores``: the suspected label errors of a project."""
+"""``mlfix scores``: the suspected label errors of a project, most suspect first."""
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+TOP = 20  # rows printed without -o
+COLUMNS = ["sample_id", "label", "suggested_label", "score"]
+
 
 def add_parser(commands) -> None:
-    p = commands.add_parser("scores", help="rank suspected label errors")
+    p = commands.add_parser("scores", help="rank suspected label errors (most suspect first)")
     p.add_argument("--project", required=True)
     p.add_argument("-o", "--output", help="CSV to write (default: print the top 20)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    from mlfix.errors import NotEnoughLabelsError
     from mlfix.project import Project
 
-    table = Project.open(args.project).scores()
+    project = Project.open(args.project)
+    try:
+        table = project.scores()
+    except NotEnoughLabelsError as err:  # an unlabeled folder: one line on what works instead
+        print(f"mlfix scores: {err}", file=sys.stderr)
+        return 2
     if args.output:
         table.to_csv(args.output, index=False)
-        print(f"{len(table)} rows -> {args.output}")
+        print(f"{len(table)} rows, most suspect first -> {args.output}")
     else:
-        print(table.head(20).to_string(index=False))
+        print_top(table, TOP, project.dir)
     return 0
+
+
+def print_top(table: pd.DataFrame, n: int, project_dir) -> None:
+    """The ``n`` most suspect samples (label, suggested label, score) and where the full table is."""
+    scored = table[table["score"].notna()]
+    print(f"The {min(n, len(scored))} most suspect of {len(scored)} scored samples:")
+    top = scored[COLUMNS].head(n).assign(score=lambda t: t["score"].map("{:.3f}".format))
+    print(top.to_string(index=False))
+    unscored = len(table) - len(scored)
+    note = f"; {unscored} unlabeled samples have no score" if unscored else ""
+    print(f"All {len(table)} rows: {project_dir}/scores.parquet, or as CSV: "
+          f"mlfix scores --project {project_dir} -o scores.csv{note}")

@@ -6,8 +6,9 @@ import sys
 
 def add_parser(commands) -> None:
     p = commands.add_parser("serve", help="start the review app on a project")
-    p.add_argument("--project", required=True)
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--project", required=True, help="project folder (made by `mlfix index`)")
+    p.add_argument("--port", type=int, default=8501,
+                   help="port the app listens on (default 8501); open http://ADDRESS:PORT in a browser")
     p.add_argument("--address", default="localhost", help="0.0.0.0 to share on the network")
     p.add_argument("--db", default=None, metavar="URL",
                    help="decisions database, e.g. postgresql+psycopg://mlfix@dbhost/mlfix (sets MLFIX_DB_URL; "

@@ -9,8 +9,9 @@ plus a way to label what is in it:
 - a COCO JSON file whose boxes become crop samples (category name as label).
 
 :func:`scan` turns one of these into a :class:`Scan`: a ``samples`` table (one row per image or crop,
-with a stable ``sample_id``) and a ``problems`` table (every file that was skipped, and why). Nothing
-outside the data root is ever read: paths with ``..`` or absolute paths become problems.
+with a stable ``sample_id``) and a ``problems`` table (every file that was skipped, and why; a COCO box
+that reached past the image edge is kept, clipped to the image, with a row of stage ``clipped``).
+Nothing outside the data root is ever read: paths with ``..`` or absolute paths become problems.
 
 Example::
 
@@ -46,6 +47,7 @@ from mlfix.progress import ProgressFn
 
 SAMPLE_COLUMNS = ["sample_id", "path", "label", "box_x", "box_y", "box_w", "box_h", "width", "height", "status"]
 PROBLEM_COLUMNS = ["sample_id", "path", "stage", "reason"]
+NOTE_STAGES = ("clipped",)  # problems rows about samples that were kept (the rest were skipped)
 
 
 @dataclass
@@ -161,15 +163,49 @@ def _rows_from_coco(coco_path: Path, padding: float, problems: list[dict]) -> li
             problems.append({"sample_id": f"{image['file_name']}#{ann_id}", "path": image["file_name"],
                              "stage": "coco", "reason": f"empty box {bbox}"})
             continue
-        pad_w, pad_h = w * padding, h * padding
-        x0, y0 = max(0.0, x - pad_w), max(0.0, y - pad_h)
-        x1, y1 = x + w + pad_w, y + h + pad_h
-        if "width" in image and "height" in image:
-            x1, y1 = min(x1, float(image["width"])), min(y1, float(image["height"]))
+        size = (image.get("width"), image.get("height"))
         rows.append({"sample_id": f"{image['file_name']}#{ann_id}", "path": image["file_name"],
-                     "label": categories.get(ann.get("category_id")),
-                     "box": (x0, y0, x1 - x0, y1 - y0), "coco_annotation_id": ann_id})
+                     "label": categories.get(ann.get("category_id")), "box": (x, y, w, h),
+                     "padding": padding, "coco_size": size if all(_positive(v) for v in size) else None,
+                     "coco_annotation_id": ann_id})
     return rows
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _fit_box(box: tuple[float, float, float, float], padding: float,
+             size: tuple[float, float]) -> tuple[tuple[float, float, float, float] | None, str | None]:
+    """A COCO box ``(x, y, w, h)`` padded and clipped to an image of ``size`` (width, height).
+
+    Returns ``(box, note)``: ``note`` says how a box that reached past the image edge was clipped
+    (padding that reaches past the edge is clipped without a note); ``box`` is None when nothing of
+    it lies inside the image.
+
+    >>> _fit_box((90, 70, 20, 20), 0.0, (100, 80))
+    ((90.0, 70.0, 10.0, 10.0), 'box [90, 70, 20, 20] reaches past the edge of the 100x80 image; clipped to [90, 70, 10, 10]')
+    >>> _fit_box((10, 10, 20, 20), 0.5, (100, 80))
+    ((0.0, 0.0, 40.0, 40.0), None)
+    """
+    x, y, w, h = box
+    width, height = float(size[0]), float(size[1])
+    cx0, cy0, cx1, cy1 = max(0.0, x), max(0.0, y), min(width, x + w), min(height, y + h)
+    if cx1 - cx0 < 1 or cy1 - cy0 < 1:
+        return None, None
+    note = None
+    if (cx0, cy0, cx1, cy1) != (x, y, x + w, y + h):
+        clipped = [cx0, cy0, cx1 - cx0, cy1 - cy0]
+        note = (f"box {_numbers(box)} reaches past the edge of the {size[0]:g}x{size[1]:g} image; "
+                f"clipped to {_numbers(clipped)}")
+    pad_w, pad_h = w * padding, h * padding  # context from the box as given, then kept in the image
+    x0, y0 = max(0.0, x - pad_w), max(0.0, y - pad_h)
+    x1, y1 = min(width, x + w + pad_w), min(height, y + h + pad_h)
+    return (x0, y0, x1 - x0, y1 - y0), note
+
+
+def _numbers(values) -> str:
+    return "[" + ", ".join(f"{float(v):g}" for v in values) + "]"
 
 
 def _drop_unsafe_and_duplicates(rows: list[dict], problems: list[dict]) -> list[dict]:
@@ -216,8 +252,20 @@ def _check_headers(root: DataRoot, rows: list[dict], problems: list[dict],
             problems.append({"sample_id": row["sample_id"], "path": row["path"], "stage": "read",
                              "reason": result})
             continue
-        box = row.get("box") or (np.nan, np.nan, np.nan, np.nan)
         width, height = result
+        box = row.get("box")
+        if box is not None:
+            size = row.get("coco_size") or (width, height)
+            box, note = _fit_box(box, row.get("padding", 0.0), size)
+            if box is None:
+                problems.append({"sample_id": row["sample_id"], "path": row["path"], "stage": "coco",
+                                 "reason": f"box {_numbers(row['box'])} lies outside the "
+                                           f"{size[0]:g}x{size[1]:g} image"})
+                continue
+            if note:  # kept, clipped: said in the problems table
+                problems.append({"sample_id": row["sample_id"], "path": row["path"], "stage": "clipped",
+                                 "reason": note})
+        box = box or (np.nan, np.nan, np.nan, np.nan)
         records.append({"sample_id": row["sample_id"], "path": row["path"], "label": row["label"],
                         "box_x": box[0], "box_y": box[1], "box_w": box[2], "box_h": box[3],
                         "width": width, "height": height, "status": "ok"})

@@ -40,6 +40,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mlfix.errors import CheckpointError, SettingsError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_IMAGE_SIZE = 32
@@ -166,6 +168,24 @@ class InputStatistics(nn.Module):
         return x if self.identity else x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
 
 
+def check_backbone(name: str) -> None:
+    """:class:`~mlfix.errors.SettingsError` unless every member of ``name`` is a model timm can build.
+
+    >>> check_backbone("efficientnet_lite0+resnet18")
+    >>> check_backbone("resnet1800")
+    Traceback (most recent call last):
+    ...
+    mlfix.errors.SettingsError: unknown backbone 'resnet1800'; try resnet18, resnet50 or efficientnet_lite0 (any name from timm.list_models())
+    """
+    import timm
+
+    for member in name.split(ENSEMBLE_SEPARATOR):
+        if architecture(member) not in timm.list_models() and member not in timm.list_models() \
+                and member not in timm.list_pretrained():
+            raise SettingsError(f"unknown backbone {member!r}; try resnet18, resnet50 or efficientnet_lite0 "
+                                "(any name from timm.list_models())")
+
+
 def create_backbone(name: str = "resnet18", weights: str | os.PathLike = "random",
                     cell_stride: int = 16) -> Backbone | BackboneEnsemble:
     """Create a :class:`Backbone` from a timm model name (a :class:`BackboneEnsemble` from several).
@@ -185,18 +205,21 @@ def create_backbone(name: str = "resnet18", weights: str | os.PathLike = "random
     if ENSEMBLE_SEPARATOR in name:
         return _ensemble(name, str(weights), cell_stride)
 
-    if name not in timm.list_models() and name not in timm.list_pretrained():
-        raise ValueError(f"unknown backbone {name!r}; try resnet18, resnet50 or efficientnet_lite0 "
-                         "(any name from timm.list_models())")
+    check_backbone(name)
     weights = str(weights)
     if weights == "offline" and name not in OFFLINE_WEIGHTS:
-        raise ValueError(f"no offline weights ship for {name!r}; offline weights exist for "
+        raise SettingsError(f"no offline weights ship for {name!r}; offline weights exist for "
                          f"{sorted(OFFLINE_WEIGHTS)}. Use weights='random', 'imagenet' or a file.")
-    model = timm.create_model(architecture(name), pretrained=(weights == "imagenet"), num_classes=0)
+    if weights == "imagenet":
+        from mlfix.pipeline.hub import pretrained_from_hub
+
+        model = pretrained_from_hub(name, architecture(name), name in OFFLINE_WEIGHTS)
+    else:
+        model = timm.create_model(architecture(name), pretrained=False, num_classes=0)
     if weights == "offline":
         model.load_state_dict(_offline_state_dict(name, model))
     elif weights not in ("random", "imagenet"):
-        _load_file_into(model, Path(weights))
+        _load_file_into(model, Path(weights), name)
     stage = _stage_with_stride(model, cell_stride)
     return Backbone(model, stage["module"], stage["num_chs"], stage["reduction"], name, weights)
 
@@ -280,23 +303,29 @@ def offline_classifier(name: str = "efficientnet_lite0") -> nn.Module:
     return nn.Sequential(InputStatistics(tuple(cfg["mean"]), tuple(cfg["std"])), model).eval()
 
 
-def _load_file_into(model: nn.Module, path: Path) -> None:
+def _load_file_into(model: nn.Module, path: Path, name: str) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read weights file {path} (corrupt or not a torch file): {err}") from None
+    except Exception:  # torch's own message suggests weights_only=False: unsafe for an untrusted file
+        raise CheckpointError(f"cannot read weights file {path}: it is corrupt, not a PyTorch file, or holds "
+                              "more than tensors (mlfix never runs code from a weights file); give a "
+                              "state dict saved with torch.save, or an mlfix checkpoint (models/last.pt)") from None
     if isinstance(state, dict) and "backbone" in state:  # an mlfix training checkpoint
         state = state["backbone"]
     if not isinstance(state, dict):
-        raise ValueError(f"weights file {path} does not hold a state dict")
+        raise CheckpointError(f"weights file {path} does not hold a state dict (a mapping of tensor names)")
     state = {k.removeprefix("model."): v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError:  # shapes differ: weights of another architecture
+        missing, unexpected = ["(tensor shapes differ)"], []
     ignorable = [k for k in missing if k.startswith(("fc.", "classifier.", "head."))]
     if len(missing) > len(ignorable) or len(unexpected) > len(model.state_dict()) // 10:
-        raise ValueError(f"weights file {path} does not fit this backbone: "
-                         f"{len(missing)} missing, {len(unexpected)} unexpected tensors")
+        raise CheckpointError(f"weights file {path} does not fit the backbone {name!r} "
+                              f"({len(missing)} missing, {len(unexpected)} unexpected tensors): were they "
+                              "trained for another backbone? Pass that one with --backbone")
 
 
 def image_transform(image_size: int):

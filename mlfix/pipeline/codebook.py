@@ -27,6 +27,7 @@ import numpy as np
 from mlfix.progress import ProgressFn
 
 MAX_WORDS = 65_535  # word ids are stored as uint16
+MIN_CELLS_PER_WORD = 39  # below this faiss warns that KMeans has too few points per centroid
 
 
 class Codebook:
@@ -40,7 +41,9 @@ class Codebook:
 
     Attributes:
         centroids_: (k, C) float32 after :meth:`fit`.
-        fit_info_: dict with ``cells_total``, ``cells_used``, ``seconds`` and the settings.
+        fit_info_: dict with ``cells_total``, ``cells_used``, ``seconds`` and the settings, plus
+            ``advice`` (one line for the user) when there were fewer than :data:`MIN_CELLS_PER_WORD`
+            cells per word: the words are rough, and it names a ``--words`` that fits the set.
     """
 
     def __init__(self, k: int = 1024, seed: int = 0, niter: int = 20, max_points_per_centroid: int = 256):
@@ -73,13 +76,18 @@ class Codebook:
             cells = cells[np.sort(rng.choice(total, self.sample_size, replace=False))]
         data = np.ascontiguousarray(cells, dtype=np.float32)
         start = time.perf_counter()
+        # faiss prints a raw warning below MIN_CELLS_PER_WORD points per centroid; fit_info_["advice"]
+        # says it in mlfix's words instead, so faiss's own threshold is lowered to what there is.
         kmeans = faiss.Kmeans(data.shape[1], self.k, niter=self.niter, seed=self.seed, verbose=False,
-                              max_points_per_centroid=self.max_points_per_centroid, spherical=False)
+                              max_points_per_centroid=self.max_points_per_centroid, spherical=False,
+                              min_points_per_centroid=max(1, min(MIN_CELLS_PER_WORD, len(data) // self.k)))
         kmeans.train(data)
         self.centroids_ = np.asarray(kmeans.centroids, dtype=np.float32)
         self.fit_info_ = {"cells_total": int(total), "cells_used": int(len(data)), "k": self.k,
                           "niter": self.niter, "seed": self.seed,
                           "seconds": round(time.perf_counter() - start, 3)}
+        if len(data) < MIN_CELLS_PER_WORD * self.k:
+            self.fit_info_["advice"] = small_set_advice(len(data), self.k)
         return self
 
     @classmethod
@@ -104,6 +112,18 @@ class Codebook:
 
 def _suggest_k(cells: int) -> int:
     return max(8, min(1024, (cells // 40) // 8 * 8))
+
+
+def small_set_advice(cells: int, k: int) -> str:
+    """One line for a codebook fitted on fewer than :data:`MIN_CELLS_PER_WORD` cells per word.
+
+    >>> small_set_advice(640, 32)
+    'visual words: 640 image cells for 32 words is 20 per word (KMeans wants 39); the words are rough. --words 16 fits this set (or add images, or a larger --image-size for more cells per image)'
+    """
+    fits = max(8, cells // MIN_CELLS_PER_WORD // 8 * 8)
+    return (f"visual words: {cells:,} image cells for {k:,} words is {cells // k} per word (KMeans wants "
+            f"{MIN_CELLS_PER_WORD}); the words are rough. --words {fits} fits this set "
+            "(or add images, or a larger --image-size for more cells per image)")
 
 
 def pack_bags(words: np.ndarray, k: int, chunk: int = 65_536) -> np.ndarray:

@@ -8,6 +8,10 @@ key changed. Cell vectors are handled in one of two ways, chosen by their size:
   words then costs no forward pass.
 - they do not: a first pass over a random subset of the images collects the KMeans sample, then the
   full pass assigns each batch's cells to words as they come. Memory stays bounded for any N.
+
+Two similarity orders are written, each with its own key: by bags of words (``orders/``) and by
+pooled embedding (``orders/by-embedding/``, keyed by the features, not the words): a project indexed
+before the embedding order existed gains it on its next index run without a new pass over the images.
 """
 
 from __future__ import annotations
@@ -15,15 +19,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from mlfix.atomic import atomic_path, write_json_atomic
 from mlfix.data.images import DataRoot
-from mlfix.data.scan import problems_frame
+from mlfix.data.scan import NOTE_STAGES, problems_frame
+from mlfix.errors import NotAProjectError
 from mlfix.pipeline.artifacts import atomic_parquet, atomic_save_npy, frame_digest, read_key, write_key
 from mlfix.pipeline.codebook import Codebook, pack_bags
+from mlfix.pipeline.ordering import ORDERINGS
 from mlfix.progress import Progress
 from mlfix.settings import IndexSettings
 
@@ -57,9 +64,12 @@ def run_index(directory: Path, settings: IndexSettings, root: DataRoot, weights:
     checkpoints). The sample table is read from ``samples.parquet``; decode failures are written back
     to it and to ``problems.parquet``.
     """
+    if not (directory / "samples.parquet").is_file():  # e.g. a mlfix.toml written by hand
+        raise NotAProjectError(f"{directory} has no sample table (samples.parquet): scan the images first "
+                               f"with `mlfix index --images PATH --project {directory}`")
     samples = pd.read_parquet(directory / "samples.parquet")
     if len(samples) == 0:
-        raise ValueError(f"project {directory} has no readable samples; see its problems table")
+        _no_readable_samples(Path(directory))
     from mlfix.pipeline.backbone import architecture
 
     run = IndexRun(Path(directory), settings, root, samples, progress, workers, device)
@@ -81,6 +91,30 @@ def run_index(directory: Path, settings: IndexSettings, root: DataRoot, weights:
     order_key = settings.order_key(words_key, frame_digest(run.samples, ["label"]))
     if read_key(run.dir / "orders" / "orders.key.json") != order_key:
         _orders(run, order_key)
+    embedding_key = _embedding_order_key(feature_key, frame_digest(run.samples, ["label"]))
+    if read_key(run.dir / ORDERINGS["embedding"] / "orders.key.json") != embedding_key:
+        _embedding_orders(run, embedding_key)  # a project indexed before gains it without a new pass
+
+
+FIRST_REASONS = 5  # problems quoted when every file failed
+
+
+def _no_readable_samples(directory: Path, problems: pd.DataFrame | None = None) -> None:
+    """Raise :class:`NoReadableSamplesError` quoting the first reasons of the problems table."""
+    from mlfix.errors import NoReadableSamplesError
+
+    path = directory / "problems.parquet"
+    if problems is None:
+        problems = pd.read_parquet(path) if path.exists() else problems_frame([])
+    problems = problems[~problems["stage"].isin(NOTE_STAGES)]
+    lines = [f"  {row.path if isinstance(row.path, str) else row.sample_id}: {row.reason}"
+             for row in problems.head(FIRST_REASONS).itertuples()]
+    more = f"\n  ... and {len(problems) - FIRST_REASONS} more" if len(problems) > FIRST_REASONS else ""
+    first = ("; the first reasons:\n" + "\n".join(lines) + more) if lines else ""
+    raise NoReadableSamplesError(
+        f"project {directory} has no readable samples: all {len(problems)} files failed{first}\n"
+        f"Fix the files (or the labels CSV / COCO paths) and run again; the full table is {path} "
+        "(project.problems in Python, the Dataset page in the app).")
 
 
 def _features_and_words(run: IndexRun, weights: str, feature_key: dict, words_key: dict) -> None:
@@ -101,6 +135,8 @@ def _features_and_words(run: IndexRun, weights: str, feature_key: dict, words_ke
         _words_from_cell_cache(run, codebook, backbone, feature_key, (side, channels))
     else:
         _words_in_two_passes(run, codebook, backbone, feature_key, (side, channels))
+    if codebook.fit_info_.get("advice"):  # a small set: mlfix's advice instead of faiss's warning
+        run.progress.note(codebook.fit_info_["advice"], stage="codebook")
     atomic_save_npy(run.dir / "codebook" / "centroids.npy", codebook.centroids_)
     write_json_atomic(run.dir / "codebook" / "fit.json", codebook.fit_info_, indent=1)
     write_key(run.dir / "features" / "words.key.json", words_key)
@@ -123,6 +159,8 @@ def _extract_all(run: IndexRun, backbone, on_cells) -> np.ndarray:
         del result.pooled  # the memory map: closed before the rename
     atomic_save_npy(features_dir / "ok.npy", result.ok)
     _record_decode_failures(run, result.ok, result.problems)
+    if not result.ok.any():
+        _no_readable_samples(run.dir, run.problems)
     return result.ok
 
 
@@ -177,7 +215,10 @@ def _words_in_two_passes(run: IndexRun, codebook: Codebook, backbone, feature_ke
         choice = rng.random((len(rows), per_image)).argsort(axis=1)[:, :keep]
         kept.append(np.take_along_axis(flat, choice[..., None], axis=1).reshape(-1, channels))
 
-    _extract(run, run.samples.iloc[subset], backbone, collect, "codebook sample")
+    run.progress.plan("features", n)  # the full pass comes next: part of the overall estimate
+    sampled = _extract(run, run.samples.iloc[subset], backbone, collect, "codebook sample")
+    if not kept:  # not one image of the sample decoded
+        _no_readable_samples(run.dir, pd.concat([run.problems, sampled.problems], ignore_index=True))
     run.progress.update("codebook", 0, 1)
     codebook.fit(np.concatenate(kept))
     run.progress.update("codebook", 1, 1)
@@ -208,9 +249,40 @@ def _record_decode_failures(run: IndexRun, ok: np.ndarray, failures: pd.DataFram
 def _orders(run: IndexRun, order_key: dict) -> None:
     from mlfix.pipeline.ordering import order as order_bags
 
-    orders_dir = run.dir / "orders"
-    ok = np.load(run.dir / "features" / "ok.npy")
     packed = np.load(run.dir / "codebook" / "bags.npy", mmap_mode="r")
+
+    def by_words(rows: np.ndarray) -> np.ndarray:
+        return order_bags(np.asarray(packed[rows]), exact_max=run.settings.exact_order_max)
+
+    _write_orders(run, run.dir / ORDERINGS["words"], by_words, order_key, "orders")
+
+
+def _embedding_order_key(feature_key: dict, labels_digest: str) -> dict:
+    """What the embedding orders depend on: the pooled vectors (not the words) and the labels."""
+    from mlfix.pipeline.ordering.embedding import EXACT_MAX, VERSION
+
+    return {**feature_key, "labels": labels_digest, "ordering": "embedding", "version": VERSION,
+            "exact_max": EXACT_MAX}
+
+
+def _embedding_orders(run: IndexRun, key: dict) -> None:
+    from mlfix.pipeline.ordering.embedding import embedding_order
+
+    pooled = np.load(run.dir / "features" / "pooled.npy", mmap_mode="r")
+
+    def by_embedding(rows: np.ndarray) -> np.ndarray:
+        # every row: the memory map itself (the large-N chain reads it a cluster at a time)
+        whole = len(rows) == len(pooled) and np.array_equal(rows, np.arange(len(pooled)))
+        return embedding_order(pooled if whole else np.asarray(pooled[rows]))
+
+    _write_orders(run, run.dir / ORDERINGS["embedding"], by_embedding, key, "orders (embedding)")
+
+
+def _write_orders(run: IndexRun, orders_dir: Path, order_rows: Callable[[np.ndarray], np.ndarray], key: dict,
+                  stage: str) -> None:
+    """One order of all readable rows (all.npy) and one per class (class-NNNN.npy), orders.json
+    (label -> file), then the key. ``order_rows(rows)`` returns a permutation of ``rows``' positions."""
+    ok = np.load(run.dir / "features" / "ok.npy")
     labels = run.samples["label"]
     groups = {None: np.flatnonzero(ok)}
     for label in sorted(labels.dropna().unique()):
@@ -218,10 +290,10 @@ def _orders(run: IndexRun, order_key: dict) -> None:
     names = {}
     for done, (label, rows) in enumerate(groups.items(), start=1):
         name = "all" if label is None else f"class-{done - 2:04d}"
-        order = order_bags(np.asarray(packed[rows]), exact_max=run.settings.exact_order_max)
+        order = order_rows(rows)
         atomic_save_npy(orders_dir / f"{name}.npy", rows[order].astype(np.int64))
         if label is not None:
             names[label] = name
-        run.progress.update("orders", done, len(groups))
+        run.progress.update(stage, done, len(groups))
     write_json_atomic(orders_dir / "orders.json", {"labels": names}, ensure_ascii=False, indent=1)
-    write_key(orders_dir / "orders.key.json", order_key)
+    write_key(orders_dir / "orders.key.json", key)

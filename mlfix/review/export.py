@@ -150,6 +150,55 @@ def to_coco(coco: dict | str | os.PathLike, table: pd.DataFrame) -> bytes:
     return json.dumps(out).encode("utf-8")
 
 
+FORMATS = ("csv", "json", "coco")
+
+
+def coco_unavailable(source: dict | None) -> str | None:
+    """Why a project with data source ``source`` (``Project.source``) has no COCO export; None when it has.
+
+    COCO export writes the corrected labels back into the COCO file the project was made from: a
+    project of whole images (a folder, a labels CSV) has no boxes to write them to, and inventing a
+    box per image would hand other tools detections that nobody drew.
+
+    >>> coco_unavailable({"images": "photos", "coco": None})[:44]
+    'COCO export needs a project made from a COCO'
+    """
+    coco = (source or {}).get("coco")
+    if not coco:
+        return ("COCO export needs a project made from a COCO file (`mlfix index --coco FILE`): it writes the "
+                "corrected labels into that file's boxes, and this project has whole images, no boxes. "
+                "Export csv or json instead")
+    if not Path(coco).is_file():
+        return f"the source COCO file {coco} is gone: put it back there to export COCO, or export csv or json"
+    return None
+
+
+def export_bytes(table: pd.DataFrame, fmt: str, source: dict | None = None, project: dict | None = None) -> bytes:
+    """The export file in ``fmt`` (one of :data:`FORMATS`) from the export table.
+
+    Args:
+        table: the export table (:func:`export_table`).
+        fmt: ``csv``, ``json`` or ``coco``.
+        source: the project's data source (``Project.source``); COCO needs its ``coco`` file.
+        project: what the JSON export says about the project (its ``"project"`` object).
+
+    Raises:
+        ExportError: an unknown format, or COCO where :func:`coco_unavailable` gives a reason.
+    """
+    from mlfix.errors import ExportError
+
+    if fmt == "csv":
+        return to_csv(table)
+    if fmt == "json":
+        return to_json(table, project=project)
+    if fmt == "coco":
+        reason = coco_unavailable(source)
+        if reason:
+            raise ExportError(reason)
+        return to_coco(source["coco"], table)
+    raise ExportError(f"unknown export format {fmt!r}; use {', '.join(FORMATS)}")
+
+
 def changes(table: pd.DataFrame) -> pd.DataFrame:
     """``original_label, corrected_label, count`` for the samples whose label changed, most first."""
     changed = table[table["changed"]]

@@ -118,3 +118,15 @@ def finish_score(score: np.ndarray, labels: Labels, trusted: np.ndarray) -> np.n
     score[~labels.labeled] = np.nan
     score[trusted & labels.labeled] = TRUSTED_SCORE
     return score
+
+
+def most_suspect_first(table: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
+    """The scores table by ``score``, highest first, ties by ``positions`` (each row's place in the
+    sample table); no score (NaN) last.
+
+    >>> table = pd.DataFrame({"sample_id": ["a", "b", "c"], "score": [0.2, float("nan"), 0.9]})
+    >>> most_suspect_first(table, np.arange(3))["sample_id"].tolist()
+    ['c', 'a', 'b']
+    """
+    order = np.lexsort((np.asarray(positions), -table["score"].to_numpy(dtype=np.float64)))  # NaN last
+    return table.iloc[order].reset_index(drop=True)

@@ -70,7 +70,9 @@ class OutOfFold:
     flags: np.ndarray | None = None
 
     def predicted(self) -> np.ndarray:
-        """(N,) the most probable class of each sample (object array of labels)."""
+        """(N,) the most probable class of each sample (object array of labels; None without classes)."""
+        if not self.classes:
+            return np.full(self.probs.shape[0], None, dtype=object)
         return np.array(self.classes, dtype=object)[self.probs.argmax(axis=1)]
 
 
@@ -151,6 +153,8 @@ def _present_class_flags(codes: np.ndarray, probs: np.ndarray) -> np.ndarray:
 def _suspects(flags: np.ndarray, coded: Labels) -> np.ndarray:
     """The flagged samples, but none of a class that would lose half of its labeled samples or more."""
     n_classes = len(coded.classes)
+    if n_classes == 0:  # no labels at all: nothing was flagged
+        return np.zeros_like(flags)
     labeled = np.bincount(coded.codes[coded.labeled], minlength=n_classes)
     flagged = np.bincount(coded.codes[flags], minlength=n_classes)
     keep_all = flagged * 2 >= np.maximum(labeled, 1)
@@ -305,6 +309,8 @@ def _given_probability(oof: OutOfFold, labels: Sequence) -> tuple[np.ndarray, np
     index = {c: i for i, c in enumerate(oof.classes)}
     series = pd.Series(list(labels), dtype=object)
     codes = np.array([-1 if pd.isna(v) else index[v] for v in series], dtype=np.int64)
+    if not oof.classes:  # no labels at all: no given label to doubt
+        return np.full(len(codes), np.nan), codes
     p = np.where(codes >= 0, oof.probs[np.arange(len(codes)), np.maximum(codes, 0)], np.nan)
     return p, codes
 

@@ -213,7 +213,8 @@ def compute_scores(embeddings: np.ndarray, labels: Sequence, sample_ids: Sequenc
     else the first check run), then ``score_<name>, suggested_<name>`` for each check run, in
     registry order, then each check's extra columns as ``<column>_<name>`` (``flag_cleanlab``).
     ``methods``: names from :data:`REGISTRY` (default: every check the inputs allow; ``words`` needs
-    ``bags``). Shared resources are computed once (see :class:`Inputs`).
+    ``bags``). Shared resources are computed once (see :class:`Inputs`). Unlabeled samples (None/NaN)
+    get a NaN score; fewer than two classes among the labels is a ValueError that says so.
 
     Example:
         >>> x = np.r_[np.zeros((20, 2)), np.ones((20, 2))] + np.random.default_rng(0).normal(0, .1, (40, 2))
@@ -223,6 +224,11 @@ def compute_scores(embeddings: np.ndarray, labels: Sequence, sample_ids: Sequenc
     """
     inputs = Inputs(embeddings, labels, sample_ids, bags=bags, trusted=trusted, seed=seed, k=k, folds=folds,
                     combine=combine, probabilities=probabilities, neighbours=neighbours)
+    classes = encode_labels(inputs.labels).classes
+    if len(classes) < 2:  # every score would be NaN (no labels) or 0 (one class): say so instead
+        found = "no labels" if not classes else f"one class only ({classes[0]!r})"
+        raise ValueError(f"{found}: label-error scores need labels of at least two classes; without them, "
+                         "order the images by similarity instead (mlfix.pipeline.ordering)")
     wanted = select_checks(methods, inputs)
     return _wide_table(inputs, {name: inputs.scores(name) for name in wanted})
 

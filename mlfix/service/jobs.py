@@ -1,4 +1,4 @@
-"""Background jobs (indexing, training) that run outside the Streamlit script run.
+"""Background jobs (indexing, training, scoring) that run outside the Streamlit script run.
 
 A job is a separate process in its own session (so a page refresh, or the Streamlit server
 stopping, does not kill it), started through a small wrapper (``python -m mlfix.service.jobs``) that
@@ -45,7 +45,7 @@ from typing import Sequence
 from mlfix.errors import JobError, JobRunningError
 from mlfix.atomic import write_json_atomic
 
-JOB_KINDS = ("index", "train")
+JOB_KINDS = ("index", "train", "scores")
 JOBS_DIR = "jobs"
 CURRENT = "current.json"
 
@@ -71,6 +71,16 @@ class JobStatus:
     @property
     def kind(self) -> str | None:
         return self.record.get("kind")
+
+
+def a_job(kind: str | None) -> str:
+    """The job's kind with its article, for messages.
+
+    >>> a_job("index"), a_job("train"), a_job(None)
+    ('an index job', 'a train job', 'a background job')
+    """
+    word = kind or "background"
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word} job"
 
 
 def jobs_dir(project_dir: str | os.PathLike) -> Path:
@@ -111,7 +121,7 @@ def start_job(project_dir: str | os.PathLike, kind: str, args: Sequence[str] = (
 
     Args:
         project_dir: the project folder (``jobs/`` is made in it).
-        kind: ``"index"`` or ``"train"`` (runs ``mlfix <kind> --project DIR ARGS``); any short name
+        kind: ``"index"``, ``"train"`` or ``"scores"`` (runs ``mlfix <kind> --project DIR ARGS``); any short name
             when ``command`` is given.
         args: extra command-line arguments for ``mlfix <kind>``.
         command: run this command instead of the mlfix CLI (tests use a python one-liner).
@@ -131,7 +141,7 @@ def start_job(project_dir: str | os.PathLike, kind: str, args: Sequence[str] = (
         if status.running:
             rec = status.record
             raise JobRunningError(
-                f"a {rec.get('kind')} job (pid {rec.get('pid')}) is already running in this project "
+                f"{a_job(rec.get('kind'))} (pid {rec.get('pid')}) is already running in this project "
                 f"since {time.strftime('%H:%M:%S', time.localtime(rec.get('started', 0)))}; "
                 "stop it or wait until it ends")
         if status.record:

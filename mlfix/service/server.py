@@ -12,10 +12,15 @@ Example:
 Starting the server binds a port and takes seconds (the browser tests do it), so this one is shown only:
     >>> with running_app("demo-project") as url:     # doctest: +SKIP
     ...     print(url)                                 # http://127.0.0.1:PORT
+    >>> app = serve_app("demo-project")               # doctest: +SKIP
+    >>> app.url, app.running                           # doctest: +SKIP
+    ('http://localhost:PORT', True)
+    >>> app.stop()                                     # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import subprocess
@@ -77,15 +82,72 @@ def stop_app(process: subprocess.Popen, grace: float = 10) -> None:
         process.wait()
 
 
+class AppServer:
+    """A running app (see :func:`serve_app`): its ``url``, ``stop()``; ``with`` stops it at the end.
+
+    ``str(app)`` is the URL. The app also stops when this Python process exits.
+    """
+
+    def __init__(self, process: subprocess.Popen, url: str, log: IO | None = None):
+        self.process, self.url, self._log = process, url, log
+        atexit.register(self.stop)
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        """Stop the app (nothing happens if it has stopped already)."""
+        if self.running:
+            stop_app(self.process)
+        if self._log is not None:
+            self._log.close()
+        atexit.unregister(self.stop)
+
+    def __enter__(self) -> AppServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"AppServer({self.url!r}, {'running' if self.running else 'stopped'})"
+
+
+def serve_app(project_dir: str | os.PathLike, port: int | None = None, address: str = "localhost",
+              env: dict | None = None, log: IO | int | os.PathLike | None = None, timeout: float = 90,
+              **popen) -> AppServer:
+    """Start the app on ``project_dir`` and return once it answers (raises if it never does).
+
+    ``log``: where its output goes: an open file, or a path (appended to, closed on stop); else
+    discarded. ``popen``: passed to :class:`subprocess.Popen` (e.g. ``start_new_session=True``).
+    """
+    port = port or free_port()
+    handle = open(log, "ab") if isinstance(log, os.PathLike) else None
+    process = start_app(project_dir, port, address, env=env, log=handle or log, **popen)
+    url = f"http://{address}:{port}"
+    local = address if address not in ("0.0.0.0", "::", "") else "127.0.0.1"  # where to poll it
+    try:
+        wait_until_healthy(f"http://{local}:{port}", process, timeout)
+    except (RuntimeError, TimeoutError) as err:
+        stop_app(process)
+        if handle is not None:
+            handle.close()
+        hint = f": see its output in {log}" if handle is not None else ""
+        raise type(err)(f"{err}{hint}") from None
+    return AppServer(process, url, handle)
+
+
 @contextmanager
 def running_app(project_dir: str | os.PathLike, port: int | None = None, env: dict | None = None,
                 log: IO | int | None = None, timeout: float = 90) -> Iterator[str]:
     """The app on ``project_dir`` at ``http://127.0.0.1:PORT`` for the ``with`` block; stopped after."""
-    port = port or free_port()
-    process = start_app(project_dir, port, "127.0.0.1", env=env, log=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(url, process, timeout)
-        yield url
-    finally:
-        stop_app(process)
+    with serve_app(project_dir, port, "127.0.0.1", env=env, log=log, timeout=timeout) as app:
+        yield app.url

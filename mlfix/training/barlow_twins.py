@@ -18,7 +18,12 @@ minutes within long epochs. Calling again resumes from ``last.pt`` at the saved 
 larger ``epochs`` extends a finished run (the cosine schedule is stretched to the new length from
 the current step on). A checkpoint that cannot be read is never overwritten silently:
 :class:`~mlfix.errors.CheckpointError` names the file and says what to do (rename or delete it, or
-pass ``resume=False`` to start over and replace it).
+pass ``resume=False`` to start over and replace it). Ctrl-C saves a checkpoint at the current step and
+raises :class:`~mlfix.training.loop.TrainingStopped`; a resumed run tells ``say`` where it goes on from.
+
+``mlfix train`` starts from the backbone's offline ImageNet weights where it has them (continued
+training on the user's images, at a lower learning rate). Whether that beats the frozen weights is
+measured by ``python -m bench.feature_quality --continued`` (README, "Figures").
 
 Example (one short epoch on 16 of the demo's digits; a real run wants thousands of images)::
 
@@ -44,7 +49,7 @@ import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -52,7 +57,7 @@ from mlfix.data.images import DataRoot
 from mlfix.training.checkpoints import (CHECKPOINT_NAME, Position, TrainSettings, load_checkpoint,
                                         remove_stale_temporaries, restore)
 from mlfix.training.data import MIN_BATCH, EvalImages, pair_loader
-from mlfix.training.loop import TrainingLoop
+from mlfix.training.loop import TrainingLoop, position_text
 
 if TYPE_CHECKING:  # torch is imported lazily: the app's pages import this module
     import pandas as pd
@@ -68,7 +73,7 @@ def train_barlow_twins(root: DataRoot, samples: pd.DataFrame, checkpoint_dir: st
                        seed: int = 0, workers: int | None = None, device: str | None = None,
                        progress: Progress | None = None, resume: bool = True,
                        checkpoint_minutes: float = 10.0, channels_last: bool = True,
-                       bn_images: int = 512) -> Path:
+                       bn_images: int = 512, say: Callable[[str], None] | None = None) -> Path:
     """Train ``backbone`` with Barlow Twins on ``samples`` and return the path of ``last.pt``.
 
     Args:
@@ -96,7 +101,11 @@ def train_barlow_twins(root: DataRoot, samples: pd.DataFrame, checkpoint_dir: st
         bn_images: before each checkpoint, the backbone's batch-norm statistics are re-estimated on
             this many un-augmented images (a seeded subset; 0 turns it off). Training moves the
             weights faster than the running averages follow, and eval-mode features (what indexing
-            uses) then blow up; the re-estimate makes every checkpoint's features sound.
+            uses) then blow up; the re-estimate makes every checkpoint's features sound. Not with
+            pretrained ``init`` (anything but ``random``): those keep their statistics
+            (:func:`freeze_batchnorm`).
+        say: called with a line for people, e.g. where a resumed run goes on from
+            (``print`` in ``mlfix train``); None: only the progress log gets it.
 
     Returns:
         The path of the last checkpoint, ``checkpoint_dir / "last.pt"``.
@@ -104,6 +113,7 @@ def train_barlow_twins(root: DataRoot, samples: pd.DataFrame, checkpoint_dir: st
     Raises:
         ValueError: bad arguments, too few images, a backbone that cannot take ``image_size``.
         CheckpointError: ``last.pt`` is unreadable, or was made with other settings.
+        TrainingStopped: Ctrl-C (a ``KeyboardInterrupt``); the steps done were checkpointed first.
         OSError: a checkpoint could not be written (disk full...); the previous one is intact.
         RuntimeError: the loss became NaN/inf, or no image of an epoch could be read.
     """
@@ -119,12 +129,12 @@ def train_barlow_twins(root: DataRoot, samples: pd.DataFrame, checkpoint_dir: st
     with _exclusive(checkpoint_dir):
         return _train(root, rows, checkpoint_dir, settings, dev, progress=progress, resume=resume,
                       workers=workers, checkpoint_minutes=checkpoint_minutes,
-                      channels_last=channels_last, bn_images=bn_images)
+                      channels_last=channels_last, bn_images=bn_images, say=say)
 
 
 def _train(root: DataRoot, rows: list[dict], checkpoint_dir: Path, settings: TrainSettings, dev, *,
            progress, resume: bool, workers: int | None, checkpoint_minutes: float, channels_last: bool,
-           bn_images: int) -> Path:
+           bn_images: int, say: Callable[[str], None] | None) -> Path:
     remove_stale_temporaries(checkpoint_dir)
     saved = load_checkpoint(checkpoint_dir / CHECKPOINT_NAME, settings) if resume else None
     seed = settings.seed
@@ -136,13 +146,17 @@ def _train(root: DataRoot, rows: list[dict], checkpoint_dir: Path, settings: Tra
     total_steps = settings.epochs * steps_per_epoch
     scheduler = _scheduler(optimizer, settings, total_steps)
     position = restore(saved, model, head, optimizer, scheduler, steps_per_epoch) if saved else Position()
+    if saved:
+        _say(say, progress, resume_text(checkpoint_dir / CHECKPOINT_NAME, position, total_steps,
+                                        settings.epochs), position)
     if position.step >= total_steps:
         _close(progress)
         return checkpoint_dir / CHECKPOINT_NAME
 
-    calibration = EvalImages(root, rows, settings.image_size, bn_images, settings.seed)
+    calibration = EvalImages(root, rows, settings.image_size, 0 if settings.freeze_bn else bn_images,
+                             settings.seed)
     loop = TrainingLoop(settings, model, head, optimizer, scheduler, dev, channels_last, checkpoint_dir,
-                        progress, total_steps, steps_per_epoch, checkpoint_minutes, calibration)
+                        progress, total_steps, steps_per_epoch, checkpoint_minutes, calibration, say)
     loader = pair_loader(root, rows, settings, dev, workers, position)
     try:
         loop.run(loader, position)
@@ -223,7 +237,8 @@ def _settings(n: int, *, backbone: str, init: str, epochs: int, batch_size: int,
     warmup = max(1, min(steps_per_epoch, 500))  # fixed, so that extending a run keeps it
     return TrainSettings(backbone=backbone, init=init, epochs=epochs, batch_size=batch_size,
                          image_size=image_size, flip=bool(flip), head_dim=int(head_dim), lr=lr,
-                         weight_decay=float(weight_decay), seed=int(seed), warmup_steps=warmup)
+                         weight_decay=float(weight_decay), seed=int(seed), warmup_steps=warmup,
+                         freeze_bn=init != "random")
 
 
 def _seed_everything(seed: int) -> None:
@@ -264,6 +279,8 @@ def _build(settings: TrainSettings, dev: torch.device, channels_last: bool, from
     model = create_backbone(settings.backbone, weights="random" if from_checkpoint else settings.init)
     head = BarlowTwinsProjectionHead(model.pooled_dim, settings.head_dim, settings.head_dim)
     _check_image_size(model, settings)
+    if settings.freeze_bn:
+        freeze_batchnorm(model)
     model, head = model.to(dev), head.to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -272,6 +289,30 @@ def _build(settings: TrainSettings, dev: torch.device, channels_last: bool, from
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return model, head
+
+
+def freeze_batchnorm(model) -> None:
+    """Keep ``model``'s batch-norm layers in eval mode (their running statistics fixed) whatever
+    ``model.train()`` is later called with; their scale and shift still learn.
+
+    Continued training from pretrained weights keeps the statistics they were trained with: small
+    batches of augmented views, or a re-estimate on the project's images, made the features worse
+    (``python -m bench.feature_quality --continued``).
+    """
+    import types
+
+    from torch import nn
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    def train(self, mode: bool = True):
+        nn.Module.train(self, mode)
+        for module in self.modules():
+            if isinstance(module, _BatchNorm):
+                module.eval()
+        return self
+
+    model.train = types.MethodType(train, model)
+    model.train(model.training)
 
 
 def _check_image_size(model, settings: TrainSettings) -> None:
@@ -306,6 +347,28 @@ def _scheduler(optimizer, settings: TrainSettings, total_steps: int):
 
     return CosineWarmupScheduler(optimizer, warmup_epochs=min(settings.warmup_steps, total_steps),
                                  max_epochs=max(total_steps, 1))
+
+
+def resume_text(checkpoint: Path, position: Position, total_steps: int, epochs: int) -> str:
+    """What a resumed run says: where it goes on from, or that the run is already finished.
+
+    >>> resume_text(Path("models/last.pt"), Position(epoch=1, batch=4, step=25), 63, 3)
+    'resuming models/last.pt from epoch 2 of 3, step 25 of 63'
+    >>> resume_text(Path("models/last.pt"), Position(epoch=3, step=63), 63, 3)
+    'models/last.pt already finished epoch 3 of 3, step 63 of 63: nothing to do (ask for more epochs to extend it, or restart)'
+    """
+    where = position_text(position, total_steps, epochs)
+    if position.step >= total_steps:
+        return (f"{checkpoint} already finished {where}: nothing to do (ask for more epochs to extend "
+                "it, or restart)")
+    return f"resuming {checkpoint} from {where}"
+
+
+def _say(say: Callable[[str], None] | None, progress, text: str, position: Position) -> None:
+    if say is not None:
+        say(text)
+    if progress is not None:
+        progress.record(stage="resume", message=text, epoch=position.epoch, step=position.step)
 
 
 def _close(progress) -> None:

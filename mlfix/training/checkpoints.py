@@ -4,7 +4,8 @@ written and read back, and which weights an index run starts from.
 A run writes ``<project>/models/last.pt`` (the weights and :class:`TrainSettings`) and a small
 ``last.json`` summary beside it (:func:`checkpoint_summary`, cheap to read for the app and the CLI).
 :func:`resolve_weights` turns a project's ``weights`` setting into what the backbone factory takes:
-``auto`` becomes the trained checkpoint when it was trained for the same backbone, else random.
+``auto`` becomes the trained checkpoint when it was trained for the same backbone, else the offline
+ImageNet weights when the backbone has them, else random (:func:`choose_weights` also says why).
 
 :func:`save_checkpoint` writes to a temporary file beside ``last.pt`` that then replaces it
 (:mod:`mlfix.atomic`), so a kill or a full disk never leaves a half-written checkpoint.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from mlfix.atomic import atomic_path
 from mlfix.errors import CheckpointError, SettingsError
-from mlfix.settings import IndexSettings
+from mlfix.settings import OFFLINE_BACKBONES, IndexSettings
 
 CHECKPOINT_NAME = "last.pt"
 SUMMARY_NAME = "last.json"
@@ -50,6 +51,9 @@ class TrainSettings:
     weight_decay: float
     seed: int
     warmup_steps: int = 0
+    # Pretrained weights keep their batch-norm statistics: the layers stay in eval mode and are not
+    # re-estimated (re-estimating them on the project's images alone made offline features worse).
+    freeze_bn: bool = False
 
 
 @dataclass
@@ -155,32 +159,64 @@ def checkpoint_summary(checkpoint_dir: str | os.PathLike) -> dict | None:
         return None
 
 
-def resolve_weights(settings: IndexSettings, project_dir: str | os.PathLike) -> tuple[str, object]:
-    """``(weights for create_backbone, identity for the cache key)`` of a project's settings.
+@dataclass(frozen=True)
+class WeightsChoice:
+    """The weights an index run starts from: ``weights`` for create_backbone, ``identity`` for the
+    cache key, and ``text``, said to the user (e.g. "offline ImageNet weights (no trained checkpoint)")."""
 
-    ``auto``: the project's checkpoint when it was trained for this backbone, else ``random``.
+    weights: str
+    identity: object
+    text: str
+
+
+def choose_weights(settings: IndexSettings, project_dir: str | os.PathLike) -> WeightsChoice:
+    """What a project's ``weights`` setting means for its backbone, and why.
+
+    ``auto``: the project's checkpoint when it was trained for this backbone, else the offline ImageNet
+    weights when every member of the backbone has them (EfficientNet-Lite0/1/2), else ``random``.
     ``trained``: the checkpoint, an error when there is none for this backbone. A file is identified
     by its path, size and modification time, so a retrained file recomputes the features.
     """
     kind, trained = settings.weights.kind, trained_weights_path(project_dir)
     fits = trained is not None and _checkpoint_fits(trained, settings.backbone)
+    offline = all(part in OFFLINE_BACKBONES for part in settings.backbone.split("+"))
+    why = ""
     if kind == "auto":
-        kind, path = ("file", trained) if fits else ("random", None)
+        if fits:
+            kind, path, why = "file", trained, "auto: trained for this backbone"
+        else:
+            no_checkpoint = ("no trained checkpoint" if trained is None
+                             else f"the trained checkpoint is for another backbone")
+            kind, path = ("offline" if offline else "random"), None
+            why = no_checkpoint if offline else f"{no_checkpoint}, no offline weights for {settings.backbone}"
     elif kind == "trained":
         if not fits:
             raise SettingsError(f"weights = 'trained' but {Path(project_dir) / 'models'} has no checkpoint "
                                 f"for backbone {settings.backbone!r}: run `mlfix train --project {project_dir}` "
                                 "first, or choose other weights (auto, random, offline, imagenet, a file)")
-        kind, path = "file", trained
+        kind, path, why = "file", trained, "as set"
     else:
-        path = settings.weights.path
+        path, why = settings.weights.path, "as set"
     if kind != "file":
-        return kind, kind
-    path = Path(path).expanduser().resolve()
+        text = {"offline": "offline ImageNet weights", "random": "random weights",
+                "imagenet": "ImageNet weights from the hub"}[kind]
+        return WeightsChoice(kind, kind, f"{text} ({why})")
+    path = Path(path).expanduser()
+    path = (path if path.is_absolute() else Path(project_dir) / path).resolve()  # old configs: relative
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise SettingsError(f"weights file not found: {path}; give an existing file, or weights = auto, "
+                            "offline, random, imagenet or trained")
     stat = path.stat()
-    return str(path), {"file": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    name = "trained checkpoint" if trained is not None and path == trained.resolve() else "weights file"
+    return WeightsChoice(str(path), {"file": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+                         f"{name} {path} ({why})")
+
+
+def resolve_weights(settings: IndexSettings, project_dir: str | os.PathLike) -> tuple[str, object]:
+    """``(weights for create_backbone, identity for the cache key)`` of a project's settings
+    (:func:`choose_weights` without the explanation)."""
+    choice = choose_weights(settings, project_dir)
+    return choice.weights, choice.identity
 
 
 def _checkpoint_fits(path: Path, backbone: str) -> bool:

@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 from mlfix.atomic import write_json_atomic
 from mlfix.training.checkpoints import CHECKPOINT_NAME, SUMMARY_NAME, Position, TrainSettings, save_checkpoint
@@ -26,7 +27,7 @@ class TrainingLoop:
 
     def __init__(self, settings: TrainSettings, model, head, optimizer, scheduler, dev, channels_last,
                  checkpoint_dir: Path, progress, total_steps: int, steps_per_epoch: int,
-                 checkpoint_minutes: float, calibration: EvalImages):
+                 checkpoint_minutes: float, calibration: EvalImages, say: Callable[[str], None] | None = None):
         from lightly.loss import BarlowTwinsLoss
 
         self.settings, self.model, self.head = settings, model, head
@@ -34,7 +35,7 @@ class TrainingLoop:
         self.channels_last, self.dir = channels_last, checkpoint_dir
         self.total, self.per_epoch = total_steps, steps_per_epoch
         self.every = checkpoint_minutes * 60
-        self.calibration = calibration
+        self.calibration, self.say = calibration, say
         self.criterion = BarlowTwinsLoss()
         if progress is None:
             from mlfix.progress import Progress
@@ -45,9 +46,34 @@ class TrainingLoop:
         self.failed: dict[int, str] = {}
         self.recent: list[tuple[float, int]] = []  # (seconds, images) of the last steps
         self.last_loss = float("nan")
+        self._saved_step: int | None = None  # the step of the last checkpoint written or resumed from
 
     def run(self, loader, position: Position) -> None:
-        """Train from ``position`` (advanced in place) to the end of the last epoch."""
+        """Train from ``position`` (advanced in place) to the end of the last epoch.
+
+        Ctrl-C (``KeyboardInterrupt``) saves a checkpoint at the current step, then raises
+        :class:`TrainingStopped`, so that the next run resumes from there."""
+        self._saved_step = position.step
+        try:
+            self._epochs(loader, position)
+        except KeyboardInterrupt:
+            self._save_on_interrupt(position)
+            checkpoint = self.dir / CHECKPOINT_NAME if self._saved_step else None
+            raise TrainingStopped(position_text(position, self.total, self.settings.epochs), checkpoint) from None
+
+    def _save_on_interrupt(self, position: Position) -> None:
+        """Checkpoint the steps done so far; a second Ctrl-C meanwhile is ignored, so the file is whole."""
+        if position.step == 0 or self._saved_step == position.step:
+            return  # nothing new since the last checkpoint
+        if self.say is not None:
+            self.say(f"stopping: saving a checkpoint at step {position.step} of {self.total}...")
+        previous = _ignore_sigint()
+        try:
+            self._save(position)
+        finally:
+            _restore_sigint(previous)
+
+    def _epochs(self, loader, position: Position) -> None:
         last_save = time.monotonic()
         while position.epoch < self.settings.epochs:
             loader.batch_sampler.set_epoch(position.epoch, position.batch)
@@ -110,8 +136,9 @@ class TrainingLoop:
                       lr=self.optimizer.param_groups[0]["lr"], skipped=len(self.failed))
 
     def _save(self, position: Position) -> None:
-        recalibrate_batchnorm(self.model, self.calibration.batches(min(self.settings.batch_size, 64)),
-                              self.dev, self.channels_last)
+        if not self.settings.freeze_bn:
+            recalibrate_batchnorm(self.model, self.calibration.batches(min(self.settings.batch_size, 64)),
+                                  self.dev, self.channels_last)
         state = {"backbone": self.model.model.state_dict(), "head": self.head.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "epoch": position.epoch, "batch": position.batch, "step": position.step,
@@ -126,5 +153,47 @@ class TrainingLoop:
             write_json_atomic(self.dir / SUMMARY_NAME, summary, default=float)
         except OSError:
             pass
+        self._saved_step = position.step
         self.progress.record(stage="checkpoint", epoch=position.epoch, step=position.step,
                              path=str(path), loss=self.last_loss)
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """A run stopped by Ctrl-C after its checkpoint was saved; ``where`` says at which step and
+    ``checkpoint`` where (None when no step had finished); running again resumes from there.
+    A ``KeyboardInterrupt``, so a caller that does not catch it stops as on any Ctrl-C."""
+
+    def __init__(self, where: str, checkpoint: Path | None):
+        saved = (f"checkpoint saved to {checkpoint}" if checkpoint is not None
+                 else "no step had finished, so there is nothing to save")
+        super().__init__(f"stopped at {where}; {saved}; run again to resume")
+        self.where, self.checkpoint = where, checkpoint
+
+
+def position_text(position: Position, total_steps: int, epochs: int) -> str:
+    """Where a run is, for people: ``epoch 2 of 3, step 25 of 63``.
+
+    >>> position_text(Position(epoch=1, batch=4, step=25), 63, 3)
+    'epoch 2 of 3, step 25 of 63'
+    >>> position_text(Position(epoch=2, batch=0, step=42), 63, 3)  # between epochs: the next one
+    'epoch 3 of 3, step 42 of 63'
+    """
+    epoch = min(position.epoch + 1, epochs)
+    return f"epoch {epoch} of {epochs}, step {position.step} of {total_steps}"
+
+
+def _ignore_sigint():
+    """Ignore SIGINT while a checkpoint is written (main thread only); the previous handler, or None."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _restore_sigint(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)

@@ -193,3 +193,22 @@ def sign_in_page() -> None:
         st.info("Sign in with the button in the sidebar to review.")
     else:
         st.info("Sign in in the sidebar with your name and the access token the admin gave you.")
+
+
+def page_denied(title: str, page: str) -> None:
+    """What a page this identity may not open shows at its URL (``/export``), instead of "Page not found".
+
+    ``page``: the page file's stem (a key of :data:`PAGE_ACTIONS`).
+    """
+    st.title(title)
+    me = identity()
+    if me is None:
+        if mode() is None:
+            st.error("This server's sign-in settings are unusable: see the sidebar, and tell the admin.")
+        else:
+            st.info(f"Sign in in the sidebar to open the **{title}** page.")
+        return
+    try:
+        auth.require(me, PAGE_ACTIONS.get(page, "create_project"))
+    except auth.PermissionDenied as err:
+        st.warning(f"You may not open the **{title}** page: {err} Meanwhile, use the pages in the sidebar.")

@@ -101,9 +101,15 @@ def section(project: Project, scores: pd.DataFrame | None, data, cell: tuple | N
     """The expander with the heatmap and its keyboard-friendly picker (or how to get scores)."""
     with st.expander("Confusion: given vs predicted", icon=":material/grid_on:", expanded=cell is not None):
         if data is None:
+            reason = project.scores_unavailable() if scores is None else None
+            if reason is not None:  # an unlabeled folder: nothing to confuse
+                st.caption(f"This view needs label-error scores. {reason[0].upper()}{reason[1:]}.")
+                return
             what = "No scores yet" if scores is None else "The scores hold no predicted label"
-            st.caption(f"{what}: compute them with `mlfix scores --project {project.dir}` (or index the "
-                    "project on the Training page, which ends with the scores), then reload this page.")
+            st.caption(f"{what}: press **Compute scores** above (it runs in the background), or run "
+                       f"`mlfix scores --project {project.dir}` and reload this page. Indexing ends with "
+                       "the scores too (`mlfix index`, or the Training page), when the labels name two "
+                       "classes or more.")
             return
         _, table = data
         classes = confusion.top_classes(table, keep=cell or ())

@@ -20,6 +20,7 @@
 
 const LETTER_KEYS = new Set(["f", "o", "z", "n", "p"]);
 const STATUS_TEXT = { flagged: "⚑ wrong", ok: "✓ ok" };
+const UNLABELED = "unlabeled"; // what a sample without a label (null) shows, where a label is expected
 // An unacknowledged batch is resent after RESEND_MS, then after twice as long each time, up to
 // RESEND_MAX_MS. Every resend starts a script run and Streamlit stops a running script for a new
 // one: a fixed short interval on a loaded server (20 reviewers, 2 cores) kept interrupting the very
@@ -194,9 +195,10 @@ function paintTile(s, i) {
   }
   const caption = tile.querySelector(".caption");
   const hint = s.data.show_suggested && it.suggested && it.suggested !== it.label && it.status === "unreviewed";
-  caption.textContent = (s.data.show_labels ? it.label : "") + (hint ? (s.data.show_labels ? " · " : "") + it.suggested + "?" : "");
+  const label = s.data.show_labels && it.label != null ? it.label : "";  // unlabeled: no caption
+  caption.textContent = label + (hint ? (label ? " · " : "") + it.suggested + "?" : "");
   caption.classList.toggle("hint", !!hint);
-  tile.title = `${it.id}\nlabel: ${it.label}` + (it.suggested ? `\nsuggested: ${it.suggested}` : "");
+  tile.title = `${it.id}\nlabel: ${it.label ?? UNLABELED}` + (it.suggested ? `\nsuggested: ${it.suggested}` : "");
 }
 
 function paintCounter(s) {
@@ -252,7 +254,7 @@ function paintPanel(s) {
   const name = el("div", "name", it.id);
   const rows = el("div", "rows");
   const add = (k, v, cls) => { rows.append(el("span", "k", k), el("span", "v " + (cls || ""), v)); };
-  add("label", it.label);
+  add("label", it.label ?? UNLABELED);
   add("state", status, "st-" + (cur.status || "unreviewed"));
   if (p && p.suggested && p.suggested !== it.label) add("suggested", p.suggested, "sugg");
   if (p && p.score !== undefined && p.score !== null) add("score", Number(p.score).toFixed(3));
@@ -267,8 +269,8 @@ function paintPanel(s) {
       const img = el("img");
       img.src = n.url; img.alt = n.id;
       const lab = el("span", "nblabel" + (n.label !== it.label ? " other" : ""),
-        n.status === "relabeled" ? "→ " + n.new_label : n.label);
-      cell.title = `${n.id}\nlabel: ${n.label}` + (n.status && n.status !== "unreviewed" ? `\n${n.status}` : "");
+        n.status === "relabeled" ? "→ " + n.new_label : (n.label ?? ""));
+      cell.title = `${n.id}\nlabel: ${n.label ?? UNLABELED}` + (n.status && n.status !== "unreviewed" ? `\n${n.status}` : "");
       cell.append(img, lab);
       return cell;
     }));

@@ -203,7 +203,7 @@ def _word_patches(project_dir: str, files: tuple, word: int, limit: int, display
     if len(rows) > limit:
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=limit, replace=False))
     grids = _word_grids(project_dir, files)
-    image_size = project.settings.image_size
+    image_size = project.image_size
     samples = project.samples
     out = []
     for row in rows.tolist():
@@ -234,7 +234,7 @@ def _word_overlay(project_dir: str, files: tuple, sample_id: str, display: int,
     project = open_project(project_dir)
     row = sample_row(project, sample_id)
     grid = np.asarray(_word_grids(project_dir, files)[row])
-    square = imaging.model_view(project.image(sample_id), project.settings.image_size)
+    square = imaging.model_view(project.image(sample_id), project.image_size)
     image = imaging.overlay_words(square, grid, display=display, highlight=highlight)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -249,7 +249,7 @@ def model_view_png(project: Project, sample_id: str, display: int = 320) -> byte
 @st.cache_data(show_spinner=False, max_entries=64)
 def _model_view_png(project_dir: str, files: tuple, sample_id: str, display: int) -> bytes:
     project = open_project(project_dir)
-    square = imaging.model_view(project.image(sample_id), project.settings.image_size)
+    square = imaging.model_view(project.image(sample_id), project.image_size)
     buffer = io.BytesIO()
     square.resize((display, display)).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -325,11 +325,5 @@ def export_bytes(project_dir: str, files: tuple, last_id: int, fmt: str) -> byte
 
     project = open_project(project_dir)
     table = _export_table(project_dir, files, last_id)
-    if fmt == "csv":
-        return export.to_csv(table)
-    if fmt == "json":
-        return export.to_json(table, project={"dir": project_dir, "source": project.source,
-                                              "last_decision_id": last_id})
-    if fmt == "coco":
-        return export.to_coco(project.source["coco"], table)
-    raise ValueError(f"unknown export format {fmt!r}; use csv, json or coco")
+    return export.export_bytes(table, fmt, source=project.source,
+                               project={"dir": project_dir, "source": project.source, "last_decision_id": last_id})

@@ -46,6 +46,7 @@ def render() -> None:
     me = access.render_sign_in()
     if me is None:
         return
+    ignored = state.sync_url()  # a reload or a deep link keeps the project picked in the app
     current = state.project_dir()
     shown = str(current) if current else ""
     # Keep the text field in step when the project changes elsewhere (e.g. created on a page).
@@ -67,6 +68,11 @@ def render() -> None:
                 st.selectbox("Recent projects", recent, index=None, key="mlfix_recent_pick",
                              on_change=_pick_recent, placeholder="Switch to…")
         _project_summary(current)
+        if ignored:
+            # not echoed: the link's text is whatever its author typed
+            st.warning("This link names another project folder, but only an admin may choose the "
+                       "project: you are on the server's project. Ask the admin who runs this server "
+                       "to open the other one.")
         if me.via == "open":  # signed-in names come from the sign-in, not a free field
             st.text_input("Reviewer", key=access.REVIEWER_KEY,
                           help="Recorded with every decision you make on the Review page.")

@@ -3,8 +3,12 @@
 Order of precedence for the project folder:
 
 1. ``st.session_state["mlfix_project_dir"]`` (set by the sidebar's picker, or by a test);
-2. the ``--project DIR`` script argument (``streamlit run app.py -- --project DIR``);
-3. the ``MLFIX_PROJECT`` environment variable (``mlfix serve`` sets it).
+2. the ``?project=DIR`` query parameter of the page's URL, for those who may choose the project
+   (admins; everyone in open mode): a reload or a deep link keeps the project picked in the app;
+3. the ``--project DIR`` script argument (``streamlit run app.py -- --project DIR``);
+4. the ``MLFIX_PROJECT`` environment variable (``mlfix serve`` sets it).
+
+:func:`sync_url` (called by the sidebar on every run) keeps the session and the URL in step.
 
 Pages call :func:`require_project`, which returns an open :class:`mlfix.project.Project` or writes a
 clear message into the page and stops the script run (never a traceback)::
@@ -24,6 +28,7 @@ import streamlit as st
 
 PROJECT_KEY = "mlfix_project_dir"
 ENV_PROJECT = "MLFIX_PROJECT"
+QUERY_PARAM = "project"  # ?project=DIR in the URL
 
 
 def _argv_project(argv: list[str] | None = None) -> str | None:
@@ -39,7 +44,8 @@ def _argv_project(argv: list[str] | None = None) -> str | None:
 
 def project_dir() -> Path | None:
     """The current project folder (not checked), or None when none was chosen anywhere."""
-    value = st.session_state.get(PROJECT_KEY) or _argv_project() or os.environ.get(ENV_PROJECT)
+    value = (st.session_state.get(PROJECT_KEY) or url_project() or _argv_project()
+             or os.environ.get(ENV_PROJECT))
     if not value:
         return None
     return Path(str(value)).expanduser()
@@ -49,8 +55,43 @@ def set_project_dir(path: str | os.PathLike | None) -> None:
     """Make ``path`` the current project for this browser session (None: forget it)."""
     if path is None:
         st.session_state.pop(PROJECT_KEY, None)
+        st.query_params.pop(QUERY_PARAM, None)
     else:
         st.session_state[PROJECT_KEY] = str(Path(path).expanduser().resolve())
+        st.query_params[QUERY_PARAM] = st.session_state[PROJECT_KEY]
+
+
+def _may_choose() -> bool:
+    from mlfix.ui import access
+
+    return access.can("open_project")
+
+
+def url_project() -> str | None:
+    """The ``?project=`` of the URL, if this identity may choose the project (else None: ignored)."""
+    value = str(st.query_params.get(QUERY_PARAM) or "").strip()
+    return value if value and _may_choose() else None
+
+
+def sync_url() -> str | None:
+    """Keep the session's project and the URL's ``?project=`` in step; call once per run.
+
+    A fresh session (a reload, a deep link) adopts the URL's project; a page change, which clears the
+    URL's query, gets it back. Someone who may not choose the project (a reviewer in a team session)
+    keeps the server's project: returns the folder their link asked for, to say so, else None.
+    """
+    asked = str(st.query_params.get(QUERY_PARAM) or "").strip()
+    if not _may_choose():
+        current = project_dir()
+        if asked and (current is None or Path(asked).expanduser().resolve() != current.resolve()):
+            return asked
+        return None
+    if not st.session_state.get(PROJECT_KEY) and asked:
+        set_project_dir(asked)
+    chosen = st.session_state.get(PROJECT_KEY)
+    if chosen and asked != chosen:
+        st.query_params[QUERY_PARAM] = chosen
+    return None
 
 
 def current_project():

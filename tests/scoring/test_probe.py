@@ -80,3 +80,12 @@ def test_sklearn_probe_agrees_with_lbfgs_probe(blobs):
     sk = probe.out_of_fold_probabilities(blobs["x"], blobs["labels"], folds=5, probe="sklearn")
     assert (sk.probs.argmax(1) == blobs["oof"].probs.argmax(1)).mean() > 0.95
     np.testing.assert_array_equal(sk.fold, blobs["oof"].fold)
+
+
+def test_no_labels_at_all_is_a_probe_without_classes_not_an_index_error():
+    """An unlabeled folder used to crash the refit (IndexError in ``_suspects``)."""
+    x = np.random.default_rng(0).normal(size=(12, 4))
+    oof = probe.out_of_fold_probabilities(x, [None] * 12, folds=3)
+    assert oof.probs.shape == (12, 0) and oof.classes == []
+    assert oof.predicted().tolist() == [None] * 12
+    assert probe.probe_loss(None, [None] * 12, range(12), probabilities=oof)["score"].isna().all()

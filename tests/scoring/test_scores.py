@@ -121,3 +121,10 @@ def test_one_class_and_tiny_inputs():
 def test_invalid_inputs_say_what_to_do(blobs, call, message):
     with pytest.raises(ValueError, match=message):
         call(blobs)
+
+
+@pytest.mark.parametrize("labels, found", [([None] * 12, "no labels"), (["cat"] * 11 + [None], r"one class only \('cat'\)")])
+def test_fewer_than_two_classes_is_a_message_not_a_crash(labels, found):
+    x = np.random.default_rng(0).normal(size=(12, 4))
+    with pytest.raises(ValueError, match=f"^{found}: label-error scores need labels of at least two classes"):
+        registry.compute_scores(x, labels, range(12), k=3, folds=3)

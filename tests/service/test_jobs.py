@@ -148,3 +148,10 @@ def test_a_command_that_cannot_start_fails_cleanly(tmp_path):
     status = jobs.wait_job(tmp_path, timeout=30)
     assert status.state == "failed" and status.returncode == 127
     assert "cannot start" in status.log_tail
+
+
+def test_scores_is_a_job_kind_that_runs_mlfix_scores(tmp_path):
+    """The Review page's "Compute scores" runs ``mlfix scores`` as a background job."""
+    assert "scores" in jobs.JOB_KINDS
+    cmd = jobs.mlfix_command(tmp_path, "scores")
+    assert cmd[1:] == ["-m", "mlfix.cli", "scores", "--project", str(tmp_path.resolve())]

@@ -24,22 +24,24 @@ def fake_checkpoint(project_dir, backbone: str) -> None:
 
 
 def test_auto_is_random_without_a_checkpoint_and_the_checkpoint_with_one(tmp_path):
-    assert resolve_weights(IndexSettings(), tmp_path) == ("random", "random")
+    resnet = IndexSettings(backbone="resnet18")  # no offline weights: auto falls back to random
+    assert resolve_weights(resnet, tmp_path) == ("random", "random")
+    assert resolve_weights(IndexSettings(), tmp_path) == ("offline", "offline")  # efficientnet_lite0
     fake_checkpoint(tmp_path, "resnet18")
-    weights, identity = resolve_weights(IndexSettings(), tmp_path)
+    weights, identity = resolve_weights(resnet, tmp_path)
     assert weights == str((tmp_path / "models" / "last.pt").resolve()) and identity["size"] == 7
 
 
 def test_a_checkpoint_of_another_backbone_is_not_used(tmp_path):
     fake_checkpoint(tmp_path, "resnet50")
-    assert resolve_weights(IndexSettings(), tmp_path) == ("random", "random")
+    assert resolve_weights(IndexSettings(backbone="resnet18"), tmp_path) == ("random", "random")
     with pytest.raises(SettingsError, match="no checkpoint for backbone 'resnet18'.*mlfix train"):
-        resolve_weights(IndexSettings(weights="trained"), tmp_path)
+        resolve_weights(IndexSettings(backbone="resnet18", weights="trained"), tmp_path)
 
 
 def test_keywords_pass_through_and_a_missing_file_is_named(tmp_path):
     assert resolve_weights(IndexSettings(weights="offline"), tmp_path) == ("offline", "offline")
-    with pytest.raises(FileNotFoundError, match="nothere.pt"):
+    with pytest.raises(SettingsError, match="weights file not found: .*nothere.pt"):
         resolve_weights(IndexSettings(weights=str(tmp_path / "nothere.pt")), tmp_path)
 
 

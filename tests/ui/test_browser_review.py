@@ -247,3 +247,44 @@ def test_an_unacknowledged_batch_is_resent_with_backoff_and_stored_once(app_url)
         page.locator(".tile.pending").first.wait_for(state="detached", timeout=10_000)
         browser.close()
     store.close()
+
+
+def test_an_unlabeled_sample_shows_no_null_in_its_tile_title_or_panel():
+    """The grid alone (grid.js in a blank page, no server): a sample without a label (None) shows an
+    empty caption and "unlabeled" where a label is named, never "null"."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian Chromium is not installed at /usr/bin/chromium (make browser installs it)")
+    from playwright.sync_api import sync_playwright
+
+    script = (REPO / "mlfix" / "ui" / "grid.js").read_text(encoding="utf-8")
+    html = ("<div id='host'></div><script type='module'>import grid from './grid.js';"
+            "window.render = (data) => grid({data, parentElement: document.getElementById('host'),"
+            " setTriggerValue: () => {}, setStateValue: () => {}});</script>")
+    pixel = "data:image/gif;base64,R0lGODlhAQABAAAAACw="
+    items = [{"id": "a.png", "url": pixel, "label": "cat", "status": "unreviewed", "new_label": None},
+             {"id": "b.png", "url": pixel, "label": None, "status": "unreviewed", "new_label": None,
+              "suggested": "cat"}]
+    data = {"view": "v", "items": items, "palette": [{"label": "cat", "key": "1", "color": "#f00"}],
+            "counter": {"reviewed": 0, "total": 2, "title": "all"}, "page": {"index": 0, "count": 1},
+            "acks": {}, "errors": [], "show_labels": True, "show_suggested": False, "batches": 0,
+            "panel": {"id": "b.png", "url": pixel, "label": None,
+                      "neighbours": [{**items[0], "label": None}]}}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.route("http://grid.test/", lambda route: route.fulfill(body=html, content_type="text/html"))
+        page.route("http://grid.test/grid.js", lambda route: route.fulfill(body=script,
+                                                                          content_type="text/javascript"))
+        page.goto("http://grid.test/")
+        page.wait_for_function("() => typeof window.render === 'function'")
+        page.evaluate("data => window.render(data)", data)
+        page.keyboard.press("ArrowRight")  # focus the unlabeled one: the panel names its label
+        captions = page.locator(".tile .caption").all_text_contents()
+        titles = [page.locator(".tile").nth(i).get_attribute("title") for i in range(2)]
+        panel = page.locator(".panel").inner_text()
+        neighbour = page.locator(".nb").first.get_attribute("title")
+        browser.close()
+    assert captions == ["cat", ""]
+    assert titles[1] == "b.png\nlabel: unlabeled\nsuggested: cat"
+    assert "null" not in panel and "unlabeled" in panel
+    assert neighbour.endswith("label: unlabeled")

@@ -108,6 +108,33 @@ def test_paging_with_the_buttons(project):
     assert grid_data(at)["page"]["index"] == 0
 
 
+def test_the_embedding_order_is_the_default_and_visual_words_one_click_away(project):
+    at = run_page(project.dir)
+    sort = selectbox(at, "Sort by")
+    assert sort.value == "Similarity (embedding)"
+    assert sort.options[:2] == ["Similarity (embedding)", "Similarity (visual words)"]
+    label = selectbox(at, "Class").value
+    by_embedding = [str(s) for s in project.order(label, by="embedding")][:200]
+    assert [item["id"] for item in grid_data(at)["items"]] == by_embedding
+    assert grid_data(at)["show_suggested"] is False
+    sort.set_value("Similarity (visual words)")
+    at.run()
+    assert not at.exception, at.exception
+    assert [item["id"] for item in grid_data(at)["items"]] == [str(s) for s in project.order(label, by="words")][:200]
+    assert grid_data(at)["show_suggested"] is False
+    assert not [c.value for c in at.caption if "embedding order" in c.value]
+    # over all images the two orders differ (they are two ways to see the data)
+    assert list(project.order(None, by="embedding")) != list(project.order(None, by="words"))
+
+
+def test_a_project_indexed_before_the_embedding_order_shows_the_words_order_with_a_note(project):
+    shutil.rmtree(project.dir / "orders" / "by-embedding")
+    at = run_page(project.dir)
+    label = selectbox(at, "Class").value
+    assert [item["id"] for item in grid_data(at)["items"]] == [str(s) for s in project.order(label, by="words")][:200]
+    assert any("Index it again" in c.value for c in at.caption)
+
+
 def test_a_published_view_appears_in_the_view_picker(project):
     from mlfix.review.views import publish_view
 
@@ -178,3 +205,57 @@ print("torch" in sys.modules)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_without_scores_compute_scores_runs_a_background_job_and_the_page_picks_them_up(project):
+    from mlfix.service import jobs
+
+    (project.dir / "scores.parquet").unlink()
+    at = run_page(project.dir)
+    assert not [o for o in selectbox(at, "Sort by").options if o.startswith("score")]
+    assert any("No scores yet" in c.value for c in at.caption)
+    [button] = [b for b in at.button if b.label == "Compute scores"]
+    button.click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert jobs.current_job(project.dir)["kind"] == "scores"  # started outside the script run
+    assert jobs.wait_job(project.dir, timeout=240).state == "finished"
+    at.run()
+    assert {"score", "score_knn"} <= set(selectbox(at, "Sort by").options)
+    assert not [b for b in at.button if b.label == "Compute scores"]
+    assert grid_data(at)["items"]
+
+
+def test_a_running_scores_job_shows_its_progress_and_a_failed_one_its_reason(project):
+    from mlfix.service import jobs
+
+    (project.dir / "scores.parquet").unlink()
+    jobs.start_job(project.dir, "scores", command=[sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        at = run_page(project.dir)
+        assert any("Computing the scores: running since" in i.value for i in at.info)
+        assert not [b for b in at.button if b.label == "Compute scores"]
+    finally:
+        jobs.stop_job(project.dir, force=True)
+    jobs.start_job(project.dir, "scores", command=[
+        sys.executable, "-c", "import sys; print('mlfix scores: the probe ran out of memory'); sys.exit(2)"])
+    jobs.wait_job(project.dir, timeout=60)
+    at = run_page(project.dir)
+    assert any("the probe ran out of memory" in e.value for e in at.error)
+    assert [b for b in at.button if b.label == "Compute scores"]  # try again
+
+
+def test_an_unlabeled_folder_shows_no_labels_and_offers_the_similarity_order(unlabeled_project, tmp_path):
+    from mlfix.project import Project
+
+    skip = shutil.ignore_patterns("thumbs", "reviews.db*", "jobs", "progress")
+    project = Project.open(shutil.copytree(unlabeled_project.dir, tmp_path / "unlabeled", ignore=skip))
+    at = run_page(project.dir)
+    assert selectbox(at, "Class").options == ["(all images)"]
+    data = grid_data(at)
+    assert len(data["items"]) == 16 and all(item["label"] is None for item in data["items"])
+    assert data["show_labels"] is True  # the grid shows nothing (not "null") for a missing label
+    assert any(c.value.startswith("Similarity order only: no labels: label-error scores need at least two")
+               for c in at.caption)
+    assert not [b for b in at.button if b.label == "Compute scores"]
+    assert not any("Compute scores" in c.value for c in at.caption)  # the confusion hint does not offer it

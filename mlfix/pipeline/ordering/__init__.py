@@ -15,8 +15,13 @@ Each ordering returns an int64 permutation of ``range(N)``. The package, one mod
   ``seed_greedy_order``, the seed tool's numpy loop it must equal;
 - :mod:`~mlfix.pipeline.ordering.approximate` — ``approximate_order`` for large N: exact chains
   inside KMeans clusters, the clusters chained tail to head;
-- :mod:`~mlfix.pipeline.ordering.kernels` — the compiled (numba) popcount scans both use;
-- :mod:`~mlfix.pipeline.ordering.bags` — the input checks they share.
+- :mod:`~mlfix.pipeline.ordering.kernels` — the compiled (numba) popcount scans both use, and the
+  embedding chain's scan;
+- :mod:`~mlfix.pipeline.ordering.bags` — the input checks they share;
+- :mod:`~mlfix.pipeline.ordering.embedding` — ``embedding_order``, the same greedy chain over pooled
+  embeddings (cosine) instead of bags: the project's default order (:data:`DEFAULT_ORDERING`).
+
+A project's index stores both kinds of order (:data:`ORDERINGS`: the folder of each).
 
 This module chooses between them: :func:`order` picks one by size (``method="auto"``);
 :func:`order_by_group` orders each group (class) separately and concatenates;
@@ -40,6 +45,12 @@ from mlfix.progress import ProgressFn
 
 METHODS = ("auto", "exact", "approximate")
 EXACT_MAX = 50_000  # "auto" uses the exact chain up to this many images (O(N^2): seconds on one core)
+# The similarity orders of a project and the folder (in the project) that holds each one's files
+# (all.npy, class-NNNN.npy, orders.json, orders.key.json). The default comes first: the embedding
+# chain keeps more neighbours in the same true class (CIFAR-10N, `python -m bench.detect`:
+# purity.greedy_embedding vs purity.greedy_words).
+ORDERINGS = {"embedding": "orders/by-embedding", "words": "orders"}
+DEFAULT_ORDERING = "embedding"
 
 
 def order(bags: np.ndarray, method: str = "auto", start: int = 0, exact_max: int = EXACT_MAX,

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from mlfix.pipeline.ordering.bags import as_words, check_start, load_kernels
+from mlfix.pipeline.ordering.bags import as_words, check_int_options, check_start, load_kernels
 from mlfix.pipeline.ordering.exact import greedy_words
 from mlfix.progress import ProgressFn
 
@@ -61,9 +61,7 @@ def approximate_order(bags: np.ndarray, start: int = 0, *, cluster_size: int = 1
         >>> int(approximate_order(bags, start=5, cluster_size=20)[0])
         5
     """
-    for label, value, low in (("cluster_size", cluster_size, 2), ("dims", dims, 1), ("next_clusters", next_clusters, 1)):
-        if not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
+    check_int_options(cluster_size=(cluster_size, 2), dims=(dims, 1), next_clusters=(next_clusters, 1))
     words = as_words(bags)
     n = len(words)
     start = check_start(start, n)
@@ -163,7 +161,30 @@ def _chain_clusters(words: np.ndarray, feats: np.ndarray, leaves: list[np.ndarra
                     next_clusters: int, progress: ProgressFn | None) -> np.ndarray:
     """Exact chains inside clusters, clusters joined tail to head (see :func:`approximate_order`)."""
     kernels = load_kernels()
-    n = len(words)
+
+    def most_shared(tail: int, rows: np.ndarray) -> int:
+        shared = np.empty(len(rows), np.int64)
+        kernels.shared_words(words[rows], words[tail], shared)
+        return int(rows[np.argmax(shared)])  # rows ascending: the first maximum is the lowest row
+
+    return chain_clusters(feats, leaves, start, next_clusters,
+                          lambda ids, first: greedy_words(words[ids], first), most_shared, progress)
+
+
+def chain_clusters(feats: np.ndarray, leaves: list[np.ndarray], start: int, next_clusters: int,
+                   chain: Callable[[np.ndarray, int], np.ndarray], closest: Callable[[int, np.ndarray], int],
+                   progress: ProgressFn | None) -> np.ndarray:
+    """Chain each cluster (``leaves``: sorted row arrays covering ``range(N)``) and join the clusters
+    tail to head; the words order and the embedding order (:mod:`mlfix.pipeline.ordering.embedding`)
+    share it.
+
+    ``chain(ids, first)``: the order of the cluster's rows ``ids`` (positions in ``ids``) starting at
+    position ``first``; ``closest(tail, rows)``: the row of the ascending ``rows`` most similar to the
+    row ``tail`` (ties: the lowest). After a cluster's last row, the next cluster is the one holding
+    the ``closest`` row among the ``next_clusters`` remaining clusters whose centres (the mean of
+    ``feats`` rows) are nearest to the tail, and it starts there.
+    """
+    n = len(feats)
     leaf_of = np.empty(n, np.int64)
     for i, ids in enumerate(leaves):
         leaf_of[ids] = i
@@ -173,7 +194,7 @@ def _chain_clusters(words: np.ndarray, feats: np.ndarray, leaves: list[np.ndarra
     pieces, done = [], 0
     while True:
         ids = leaves[leaf]
-        local = greedy_words(words[ids], int(np.searchsorted(ids, first)))
+        local = chain(ids, int(np.searchsorted(ids, first)))
         pieces.append(ids[local])
         done += len(ids)
         if progress is not None:
@@ -182,18 +203,10 @@ def _chain_clusters(words: np.ndarray, feats: np.ndarray, leaves: list[np.ndarra
         if not left.any():
             break
         tail = int(ids[local[-1]])
-        first = _next_row(words, feats, leaves, centres, left, tail, next_clusters, kernels)
+        candidates = np.flatnonzero(left)
+        if len(candidates) > next_clusters:
+            dist = ((centres[candidates] - feats[tail]) ** 2).sum(axis=1)
+            candidates = candidates[np.argpartition(dist, next_clusters - 1)[:next_clusters]]
+        first = closest(tail, np.sort(np.concatenate([leaves[c] for c in candidates])))
         leaf = int(leaf_of[first])
     return np.concatenate(pieces)
-
-
-def _next_row(words, feats, leaves, centres, left, tail, next_clusters, kernels) -> int:
-    """The row sharing most words with ``tail`` among the clusters left nearest to it (ties: lowest row)."""
-    candidates = np.flatnonzero(left)
-    if len(candidates) > next_clusters:
-        dist = ((centres[candidates] - feats[tail]) ** 2).sum(axis=1)
-        candidates = candidates[np.argpartition(dist, next_clusters - 1)[:next_clusters]]
-    rows = np.sort(np.concatenate([leaves[c] for c in candidates]))
-    shared = np.empty(len(rows), np.int64)
-    kernels.shared_words(words[rows], words[tail], shared)
-    return int(rows[np.argmax(shared)])  # rows ascending: the first maximum is the lowest row

@@ -62,6 +62,13 @@ def check_start(start, n: int) -> int:
     return start
 
 
+def check_int_options(**options: tuple[object, int]) -> None:
+    """``name=(value, low)``: ValueError unless each value is an integer >= its ``low``."""
+    for label, (value, low) in options.items():
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
+
+
 def load_kernels() -> ModuleType:
     """:mod:`mlfix.pipeline.ordering.kernels`, imported on first use: importing numba takes a second."""
     from mlfix.pipeline.ordering import kernels

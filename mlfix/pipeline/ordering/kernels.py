@@ -127,3 +127,60 @@ def consecutive_shared(words, order, out):
         for t in range(w):
             s += _popcount64(words[a, t] & words[b, t])
         out[i] = s
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _dot32(a, b):
+    """Inner product of two float32 vectors (a float32 sum: the same rounding on every call)."""
+    s = np.float32(0.0)
+    for t in range(a.shape[0]):
+        s += a[t] * b[t]
+    return s
+
+
+@njit(cache=True, nogil=True)
+def embedding_chain_steps(x, near, sims, placed, alive, order, state, stop):
+    """Advance the greedy embedding chain until ``order`` holds ``stop`` items.
+
+    ``x`` (N, D) float32 unit rows; ``near`` (N, k) int64 and ``sims`` (N, k) float32: each row's
+    candidate neighbours (-1 = none) and their similarities; ``placed`` (N,) bool; ``alive`` (N,)
+    int64: the rows not placed at the last compaction, ascending; ``state`` = [filled length of
+    order, rows of alive in use, exact fallbacks so far].
+
+    Next = the unplaced candidate of the current row with the highest similarity (ties: lowest row).
+    When every candidate is placed, the exact fallback compacts ``alive`` and scans it: the most
+    similar unplaced row (first maximum in ascending order, so ties go to the lowest row).
+    """
+    pos, used, fallbacks = state[0], state[1], state[2]
+    width = near.shape[1]
+    while pos < stop:
+        cur = order[pos - 1]
+        best = np.int64(-1)
+        best_sim = np.float32(-np.inf)
+        for j in range(width):
+            c = near[cur, j]
+            if c < 0 or placed[c]:
+                continue
+            s = sims[cur, j]
+            if s > best_sim or (s == best_sim and c < best):
+                best_sim = s
+                best = c
+        if best < 0:
+            k = 0
+            for j in range(used):
+                a = alive[j]
+                if not placed[a]:
+                    alive[k] = a
+                    k += 1
+            used = k
+            for j in range(used):
+                a = alive[j]
+                s = _dot32(x[a], x[cur])
+                if best < 0 or s > best_sim:
+                    best_sim = s
+                    best = a
+            fallbacks += 1
+        order[pos] = best
+        placed[best] = True
+        pos += 1
+    state[0], state[1], state[2] = pos, used, fallbacks

@@ -1,0 +1,200 @@
+"""``mlfix status``: what a project holds: its data, the index and its settings, scores, reviews, a job.
+
+Read only: it opens the decisions store only when one exists, and starts nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlfix.project import Project
+
+CLASSES_SHOWN = 12
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser("status", help="what is indexed, with which settings; scores, reviews, a running job")
+    p.add_argument("--project", required=True, help="project folder")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from mlfix.project import Project
+
+    print("\n".join(status_lines(Project.open(args.project))))
+    return 0
+
+
+def status_lines(project: "Project") -> list[str]:
+    """The status of ``project`` (a :class:`~mlfix.project.Project`) as lines of plain text."""
+    lines = [f"project   {project.dir}"]
+    lines += _data_lines(project)
+    lines += _index_lines(project)
+    lines += _scores_lines(project)
+    lines += _decision_lines(project)
+    lines += _job_lines(project)
+    return lines
+
+
+def _data_lines(project) -> list[str]:
+    from mlfix.data.scan import NOTE_STAGES
+
+    source = project.source
+    where = f"images {source.get('images')}"
+    if source.get("labels"):
+        where += f", labels {source['labels']}"
+    if source.get("coco"):
+        where += f", COCO {source['coco']}"
+    samples, problems = project.samples, project.problems
+    readable = int((samples["status"] == "ok").sum())
+    unreadable = len(samples) - readable
+    notes = problems[problems["stage"].isin(NOTE_STAGES)]
+    skipped = len(problems) - len(notes)
+    counts = f"{len(samples):,} ({readable:,} readable"
+    counts += f", {unreadable:,} unreadable)" if unreadable else ")"
+    problem_text = f"{skipped:,} files skipped" + (f", {len(notes):,} boxes clipped" if len(notes) else "")
+    if len(problems):
+        problem_text += f" (see {project.dir / 'problems.parquet'})"
+    labels = samples["label"]
+    per_class = labels.dropna().value_counts().sort_index()
+    if per_class.empty:
+        classes = "none: the images are unlabeled (the similarity order works; scores need labels)"
+    else:
+        shown = ", ".join(f"{name} {count:,}" for name, count in per_class.head(CLASSES_SHOWN).items())
+        more = f", ... and {len(per_class) - CLASSES_SHOWN} more" if len(per_class) > CLASSES_SHOWN else ""
+        unlabeled = int(labels.isna().sum())
+        classes = f"{len(per_class)}: {shown}{more}" + (f"; {unlabeled:,} unlabeled" if unlabeled else "")
+    return [f"data      {where}", f"samples   {counts}", f"problems  {problem_text}", f"classes   {classes}"]
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _when(path: Path) -> str:
+    """``2026-12-01 15:03 UTC (5 min ago)`` for a file's modification time."""
+    stamp = path.stat().st_mtime
+    text = dt.datetime.fromtimestamp(stamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"{text} ({_ago(time.time() - stamp)})"
+
+
+def _ago(seconds: float) -> str:
+    """
+    >>> _ago(20), _ago(300), _ago(7200), _ago(3 * 86400)
+    ('just now', '5 min ago', '2 h ago', '3 days ago')
+    """
+    if seconds < 60:
+        return "just now"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min ago"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)} h ago"
+    return f"{int(seconds // 86400)} days ago"
+
+
+def _weights_text(weights) -> str:
+    if isinstance(weights, dict) and weights.get("file"):
+        path = Path(weights["file"])
+        return f"trained ({path})" if path.parent.name == "models" else f"file {path}"
+    return str(weights)
+
+
+def _index_lines(project) -> list[str]:
+    orders_key = project.dir / "orders" / "orders.key.json"
+    if not project.is_indexed:
+        return [f"index     not built yet: run `mlfix index --project {project.dir}`"]
+    key = _read_json(project.dir / "features" / "words.key.json") or {}
+    built = (f"built {_when(orders_key)} with backbone {key.get('backbone', '?')}, weights "
+             f"{_weights_text(key.get('weights', '?'))}, image size {key.get('image_size', '?')} px, "
+             f"{key.get('words', '?')} words, tta_flip {'on' if key.get('tta_flip') else 'off'}")
+    lines = [f"index     {built}"]
+    fit = _read_json(project.dir / "codebook" / "fit.json") or {}
+    if fit.get("advice"):
+        lines.append(f"          {fit['advice']}")
+    settings = project.settings
+    asked = {"backbone": settings.backbone, "words": settings.words, "tta_flip": bool(settings.tta_flip)}
+    if isinstance(settings.image_size, int):
+        asked["image_size"] = settings.image_size
+    differ = [f"{name} {value}" for name, value in asked.items()
+              if key and (key.get(name, False if name == "tta_flip" else None) != value)]
+    if differ:
+        lines.append(f"          mlfix.toml now asks for {', '.join(differ)}: run `mlfix index --project "
+                     f"{project.dir}` to rebuild with them")
+    return lines
+
+
+def _scores_lines(project) -> list[str]:
+    path, key_path = project.dir / "scores.parquet", project.dir / "scores.key.json"
+    if not path.exists():
+        how = "run `mlfix scores --project DIR`" if project.is_indexed else "index first, then `mlfix scores`"
+        return [f"scores    none yet: {how}"]
+    key = _read_json(key_path) or {}
+    index_key = _read_json(project.dir / "orders" / "orders.key.json")
+    freshness = "up to date"
+    if key.get("index") != index_key:
+        freshness = "older than the index: `mlfix scores` recomputes them"
+    else:
+        last = _last_decision_id(project)
+        if last is not None and last != key.get("decisions"):
+            freshness = "older than the latest decisions: `mlfix scores` recomputes them"
+    return [f"scores    computed {_when(path)}, {freshness}"]
+
+
+def _has_store(project) -> bool:
+    from mlfix.review.store import ENV_DB_URL
+
+    return bool(os.environ.get(ENV_DB_URL)) or (project.dir / "reviews.db").exists()
+
+
+def _last_decision_id(project) -> int | None:
+    if not _has_store(project):
+        return 0
+    try:
+        return project.reviews.last_id()
+    except Exception:  # an unreachable database: said in the decisions line
+        return None
+
+
+def _decision_lines(project) -> list[str]:
+    if not _has_store(project):
+        return ["decisions none yet: review in the app (`mlfix serve --project DIR`)"]
+    try:
+        decisions = project.decisions()
+    except Exception as err:  # StoreUnavailable, a damaged file: say so, keep the rest of the status
+        return [f"decisions cannot be read: {err}"]
+    if decisions.empty:
+        return ["decisions none yet: review in the app (`mlfix serve --project DIR`)"]
+    kinds = decisions["kind"].value_counts()
+    by_kind = ", ".join(f"{kind} {count:,}" for kind, count in kinds.items())
+    reviewers = decisions["reviewer"].value_counts()
+    who = ", ".join(f"{name} {count:,}" for name, count in reviewers.items())
+    return [f"decisions {len(decisions):,} ({by_kind}) by {len(reviewers)} reviewer"
+            f"{'s' if len(reviewers) != 1 else ''}: {who}"]
+
+
+def _job_lines(project) -> list[str]:
+    from mlfix.service.jobs import a_job, job_status
+
+    status = job_status(project.dir, tail_bytes=0)
+    if status.state == "none":
+        return ["job       none running"]
+    kind = status.kind or "background"
+    started = status.record.get("started")
+    since = ""
+    if isinstance(started, (int, float)):
+        since = " since " + dt.datetime.fromtimestamp(started, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if status.running:
+        records = project.progress_log(kind)
+        stage = next((r for r in reversed(records) if "done" in r and "total" in r), None)
+        where = f"; {stage['stage']} {stage['done']:,}/{stage['total']:,}" if stage else ""
+        return [f"job       {a_job(status.kind)} is running{since} (pid {status.record.get('pid')}){where}"]
+    return [f"job       none running; the last one ({kind}{since}) {status.state}: {status.message}"]
