@@ -20,7 +20,7 @@ import streamlit as st
 from mlfix.cli.train import default_init
 from mlfix.project import Project
 from mlfix.service import jobs
-from mlfix.ui import loaders, state
+from mlfix.ui import background, loaders, state
 
 REFRESH_S = 2.0
 MAX_POINTS = 2000  # points of the loss curve sent to the browser
@@ -111,18 +111,6 @@ def _status_panel(status: jobs.JobStatus) -> None:
             st.code(status.log_tail[-3000:], language=None)
 
 
-def _start(project_dir: Path, kind: str, args: list[str]) -> None:
-    try:
-        jobs.start_job(project_dir, kind, args)
-    except jobs.JobRunningError as err:
-        st.error(f"Not started: {err}.")
-        return
-    except (jobs.JobError, ValueError, OSError) as err:
-        st.error(f"Cannot start the job: {err}")
-        return
-    st.rerun()
-
-
 def _train_controls(project: Project, running: bool) -> None:
     st.subheader("Train the backbone")
     st.caption("Barlow Twins, self-supervised on this project's own images: no labels are used. "
@@ -156,11 +144,11 @@ def _train_controls(project: Project, running: bool) -> None:
     b1, b2 = st.columns(2)
     label = "Resume training" if checkpoint is not None else "Start training"
     if b1.button(label, type="primary", disabled=running, key="tr_start"):
-        _start(project.dir, "train", args)
+        background.start_job(project.dir, "train", args)
     if checkpoint is not None and b2.button("Start over", disabled=running, key="tr_restart",
                                             help="Keeps the old checkpoint in models/previous-<time>/"):
         _set_aside_checkpoint(project.dir)
-        _start(project.dir, "train", args)
+        background.start_job(project.dir, "train", args)
 
 
 def _set_aside_checkpoint(project_dir: Path) -> None:
@@ -196,7 +184,7 @@ def _index_controls(project: Project, running: bool) -> None:
         args += ["--words", str(int(words))]
     label = "Index again" if project.is_indexed else "Start indexing"
     if st.button(label, type="primary", disabled=running, key="ix_start"):
-        _start(project.dir, "index", args)
+        background.start_job(project.dir, "index", args)
 
 
 def _loss_figure(train: list[dict]) -> go.Figure | None:

@@ -6,11 +6,12 @@ Read only: it opens the decisions store only when one exists, and starts nothing
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from mlfix.pipeline.artifacts import read_key
 
 if TYPE_CHECKING:
     from mlfix.project import Project
@@ -73,13 +74,6 @@ def _data_lines(project) -> list[str]:
     return [f"data      {where}", f"samples   {counts}", f"problems  {problem_text}", f"classes   {classes}"]
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _when(path: Path) -> str:
     """``2026-12-01 15:03 UTC (5 min ago)`` for a file's modification time."""
     stamp = path.stat().st_mtime
@@ -112,12 +106,12 @@ def _index_lines(project) -> list[str]:
     orders_key = project.dir / "orders" / "orders.key.json"
     if not project.is_indexed:
         return [f"index     not built yet: run `mlfix index --project {project.dir}`"]
-    key = _read_json(project.dir / "features" / "words.key.json") or {}
+    key = read_key(project.dir / "features" / "words.key.json") or {}
     built = (f"built {_when(orders_key)} with backbone {key.get('backbone', '?')}, weights "
              f"{_weights_text(key.get('weights', '?'))}, image size {key.get('image_size', '?')} px, "
              f"{key.get('words', '?')} words, tta_flip {'on' if key.get('tta_flip') else 'off'}")
     lines = [f"index     {built}"]
-    fit = _read_json(project.dir / "codebook" / "fit.json") or {}
+    fit = read_key(project.dir / "codebook" / "fit.json") or {}
     if fit.get("advice"):
         lines.append(f"          {fit['advice']}")
     settings = project.settings
@@ -137,8 +131,8 @@ def _scores_lines(project) -> list[str]:
     if not path.exists():
         how = "run `mlfix scores --project DIR`" if project.is_indexed else "index first, then `mlfix scores`"
         return [f"scores    none yet: {how}"]
-    key = _read_json(key_path) or {}
-    index_key = _read_json(project.dir / "orders" / "orders.key.json")
+    key = read_key(key_path) or {}
+    index_key = read_key(project.dir / "orders" / "orders.key.json")
     freshness = "up to date"
     if key.get("index") != index_key:
         freshness = "older than the index: `mlfix scores` recomputes them"

@@ -88,10 +88,11 @@ def run_index(directory: Path, settings: IndexSettings, root: DataRoot, weights:
         atomic_save_npy(codebook_dir / "bags.npy", pack_bags(words, settings.words))
         write_key(codebook_dir / "bags.key.json", words_key)
         progress.update("bags", 1, 1)
-    order_key = settings.order_key(words_key, frame_digest(run.samples, ["label"]))
+    labels_digest = frame_digest(run.samples, ["label"])
+    order_key = settings.order_key(words_key, labels_digest)
     if read_key(run.dir / "orders" / "orders.key.json") != order_key:
         _orders(run, order_key)
-    embedding_key = _embedding_order_key(feature_key, frame_digest(run.samples, ["label"]))
+    embedding_key = _embedding_order_key(feature_key, labels_digest)
     if read_key(run.dir / ORDERINGS["embedding"] / "orders.key.json") != embedding_key:
         _embedding_orders(run, embedding_key)  # a project indexed before gains it without a new pass
 

@@ -3,9 +3,9 @@ written and read back, and which weights an index run starts from.
 
 A run writes ``<project>/models/last.pt`` (the weights and :class:`TrainSettings`) and a small
 ``last.json`` summary beside it (:func:`checkpoint_summary`, cheap to read for the app and the CLI).
-:func:`resolve_weights` turns a project's ``weights`` setting into what the backbone factory takes:
-``auto`` becomes the trained checkpoint when it was trained for the same backbone, else the offline
-ImageNet weights when the backbone has them, else random (:func:`choose_weights` also says why).
+:func:`choose_weights` turns a project's ``weights`` setting into what the backbone factory takes,
+its cache identity, and why: ``auto`` becomes the trained checkpoint when it was trained for the same
+backbone, else the offline ImageNet weights when the backbone has them, else random.
 
 :func:`save_checkpoint` writes to a temporary file beside ``last.pt`` that then replaces it
 (:mod:`mlfix.atomic`), so a kill or a full disk never leaves a half-written checkpoint.
@@ -210,13 +210,6 @@ def choose_weights(settings: IndexSettings, project_dir: str | os.PathLike) -> W
     name = "trained checkpoint" if trained is not None and path == trained.resolve() else "weights file"
     return WeightsChoice(str(path), {"file": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
                          f"{name} {path} ({why})")
-
-
-def resolve_weights(settings: IndexSettings, project_dir: str | os.PathLike) -> tuple[str, object]:
-    """``(weights for create_backbone, identity for the cache key)`` of a project's settings
-    (:func:`choose_weights` without the explanation)."""
-    choice = choose_weights(settings, project_dir)
-    return choice.weights, choice.identity
 
 
 def _checkpoint_fits(path: Path, backbone: str) -> bool:

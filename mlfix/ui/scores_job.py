@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from mlfix.service import jobs
-from mlfix.ui import access
+from mlfix.ui import access, background
 
 if TYPE_CHECKING:
     from mlfix.project import Project
@@ -49,18 +49,9 @@ def offer(project: Project, scores: pd.DataFrame | None) -> None:
     if left.button("Compute scores", key=BUTTON_KEY, icon=":material/calculate:", type="primary",
                    help="Runs `mlfix scores` in the background; this page picks the scores up when "
                         "they are ready."):
-        _start(project)
+        background.start_job(project.dir, "scores")
     right.caption("No scores yet, so **Sort by** offers the similarity order only. Computing them runs "
                   "in the background: you can keep reviewing meanwhile.")
-
-
-def _start(project: Project) -> None:
-    try:
-        jobs.start_job(project.dir, "scores")
-    except (jobs.JobError, ValueError, OSError) as err:
-        st.error(f"Not started: {err}")
-        return
-    st.rerun()
 
 
 def _wait(project_dir: str) -> None:

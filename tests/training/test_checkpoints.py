@@ -1,5 +1,5 @@
 """Checkpoints: a corrupt or mismatched one is refused and left alone, a full disk keeps the previous
-one, the summary is None without a run; which weights an index run starts from (resolve_weights)."""
+one, the summary is None without a run; which weights an index run starts from (choose_weights)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,15 @@ import torch
 from mlfix.errors import CheckpointError, SettingsError
 from mlfix.settings import IndexSettings
 from mlfix.training.barlow_twins import train_barlow_twins
-from mlfix.training.checkpoints import checkpoint_summary, resolve_weights
+from mlfix.training.checkpoints import checkpoint_summary, choose_weights
+
 from tests.training.tiny_runs import FAST, copy_models
+
+
+def resolve_weights(settings, project_dir):
+    """``(weights for create_backbone, cache identity)`` of :func:`choose_weights`."""
+    choice = choose_weights(settings, project_dir)
+    return choice.weights, choice.identity
 
 
 def fake_checkpoint(project_dir, backbone: str) -> None:
