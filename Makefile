@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := demo-project
 
-.PHONY: install run demo test test-fast bench-quick browser postgres clean
+.PHONY: install run demo test test-fast bench-quick browser postgres proxies clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -39,7 +39,15 @@ postgres:
 	      || echo "warning: could not install postgresql; the PostgreSQL tests will be skipped"; \
 	  else echo "warning: postgresql missing and not root; the PostgreSQL tests will be skipped"; fi; }
 
-test: install browser postgres
+# Caddy and nginx, to check the reverse-proxy configs in deploy/ (tests/service/test_deploy_*.py).
+proxies:
+	@command -v caddy >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq caddy nginx-light openssl >/dev/null) \
+	      || echo "warning: could not install caddy/nginx; the proxy config checks will be skipped"; \
+	  else echo "warning: caddy/nginx missing and not root; the proxy config checks will be skipped"; fi; }
+
+test: install browser postgres proxies
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: install

@@ -9,17 +9,20 @@ from pathlib import Path
 
 import streamlit as st
 
-from mlfix.ui import access, sidebar
+from mlfix.ui import access, grid, sidebar
 
 HERE = Path(__file__).resolve().parent
 
 st.set_page_config(layout="wide", page_title="mlfix")
+# Thumbnail mirrors an earlier server left under static/ (served without sign-in) go at start.
+grid.forget_old_mirrors(grid.static_serving_dir())
 
 PAGES = [
     ("app_pages/dataset.py", "Dataset", ":material/photo_library:"),
     ("app_pages/training.py", "Training", ":material/model_training:"),
     ("app_pages/codebook.py", "Codebook", ":material/grid_view:"),
     ("app_pages/review.py", "Review", ":material/fact_check:"),
+    ("app_pages/clusters.py", "Clusters", ":material/workspaces:"),
     ("app_pages/export.py", "Export", ":material/download:"),
 ]
 

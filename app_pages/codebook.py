@@ -12,7 +12,9 @@ import plotly.express as px
 import streamlit as st
 
 from mlfix.project import Project
-from mlfix.ui import loaders, state
+from mlfix.ui import access, loaders, state, text
+
+access.require("view")  # not only the menu: a page file run directly is checked too
 
 PATCHES = 48
 DISPLAY = 320  # px of the image and its word-grid overlay
@@ -57,11 +59,12 @@ def _word_section(project: Project, freq) -> None:
                    "images that contain it (the cell outlined in red, with some context around it).")
         if patches:
             st.image([p["jpeg"] for p in patches], width=72,
-                     caption=[p["label"] for p in patches])
+                     caption=[text.plain(p["label"]) for p in patches])
     with right:
         classes = loaders.word_classes(project, int(word))
         st.markdown("**Classes it occurs in**")
-        fig = px.bar(classes.head(30), x="images", y="label", orientation="h",
+        shown = classes.head(30).assign(label=lambda t: t["label"].map(text.html_text))  # Plotly renders HTML
+        fig = px.bar(shown, x="images", y="label", orientation="h",
                      hover_data={"share": ":.0%"}, labels={"images": "images with the word", "label": ""})
         fig.update_yaxes(type="category", autorange="reversed")
         fig.update_layout(height=max(200, 22 * min(len(classes), 30) + 60),
@@ -74,18 +77,18 @@ def _image_section(project: Project) -> None:
     samples = project.samples
     labels = ["(all)"] + project.labels
     c1, c2 = st.columns([1, 2])
-    label = c1.selectbox("Class", labels, key="cb_image_class")
+    label = c1.selectbox("Class", labels, key="cb_image_class", format_func=text.visible)
     pool = samples if label == "(all)" else samples[samples["label"] == label]
     ids = pool["sample_id"].astype(str).tolist()[:2000]  # a picker, not a browser: keep it light
     if not ids:
         st.info("No samples in this class.")
         return
-    sample_id = c2.selectbox("Image", ids, key="cb_image")
+    sample_id = c2.selectbox("Image", ids, key="cb_image", format_func=text.visible)
     try:
         plain = loaders.model_view_png(project, sample_id, DISPLAY)
         png, grid = loaders.word_overlay(project, sample_id, display=DISPLAY)
     except Exception as err:  # an unreadable image: say so, keep the page
-        st.error(f"Cannot show `{sample_id}`: {err}")
+        st.error(f"Cannot show {text.code(sample_id)}: {text.plain(err)}")
         return
     words, cells = np.unique(grid, return_counts=True)
     picture, overlay, side = st.columns([1, 1, 1], gap="medium")
@@ -101,7 +104,8 @@ def _image_section(project: Project) -> None:
         st.caption(f"{grid.shape[0]}×{grid.shape[1]} cells, {len(words)} distinct words. Common words "
                    "(in many images) describe background; rare ones are distinctive.")
     label = samples.set_index("sample_id").loc[sample_id, "label"]
-    picture.image(plain, width="stretch", caption=f"{sample_id} · {label}, as the model sees it")
+    picture.image(plain, width="stretch",
+                  caption=f"{text.plain(sample_id)} · {text.plain(label)}, as the model sees it")
     overlay.image(png, width="stretch", caption="its visual words")
 
 

@@ -12,7 +12,10 @@ import streamlit as st
 
 from mlfix.project import Project
 from mlfix.service import jobs
-from mlfix.ui import loaders, state
+from mlfix.settings import IndexSettings
+from mlfix.ui import access, background, loaders, state, text
+
+access.require("create_project")  # not only the menu: a page file run directly is checked too
 
 FLASH_KEY = "mlfix_dataset_flash"
 SOURCES = {"folder": "Folder names (ImageFolder) or unlabeled", "csv": "A CSV file (path, label)",
@@ -44,11 +47,11 @@ def _open(folder: str) -> None:
         st.error("Type the folder of a project to open it.")
         return
     if not Project.is_project(folder):
-        st.error(f"`{folder}` is not an mlfix project (no mlfix.toml). Create one below, or "
+        st.error(f"{text.code(folder)} is not an mlfix project (no mlfix.toml). Create one below, or "
                  "choose the folder that `mlfix index --project DIR` made.")
         return
     state.set_project_dir(folder)
-    _flash("success", f"Opened `{folder}`.")
+    _flash("success", f"Opened {text.code(folder)}.")
     st.rerun()
 
 
@@ -68,16 +71,16 @@ def _check_csv(data: bytes) -> str | None:
     except UnicodeDecodeError:
         return "it is not UTF-8 text (is it really a CSV?)"
     except Exception as err:  # pandas' parser errors come in many types
-        return f"it does not parse as CSV: {str(err).strip() or type(err).__name__}"
+        return f"it does not parse as CSV: {text.plain(str(err).strip() or type(err).__name__)}"
     columns = [str(c).strip().lower() for c in table.columns]
     if "path" not in columns:
-        return f"it needs a `path` column (and usually a `label` column); its columns are {columns}"
+        return f"it needs a `path` column (and usually a `label` column); its columns are {text.plain(columns)}"
     return None
 
 
 def _create_form() -> None:
-    st.caption("Scans the images (headers only) and writes the project folder; indexing runs in "
-               "the background afterwards, on the Training page.")
+    st.caption("Scans the images (headers only) in the background and writes the project folder; "
+               "indexing follows there too (on the Training page).")
     target = st.text_input("New project folder", key="ds_new_dir", placeholder="/path/to/new-project")
     images = st.text_input("Images: a folder or a .zip", key="ds_images", placeholder="/path/to/images")
     source = st.radio("Labels from", list(SOURCES), format_func=SOURCES.get, key="ds_source",
@@ -123,7 +126,7 @@ def _create(target: str, images: str, source: str, labels_path: str | None, uplo
         st.error("Give both the new project folder and the images (a folder or a .zip).")
         return
     if not Path(images).expanduser().exists():
-        st.error(f"The images were not found at `{images}`.")
+        st.error(f"The images were not found at {text.code(images)}.")
         return
     labels = None
     if source in ("csv", "coco"):
@@ -131,7 +134,7 @@ def _create(target: str, images: str, source: str, labels_path: str | None, uplo
             if source == "csv":
                 problem = _check_csv(upload.getvalue())
                 if problem:
-                    st.error(f"The uploaded CSV `{upload.name}` cannot be used: {problem}.")
+                    st.error(f"The uploaded CSV {text.code(upload.name)} cannot be used: {problem}.")
                     return
             labels = _save_upload(upload, Path(target).expanduser())
         elif labels_path and labels_path.strip():
@@ -140,23 +143,20 @@ def _create(target: str, images: str, source: str, labels_path: str | None, uplo
             st.error(f"Give the {source.upper()} file: a path or an upload.")
             return
     kwargs = {"labels": labels} if source == "csv" else {"coco": labels} if source == "coco" else {}
-    try:
-        with st.spinner("Scanning the images…"):
-            project = Project.create(target, images=images, padding=float(padding), **kwargs,
-                                     **{k: (int(v) if isinstance(v, float) else v) for k, v in settings.items()})
-    except (ValueError, FileNotFoundError, OSError) as err:
-        st.error(f"Cannot create the project: {err}")
+    try:  # a typo in the settings is refused here; the scan runs in its own process (not the server's)
+        IndexSettings().replace(**{k: v for k, v in settings.items() if v is not None})
+        Path(target).expanduser().mkdir(parents=True, exist_ok=True)
+    except (ValueError, OSError) as err:
+        st.error(f"Cannot create the project: {text.plain(err)}")
         return
-    state.set_project_dir(project.dir)
-    message = f"Created `{project.dir}`: {len(project.samples):,} samples, {len(project.problems):,} problems."
-    if start_index:
-        try:
-            jobs.start_job(project.dir, "index")
-            message += " Indexing started: follow it on the Training page."
-        except jobs.JobError as err:
-            message += f" Indexing did not start: {err}"
-    _flash("success", message)
-    st.rerun()
+    previous = state.project_dir()
+    state.set_project_dir(target)
+    _flash("success", "Scanning started" + (", then indexing (follow it on the Training page)." if start_index
+                                            else "."))
+    if not background.start_job(target, "index", background.create_args(
+            images, padding=padding, settings=settings, start_index=start_index, **kwargs)):
+        st.session_state.pop(FLASH_KEY, None)  # not started: say why (above) and stay where we were
+        state.set_project_dir(previous)
 
 
 def _overview(project: Project) -> None:
@@ -179,7 +179,8 @@ def _overview(project: Project) -> None:
     st.subheader("Samples per class")
     height = 320 if len(counts) <= 40 else min(1600, 14 * len(counts))
     horizontal = len(counts) > 40  # many classes read better as rows
-    fig = px.bar(counts, x="count" if horizontal else "label", y="label" if horizontal else "count",
+    shown = counts.assign(label=counts["label"].map(text.html_text))  # Plotly renders HTML in ticks
+    fig = px.bar(shown, x="count" if horizontal else "label", y="label" if horizontal else "count",
                  orientation="h" if horizontal else "v", text="count")
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), xaxis_title=None,
                       yaxis_title=None)
@@ -208,27 +209,30 @@ def _examples(project: Project, counts: pd.DataFrame) -> None:
     labels = counts["label"].tolist()
     c1, c2 = st.columns([3, 1])
     default = labels[:12]
-    chosen = c1.multiselect("Classes", labels, default=default, key="ds_example_classes")
+    chosen = c1.multiselect("Classes", labels, default=default, key="ds_example_classes", format_func=text.visible)
     per_class = c2.slider("Per class", 2, 16, 8, key="ds_per_class")
     examples = loaders.examples_per_class(project, per_class)
     for label in chosen:
         ids = examples.get(label, [])
-        st.markdown(f"**{label}** · {int(counts.set_index('label').loc[label, 'count']):,} samples")
+        st.markdown(f"**{text.plain(label)}** · {int(counts.set_index('label').loc[label, 'count']):,} samples")
         if not ids:
             continue
         paths = loaders.thumbnails(project, ids, 96)
-        st.image(paths, width=96, caption=[Path(i).name for i in ids])
+        st.image(paths, width=96, caption=[text.plain(Path(i).name) for i in ids])
 
 
 st.title("Dataset")
 _show_flash()
 folder = state.project_dir()
 project = None
+if folder is not None and not Project.is_project(folder) and background.creation_panel(folder):
+    st.stop()  # the scan runs in a job; its progress refreshes above, the page reruns when it ends
 if folder is not None:
     try:
         project = state.current_project()
     except Exception as err:
-        st.error(f"{err}" if "not an mlfix project" in str(err) else f"Cannot open `{folder}`: {err}")
+        st.error(text.plain(err) if "not an mlfix project" in str(err)
+                 else f"Cannot open {text.code(folder)}: {text.plain(err)}")
 
 if project is None:
     st.info("Open an existing project, or create one from a folder, a zip, a CSV or a COCO file.")
@@ -239,7 +243,7 @@ if project is None:
         _create_form()
     st.stop()
 
-st.caption(f"Project `{project.dir}` · images from `{project.source.get('images')}`")
+st.caption(f"Project {text.code(project.dir)} · images from {text.code(project.source.get('images'))}")
 _overview(project)
 with st.expander("Open or create another project"):
     open_tab, create_tab = st.tabs(["Open a project", "Create a project"])

@@ -8,13 +8,16 @@ import plotly.express as px
 import streamlit as st
 
 from mlfix.project import Project
-from mlfix.review import export
-from mlfix.ui import loaders, state, team
+from mlfix.review import classes, export
+from mlfix.ui import access, loaders, state, team, text
+
+access.require("export")  # not only the menu: a page file run directly is checked too
 
 
 def _downloads(project: Project, last_id: int) -> None:
     st.subheader("Download the corrected labels")
-    key = (str(project.dir), loaders.project_stamp(project.dir), last_id)
+    version = classes.version(loaders.review_store(project))  # a class renamed or merged changes the files too
+    key = (str(project.dir), loaders.project_stamp(project.dir) + (version,), last_id)
     name = Path(project.dir).name
     c1, c2, c3 = st.columns(3)
     c1.download_button("CSV", loaders.export_bytes(*key, "csv"), file_name=f"{name}-labels.csv",
@@ -27,16 +30,17 @@ def _downloads(project: Project, last_id: int) -> None:
         try:
             data = loaders.export_bytes(*key, "coco")
         except (ValueError, OSError) as err:
-            c3.error(f"Cannot build the COCO file from `{coco}`: {err}")
+            c3.error(f"Cannot build the COCO file from {text.code(coco)}: {text.plain(err)}")
         else:
             c3.download_button("COCO", data, file_name=f"{name}-coco.json", mime="application/json",
-                               key="ex_coco", icon=":material/crop_free:", width="stretch")
+                               key="ex_coco", icon=":material/crop_free:", width="stretch",
+                               help=None if coco else "Image-level labels: one annotation per labelled image, "
+                                                      "no boxes; the categories are the class list.")
     elif coco:
-        c3.warning(f"The source COCO file `{coco}` is gone, so no COCO export.")
-    else:
-        c3.caption("COCO: only for a project made from a COCO file (its boxes get the corrected labels).")
+        c3.warning(f"The source COCO file {text.code(coco)} is gone, so no COCO export.")
     st.caption("Columns: `sample_id, path, original_label, corrected_label, changed, status, reviewer, "
                "decided_at`; status is unreviewed, relabeled, flagged (wrong, no new label) or ok. "
+               "The JSON export also holds the class list and its history (classes added, renamed, merged). "
                "From Python: `project.corrected_labels()`.")
 
 
@@ -55,6 +59,7 @@ def _changes(table) -> None:
             moved = per_class[(per_class["moved_in"] > 0) | (per_class["moved_out"] > 0)]
             long = moved.melt(id_vars="label", value_vars=["moved_out", "moved_in"], var_name="direction",
                               value_name="samples")
+            long["label"] = long["label"].map(text.html_text)  # Plotly renders HTML in ticks and hover
             long["direction"] = long["direction"].map({"moved_out": "relabeled away", "moved_in": "relabeled to"})
             fig = px.bar(long, x="label", y="samples", color="direction", barmode="group",
                          color_discrete_map={"relabeled away": "#ef4444", "relabeled to": "#22c55e"})
@@ -82,7 +87,7 @@ st.title("Export")
 try:
     table, last_id = loaders.export_table(project)
 except Exception as err:  # a damaged decisions store: say so instead of a traceback
-    st.error(f"Cannot read the decisions of this project: {err}")
+    st.error(f"Cannot read the decisions of this project: {text.plain(err)}")
     st.stop()
 status = table["status"].value_counts()
 c1, c2, c3, c4, c5 = st.columns(5)

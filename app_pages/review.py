@@ -14,17 +14,16 @@ DIR``, and AppTest). Imports no torch.
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
-import numpy as np
 import pandas as pd
 import streamlit as st
 
 from mlfix.data import thumbnails
 from mlfix.project import Project
 from mlfix.review import actions as review_actions
-from mlfix.review.store import ReviewStore, StoreUnavailable
-from mlfix.ui import access, confusion_section, grid, scores_job, state, team
+from mlfix.review.store import StoreUnavailable
+from mlfix.ui import access, classes_panel, confusion_section, grid, scores_job, state, suggestions, team, text
+from mlfix.ui.review_data import (SIMILARITY_ORDERS, make_items, ordering, page_runs, published_views, review_store,
+                                  sample_tables, score_columns, score_table, scores_by_id, state_of)
 
 GRID_KEY = "mlfix_review_grid"
 PAGE_KEY = "mlfix_review_page"
@@ -35,158 +34,10 @@ BATCHES_KEY = "mlfix_review_batches"
 FOCUS_KEY = "mlfix_review_focus"
 ALL_IMAGES = "(all images)"
 BY_CLASS = "By class"
-SIMILARITY = "Similarity (embedding)"  # the default order: its neighbour purity measured higher
-SIMILARITY_WORDS = "Similarity (visual words)"
-SIMILARITY_ORDERS = {SIMILARITY: "embedding", SIMILARITY_WORDS: "words"}  # sort option -> Project.order(by=)
-NO_EMBEDDING_ORDER = ("This project was indexed before the embedding order existed: showing the visual-word "
-                      "order. Index it again (Training page, or `mlfix index`) to add it; the features are reused.")
 PAGE_SIZES = (100, 150, 200)
 THUMB_SIZE = 128
 PANEL_SIZE = 256
 NEIGHBOURS = 8
-
-
-# ------------------------------------------------------------------------------------ data
-
-
-def review_store(project: Project) -> ReviewStore:
-    """The project's decisions store (one per open project: it holds a connection pool)."""
-    return project.reviews
-
-
-def published_views(project: Project) -> dict[str, dict]:
-    """``{name: {sample_ids, note, created}}`` published from a notebook; {} when none or unsupported."""
-    try:
-        return dict(project.views())
-    except Exception:  # a damaged view file must not break the page
-        return {}
-
-
-def score_table(project: Project) -> pd.DataFrame | None:
-    """The project's last computed scores, or None. Never computes them here: that is slow work
-    for the Training page or a notebook (``project.scores()``), and would import torch."""
-    path = Path(project.dir) / "scores.parquet"
-    if not path.exists():
-        return None
-    try:
-        table = project.cached_scores()
-    except Exception:  # scores being rewritten, or an old format: sort by similarity only
-        return None
-    return table if isinstance(table, pd.DataFrame) and "sample_id" in table.columns else None
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _scores_by_id(project_dir: str, stamp: tuple, _scores: pd.DataFrame) -> pd.DataFrame:
-    return _scores.drop_duplicates("sample_id").set_index("sample_id")
-
-
-def scores_by_id(project: Project, scores: pd.DataFrame | None) -> pd.DataFrame | None:
-    """The scores indexed by sample id (made once per version of scores.parquet)."""
-    from mlfix.ui import loaders
-
-    if scores is None:
-        return None
-    return _scores_by_id(str(project.dir), loaders.stamp(project.dir, ("scores.parquet",)), scores)
-
-
-def score_columns(table: pd.DataFrame | None) -> list[str]:
-    if table is None:
-        return []
-    return [c for c in table.columns if c == "score" or c.startswith("score_")]
-
-
-def ordered_ids(project: Project, label: str | None, view: dict | None, sort: str,
-                scores: pd.DataFrame | None) -> tuple[np.ndarray, str | None]:
-    """The sample ids to review in order, and a note when the order is a fallback."""
-    samples = project.samples
-    note = None
-    if view is not None:
-        wanted = np.asarray(view["sample_ids"], dtype=object)
-        ids = wanted[pd.Index(samples["sample_id"].to_numpy()).get_indexer(wanted) >= 0]
-    elif project.is_indexed:
-        held = project.orderings()
-        by = SIMILARITY_ORDERS.get(sort, held[0])  # a score sort breaks ties in the default order
-        if by not in held:
-            by, note = held[0], NO_EMBEDDING_ORDER
-        ids = np.asarray(project.order(label, by=by), dtype=object)
-    else:
-        subset = samples if label is None else samples[samples["label"] == label]
-        ids = subset["sample_id"].to_numpy(dtype=object)
-        note = "The project is not indexed yet: images are in file order. Index it to see similar images side by side."
-    if sort not in SIMILARITY_ORDERS and scores is not None and sort in scores.columns:
-        by_id = scores.drop_duplicates("sample_id").set_index("sample_id")[sort]
-        values = by_id.reindex(ids).to_numpy(dtype=float)
-        ids = ids[np.argsort(np.where(np.isnan(values), -np.inf, -values), kind="stable")]
-    return ids, note
-
-
-ORDER_FILES = ("samples.parquet", "orders/orders.json", "orders/orders.key.json", "orders/by-embedding/orders.json",
-               "orders/by-embedding/orders.key.json", "scores.parquet")
-
-
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _ordering(project_dir: str, stamp: tuple, label: str | None, view_key: tuple | None, sort: str,
-              _project, _view, _scores) -> tuple[np.ndarray, pd.Index, str | None]:
-    ids, note = ordered_ids(_project, label, _view, sort, _scores)
-    return ids, pd.Index(ids), note
-
-
-def ordering(project: Project, label: str | None, view_name: str, view: dict | None, sort: str,
-             scores: pd.DataFrame | None) -> tuple[np.ndarray, pd.Index, str | None]:
-    """:func:`ordered_ids` plus a hash index of them, cached while the files that made them are
-    unchanged (a class of 100,000 is not re-read and re-hashed at every key press)."""
-    from mlfix.ui import loaders
-
-    view_key = (view_name, view.get("created"), len(view["sample_ids"])) if view is not None else None
-    return _ordering(str(project.dir), loaders.stamp(project.dir, ORDER_FILES), label, view_key, sort,
-                     project, view, scores)
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _sample_tables(project_dir: str, stamp: tuple, _project) -> tuple[pd.Series, list[str]]:
-    samples = _project.samples
-    originals = pd.Series(samples["label"].to_numpy(dtype=object), index=samples["sample_id"].to_numpy())
-    if len(originals):
-        originals.index.get_loc(originals.index[0])  # builds the hash table once, here
-    return originals, list(_project.labels)
-
-
-def sample_tables(project: Project) -> tuple[pd.Series, list[str]]:
-    """(given label by sample id, sorted labels), made once per version of samples.parquet."""
-    from mlfix.ui import loaders
-
-    return _sample_tables(str(project.dir), loaders.stamp(project.dir, ("samples.parquet",)), project)
-
-
-def _state_of(store, index: pd.Index, originals: pd.Series) -> pd.DataFrame:
-    """The review state (status, current label) of those samples of ``index`` that have decisions,
-    by sample id; the others are unreviewed. Costs lookups of the decided ids, not a pass over the
-    class (a class of a million images is as fast as one of a hundred)."""
-    from mlfix.review.log import derive_state
-
-    log = store.decisions()
-    decided = log["sample_id"].unique()
-    touched = decided[index.get_indexer(decided) >= 0] if len(decided) else decided
-    subset = pd.DataFrame({"sample_id": touched, "label": originals.reindex(touched).to_numpy()})
-    return derive_state(log, subset).set_index("sample_id")
-
-
-def make_items(ids: list[str], urls: list[str], current: pd.DataFrame, originals: pd.Series,
-               suggested: pd.Series | None) -> list[dict]:
-    """The grid's items: ``{id, url, label, status, new_label, suggested}``."""
-    items = []
-    for sample_id, url in zip(ids, urls):
-        row = current.loc[sample_id] if sample_id in current.index else None
-        status = str(row["status"]) if row is not None else "unreviewed"
-        label = originals.get(sample_id)
-        item = {"id": sample_id, "url": url, "label": None if pd.isna(label) else str(label),
-                "status": status,
-                "new_label": str(row["label"]) if status == "relabeled" else None}
-        if suggested is not None:
-            value = suggested.get(sample_id)
-            item["suggested"] = None if value is None or pd.isna(value) else str(value)
-        items.append(item)
-    return items
 
 
 # ------------------------------------------------------------------------------------ actions
@@ -215,7 +66,10 @@ def _apply_actions(project: Project, store, labels: list[str], view: str | None)
     try:
         result = _applier().apply(payload, store, labels, access.reviewer(),
                                   known_ids=(lambda s: _is_known(known, s)) if known else None,
-                                  view=view)
+                                  view=view, shown=grid.shown_ids(GRID_KEY), rate=team.rate_limiter())
+    except review_actions.BatchError as err:  # not a batch at all: resending it cannot help
+        st.session_state[ERRORS_KEY] = [f"Refused a malformed batch: {err}"]
+        return
     except Exception as err:  # the grid resends the batch; say why it was not stored
         st.session_state[ERRORS_KEY] = [f"Not stored yet ({type(err).__name__}: {err}); retrying."]
         if isinstance(err, StoreUnavailable):
@@ -264,7 +118,7 @@ def _panel(project: Project, store, focus: str, url_for, originals: pd.Series, s
         near = []
     if near:
         small = thumbnails.for_project(project, THUMB_SIZE)
-        current = _state_of(store, pd.Index(near), originals)
+        current = state_of(store, pd.Index(near), originals)
         panel["neighbours"] = make_items(near, url_for(small, near), current, originals, None)
     return panel
 
@@ -289,6 +143,8 @@ def main() -> None:
 
     # ---- pickers ---------------------------------------------------------------------------
     conf = confusion_section.confusion_data(project, scores, originals)
+    originals, classes = classes_panel.effective(store, originals, labels)  # after renames/merges; the palette
+    unlabeled = int(originals.isna().sum())  # label mode: all images first
     cell = st.session_state.get(confusion_section.CELL_KEY) if conf is not None else None
     cell_ids_view = confusion_section.cell_view(project, conf[0], cell) if cell is not None else None
     widths = ([1.0] if cell is not None else []) + ([1.3] if views else []) + [1.3, 1.2, 0.7, 0.75, 0.75]
@@ -300,14 +156,14 @@ def main() -> None:
     view_name = BY_CLASS
     if views:
         view_name = cols.pop(0).selectbox("Images", [BY_CLASS] + list(views), key="mlfix_review_view",
-                                          disabled=cell is not None,
+                                          disabled=cell is not None, format_func=text.visible,
                                           help="Views are published from Python with project.publish_view().")
     view = views.get(view_name) if view_name != BY_CLASS else None
     if cell is not None:
         view_name, view = f"confusion: {cell[0]} → {cell[1]}", cell_ids_view
-    label_options = labels + [ALL_IMAGES] if labels else [ALL_IMAGES]
+    label_options = [ALL_IMAGES] + labels if unlabeled else labels + [ALL_IMAGES]
     label = cols[0].selectbox("Class", label_options, key="mlfix_review_class", disabled=view is not None,
-                              help="Images whose given label is this class.")
+                              format_func=text.visible, help="Images whose given label is this class.")
     sort = cols[1].selectbox("Sort by", list(SIMILARITY_ORDERS) + score_columns(scores), key="mlfix_review_sort",
                              help="Similarity: similar images side by side, by the pooled embedding (the "
                                   "default: more neighbours of the same class) or by shared visual words. "
@@ -315,7 +171,10 @@ def main() -> None:
                                   "suspicious first.")
     page_size = cols[2].selectbox("Per page", PAGE_SIZES, index=len(PAGE_SIZES) - 1, key="mlfix_review_size")
     scores_job.offer(project, scores)  # no scores yet: compute them in the background
+    suggestions.trust_warning(project)  # the probe near chance: label-based scores are not to be trusted
+    suggestions.offer(project, scores)  # labelling from scratch: suggested labels for the rest
     confusion_section.section(project, scores, conf, cell)
+    classes_panel.section(store, labels, classes, unlabeled, len(originals))
 
     ids, id_index, note = ordering(project, None if label == ALL_IMAGES else label, view_name, view, sort,
                                    scores)
@@ -326,11 +185,13 @@ def main() -> None:
     pages = max(1, math.ceil(len(ids) / page_size))
     page = min(max(0, int(st.session_state.get(PAGE_KEY, 0))), pages - 1)
     st.session_state[PAGE_KEY] = page
-    if len(ids):  # with several reviewers, the page on screen is this reviewer's for a while
-        page = team.claim_page(store, f"{view_name if view is not None else label} · {sort} · {page_size}",
-                               page, pages, access.reviewer(), PAGE_KEY)
-        if page is None:
+    page_ids = [str(s) for s in ids[page * page_size:(page + 1) * page_size]]
+    if len(ids):  # with several reviewers, the images on screen are this reviewer's for a while
+        claimed = team.claim_page(store, ids, originals.index.get_indexer(ids), page, page_size,
+                                  access.reviewer(), PAGE_KEY)
+        if claimed is None:
             return
+        page_ids, page, pages = claimed
     cols[3].button("Prev", key="mlfix_review_prev", icon=":material/chevron_left:", on_click=_turn_page,
                    args=(-1,), disabled=page == 0, width="stretch", help="Previous page (p)")
     cols[4].button("Next", key="mlfix_review_next", icon=":material/chevron_right:", on_click=_turn_page,
@@ -338,26 +199,33 @@ def main() -> None:
     if note:
         st.caption(note)
     if view is not None and view.get("note"):
-        st.caption(f"View **{view_name}**: {view['note']}")
+        st.caption(f"View **{text.plain(view_name)}**: {text.plain(view['note'])}")
     if len(ids) == 0:
         st.info("No images here.")
         return
 
     # ---- the grid ----------------------------------------------------------------------------
-    page_ids = [str(s) for s in ids[page * page_size:(page + 1) * page_size]]
     static_dir = grid.static_serving_dir()
 
     def url_for(cache, some_ids):
         return grid.thumbnail_urls(cache, some_ids, static_dir)
 
     urls = url_for(thumbnails.for_project(project, THUMB_SIZE), page_ids)
-    current = team.read_or(lambda: _state_of(store, id_index, originals),
+    current = team.read_or(lambda: state_of(store, id_index, originals),
                            lambda: pd.DataFrame(columns=["label", "status"]), key=str(context))
     indexed_scores = scores_by_id(project, scores)
     suggested = None
     if indexed_scores is not None and "suggested_label" in indexed_scores.columns:
         suggested = indexed_scores["suggested_label"]
+    hint = suggestions.for_grid(project, scores)  # (label, confidence) by id; None: the scores' own
+    if hint is not None:
+        suggested = hint[0]
     items = make_items(page_ids, urls, current, originals, suggested)
+    if hint is not None:
+        suggestions.add_confidence(items, hint[1])
+    for item, run in zip(items, page_runs(project, None if label == ALL_IMAGES else label, sort, view,
+                                          id_index.get_indexer(page_ids)) or ()):
+        item["run"] = run
     reviewed = int((current["status"] != "unreviewed").sum())
     title = (f"Confusion: {cell[0]} → {cell[1]}" if cell is not None
              else f"View: {view_name}" if view is not None else f"Class: {label}")
@@ -368,13 +236,14 @@ def main() -> None:
                          lambda: {"id": focus, "url": url_for(thumbnails.for_project(project, PANEL_SIZE), [focus])[0],
                                   "label": _text(originals.get(focus))})
     errors = st.session_state.get(ERRORS_KEY) or []
-    grid.render(key=GRID_KEY, view=f"{context}|{page}", items=items, palette=grid.palette(labels),
+    team.show_refusals(errors)
+    grid.render(key=GRID_KEY, view=f"{context}|{page}", items=items, palette=grid.palette(classes),
                 counter={"reviewed": reviewed, "total": len(ids), "title": title},
                 page={"index": page, "count": pages}, acks=dict(_applier().last_seq), panel=panel,
                 errors=errors, show_labels=view is not None or label == ALL_IMAGES,
-                show_suggested=sort not in SIMILARITY_ORDERS or cell is not None,
-                batches=st.session_state.get(BATCHES_KEY, 0),
-                on_actions=lambda: _apply_actions(project, store, labels,
+                show_suggested=sort not in SIMILARITY_ORDERS or cell is not None or hint is not None,
+                batches=st.session_state.get(BATCHES_KEY, 0), reviewer_tag=team.reviewer_tag(),
+                on_actions=lambda: _apply_actions(project, store, classes,
                                                   view_name if view is not None else None))
     if static_dir is None:
         st.caption("Tip: set `server.enableStaticServing = true` in `.streamlit/config.toml` for faster "

@@ -20,12 +20,14 @@ import streamlit as st
 from mlfix.cli.train import default_init
 from mlfix.project import Project
 from mlfix.service import jobs
-from mlfix.ui import background, loaders, state
+from mlfix.ui import access, background, finetune_section, loaders, state, text
+
+access.require("train")  # not only the menu: a page file run directly is checked too
 
 REFRESH_S = 2.0
 MAX_POINTS = 2000  # points of the loss curve sent to the browser
 KILL_AFTER_S = 15.0  # offer SIGKILL when a stopped job is still running after this long
-JOB_NAMES = {"index": "Indexing", "train": "Training", "scores": "Scoring"}
+JOB_NAMES = {"index": "Indexing", "train": "Training", "scores": "Scoring", "finetune": "Fine-tuning"}
 INDEX_STAGES = ["scan", "features", "cells", "codebook", "words", "bags", "orders", "scores"]
 
 
@@ -99,14 +101,14 @@ def _status_panel(status: jobs.JobStatus) -> None:
     name = JOB_NAMES.get(status.kind, status.kind or "Job")
     started = time.strftime("%H:%M:%S", time.localtime(record.get("started", 0))) if record else ""
     if status.state == "running":
-        st.info(f"**{name}** is running (pid {record.get('pid')}, since {started}). You can leave or "
+        st.info(f"**{name}** is running (pid {text.plain(record.get('pid'))}, since {started}). You can leave or "
                 "refresh this page: the job goes on.")
     elif status.state == "finished":
         st.success(f"{name} finished (started {started}).")
     elif status.state == "stopped":
         st.warning(f"{name} was stopped (started {started}). Start it again to resume.")
     elif status.state == "failed":
-        st.error(f"{name} failed: {status.message}.")
+        st.error(f"{name} failed: {text.plain(status.message)}.")
         if status.log_tail.strip():
             st.code(status.log_tail[-3000:], language=None)
 
@@ -121,8 +123,8 @@ def _train_controls(project: Project, running: bool) -> None:
         total = checkpoint.get("total_steps")
         loss = checkpoint.get("loss")
         loss_text = f", loss {loss:.4g}" if isinstance(loss, (int, float)) else ""
-        st.markdown(f"Checkpoint: epoch **{checkpoint.get('epoch', '?')}** of "
-                    f"{saved.get('epochs', '?')}, step {checkpoint.get('step', '?')}"
+        st.markdown(f"Checkpoint: epoch **{text.plain(checkpoint.get('epoch', '?'))}** of "
+                    f"{text.plain(saved.get('epochs', '?'))}, step {text.plain(checkpoint.get('step', '?'))}"
                     f"{f' of {total}' if total else ''}{loss_text}.")
     c1, c2, c3 = st.columns(3)
     epochs = c1.number_input("Epochs (total)", 1, 10_000, int(saved.get("epochs", 10)), key="tr_epochs")
@@ -168,7 +170,7 @@ def _index_controls(project: Project, running: bool) -> None:
     settings = project.settings
     trained = (project.dir / "models" / "last.pt").is_file()
     weights = str(settings.weights)
-    st.markdown(f"Backbone **{settings.backbone}**, weights **{weights}**"
+    st.markdown(f"Backbone **{text.plain(settings.backbone)}**, weights **{text.plain(weights)}**"
                 f"{' (the trained checkpoint)' if weights == 'auto' and trained else ''}, "
                 f"{project.image_size} px{' (auto)' if settings.image_size == 'auto' else ''}, "
                 f"{settings.words} words.")
@@ -215,6 +217,7 @@ def _progress_view(project_dir: Path, was_running: bool) -> None:
     train = loaders.progress_records(project_dir / "progress" / "train.jsonl")
     index = loaders.progress_records(project_dir / "progress" / "index.jsonl")
     st.subheader("Progress")
+    finetune_section.progress_view(project_dir)
     if not train and not index:
         st.caption("No job has reported progress in this project yet.")
     train_rows = [r for r in _stage_rows(train) if r["stage"] == "train"]
@@ -239,7 +242,7 @@ def _progress_view(project_dir: Path, was_running: bool) -> None:
         for row in sorted(index_rows, key=lambda r: INDEX_STAGES.index(r["stage"])
                           if r["stage"] in INDEX_STAGES else len(INDEX_STAGES)):
             eta = "" if row["fraction"] >= 1 else f" · ETA {_duration(row['eta_s'])}"
-            st.progress(row["fraction"], text=f"{row['stage']}: {row['done']:,} of {row['total']:,}{eta}")
+            st.progress(row["fraction"], text=f"{text.plain(row['stage'])}: {row['done']:,} of {row['total']:,}{eta}")
     if status.running:
         with st.expander("Log"):
             st.code(status.log_tail[-3000:] or "(nothing yet)", language=None)
@@ -267,6 +270,7 @@ with left:
     _train_controls(project, status.running)
 with right:
     _index_controls(project, status.running)
+finetune_section.finetune_controls(project, status.running)
 
 # Refresh only the progress, and only while a job runs (here, or from a terminal: `mlfix index`).
 live = status.running or _recently_written(project.dir)

@@ -43,6 +43,16 @@ def write_digits(folder: Path, flip_rate: float = 0.05, seed: int = 0, limit: in
     return pd.DataFrame(rows)
 
 
+def digits_samples(folder: Path, limit: int | None = None):
+    """(DataRoot, samples table) of the demo's digits written to ``folder``: the data side of a project
+    without the project, for examples of the pipeline's parts (training, fine-tuning)."""
+    from mlfix.data.images import DataRoot
+    from mlfix.data.scan import scan
+
+    write_digits(Path(folder), limit=limit)
+    return DataRoot(folder), scan(folder).samples
+
+
 def build_demo(project_dir: str | Path, limit: int | None = None, index: bool = True, **settings):
     """Create (or reuse) the demo project; returns the :class:`~mlfix.project.Project`."""
     from mlfix.project import Project

@@ -71,6 +71,10 @@ class PermissionDenied(MlfixError, PermissionError):
     """An identity tried an action its role does not allow."""
 
 
+class UnsafeServeError(MlfixError):
+    """``mlfix serve`` refused to start: the network could reach a session without sign-in."""
+
+
 class JobError(MlfixError):
     """A job cannot be started or controlled; the message says why and what to do."""
 
@@ -101,3 +105,8 @@ class WeightsUnavailableError(MlfixError, RuntimeError):
 class NotEnoughLabelsError(MlfixError, ValueError):
     """Label-error scores need labels in at least two classes (``Project.scores`` on an unlabeled or
     one-class project); the message says what works instead (the similarity order)."""
+
+
+class ClassListError(MlfixError, ValueError):
+    """A class change that does not apply (a name already taken, a class that is not there, an empty
+    name); the message says what to do instead (e.g. merge rather than rename onto an existing class)."""

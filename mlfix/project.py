@@ -38,9 +38,10 @@ import pandas as pd
 
 from mlfix.data.images import DataRoot, load_image
 from mlfix.data.scan import problems_frame, scan
-from mlfix.errors import NotAProjectError, NotEnoughLabelsError, NotIndexedError
-from mlfix.pipeline.artifacts import atomic_parquet, read_key, same_key, write_key
+from mlfix.errors import NotAProjectError, NotIndexedError
+from mlfix.pipeline.artifacts import atomic_parquet, read_key
 from mlfix.progress import Progress, ProgressFn
+from mlfix.project_labels import ProjectLabels
 from mlfix.settings import CONFIG_NAME, IndexSettings, read_config, write_config
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["Project", "NotAProjectError"]
 
 
-class Project:
+class Project(ProjectLabels):
     """An mlfix project folder (see docs/architecture.md for its layout)."""
 
     def __init__(self, directory: str | os.PathLike):
@@ -263,6 +264,13 @@ class Project:
         ``by`` chooses the order (``"embedding"``, ``"words"``; None: the default, see :meth:`order_rows`)."""
         return self.samples["sample_id"].to_numpy()[self.order_rows(label, by)]
 
+    def runs(self, label: str | None = None, by: str | None = None) -> np.ndarray:
+        """Run id (0, 1, 2, ...) of each position of :meth:`order` ``(label, by)``: a new run starts
+        where the order's similarity drops (:mod:`mlfix.pipeline.ordering.runs`)."""
+        from mlfix.pipeline.ordering.runs import run_ids
+
+        return run_ids(self.pooled(), self.order_rows(label, by))
+
     def neighbours(self, sample_id: str, k: int = 8) -> list[str]:
         """The ``k`` nearest readable samples by pooled embedding (cosine), nearest first.
 
@@ -282,67 +290,6 @@ class Project:
         ids = self.samples["sample_id"].to_numpy()
         return [ids[rows[i]] for i in found[0] if i >= 0 and rows[i] != row][:k]
 
-    # ---- suspected label errors -----------------------------------------------------------------
-
-    def scores(self, methods=None) -> pd.DataFrame:
-        """Suspected label errors, one row per readable sample, most suspect first (see mlfix.scoring.registry).
-
-        Columns: sample_id, path, label, score, suggested_label, then ``score_<method>`` and
-        ``suggested_<method>`` per method. Rows are sorted by ``score``, highest (most suspect)
-        first; ties keep the sample order; unlabeled samples have no score (NaN) and come last
-        (their ``suggested_label`` is still a guess). The review loop learns: labels are the
-        corrected ones and samples a reviewer relabeled or confirmed are trusted. Recomputed only
-        when the index or the decisions changed since the last call; :meth:`cached_scores` never
-        recomputes.
-
-        Raises :class:`~mlfix.errors.NotEnoughLabelsError` when the readable samples' labels name
-        fewer than two classes (an unlabeled folder): the message says what works instead.
-        """
-        from mlfix.scoring.contract import most_suspect_first
-        from mlfix.scoring.registry import compute_scores
-
-        self._require_index()
-        samples = self.samples
-        state = self.reviews.current_state(samples[["sample_id", "label"]])
-        key = {"index": read_key(self.dir / "orders" / "orders.key.json"), "decisions": self.reviews.last_id(),
-               "methods": sorted(methods) if methods else None}
-        path = self.dir / "scores.parquet"
-        if same_key(self.dir / "scores.key.json", key) and path.exists():
-            table = pd.read_parquet(path)  # sorted again: a table written unsorted by an older mlfix
-            return most_suspect_first(table, pd.Index(samples["sample_id"]).get_indexer(table["sample_id"]))
-        rows = np.flatnonzero(self.readable())
-        classes = pd.Series(state["label"].to_numpy()[rows], dtype=object).dropna().unique()
-        if len(rows) and len(classes) < 2:
-            raise NotEnoughLabelsError(self._too_few_classes(sorted(map(str, classes))))
-        trusted = state["status"].isin(["ok", "relabeled"]).to_numpy()
-        table = compute_scores(np.asarray(self.pooled()[rows], dtype=np.float32),
-                               state["label"].to_numpy()[rows], samples["sample_id"].to_numpy()[rows],
-                               bags=np.asarray(self.bags()[rows]), trusted=trusted[rows],
-                               methods=methods, seed=self.settings.seed)
-        table.insert(1, "path", samples["path"].to_numpy()[rows])
-        table = most_suspect_first(table, rows)
-        atomic_parquet(table, path)
-        write_key(self.dir / "scores.key.json", key)
-        return table
-
-    def scores_unavailable(self) -> str | None:
-        """Why :meth:`scores` cannot rank label errors here (the given labels name fewer than two
-        classes), saying what works instead; None when the labels allow it. Cheap: reads the sample
-        table only."""
-        labels = self.labels
-        return self._too_few_classes(labels) if len(labels) < 2 else None
-
-    def _too_few_classes(self, classes: list[str]) -> str:
-        found = "no labels" if not classes else f"one class only ({classes[0]!r})"
-        return (f"{found}: label-error scores need at least two classes; the similarity order works: "
-                f"open the Review page (`mlfix serve --project {self.dir}`)")
-
-    def cached_scores(self) -> pd.DataFrame | None:
-        """The last computed scores table, most suspect first as :meth:`scores` wrote it (possibly
-        older than the latest decisions), or None."""
-        path = self.dir / "scores.parquet"
-        return self._load_parquet("scores.parquet") if path.exists() else None
-
     # ---- review: decisions, corrected labels, views ---------------------------------------------
 
     @property
@@ -353,6 +300,14 @@ class Project:
         if "reviews" not in self._cache:
             self._cache["reviews"] = ReviewStore.for_project(self.dir, labels=self.labels)
         return self._cache["reviews"]
+
+    @property
+    def classes(self):
+        """The class list: given labels + classes added, renamed, merged (``.names``, ``.add``, ``.rename``,
+        ``.merge``, ``.events``; :class:`mlfix.review.classes.ProjectClasses`)."""
+        from mlfix.review.classes import ProjectClasses
+
+        return ProjectClasses(self.reviews, self.labels)
 
     def decisions(self) -> pd.DataFrame:
         """The decision log: id, client_id, sample_id, kind, label, reviewer, created_at, undoes."""
@@ -379,17 +334,19 @@ class Project:
         return list_views(self.dir)
 
     def serve(self, port: int | None = None, address: str = "localhost",
-              timeout: float = 90) -> AppServer:
+              timeout: float = 90, insecure: bool = False) -> AppServer:
         """Start the app on this project in a background process; returns once it answers.
 
         Returns a :class:`mlfix.service.server.AppServer`: ``.url`` (also its ``str()``), ``.stop()``;
         ``with project.serve() as app:`` stops it after the block, and it stops when Python exits.
         Its output goes to ``serve.log`` in the project (named in the error if it does not start).
+        As ``mlfix serve``: a non-loopback ``address`` without sign-in raises ``UnsafeServeError``
+        unless ``insecure=True``.
         """
         from mlfix.service.server import serve_app
 
         self._cache["server"] = app = serve_app(self.dir, port, address, log=self.dir / "serve.log",
-                                                timeout=timeout, start_new_session=True)
+                                                timeout=timeout, insecure=insecure, start_new_session=True)
         return app
 
     def progress_log(self, job: str) -> list[dict]:

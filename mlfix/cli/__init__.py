@@ -3,6 +3,7 @@
     mlfix index --images PATH [--labels CSV | --coco JSON] --project DIR [--backbone NAME[+NAME...]]
                 [--image-size PX] [--tta-flip] [--words K] [--weights auto|random|imagenet|offline|trained|FILE]
     mlfix train --project DIR [--epochs N] [--batch-size B] [--image-size PX] [--init offline|random|imagenet|FILE] [--lr LR] [--no-flip]
+    mlfix finetune --project DIR [--folds K] [--epochs N] [--image-size PX] [--train head|last|last2|last3|all] [--max-train N]
     mlfix scores --project DIR [-o scores.csv]
     mlfix serve --project DIR [--port PORT] [--address ADDR] [--db URL]
     mlfix status --project DIR
@@ -15,9 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mlfix.cli import export, index, scores, serve, status, train
+from mlfix.cli import export, finetune, index, scores, serve, status, train
 
-COMMANDS = (index, train, scores, serve, status, export)  # each module: add_parser(commands) and run(args)
+COMMANDS = (index, train, finetune, scores, serve, status, export)  # each module: add_parser(commands) and run(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,11 +8,12 @@ from mlfix.review.export import FORMATS
 
 
 def add_parser(commands) -> None:
-    p = commands.add_parser("export", help="write the corrected labels (csv, json, or coco for COCO projects)")
+    p = commands.add_parser("export", help="write the corrected labels (csv, json or coco)")
     p.add_argument("--project", required=True, help="project folder")
     p.add_argument("--format", choices=FORMATS, default=None,
-                   help="csv (one row per sample), json (the same plus the project), or coco (the source COCO "
-                        "file with each box's category corrected; projects made with --coco only). "
+                   help="csv (one row per sample), json (the same plus the project and its class list), or coco "
+                        "(a --coco project: the source file with each box's category corrected; else a new file "
+                        "of image-level labels). "
                         "Default: from the suffix of -o, else csv")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write; - for standard output")
     p.set_defaults(run=run)
@@ -32,14 +33,16 @@ def output_format(fmt: str | None, output: str) -> str:
 def run(args) -> int:
     from mlfix.atomic import atomic_path
     from mlfix.project import Project
+    from mlfix.review.classes import export_info
     from mlfix.review.export import export_bytes
 
     project = Project.open(args.project)
     fmt = output_format(args.format, args.output)
     table = project.corrected_labels()
-    data = export_bytes(table, fmt, source=project.source,
+    data = export_bytes(table, fmt, source=project.source, samples=project.samples,
                         project={"dir": str(project.dir), "source": project.source,
-                                 "last_decision_id": project.reviews.last_id()})
+                                 "last_decision_id": project.reviews.last_id(),
+                                 **export_info(project.reviews, project.labels)})
     if args.output == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.flush()

@@ -37,6 +37,8 @@ def add_parser(commands) -> None:
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, help="image decoding processes")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--scan-only", action="store_true",
+                   help="create (or rescan) the project and stop before indexing (the app's Dataset page)")
     p.set_defaults(run=run)
 
 
@@ -63,6 +65,10 @@ def run(args) -> int:
         project = Project.open(args.project)
     else:
         raise ValueError(f"{args.project} is not a project yet: give --images to create it")
+    if getattr(args, "scan_only", False):
+        progress.close()
+        _print_summary(project)
+        return 0
     project.index(progress=progress, workers=args.workers, device=args.device,
                   quality=getattr(args, "quality", None), announce=print, **settings)
     scores = _scores_after_index(project, progress)

@@ -29,8 +29,15 @@ def run(args) -> int:
     except NotEnoughLabelsError as err:  # an unlabeled folder: one line on what works instead
         print(f"mlfix scores: {err}", file=sys.stderr)
         return 2
+    trust = table.attrs.get("trust") or {}
+    if trust.get("verdict") in ("untrusted", "weak"):  # the probe near chance: say so first
+        print(f"mlfix scores: warning: {trust['message']}", file=sys.stderr)
     if args.output:
-        table.to_csv(args.output, index=False)
+        from mlfix.atomic import atomic_path
+        from mlfix.review.export import safe_csv  # text that a spreadsheet would run: quoted
+
+        with atomic_path(args.output) as tmp:
+            tmp.write_bytes(safe_csv(table))
         print(f"{len(table)} rows, most suspect first -> {args.output}")
     else:
         print_top(table, TOP, project.dir)
@@ -41,7 +48,10 @@ def print_top(table: pd.DataFrame, n: int, project_dir) -> None:
     """The ``n`` most suspect samples (label, suggested label, score) and where the full table is."""
     scored = table[table["score"].notna()]
     print(f"The {min(n, len(scored))} most suspect of {len(scored)} scored samples:")
+    from mlfix.ui.text import visible  # a label's escape sequences would drive the terminal: shown as [U+001B]
+
     top = scored[COLUMNS].head(n).assign(score=lambda t: t["score"].map("{:.3f}".format))
+    top = top.map(lambda v: visible(v) if isinstance(v, str) else v)
     print(top.to_string(index=False))
     unscored = len(table) - len(scored)
     note = f"; {unscored} unlabeled samples have no score" if unscored else ""

@@ -15,6 +15,9 @@ def add_parser(commands) -> None:
                         "default: MLFIX_DB_URL, else reviews.db in the project)")
     p.add_argument("--db-retries", type=int, default=5, metavar="N",
                    help="how often to try reaching the database before giving up (default 5)")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve a non-loopback --address without sign-in (everyone who reaches it is admin); "
+                        "refused otherwise: set MLFIX_ADMIN_TOKEN and MLFIX_REVIEWER_TOKEN instead")
     p.set_defaults(run=run)
 
 
@@ -22,13 +25,21 @@ def run(args) -> int:
     import os
     import subprocess
 
+    from mlfix.errors import AuthConfigError, SettingsError, UnsafeServeError
     from mlfix.project import Project
     from mlfix.review.store import ENV_DB_URL, ReviewStore, StoreUnavailable
+    from mlfix.service.server import check_deployment
 
     project = Project.open(args.project)
     env = dict(os.environ)
     if args.db:
         env[ENV_DB_URL] = args.db
+    try:  # what protects the session, said before anything starts; refused when nothing would
+        report = check_deployment(args.address, args.port, project.dir, env, insecure=args.insecure)
+    except (AuthConfigError, SettingsError, UnsafeServeError) as error:
+        print(f"mlfix serve: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(report), file=sys.stderr, flush=True)
     if env.get(ENV_DB_URL):
         # Reach the database now, so a wrong URL or a server that is down is said here, once.
         try:

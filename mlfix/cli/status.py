@@ -38,6 +38,7 @@ def status_lines(project: "Project") -> list[str]:
     lines += _data_lines(project)
     lines += _index_lines(project)
     lines += _scores_lines(project)
+    lines += _finetune_lines(project)
     lines += _decision_lines(project)
     lines += _job_lines(project)
     return lines
@@ -141,6 +142,20 @@ def _scores_lines(project) -> list[str]:
         if last is not None and last != key.get("decisions"):
             freshness = "older than the latest decisions: `mlfix scores` recomputes them"
     return [f"scores    computed {_when(path)}, {freshness}"]
+
+
+def _finetune_lines(project) -> list[str]:
+    """The last fine-tuning result (``mlfix finetune``), or where an unfinished run stands."""
+    from mlfix.training.finetune import summary_text
+    from mlfix.training.finetune import FinetuneResult
+
+    folder = project.dir / "finetune"
+    result = FinetuneResult.load(folder)
+    if result is not None:
+        return [f"finetune  {summary_text(result.summary)}, {_when(folder / 'result.json')}; the scores use it"]
+    if any(folder.glob("fold*.pt")):
+        return ["finetune  unfinished: `mlfix finetune` resumes it"]
+    return []
 
 
 def _has_store(project) -> bool:

@@ -6,6 +6,11 @@ refused with :class:`~mlfix.errors.UnsafePathError`. An image that cannot be use
 not an image, truncated, too small, a decompression bomb) raises :class:`~mlfix.errors.ImageError`
 whose message is the reason shown to the user; decoding errors never become half-grey images.
 
+Nothing hostile is read into memory either (:mod:`mlfix.limits`): a zip member whose declared size is
+over ``zip_member_bytes`` or that expands more than ``zip_member_ratio`` times (a zip bomb) is refused
+before it is read, every read stops at ``zip_member_bytes`` (declared sizes can lie), and an image
+whose header declares more than ``image_pixels`` pixels is refused before it is decoded.
+
     >>> import tempfile
     >>> from PIL import Image
     >>> folder = tempfile.mkdtemp()
@@ -17,21 +22,27 @@ whose message is the reason shown to the user; decoding errors never become half
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import stat
 import threading
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from mlfix import limits
 from mlfix.errors import ImageError, UnsafePathError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 MIN_SIDE = 8  # smaller images carry no usable visual words
-MAX_PIXELS = 89_478_485  # PIL's own bomb threshold; a declared size above this is refused unread
+RATIO_FLOOR = 2**20  # a member this small cannot exhaust memory: its compression ratio is not checked
+CHUNK = 2**20
 
 # Decoding errors must surface as errors, never as half-grey images.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -109,43 +120,122 @@ class DataRoot:
         )
 
     def read_bytes(self, path: str) -> bytes:
-        """The bytes of one file; :class:`ImageError` if missing or outside the root."""
+        """The bytes of one file, read with a bound (``limits.zip_member_bytes``); :class:`ImageError`
+        if missing, refused by the limits, or outside the root."""
+        with self.open(path) as handle:
+            return read_bounded(handle, limits.current().zip_member_bytes, safe_relative_path(path))
+
+    def open(self, path: str) -> BinaryIO:
+        """A binary file object of one file, after the checks that need no reading (in a zip: the
+        declared size and ratio, links; in a folder: links out of the root, the file's kind and size)."""
         rel = safe_relative_path(path)
         if self.is_zip:
             try:
-                return self._zip().read(rel)
+                info = self._zip().getinfo(rel)
             except KeyError:
                 raise ImageError(f"file not found in zip: {rel}") from None
+            check_zip_member(info)
+            try:
+                return self._zip().open(info)
+            except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError) as err:
+                raise ImageError(f"cannot read zip member {rel}: {err}") from None
         full = (self.location / rel).resolve()
         if not full.is_relative_to(self.location):
             raise UnsafePathError(f"path leaves the data root through a link: {rel!r}")
-        try:
-            return full.read_bytes()
+        try:  # O_NONBLOCK: opening a FIFO named like an image must not wait for a writer
+            handle = os.fdopen(os.open(full, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb")
         except FileNotFoundError:
             raise ImageError(f"file not found: {rel}") from None
         except IsADirectoryError:
             raise ImageError(f"is a folder, not an image: {rel}") from None
+        except OSError as err:
+            raise ImageError(f"cannot open {rel}: {err.strerror or err}") from None
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limits.current().zip_member_bytes:
+            handle.close()
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageError(f"not a regular file (a device, pipe or socket): {rel}")
+            raise ImageError(_too_big(rel, info.st_size, "is"))
+        return handle
+
+
+def _mb(size: int) -> str:
+    """``_mb(3 * 2**20) == '3.0 MB'``; under 1 MB, in bytes: ``_mb(2000) == '2,000 bytes'``."""
+    return f"{size / 2**20:,.1f} MB" if size >= 2**20 else f"{size:,} bytes"
+
+
+def _too_big(name: str, size: int, verb: str) -> str:
+    limit = limits.current().zip_member_bytes
+    return (f"{name} {verb} {_mb(size)}, over the limit of {_mb(limit)} per image "
+            f"({limits.Limits.env_name('zip_member_bytes')}); not read")
+
+
+def check_zip_member(info: zipfile.ZipInfo) -> None:
+    """Refuse a zip member before reading it: a link, a folder, an encrypted member, a declared size
+    over ``limits.zip_member_bytes``, or (above 1 MB) a ratio over ``limits.zip_member_ratio``."""
+    name, mode = info.filename, info.external_attr >> 16
+    if info.is_dir():
+        raise ImageError(f"is a folder, not an image: {name}")
+    if stat.S_ISLNK(mode):
+        raise ImageError(f"zip member is a symbolic link, not an image: {name}")
+    if info.flag_bits & 0x1:
+        raise ImageError(f"zip member is encrypted: {name}")
+    if info.file_size > limits.current().zip_member_bytes:
+        raise ImageError(_too_big(f"zip member {name}", info.file_size, "declares"))
+    ratio = info.file_size / max(1, info.compress_size)
+    most = limits.current().zip_member_ratio
+    if info.file_size > RATIO_FLOOR and ratio > most:
+        raise ImageError(f"zip member {name} expands {ratio:,.0f} times ({_mb(info.compress_size)} to "
+                         f"{_mb(info.file_size)}), over the limit of {most:,} "
+                         f"({limits.Limits.env_name('zip_member_ratio')}): a zip bomb? not read")
+
+
+def read_bounded(handle: BinaryIO, limit: int, name: str) -> bytes:
+    """Read ``handle`` to its end, but never more than ``limit`` bytes (:class:`ImageError` past it:
+    a zip member may declare less than it holds); a damaged zip member is an ImageError too."""
+    chunks, total = [], 0
+    try:
+        while True:
+            chunk = handle.read(min(CHUNK, limit + 1 - total))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise ImageError(f"{name} holds more than the limit of {_mb(limit)} per image "
+                                 f"({limits.Limits.env_name('zip_member_bytes')}); reading stopped")
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+        raise ImageError(f"cannot read {name}: {err}") from None
 
 
 def _is_hidden(path: str) -> bool:
-    return any(part.startswith(".") or part == "__MACOSX" for part in path.split("/"))
+    # ".." is not hidden: a name that climbs out is kept, to be refused with its reason
+    return any((part.startswith(".") and part != "..") or part == "__MACOSX" for part in path.split("/"))
 
 
-def open_image_header(data: bytes) -> Image.Image:
-    """Open an image lazily (header only) and check its declared size."""
-    if not data:
-        raise ImageError("empty file (0 bytes)")
+def open_image_header(data: bytes | BinaryIO) -> Image.Image:
+    """Open an image lazily (header only: bytes or a file object) and check its declared size
+    against ``limits.image_pixels`` and :data:`MIN_SIDE` before anything is decoded."""
+    if isinstance(data, (bytes, bytearray)):
+        data = io.BytesIO(data)
     try:
-        image = Image.open(io.BytesIO(data))
+        if not data.read(1):
+            raise ImageError("empty file (0 bytes)")
+        data.seek(0)
+        image = Image.open(data)
     except UnidentifiedImageError:
         raise ImageError("not an image, or an unknown image format") from None
     except Image.DecompressionBombError as err:
         raise ImageError(f"declared size too large (decompression bomb): {err}") from None
-    except Exception as err:  # PIL raises many kinds on garbage
+    except ImageError:
+        raise
+    except Exception as err:  # PIL raises many kinds on garbage; a damaged zip member too
         raise ImageError(f"cannot read image header: {err}") from None
     width, height = image.size
-    if width * height > MAX_PIXELS:
-        raise ImageError(f"declared size {width}x{height} is too large (over {MAX_PIXELS:,} pixels)")
+    most = limits.current().image_pixels
+    if width * height > most:
+        raise ImageError(f"image too large to decode: {width}x{height} is {width * height:,} pixels, over "
+                         f"the limit of {most:,} ({limits.Limits.env_name('image_pixels')})")
     if min(width, height) < MIN_SIDE:
         raise ImageError(f"image too small ({width}x{height} px; at least {MIN_SIDE} px a side)")
     return image
@@ -176,13 +266,16 @@ def decode_image(data: bytes, box: tuple[float, float, float, float] | None = No
                  target_size: int | None = None) -> Image.Image:
     """Decode bytes into an RGB image, optionally cropped to ``box`` = (x, y, w, h).
 
-    ``target_size`` lets JPEG decode at a reduced scale (draft mode), which is several times faster
-    for large photos that are resized down anyway.
+    ``target_size`` lets JPEG decode at a reduced scale (draft mode: 1/2, 1/4 or 1/8, several times
+    faster and smaller for large photos that are resized down anyway); a box is then scaled with it,
+    so that the crop is still at least ``target_size`` on its longer side.
     """
     image = open_image_header(data)
+    full_width, scale = image.size[0], 1.0
     try:
-        if target_size and box is None and image.format == "JPEG":
-            image.draft("RGB", (target_size, target_size))
+        if target_size and image.format == "JPEG":
+            image.draft("RGB", _draft_request(image.size, box, target_size))
+            scale = image.size[0] / full_width  # the same on both sides (1/2, 1/4 or 1/8)
         image = ImageOps.exif_transpose(image) or image
         image.load()
     except ImageError:
@@ -190,9 +283,25 @@ def decode_image(data: bytes, box: tuple[float, float, float, float] | None = No
     except Exception as err:
         raise ImageError(f"cannot decode image (corrupt or truncated): {err}") from None
     if box is not None:
-        x, y, w, h = box
+        x, y, w, h = (value * scale for value in box)
         image = image.crop((int(round(x)), int(round(y)), int(round(x + w)), int(round(y + h))))
     return to_rgb(image)
+
+
+def _draft_request(size: tuple[int, int], box: tuple[float, float, float, float] | None,
+                   target_size: int) -> tuple[int, int]:
+    """The size to ask JPEG draft mode for, so that ``box`` (or the whole image) keeps at least
+    ``target_size`` pixels on its longer side.
+
+    >>> _draft_request((4000, 3000), None, 256)
+    (256, 256)
+    >>> _draft_request((4000, 3000), (0, 0, 400, 200), 256)
+    (2560, 1920)
+    """
+    if box is None:
+        return (target_size, target_size)
+    scale = min(1.0, target_size / max(1.0, max(box[2], box[3])))
+    return (int(round(size[0] * scale)), int(round(size[1] * scale)))
 
 
 def load_image(root: DataRoot, row: pd.Series | dict, target_size: int | None = None) -> Image.Image:
@@ -205,3 +314,24 @@ def row_box(row: pd.Series | dict) -> tuple[float, float, float, float] | None:
     if any(v is None or (isinstance(v, float) and np.isnan(v)) for v in box):
         return None
     return tuple(float(v) for v in box)  # type: ignore[return-value]
+
+
+_SLOTS_LOCK = threading.Lock()
+_SLOTS: dict[int, threading.BoundedSemaphore] = {}  # decode_concurrency -> its semaphore
+
+
+@contextlib.contextmanager
+def decode_slot() -> Iterator[None]:
+    """Hold one of ``limits.decode_concurrency`` full-size decode slots of this process.
+
+    Every tab's thumbnails are made in the server process; a page of large images decoded by every
+    thread at once would take the memory of all of them together. Wrap a full-size decode in it::
+
+        with decode_slot():
+            image = project.image(sample_id)
+    """
+    most = limits.current().decode_concurrency
+    with _SLOTS_LOCK:
+        slots = _SLOTS.setdefault(most, threading.BoundedSemaphore(most))
+    with slots:
+        yield

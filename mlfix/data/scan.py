@@ -12,6 +12,10 @@ plus a way to label what is in it:
 with a stable ``sample_id``) and a ``problems`` table (every file that was skipped, and why; a COCO box
 that reached past the image edge is kept, clipped to the image, with a row of stage ``clipped``).
 Nothing outside the data root is ever read: paths with ``..`` or absolute paths become problems.
+Nor is anything too big for memory (:mod:`mlfix.limits`): only image headers are read, and a zip
+member that declares more than ``zip_member_bytes`` or expands more than ``zip_member_ratio`` times,
+or an image of more than ``image_pixels`` pixels, is a problem row (stage ``read``) that says which
+limit refused it; the scan goes on.
 
 Example::
 
@@ -31,6 +35,7 @@ Example::
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -114,29 +119,54 @@ def _rows_from_folder(root: DataRoot) -> list[dict]:
 
 
 def _rows_from_csv(csv_path: Path, problems: list[dict]) -> list[dict]:
+    """Rows of a labels CSV (UTF-8, a BOM allowed); a row that cannot be read is a problem, never
+    dropped silently (wrong number of fields, a field over the csv module's limit, a quote not closed)."""
     if not csv_path.is_file():
         raise FileNotFoundError(f"labels CSV not found: {csv_path}")
-    bad_lines: list[list[str]] = []
     try:
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, engine="python",
-                            on_bad_lines=lambda line: bad_lines.append(line) and None)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            lines = list(_csv_lines(handle))
+    except (UnicodeDecodeError, csv.Error) as err:
         raise ValueError(f"cannot parse labels CSV {csv_path.name}: {err}") from None
-    table.columns = [str(c).strip().lower() for c in table.columns]
-    if "path" not in table.columns:
-        raise ValueError(f"labels CSV {csv_path.name} needs a 'path' column; it has {list(table.columns)}")
-    for line in bad_lines:
-        problems.append({"sample_id": None, "path": line[0] if line else None, "stage": "csv",
-                         "reason": f"row has {len(line)} fields, the header has {len(table.columns)}"})
-    has_label = "label" in table.columns
+    if not lines or isinstance(lines[0][1], str):
+        raise ValueError(f"cannot parse labels CSV {csv_path.name}: "
+                         f"{lines[0][1] + ' in its header' if lines else 'it is empty'}")
+    header = [str(c).strip().lower() for c in lines[0][1]]
+    if "path" not in header:
+        raise ValueError(f"labels CSV {csv_path.name} needs a 'path' column; it has {header}")
+    at_path, at_label = header.index("path"), header.index("label") if "label" in header else None
     rows = []
-    for path, label in zip(table["path"], table["label"] if has_label else [""] * len(table)):
-        path, label = path.strip(), label.strip()
+    for number, fields in lines[1:]:
+        if isinstance(fields, str) or len(fields) != len(header):
+            reason = fields if isinstance(fields, str) else (
+                f"row has {len(fields)} fields, the header has {len(header)}"
+                + ("; a quote is not closed" if any("\n" in f for f in fields) else ""))
+            path = fields[0][:200] if not isinstance(fields, str) and fields else None
+            problems.append({"sample_id": None, "path": path, "stage": "csv", "reason": f"line {number}: {reason}"})
+            continue
+        path, label = fields[at_path].strip(), fields[at_label].strip() if at_label is not None else ""
         if not path:
             problems.append({"sample_id": None, "path": None, "stage": "csv", "reason": "empty path"})
             continue
         rows.append({"sample_id": path, "path": path, "label": label or None})
     return rows
+
+
+def _csv_lines(handle) -> Iterable[tuple[int, list[str] | str]]:
+    """``(line number, fields)`` per row, or ``(line number, why it cannot be read)``; blank rows skipped."""
+    reader = csv.reader(handle)
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            if "field larger than field limit" not in str(err):
+                raise
+            yield reader.line_num, f"a field is longer than {csv.field_size_limit():,} characters"
+            continue
+        if fields:
+            yield reader.line_num, fields
 
 
 def _rows_from_coco(coco_path: Path, padding: float, problems: list[dict]) -> list[dict]:
@@ -147,28 +177,51 @@ def _rows_from_coco(coco_path: Path, padding: float, problems: list[dict]) -> li
         annotations = coco["annotations"]
     except FileNotFoundError:
         raise FileNotFoundError(f"COCO file not found: {coco_path}") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError) as err:  # JSON, UTF-8, or the wrong shape
         raise ValueError(f"not a valid COCO file ({coco_path.name}): {err!r}") from None
+    if not isinstance(annotations, list):
+        raise ValueError(f"not a valid COCO file ({coco_path.name}): 'annotations' is not a list")
     rows = []
     for ann in annotations:
-        ann_id = ann.get("id")
-        image = images.get(ann.get("image_id"))
-        bbox = ann.get("bbox")
-        if image is None or not isinstance(bbox, list) or len(bbox) != 4:
-            problems.append({"sample_id": f"annotation {ann_id}", "path": None, "stage": "coco",
-                             "reason": "annotation without a known image or a 4-number bbox"})
-            continue
-        x, y, w, h = (float(v) for v in bbox)
-        if w <= 0 or h <= 0:
-            problems.append({"sample_id": f"{image['file_name']}#{ann_id}", "path": image["file_name"],
-                             "stage": "coco", "reason": f"empty box {bbox}"})
-            continue
-        size = (image.get("width"), image.get("height"))
-        rows.append({"sample_id": f"{image['file_name']}#{ann_id}", "path": image["file_name"],
-                     "label": categories.get(ann.get("category_id")), "box": (x, y, w, h),
-                     "padding": padding, "coco_size": size if all(_positive(v) for v in size) else None,
-                     "coco_annotation_id": ann_id})
+        row = _coco_row(ann, images, categories, padding)
+        (rows if "box" in row else problems).append(row)
     return rows
+
+
+def _file_name(images: dict, ann) -> str | None:
+    """The ``file_name`` of an annotation's image, None when there is no usable one."""
+    try:
+        image = images.get(ann.get("image_id")) if isinstance(ann, dict) else None
+    except TypeError:  # an unhashable image_id
+        return None
+    name = image.get("file_name") if isinstance(image, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def _coco_row(ann, images: dict, categories: dict, padding: float) -> dict:
+    """One crop sample from a COCO annotation, or (without a ``box``) the problems row saying why not."""
+    name = _file_name(images, ann)
+    bbox = ann.get("bbox") if isinstance(ann, dict) else None
+    ann_id = ann.get("id") if isinstance(ann, dict) else None
+    if name is None or not isinstance(bbox, list) or len(bbox) != 4 or not all(_number(v) for v in bbox):
+        return {"sample_id": f"annotation {ann_id}", "path": None, "stage": "coco",
+                "reason": "annotation without a known image or a 4-number bbox"}
+    x, y, w, h = (float(v) for v in bbox)
+    if w <= 0 or h <= 0:
+        return {"sample_id": f"{name}#{ann_id}", "path": name, "stage": "coco", "reason": f"empty box {bbox}"}
+    image = images[ann.get("image_id")]
+    size = (image.get("width"), image.get("height"))
+    try:
+        label = categories.get(ann.get("category_id"))
+    except TypeError:  # an unhashable category_id
+        label = None
+    return {"sample_id": f"{name}#{ann_id}", "path": name, "label": None if label is None else str(label),
+            "box": (x, y, w, h), "padding": padding,
+            "coco_size": size if all(_positive(v) for v in size) else None, "coco_annotation_id": ann_id}
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def _positive(value) -> bool:
@@ -235,8 +288,9 @@ def _check_headers(root: DataRoot, rows: list[dict], problems: list[dict],
     sizes: dict[str, tuple[int, int] | str] = {}
 
     def header(path: str) -> tuple[str, tuple[int, int] | str]:
-        try:
-            return path, open_image_header(root.read_bytes(path)).size
+        try:  # the header only: a member refused by the limits is never read, the rest only in part
+            with root.open(path) as handle:
+                return path, open_image_header(handle).size
         except ImageError as err:
             return path, str(err)
 

@@ -8,6 +8,12 @@ asked for and then only read from disk: the page asks for the 100-200 it shows, 
 An image that cannot be read gets a grey placeholder with a cross instead (and a ``.bad`` marker
 beside it, so that the broken file is not read again at every page view).
 
+Links under ``thumbs/`` are never followed: a thumbnail, marker or sub-folder that is a symbolic link
+(or anything but a plain file or folder) is not ours; it is replaced by a thumbnail made from the
+image, and every write is a rename over the name, never a write through it. In the app, full-size
+decodes for thumbnails wait for one of ``limits.decode_concurrency`` slots
+(:func:`mlfix.data.images.decode_slot`).
+
 Example (in the app, ``load`` is ``project.image`` and the folder ``<project>/thumbs``; see
 :func:`for_project`):
     >>> import tempfile
@@ -21,19 +27,22 @@ Example (in the app, ``load`` is ``project.image`` and the folder ``<project>/th
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
 from PIL import Image, ImageDraw
-from mlfix.atomic import atomic_path
+from mlfix.atomic import atomic_path, write_text_atomic
 
 DEFAULT_SIZE = 128
 JPEG_QUALITY = 85
 PLACEHOLDER_GREY = (200, 200, 200)
 
 LoadFn = Callable[[str], Image.Image]
+_LOG = logging.getLogger(__name__)
 
 
 def thumbnail_relpath(sample_id: str, size: int = DEFAULT_SIZE) -> str:
@@ -110,17 +119,20 @@ class ThumbnailCache:
     def ensure(self, sample_id: str) -> Path:
         """The thumbnail's path, making the thumbnail first if it is not on disk yet."""
         target = self.path(sample_id)
-        if target.exists():
+        if is_plain_file(target):
             return target
+        _own_folder(self.folder)
+        _own_folder(target.parent)
         try:
             thumb = make_thumbnail(self.load(sample_id), self.size)
             bad = None
         except Exception as err:  # a broken image must not break the page
             thumb, bad = placeholder(self.size), f"{type(err).__name__}: {err}"
             self.errors[sample_id] = bad
-        _write_atomic(thumb, target)
+            _LOG.warning("placeholder thumbnail for %r: %s", sample_id, bad)  # once: the marker stays
+        _write_atomic(thumb, target)  # a rename: replaces a link, never writes through one
         if bad is not None:
-            target.with_suffix(".bad").write_text(bad, encoding="utf-8")
+            write_text_atomic(target.with_suffix(".bad"), bad)
         return target
 
     def ensure_many(self, sample_ids: Iterable[str]) -> list[Path]:
@@ -130,7 +142,7 @@ class ThumbnailCache:
         """
         ids = list(sample_ids)
         paths = [self.path(s) for s in ids]
-        missing = [s for s, p in zip(ids, paths) if s not in self._on_disk and not p.exists()]
+        missing = [s for s, p in zip(ids, paths) if s not in self._on_disk and not is_plain_file(p)]
         if len(missing) == 1 or self.workers == 1:
             for s in missing:
                 self.ensure(s)
@@ -142,7 +154,7 @@ class ThumbnailCache:
 
     def is_placeholder(self, sample_id: str) -> bool:
         """True if the stored thumbnail is a placeholder for an unreadable image."""
-        return self.path(sample_id).with_suffix(".bad").exists()
+        return is_plain_file(self.path(sample_id).with_suffix(".bad"))
 
 
 def for_project(project, size: int = DEFAULT_SIZE, workers: int = 4) -> ThumbnailCache:
@@ -174,13 +186,46 @@ _CACHES: dict[tuple, ThumbnailCache] = {}
 
 
 def _project_loader(project, size: int) -> LoadFn:
+    from mlfix.data.images import decode_slot  # the server process: bounded full-size decodes
+
     def load(sample_id: str) -> Image.Image:
-        try:
-            return project.image(sample_id, target_size=2 * size)
-        except TypeError:  # a project object whose image() takes no target_size
-            return project.image(sample_id)
+        with decode_slot():
+            try:
+                return project.image(sample_id, target_size=2 * size)
+            except TypeError:  # a project object whose image() takes no target_size
+                return project.image(sample_id)
 
     return load
+
+
+def is_plain_file(path: str | os.PathLike) -> bool:
+    """True if ``path`` is a regular file itself (not a link to one, not a pipe or device)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def read_thumbnail(path: str | os.PathLike) -> bytes:
+    """The bytes of a thumbnail file, refusing a symbolic link (``O_NOFOLLOW``) or a non-file."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise OSError(f"not a plain file: {path}")
+        return handle.read()
+
+
+def _own_folder(folder: Path) -> None:
+    """Make ``folder`` a real folder of ours: a link (or file) in its place is removed, never followed."""
+    try:
+        mode = os.lstat(folder).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISDIR(mode):
+        os.unlink(folder)  # removes the link itself; what it pointed to is untouched
+        mode = None
+    if mode is None:
+        folder.mkdir(parents=True, exist_ok=True)
 
 
 def _write_atomic(image: Image.Image, target: Path) -> None:

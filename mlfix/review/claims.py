@@ -18,8 +18,10 @@ partial unique index, at most one open claim (``ended_at IS NULL``) per (label, 
 database itself refuse a second holder should anything else write the table. So two reviewers
 asking at once get different pages.
 
-``label`` is the class label, or any name for an ordered list of pages (the UI uses the class, the
-sort and the page size, since those decide which samples are on page 3). Times come from the
+``label`` is the class label, or any name for an ordered list of pages. The Review page claims
+*sample rows* instead (:meth:`ClaimBook.claim_rows`, label ``"samples"``, page = the sample's row
+in the project): what a reviewer holds is a fixed set of images, whatever the page size or sort,
+so two reviewers sorting or paging differently never get the same images. Times come from the
 injectable ``clock`` (UTC), so tests can let claims expire without waiting.
 
 Example::
@@ -33,7 +35,8 @@ Example::
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Callable, Iterator
+import numbers
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -218,6 +221,46 @@ class ClaimBook:
                     return page
         return None
 
+    def claim_rows(self, label: str, rows: Collection[int], reviewer: str,
+                   minutes: float = DEFAULT_MINUTES) -> dict[int, Claim]:
+        """Claim exactly ``rows`` (fixed sample rows, stored as pages of ``label``) for ``reviewer``.
+
+        All or nothing: when someone else holds any of them, nothing changes and the conflicting
+        claims are returned (``{row: Claim}``); otherwise the rows are claimed (or extended), the
+        reviewer's other claims on ``label`` end, and ``{}`` is returned. Claims on sample rows do
+        not depend on how a page is sorted or sized, so two reviewers never hold the same image.
+        Example: ``book.claim_rows("samples", [4, 9, 12], "ann") -> {}``
+        """
+        label, reviewer, minutes = _check(label, reviewer, minutes)
+        wanted = sorted({_check_page(_plain_int(r)) for r in rows})
+        t = claims_table
+        with self._write(label) as conn:
+            now = self._now()
+            self._expire(conn, label, now)
+            holders = self._holders(conn, label)
+            taken = {r: Claim(label, r, h["reviewer"], h["claimed_at"], h["expires_at"])
+                     for r in wanted if (h := holders.get(r)) is not None and h["reviewer"] != reviewer}
+            if taken:
+                return taken
+            until = now + _dt.timedelta(minutes=minutes)
+            mine = {r for r, h in holders.items() if h["reviewer"] == reviewer}
+            keep = set(wanted)
+            mine_open = [t.c.label == label, t.c.reviewer == reviewer, t.c.ended_at.is_(None)]
+            for chunk in _chunks(sorted(mine - keep)):
+                conn.execute(t.update().where(*mine_open, t.c.page.in_(chunk)).values(ended_at=now, ended_by="move"))
+            for chunk in _chunks(sorted(mine & keep)):
+                conn.execute(t.update().where(*mine_open, t.c.page.in_(chunk)).values(expires_at=until))
+            new = [{"label": label, "page": r, "reviewer": reviewer, "claimed_at": now, "expires_at": until}
+                   for r in wanted if r not in mine]
+            if new:
+                conn.execute(t.insert(), new)
+        return {}
+
+    def held_by_others(self, label: str, reviewer: str) -> dict[int, Claim]:
+        """The open, unexpired claims on ``label`` of everyone but ``reviewer``, by page (or row)."""
+        label = _check_label(label)
+        return {c.page: c for c in self._open(label) if c.reviewer != reviewer}
+
     def renew(self, label: str, page: int, reviewer: str, minutes: float = DEFAULT_MINUTES) -> _dt.datetime:
         """Extend ``reviewer``'s claim on ``page`` (re-claim it if it expired and is still free).
 
@@ -288,6 +331,16 @@ class ClaimBook:
         ended_by = frame["ended_by"].astype(object)
         frame["ended_by"] = ended_by.where(ended_by.notna(), None)  # None for open claims, not NaN
         return frame
+
+
+def _plain_int(value: Any) -> Any:
+    """A numpy integer as an int (``_check_page`` refuses everything else that is not an int)."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+
+
+def _chunks(values: list[int], size: int = 500) -> Iterator[list[int]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
 
 
 def _check_label(label: Any) -> str:

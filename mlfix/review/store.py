@@ -58,9 +58,10 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from mlfix.review import classes
 from mlfix.review.database import (StoreUnavailable, WriterQueue, create_engine, lock_key, sqlite_url,
                                    unavailable_as_error)
-from mlfix.review.log import (DECISION_COLUMNS, derive_state, effective_mask, final_labels, final_state,
+from mlfix.review.log import (DECISION_COLUMNS, effective_mask, final_labels, final_state,
                               find_conflicts, reviewer_summary)
 from mlfix.review.schema import (check_batch, check_same_decision, decisions_table, log_frame, metadata,
                                  validate_decision)
@@ -182,7 +183,7 @@ class ReviewStore:
         """
         if isinstance(decisions, Mapping):
             decisions = [decisions]
-        allowed = frozenset(labels) if labels is not None else self.labels
+        allowed = frozenset(labels) if labels is not None else classes.allowed_labels(self)
         rows = [validate_decision(d, allowed, i) for i, d in enumerate(decisions)]
         if not rows:
             return []
@@ -357,8 +358,8 @@ class ReviewStore:
             return int(conn.execute(sa.select(sa.func.max(decisions_table.c.id))).scalar() or 0)
 
     def current_state(self, samples: pd.DataFrame) -> pd.DataFrame:
-        """The state of each sample derived from the log; see :func:`derive_state`."""
-        return derive_state(self.decisions(), samples)
+        """The state of each sample from the log, class renames and merges applied (:mod:`mlfix.review.classes`)."""
+        return classes.store_state(self, samples)
 
     def corrected_labels(self, samples: pd.DataFrame) -> pd.DataFrame:
         """Export table: sample_id, [path], original_label, corrected_label, changed (bool).
@@ -378,13 +379,13 @@ class ReviewStore:
 
     def conflicts(self, samples: pd.DataFrame) -> pd.DataFrame:
         """Samples where reviewers' latest effective decisions disagree; see :func:`find_conflicts`."""
-        return find_conflicts(self.decisions(), samples)
+        return find_conflicts(*classes.store_inputs(self, samples))
 
     def final_labels(self, samples: pd.DataFrame, rule: str = "latest", admins: Collection[str] = ()) -> pd.DataFrame:
         """The final label of each sample under a rule for disagreements; see :func:`final_labels`."""
-        return final_labels(self.decisions(), samples, rule, admins)
+        return final_labels(*classes.store_inputs(self, samples), rule, admins)
 
     def final_state(self, samples: pd.DataFrame, rule: str = "latest", admins: Collection[str] = ()) -> pd.DataFrame:
         """:meth:`current_state` with ``label`` decided by ``rule`` (input for ``export.export_table``)."""
-        return final_state(self.decisions(), samples, rule, admins)
+        return final_state(*classes.store_inputs(self, samples), rule, admins)
 

@@ -41,6 +41,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from mlfix.data.folds import fold_splits
 from mlfix.scoring.confident_learning import find_label_issues, import_cleanlab, self_confidence
 from mlfix.scoring.contract import (Labels, check_embeddings, check_ids, check_trusted, encode_labels,
                                     finish_score, score_frame)
@@ -74,6 +75,25 @@ class OutOfFold:
         if not self.classes:
             return np.full(self.probs.shape[0], None, dtype=object)
         return np.array(self.classes, dtype=object)[self.probs.argmax(axis=1)]
+
+
+def aligned_out_of_fold(probs: np.ndarray, classes: Sequence, fold: np.ndarray, labels: Sequence) -> OutOfFold:
+    """Probabilities made elsewhere (a fine-tuned network's, a user's model's) as an :class:`OutOfFold`
+    whose columns follow the classes of ``labels`` (:func:`encode_labels`): a class the model never
+    saw gets probability 0, a model class absent from the labels is dropped, rows are renormalised.
+
+    >>> oof = aligned_out_of_fold(np.array([[0.9, 0.1], [0.2, 0.8]]), ["b", "a"], np.array([0, 1]), ["a", "b"])
+    >>> oof.classes, oof.probs.round(2).tolist()
+    (['a', 'b'], [[0.1, 0.9], [0.8, 0.2]])
+    """
+    wanted = encode_labels(labels).classes
+    given = pd.Index([str(c) for c in classes])
+    columns = given.get_indexer([str(c) for c in wanted])
+    probs = np.asarray(probs, dtype=np.float64)
+    out = np.where(columns >= 0, probs[:, np.maximum(columns, 0)], 0.0)
+    total = out.sum(axis=1, keepdims=True)
+    out = np.divide(out, total, out=np.full_like(out, 1.0 / max(1, len(wanted))), where=total > 0)
+    return OutOfFold(out, list(wanted), np.asarray(fold, dtype=np.int64))
 
 
 def out_of_fold_probabilities(embeddings: np.ndarray, labels: Sequence, folds: int = 5, seed: int = 0,
@@ -177,7 +197,7 @@ def _one_fit(x: np.ndarray, coded: Labels, mask: np.ndarray, folds: int, seed: i
     held = np.flatnonzero(coded.labeled & ~mask)  # samples that get a real out-of-fold prediction
     always = np.flatnonzero(coded.labeled & mask)  # trusted: in every training fold
     rest = np.flatnonzero(~(coded.labeled & ~mask))  # trusted + unlabeled: mean of the fold models
-    splits = _fold_splits(coded.codes[held], folds, seed)
+    splits = fold_splits(coded.codes[held], folds, seed)
     for f, (train_pos, test_pos) in enumerate(splits):
         train = np.concatenate([held[train_pos], always])
         test = held[test_pos]
@@ -191,24 +211,6 @@ def _one_fit(x: np.ndarray, coded: Labels, mask: np.ndarray, folds: int, seed: i
                              probe, seed)
         probs[:] = predict(x)
     return OutOfFold(probs, coded.classes, fold_of)
-
-
-def _fold_splits(codes: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from sklearn.model_selection import KFold, StratifiedKFold
-
-    if len(codes) < 2:
-        return []
-    folds = min(folds, len(codes))
-    counts = np.bincount(codes)
-    counts = counts[counts > 0]
-    # StratifiedKFold spreads each class over the folds; it only refuses when *every* class is smaller
-    # than the number of folds, where plain shuffled KFold is the best we can do.
-    if counts.max() >= folds:
-        splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "least populated class has only 1 member"
-            return list(splitter.split(np.zeros(len(codes)), codes))
-    return list(KFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(codes))))
 
 
 def _fit_probe(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, max_iter: int, probe: str,

@@ -43,6 +43,7 @@ from mlfix.scoring.combine import COMBINED_DEFAULT, COMBINED_WEIGHTS, combined
 from mlfix.scoring.contract import SCORE_COLUMNS, check_embeddings, check_ids, check_trusted, encode_labels
 from mlfix.scoring.neighbours import DEFAULT_K, Neighbours, embedding_neighbours, knn_vote, word_vote
 from mlfix.scoring.probe import OutOfFold, confident_learning, out_of_fold_probabilities, probe_loss
+from mlfix.scoring.trust import label_trust
 
 RESOURCES = ("embeddings", "words", "neighbours", "probe", "scores")
 DEFAULT_CHECK = "combined"  # the queue reviewers see: ``score`` and ``suggested_label`` come from it
@@ -214,7 +215,9 @@ def compute_scores(embeddings: np.ndarray, labels: Sequence, sample_ids: Sequenc
     registry order, then each check's extra columns as ``<column>_<name>`` (``flag_cleanlab``).
     ``methods``: names from :data:`REGISTRY` (default: every check the inputs allow; ``words`` needs
     ``bags``). Shared resources are computed once (see :class:`Inputs`). Unlabeled samples (None/NaN)
-    get a NaN score; fewer than two classes among the labels is a ValueError that says so.
+    get a NaN score; fewer than two classes among the labels is a ValueError that says so. When the
+    probe was fitted, ``table.attrs["trust"]`` says whether the labels can be trusted
+    (:func:`mlfix.scoring.trust.label_trust`).
 
     Example:
         >>> x = np.r_[np.zeros((20, 2)), np.ones((20, 2))] + np.random.default_rng(0).normal(0, .1, (40, 2))
@@ -230,7 +233,11 @@ def compute_scores(embeddings: np.ndarray, labels: Sequence, sample_ids: Sequenc
         raise ValueError(f"{found}: label-error scores need labels of at least two classes; without them, "
                          "order the images by similarity instead (mlfix.pipeline.ordering)")
     wanted = select_checks(methods, inputs)
-    return _wide_table(inputs, {name: inputs.scores(name) for name in wanted})
+    table = _wide_table(inputs, {name: inputs.scores(name) for name in wanted})
+    if "probe" in inputs._shared:  # the probe was fitted: say whether its labels can be trusted
+        found = label_trust(inputs.probe, inputs.labels, inputs.trusted)
+        table.attrs["trust"] = found.as_dict() if found is not None else None
+    return table
 
 
 def select_checks(methods: Iterable[str] | None, inputs: Inputs) -> list[str]:

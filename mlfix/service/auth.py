@@ -12,8 +12,9 @@ Modes (:func:`auth_mode`)
     ``token`` an access token is configured: ``MLFIX_ADMIN_TOKEN`` / ``MLFIX_REVIEWER_TOKEN`` in the
               environment, or ``[mlfix] admin_token = "..."`` / ``reviewer_token = "..."`` in the
               secrets (the environment wins when both set one). A person types a token and their
-              name; the token gives the role.
-    ``open``  nothing configured: local single-user use, everyone is admin (as before).
+              name; the token gives the role. A token set but empty, or weak, is an AuthConfigError.
+    ``open``  nothing configured (no token set at all): local single-user use, everyone is admin;
+              ``mlfix serve`` refuses it on a non-loopback address without ``--insecure``.
 
 Roles: ``admin`` creates and opens projects, trains, indexes, exports, resolves conflicts and
 reviews; ``reviewer`` reviews only (see :data:`ACTIONS`).
@@ -41,6 +42,8 @@ from mlfix.errors import AuthConfigError, AuthError, PermissionDenied
 MODES = ("open", "token", "oidc")
 ROLES = ("admin", "reviewer")
 MIN_TOKEN_LENGTH = 16
+MIN_TOKEN_DISTINCT = 8  # "aaaaaaaaaaaaaaaa" is long enough and guessed at once; token_urlsafe(24) has ~24
+MAKE_TOKEN = "`python -c 'import secrets; print(secrets.token_urlsafe(24))'`"
 MAX_NAME_LENGTH = 64
 ENV_ADMIN_TOKEN = "MLFIX_ADMIN_TOKEN"
 ENV_REVIEWER_TOKEN = "MLFIX_REVIEWER_TOKEN"
@@ -60,11 +63,12 @@ ACTIONS: dict[str, frozenset[str]] = {
     "resolve_conflicts": frozenset({"admin"}),          # pick the final-label rule, see conflicts
     "publish_view": frozenset({"admin"}),
     "release_claims": frozenset({"admin"}),             # free a page someone else holds
+    "manage_classes": frozenset({"admin"}),             # add, rename and merge classes
 }
 _WHAT = {"review": "review", "view": "view pages", "open_project": "open another project",
          "create_project": "create a project", "train": "train the model", "index": "index the project",
          "export": "export labels", "resolve_conflicts": "resolve conflicts", "publish_view": "publish views",
-         "release_claims": "release another reviewer's pages"}
+         "release_claims": "release another reviewer's pages", "manage_classes": "add, rename or merge classes"}
 
 
 @dataclass(frozen=True)
@@ -112,36 +116,67 @@ def _section(secrets: Mapping[str, Any] | None, name: str) -> Mapping[str, Any]:
 
 
 def _text_setting(secrets_section: Mapping[str, Any], key: str, environ: Mapping[str, str], env: str) -> str | None:
-    value = environ.get(env)
-    if value is None or value == "":
-        value = secrets_section.get(key)
-    if value is None or value == "":
+    """A token from the environment (wins) or the secrets; None when neither sets it.
+
+    Set but empty (``MLFIX_ADMIN_TOKEN=`` when the command meant to make it failed) is an error, never
+    "not configured": an empty token silently meant open mode, where every visitor is admin.
+    """
+    if env in environ:
+        where, value = env, environ[env]
+    elif key in secrets_section:
+        where, value = f"[{SECTION}] {key}", secrets_section[key]
+    else:
         return None
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise AuthConfigError(f"{where} is set but empty: give it a token of at least {MIN_TOKEN_LENGTH} random "
+                              f"characters ({MAKE_TOKEN}), or remove it to run without sign-in on this machine only")
     if not isinstance(value, str):
         raise AuthConfigError(f"[{SECTION}] {key} must be a string, got {type(value).__name__}")
-    return value
+    return value.strip()
+
+
+def _weak_token(role: str, token: str) -> str | None:
+    """Why ``token`` is too weak to guard a server (too short, too few different characters), or None."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        return f"the {role} token is too short ({len(token)} characters): use at least {MIN_TOKEN_LENGTH} random " \
+               f"characters, e.g. {MAKE_TOKEN}"
+    if len(set(token)) < MIN_TOKEN_DISTINCT:
+        return f"the {role} token is too easy to guess ({len(set(token))} different characters): use at least " \
+               f"{MIN_TOKEN_DISTINCT} different ones, e.g. {MAKE_TOKEN}"
+    return None
 
 
 def _list_setting(secrets_section: Mapping[str, Any], key: str, environ: Mapping[str, str], env: str) -> list[str]:
-    raw = environ.get(env)
-    if raw:
-        return [v.strip() for v in raw.split(",") if v.strip()]
-    value = secrets_section.get(key, [])
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise AuthConfigError(f"[{SECTION}] {key} must be a list of e-mail addresses, e.g. {key} = [\"ann@example.org\"]")
-    return [v.strip() for v in value if v.strip()]
+    """A list of addresses from the environment (comma-separated, wins) or the secrets.
+
+    Set but naming nobody (``MLFIX_REVIEWERS=``, ``reviewers = [""]``) is an error: an empty
+    ``reviewers`` means "anyone the identity provider lets in", so a blank must not turn into it.
+    """
+    if env in environ:
+        where, value = env, [v.strip() for v in environ[env].split(",")]
+    else:
+        where, value = f"[{SECTION}] {key}", secrets_section.get(key, [])
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise AuthConfigError(f"[{SECTION}] {key} must be a list of e-mail addresses, e.g. "
+                                  f"{key} = [\"ann@example.org\"]")
+    cleaned = [v.strip() for v in value if v.strip()]
+    if value and not cleaned:
+        raise AuthConfigError(f"{where} is set but names nobody: list e-mail addresses (e.g. ann@example.org), "
+                              "or remove it")
+    return cleaned
 
 
 def load_settings(secrets: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> AuthSettings:
     """Read the auth settings from the secrets mapping and the environment; check them.
 
     ``secrets``: what the app reads from ``st.secrets`` (``{"auth": {...}, "mlfix": {...}}``);
-    ``environ``: defaults to ``os.environ``. Raises :class:`AuthConfigError` for a reviewer token
-    without an admin token, the same token for both roles, or a token shorter than 16 characters.
+    ``environ``: defaults to ``os.environ``. Raises :class:`AuthConfigError` for a token (or list)
+    that is set but empty, a reviewer token without an admin token, the same token for both roles,
+    or a weak token (shorter than 16 characters, or fewer than 8 different ones).
 
-    Example: ``load_settings({}, {"MLFIX_ADMIN_TOKEN": "x" * 20}).mode == "token"``
+    Example: ``load_settings({}, {"MLFIX_ADMIN_TOKEN": "admin-token-0123456789"}).mode == "token"``;
+    ``load_settings({}, {"MLFIX_ADMIN_TOKEN": ""})`` raises "MLFIX_ADMIN_TOKEN is set but empty ...".
     """
     environ = os.environ if environ is None else environ
     section = _section(secrets, SECTION)
@@ -157,10 +192,9 @@ def load_settings(secrets: Mapping[str, Any] | None = None, environ: Mapping[str
         raise AuthConfigError(f"a reviewer token is set but no admin token: set {ENV_ADMIN_TOKEN} (or "
                               f"[{SECTION}] admin_token) too, or nobody can administer the server")
     for role, token in (("admin", admin), ("reviewer", reviewer)):
-        if token is not None and len(token) < MIN_TOKEN_LENGTH:
-            raise AuthConfigError(f"the {role} token is too short ({len(token)} characters): use at least "
-                                  f"{MIN_TOKEN_LENGTH} random characters, e.g. "
-                                  "`python -c 'import secrets; print(secrets.token_urlsafe(24))'`")
+        weak = None if token is None else _weak_token(role, token)
+        if weak:
+            raise AuthConfigError(weak)
     if reviewer is not None and hmac.compare_digest(admin.encode(), reviewer.encode()):
         raise AuthConfigError("the admin and reviewer tokens are the same: give them different values")
     return AuthSettings("token", admin_token=admin, reviewer_token=reviewer, admins=admins, reviewers=reviewers)
@@ -227,8 +261,9 @@ def identity_from_user(user: Mapping[str, Any], secrets: Mapping[str, Any] | Non
     """The identity of a person signed in through OIDC (``st.user`` as a mapping).
 
     The name is the e-mail (else the name, else the subject id); the role is admin when the e-mail
-    is in the admins list and the provider did not say it is unverified. Raises :class:`AuthError`
-    when nobody is signed in, or the e-mail is not allowed by ``reviewers``.
+    is in the admins list. Raises :class:`AuthError` when nobody is signed in, when the provider says
+    the e-mail is unverified (``email_verified`` false: anyone could have typed that address, and it
+    would be the name on their decisions), or when the e-mail is not allowed by ``reviewers``.
 
     Example: ``identity_from_user({"is_logged_in": True, "email": "ann@x.org"}, settings=s)``
     """
@@ -237,17 +272,26 @@ def identity_from_user(user: Mapping[str, Any], secrets: Mapping[str, Any] | Non
         raise AuthError("sign in to review")
     email = user.get("email")
     email = email.strip().lower() if isinstance(email, str) and email.strip() else None
+    if email is not None and _unverified(user.get("email_verified")):
+        raise AuthError(f"your identity provider says the address {email[:MAX_NAME_LENGTH]} is not verified: "
+                        "verify it with the provider, then sign in again")
     shown = email or user.get("name") or user.get("sub")
     if not isinstance(shown, str) or not shown.strip():
         raise AuthError("the identity provider gave neither an e-mail nor a name: ask the admin to request the "
                         "'openid email profile' scopes")
     cleaned = validate_name(shown[:MAX_NAME_LENGTH])
     if settings.reviewers and not (email and any(fnmatch.fnmatchcase(email, p) for p in settings.reviewers)) \
-            and email not in settings.admins:
-        raise AuthError(f"{shown} is not on this server's list of reviewers: ask the admin to add you")
-    verified = user.get("email_verified", True) is not False
-    role = "admin" if email is not None and email in settings.admins and verified else "reviewer"
+            and (email is None or email not in settings.admins):
+        raise AuthError(f"{cleaned} is not on this server's list of reviewers: ask the admin to add you")
+    role = "admin" if email is not None and email in settings.admins else "reviewer"
     return Identity(cleaned, role, "oidc", email)
+
+
+def _unverified(flag: Any) -> bool:
+    """Whether the provider's ``email_verified`` claim says no (False, or "false" as some providers send)."""
+    if isinstance(flag, str):
+        return flag.strip().lower() in ("false", "0", "no", "")
+    return flag is False or (type(flag) is int and flag == 0)
 
 
 def can(identity: Identity | None, action: str) -> bool:

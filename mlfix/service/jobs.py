@@ -14,6 +14,12 @@ Only one job runs per project at a time: :func:`start_job` refuses a second one 
 :class:`JobRunningError`. A record whose process is gone without an exit file (killed with
 SIGKILL, machine restarted) is *stale*: it counts as failed, and a new job may start.
 
+``current.json`` is never trusted as it is (anyone who can write the project folder can write it):
+a record whose ``job_id`` is not a plain name, or whose log or exit file is not ``<job_id>.log`` /
+``<job_id>.exit`` in ``jobs/``, is ignored; a ``pid`` counts as the job only while it is the job
+wrapper this project started (same start time, and its command line is this wrapper with this
+job's exit file), so :func:`stop_job` never signals any other process; links are not followed.
+
 Example (``start_job(project_dir, "index")`` runs ``mlfix index --project DIR``; a stand-in command
 that only sleeps shows the life of a job without the work):
     >>> import tempfile
@@ -35,6 +41,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,11 +50,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 from mlfix.errors import JobError, JobRunningError
-from mlfix.atomic import write_json_atomic
+from mlfix.atomic import write_json_atomic, write_text_atomic
 
-JOB_KINDS = ("index", "train", "scores")
+JOB_KINDS = ("index", "train", "finetune", "scores")
 JOBS_DIR = "jobs"
 CURRENT = "current.json"
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # a plain file name: no dots, no slashes
+WRAPPER = "mlfix.service.jobs"
 
 
 @dataclass
@@ -89,9 +98,32 @@ def jobs_dir(project_dir: str | os.PathLike) -> Path:
 
 def _read_json(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as handle:
+            value = json.loads(handle.read(1_000_000))
+    except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
+
+
+def record_problem(record: dict) -> str | None:
+    """Why a job record cannot be one that :func:`start_job` wrote, or None when its shape is right.
+
+    >>> record_problem({"job_id": "index-1", "pid": 42, "log": "index-1.log", "exit": "index-1.exit"})
+    >>> record_problem({"job_id": "../x", "pid": 42, "log": "/etc/passwd", "exit": "x.exit"})
+    "job_id '../x' is not a plain name"
+    """
+    job_id, pid = record.get("job_id"), record.get("pid")
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        return f"job_id {str(job_id)[:60]!r} is not a plain name"
+    if record.get("log") != f"{job_id}.log" or record.get("exit") != f"{job_id}.exit":
+        return "its log and exit files are not the job's own (jobs/<job_id>.log and .exit)"
+    if type(pid) is not int or pid <= 1:
+        return f"pid {str(pid)[:20]!r} is not a process id"
+    started = record.get("started", 0)
+    if not isinstance(started, (int, float)) or isinstance(started, bool):
+        return "its start time is not a number"
+    return None
 
 
 def mlfix_command(project_dir: str | os.PathLike, kind: str, args: Sequence[str] = ()) -> list[str]:
@@ -178,10 +210,46 @@ def _proc_start(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
-def _alive(record: dict) -> bool:
-    pid = int(record.get("pid") or 0)
-    if pid <= 0:
+def _cmdline(pid: int) -> list[str] | None:
+    """The command line of a process (``/proc``, else ``ps``), None when it cannot be read."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").split("\0")[:-1]
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True,
+                             text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.split() or None
+
+
+def _ours(record: dict, folder: Path) -> bool:
+    """True only if the record's pid is the wrapper this project started for this job: the start
+    time recorded matches (Linux), and its command line is ``-m mlfix.service.jobs --exit-file
+    <this project>/jobs/<job_id>.exit``."""
+    pid = record["pid"]
+    if Path("/proc").is_dir() and (record.get("proc_start") is None
+                                   or _proc_start(pid) != record.get("proc_start")):
         return False
+    args = _cmdline(pid)
+    for _ in range(40):  # empty for a moment while the process is being exec'd (start_job just ran)
+        if args:
+            break
+        time.sleep(0.005)
+        args = _cmdline(pid)
+    args = args or []
+    try:
+        at = args.index("--exit-file")
+    except ValueError:
+        return False
+    exit_file = Path(args[at + 1]) if at + 1 < len(args) else Path()
+    return (WRAPPER in args[:at] and exit_file.name == record["exit"]
+            and exit_file.parent.resolve() == jobs_dir(folder).resolve())
+
+
+def _alive(record: dict, folder: Path) -> bool:
+    pid = record["pid"]
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)  # reap our own finished child so it is not a zombie
     try:
@@ -196,14 +264,14 @@ def _alive(record: dict) -> bool:
         return True  # no /proc (macOS): kill(0) is all we have
     if state == "Z":
         return False
-    started = record.get("proc_start")
-    return started is None or _proc_start(pid) == started
+    return _ours(record, folder)
 
 
 def read_log_tail(path: str | os.PathLike, max_bytes: int = 4000) -> str:
     """The last ``max_bytes`` of a log file (decoded leniently), '' when there is none."""
-    try:
-        with open(path, "rb") as handle:
+    try:  # a link is not followed: the log is shown in the page
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as handle:
             handle.seek(0, os.SEEK_END)
             size = handle.tell()
             handle.seek(max(0, size - max_bytes))
@@ -222,14 +290,18 @@ def job_status(project_dir: str | os.PathLike, tail_bytes: int = 4000) -> JobSta
     record = current_job(project_dir)
     if not record:
         return JobStatus("none")
+    problem = record_problem(record)
+    if problem is not None:
+        return JobStatus("failed", {}, None, f"jobs/{CURRENT} is not a job record mlfix wrote "
+                         f"({problem}); it was ignored and no process was signalled")
     folder = jobs_dir(project_dir)
-    log_path = folder / str(record.get("log", ""))
-    exit_info = _read_json(folder / str(record.get("exit", ""))) if record.get("exit") else None
-    if exit_info is None and _alive(record):
+    log_path = folder / record["log"]
+    exit_info = _read_json(folder / record["exit"])
+    if exit_info is None and _alive(record, Path(project_dir)):
         return JobStatus("running", record, log_tail=read_log_tail(log_path, tail_bytes))
     if exit_info is None:
         # Re-check: the wrapper may have written the exit file between the two reads.
-        exit_info = _read_json(folder / str(record.get("exit", "")))
+        exit_info = _read_json(folder / record["exit"])
     tail = read_log_tail(log_path, tail_bytes)
     stop_requested = (folder / f"{record.get('job_id')}.stop").exists()
     if exit_info is None and stop_requested:  # stopped before the wrapper could record it
@@ -254,11 +326,13 @@ def stop_job(project_dir: str | os.PathLike, force: bool = False) -> bool:
     status = job_status(project_dir)
     if not status.running:
         return False
-    pid = int(status.record["pid"])
+    pid = status.record["pid"]
     # Remember the request: a job stopped before its wrapper set up its handler leaves no exit file.
-    (jobs_dir(project_dir) / f"{status.record.get('job_id')}.stop").write_text(str(time.time()))
+    write_text_atomic(jobs_dir(project_dir) / f"{status.record['job_id']}.stop", str(time.time()))
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(os.getpgid(pid), signal.SIGKILL if force else signal.SIGTERM)
+        if os.getpgid(pid) != pid or not _ours(status.record, Path(project_dir)):
+            return False  # not the session leader start_job made (or no longer ours): never signalled
+        os.killpg(pid, signal.SIGKILL if force else signal.SIGTERM)
     if force:  # the wrapper dies too and cannot write the exit file: write it for it
         write_json_atomic(jobs_dir(project_dir) / status.record["exit"],
                           {"returncode": -signal.SIGKILL, "stopped": True, "finished": time.time()})
@@ -268,10 +342,10 @@ def stop_job(project_dir: str | os.PathLike, force: bool = False) -> bool:
 def stop_requested_at(project_dir: str | os.PathLike) -> float | None:
     """When :func:`stop_job` was last asked to stop the current job (epoch seconds), else None."""
     record = current_job(project_dir)
-    if not record:
+    if not record or record_problem(record):
         return None
     try:
-        return float((jobs_dir(project_dir) / f"{record.get('job_id')}.stop").read_text())
+        return float((jobs_dir(project_dir) / f"{record['job_id']}.stop").read_text())
     except (OSError, ValueError):
         return None
 

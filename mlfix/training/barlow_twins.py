@@ -28,14 +28,11 @@ measured by ``python -m bench.feature_quality --continued`` (README, "Figures").
 Example (one short epoch on 16 of the demo's digits; a real run wants thousands of images)::
 
     >>> import tempfile, pathlib
-    >>> from mlfix.data.images import DataRoot
-    >>> from mlfix.data.scan import scan
-    >>> from mlfix.demo import write_digits
+    >>> from mlfix.demo import digits_samples
     >>> from mlfix.pipeline.backbone import create_backbone
     >>> folder = pathlib.Path(tempfile.mkdtemp())
-    >>> _ = write_digits(folder / "digits", limit=16)
-    >>> found = scan(folder / "digits")
-    >>> path = train_barlow_twins(DataRoot(folder / "digits"), found.samples, folder / "models",
+    >>> root, samples = digits_samples(folder / "digits", limit=16)
+    >>> path = train_barlow_twins(root, samples, folder / "models",
     ...                           epochs=1, batch_size=8, image_size=32, head_dim=64, workers=0)
     >>> path.name
     'last.pt'

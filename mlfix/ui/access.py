@@ -20,6 +20,7 @@ import time
 import streamlit as st
 
 from mlfix.service import auth
+from mlfix.ui import text
 
 IDENTITY_KEY = "mlfix_identity"
 REVIEWER_KEY = "mlfix_reviewer"
@@ -30,7 +31,7 @@ NAME_KEY = "mlfix_sign_in_name"
 TOKEN_KEY = "mlfix_sign_in_token"
 # What each page needs (the page file's stem -> action of mlfix.service.auth.ACTIONS).
 PAGE_ACTIONS = {"dataset": "create_project", "training": "train", "codebook": "view", "review": "review",
-                "export": "export"}
+                "clusters": "review", "export": "export"}
 SLOW_AFTER_FAILURES = 5  # then each further attempt of this browser session waits a little
 
 
@@ -119,7 +120,7 @@ def require(action: str) -> auth.Identity:
     try:
         auth.require(me, action)
     except auth.PermissionDenied as err:
-        st.warning(str(err))
+        st.warning(text.plain(err))  # the message names the identity: shown as typed
         st.stop()
     return me
 
@@ -158,12 +159,12 @@ def render_sign_in() -> auth.Identity | None:
     message = st.session_state.pop(MESSAGE_KEY, None)
     with st.sidebar:
         if found_mode is None:
-            st.error(message or "The server's sign-in settings are unusable.")
+            st.error(text.plain(message or "The server's sign-in settings are unusable."))
             return None
         if found_mode == "open":
             return me
         if me is not None:
-            st.caption(f"Signed in as **{me.name}** ({me.role})")
+            st.caption(f"Signed in as **{text.plain(me.name)}** ({me.role})")
             if found_mode == "oidc":
                 st.button("Sign out", key="mlfix_sign_out", on_click=st.logout)
             else:
@@ -180,7 +181,7 @@ def render_sign_in() -> auth.Identity | None:
                               help="The reviewer (or admin) token from the person who runs this server.")
                 st.form_submit_button("Sign in", type="primary", on_click=_sign_in_with_token)
         if message:
-            st.error(message)
+            st.error(text.plain(message))
     return None
 
 
@@ -211,4 +212,4 @@ def page_denied(title: str, page: str) -> None:
     try:
         auth.require(me, PAGE_ACTIONS.get(page, "create_project"))
     except auth.PermissionDenied as err:
-        st.warning(f"You may not open the **{title}** page: {err} Meanwhile, use the pages in the sidebar.")
+        st.warning(f"You may not open the **{title}** page: {text.plain(err)} Meanwhile, use the pages in the sidebar.")

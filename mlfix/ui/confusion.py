@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from mlfix.scoring.confusion import confusion, confusion_samples
+from mlfix.ui.text import html_text
 
 # Which column holds the prediction, best first, and how the page names it.
 PREDICTED_COLUMNS = {
@@ -137,7 +138,7 @@ def figure(table: pd.DataFrame, current: tuple | None = None):
     grid = table.pivot(index="given", columns="predicted", values="count").reindex(index=names, columns=names)
     z = grid.to_numpy(dtype=float)
     diag = np.eye(n, dtype=bool)
-    labels = [str(c) for c in names]
+    labels = [html_text(c) for c in names]  # Plotly renders <a href>, <b> in ticks and hover: shown as text
     px = cell_px(n)
     text = np.where(z > 0, z.astype(np.int64).astype(str), "") if px >= TEXT_MIN_PX else None
     off = np.where(~diag & (z > 0), np.log10(np.maximum(z, 1)), np.nan)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import streamlit as st
 
-from mlfix.ui import confusion
+from mlfix.ui import confusion, text
 
 if TYPE_CHECKING:
     from mlfix.project import Project
@@ -103,11 +103,11 @@ def section(project: Project, scores: pd.DataFrame | None, data, cell: tuple | N
         if data is None:
             reason = project.scores_unavailable() if scores is None else None
             if reason is not None:  # an unlabeled folder: nothing to confuse
-                st.caption(f"This view needs label-error scores. {reason[0].upper()}{reason[1:]}.")
+                st.caption(f"This view needs label-error scores. {text.plain(reason[0].upper() + reason[1:])}.")
                 return
             what = "No scores yet" if scores is None else "The scores hold no predicted label"
             st.caption(f"{what}: press **Compute scores** above (it runs in the background), or run "
-                       f"`mlfix scores --project {project.dir}` and reload this page. Indexing ends with "
+                       f"{text.code(f'mlfix scores --project {project.dir}')} and reload this page. Indexing ends with "
                        "the scores too (`mlfix index`, or the Training page), when the labels name two "
                        "classes or more.")
             return
@@ -123,7 +123,7 @@ def section(project: Project, scores: pd.DataFrame | None, data, cell: tuple | N
                            config={"displayModeBar": False, "scrollZoom": False})
         if st.session_state.get(CELL_PICK_KEY) not in cells:
             st.session_state[CELL_PICK_KEY] = NO_CELL
-        side.selectbox("Confusion cell", [NO_CELL] + list(cells), key=CELL_PICK_KEY,
+        side.selectbox("Confusion cell", [NO_CELL] + list(cells), key=CELL_PICK_KEY, format_func=text.visible,
                        on_change=_cell_from_picker, args=(cells,),
                        help="Given → predicted (images), largest first. Opens those images in the grid.")
         agree = int(table.loc[table["given"] == table["predicted"], "count"].sum())

@@ -5,20 +5,23 @@
 //
 // Python -> JS (`data`):
 //   view       string; a new value (class, sort, page, view changed) resets focus and selection
-//   items      [{id, url, label, status, new_label, suggested}]  (status: unreviewed|relabeled|flagged|ok)
+//   items      [{id, url, label, status, new_label, suggested, run?}]  (status: unreviewed|relabeled|flagged|ok;
+//              run: the run id in a similarity order, mlfix.pipeline.ordering.runs; a bar marks each new run)
 //   palette    [{label, key, color}]
 //   panel      {id, url, label, status, new_label, suggested, score, neighbours: [items]} | null
 //   counter    {reviewed, total, title}
 //   page       {index, count}
 //   acks       {session: highest seq Python has applied}
 //   errors     [string]                          (shown in the bar)
+//   reviewer_tag  string | null: stamped as `by` on every action made (a batch is never stored under
+//              whoever signs in next); while actions are unacknowledged, leaving the page asks first
 // JS -> Python:
-//   trigger `actions`: {session, focus, actions: [{seq, client_id, kind, ids?, label?, delta?, undoes?}]}
+//   trigger `actions`: {session, focus, actions: [{seq, client_id, kind, ids?, label?, delta?, undoes?, by?}]}
 //       every action not yet acknowledged, resent until `acks[session]` covers it (applied exactly
 //       once), and the focused sample id (for the side panel's neighbours). One channel, so that a
 //       decision and the focus move it causes cost one script run, not two.
 
-const LETTER_KEYS = new Set(["f", "o", "z", "n", "p"]);
+const LETTER_KEYS = new Set(["f", "o", "z", "n", "p", "r"]);  // commands: never label keys (grid.py COMMAND_KEYS)
 const STATUS_TEXT = { flagged: "⚑ wrong", ok: "✓ ok" };
 const UNLABELED = "unlabeled"; // what a sample without a label (null) shows, where a label is expected
 // An unacknowledged batch is resent after RESEND_MS, then after twice as long each time, up to
@@ -38,10 +41,18 @@ function uuid() {
   return "x" + Date.now().toString(36) + Math.random().toString(36).slice(2);
 }
 
+// Characters that reorder or hide text (bidi overrides, isolates, marks; line separators) are shown as
+// [U+202E], as everywhere in the app (mlfix.ui.text.visible): a label cannot pose as another text.
+const HIDDEN = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]/g;
+function visibleText(text) {
+  return (text == null ? "" : String(text)).replace(HIDDEN, (c) => /[\t\n\r\v\f]/.test(c) ? " " :
+    "[U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0") + "]");
+}
+
 function el(tag, cls, text) {
   const node = document.createElement(tag);
   if (cls) node.className = cls;
-  if (text !== undefined) node.textContent = text;
+  if (text !== undefined) node.textContent = visibleText(text);
   return node;
 }
 
@@ -51,7 +62,7 @@ function init(parentElement) {
   const wrap = el("div", "wrap");
   wrap.tabIndex = 0;
   wrap.setAttribute("role", "application");
-  wrap.setAttribute("aria-label", "Review grid: arrows move, space selects, a palette key relabels");
+  wrap.setAttribute("aria-label", "Review grid: arrows move, space selects, r selects a run, a palette key relabels");
   const bar = el("div", "bar");
   const counter = el("div", "counter");
   const palette = el("div", "palette");
@@ -60,6 +71,9 @@ function init(parentElement) {
     "<kbd>←↑↓→</kbd> move <kbd>space</kbd> select <kbd>shift</kbd> range " +
     "<kbd>f</kbd> wrong <kbd>o</kbd> ok <kbd>z</kbd> undo <kbd>n</kbd>/<kbd>p</kbd> page <kbd>esc</kbd> clear" +
     "<span class='suggesthelp'> <kbd>enter</kbd> take suggestion</span>" +
+    "<span class='runhelp' title='A bar marks where the similarity drops: a new run. r selects the run around " +
+    "the focused image (shift+r adds it), [ and ] go to the previous or next run, click-drag selects a span; " +
+    "then one key labels the whole selection.'> <kbd>r</kbd> run <kbd>[</kbd><kbd>]</kbd> runs</span>" +
     "<span class='nofocus'> · click the grid to use the keys</span>";
   const message = el("div", "message");
   bar.append(counter, palette, help, message);
@@ -82,6 +96,10 @@ function init(parentElement) {
   restore(s);
   wrap.addEventListener("keydown", (e) => onKey(s, e));
   grid.addEventListener("click", (e) => onClick(s, e));
+  grid.addEventListener("mousedown", (e) => dragStart(s, e));
+  grid.addEventListener("mouseover", (e) => dragOver(s, e));
+  s.onMouseUp = () => dragEnd(s);
+  window.addEventListener("mouseup", s.onMouseUp);
   grid.addEventListener("mouseover", (e) => onHover(s, e));
   palette.addEventListener("click", (e) => {
     const chip = e.target.closest(".chip");
@@ -91,6 +109,8 @@ function init(parentElement) {
     if (!s.root.isConnected) {  // unmounted (another page): stop, let it be collected
       clearInterval(s.resendTimer);
       window.removeEventListener("resize", s.onResize);
+      window.removeEventListener("mouseup", s.onMouseUp);
+      window.removeEventListener("beforeunload", s.onUnload);
       return;
     }
     if (s.pending.length && Date.now() - s.lastSent > s.resendDelay) {
@@ -100,6 +120,8 @@ function init(parentElement) {
   }, 500);
   s.onResize = () => fitHeight(s);
   window.addEventListener("resize", s.onResize);
+  s.onUnload = (e) => warnUnsent(s, e);
+  window.addEventListener("beforeunload", s.onUnload);
   return s;
 }
 
@@ -126,6 +148,7 @@ function update(s, data) {
   paintPanel(s);
   paintMessage(s);
   s.help.querySelector(".suggesthelp").style.display = s.items.some((it) => it.suggested) ? "" : "none";
+  s.help.querySelector(".runhelp").style.display = hasRuns(s) ? "" : "none";
   fitHeight(s);
 }
 
@@ -163,7 +186,7 @@ function buildPalette(s) {
     const chip = el("button", "chip");
     chip.type = "button";
     chip.dataset.label = p.label;
-    chip.title = `Relabel the selection (or the focused image) as “${p.label}”`;
+    chip.title = visibleText(`Relabel the selection (or the focused image) as “${p.label}”`);
     chip.style.setProperty("--c", p.color);
     if (p.key) chip.append(el("kbd", "", p.key));
     chip.append(el("span", "", p.label));
@@ -184,10 +207,12 @@ function paintTile(s, i) {
   tile.classList.toggle("focus", i === s.focus);
   tile.classList.toggle("selected", s.selected.has(it.id));
   tile.classList.toggle("pending", !!it.pending);
+  tile.classList.toggle("runstart", i > 0 && it.run != null && s.items[i - 1].run !== it.run);
+  if (it.run != null) tile.dataset.run = it.run; else delete tile.dataset.run;
   tile.dataset.status = it.status || "unreviewed";
   const badge = tile.querySelector(".badge");
   if (it.status === "relabeled") {
-    badge.textContent = "→ " + it.new_label;
+    badge.textContent = visibleText("→ " + it.new_label);
     tile.style.setProperty("--c", s.colors.get(it.new_label) || "#2563eb");
   } else {
     badge.textContent = STATUS_TEXT[it.status] || "";
@@ -196,9 +221,10 @@ function paintTile(s, i) {
   const caption = tile.querySelector(".caption");
   const hint = s.data.show_suggested && it.suggested && it.suggested !== it.label && it.status === "unreviewed";
   const label = s.data.show_labels && it.label != null ? it.label : "";  // unlabeled: no caption
-  caption.textContent = label + (hint ? (label ? " · " : "") + it.suggested + "?" : "");
+  const sure = typeof it.confidence === "number" ? " " + it.confidence.toFixed(2) : "";  // mlfix.ui.suggestions
+  caption.textContent = visibleText(label + (hint ? (label ? " · " : "") + (sure ? "suggest: " + it.suggested + sure : it.suggested + "?") : ""));
   caption.classList.toggle("hint", !!hint);
-  tile.title = `${it.id}\nlabel: ${it.label ?? UNLABELED}` + (it.suggested ? `\nsuggested: ${it.suggested}` : "");
+  tile.title = `${visibleText(it.id)}\nlabel: ${visibleText(it.label ?? UNLABELED)}` + (it.suggested ? `\nsuggested: ${visibleText(it.suggested)}` : "");
 }
 
 function paintCounter(s) {
@@ -270,7 +296,7 @@ function paintPanel(s) {
       img.src = n.url; img.alt = n.id;
       const lab = el("span", "nblabel" + (n.label !== it.label ? " other" : ""),
         n.status === "relabeled" ? "→ " + n.new_label : (n.label ?? ""));
-      cell.title = `${n.id}\nlabel: ${n.label ?? UNLABELED}` + (n.status && n.status !== "unreviewed" ? `\n${n.status}` : "");
+      cell.title = `${visibleText(n.id)}\nlabel: ${visibleText(n.label ?? UNLABELED)}` + (n.status && n.status !== "unreviewed" ? `\n${n.status}` : "");
       cell.append(img, lab);
       return cell;
     }));
@@ -280,7 +306,7 @@ function paintPanel(s) {
 
 function paintMessage(s) {
   const errors = s.data.errors || [];
-  s.message.textContent = errors.join(" · ");
+  s.message.textContent = visibleText(errors.join(" · "));
   s.message.style.display = errors.length ? "" : "none";
 }
 
@@ -303,6 +329,7 @@ function targets(s) {
 function push(s, action) {
   s.seq += 1;
   const full = { seq: s.seq, client_id: uuid(), ...action };
+  if (s.data && s.data.reviewer_tag) full.by = s.data.reviewer_tag;  // whose decision: never stored under another
   s.pending.push(full);
   s.resendDelay = RESEND_MS;
   save(s);
@@ -338,6 +365,19 @@ function send(s) {
   s.setTrigger("actions", { session: s.session, focus: s.sentFocus, actions: s.pending.slice() });
 }
 
+function unsent(s) {
+  // Decisions not acknowledged yet (page turns do not count: nothing of them would be lost).
+  return s.pending.filter((a) => a.kind !== "page").length;
+}
+
+function warnUnsent(s, e) {
+  // Closing (or reloading) the tab while decisions are unsent: the browser asks "Leave site?".
+  if (!unsent(s)) return undefined;
+  e.preventDefault();
+  e.returnValue = "Decisions are not saved yet: stay on the page until they are.";
+  return e.returnValue;
+}
+
 function acknowledge(s) {
   const acked = (s.data.acks || {})[s.session] || 0;
   const before = s.pending.length;
@@ -354,10 +394,11 @@ function decide(s, kind, label) {
     const it = shown(s, s.items[s.index.get(id)]);
     return [id, { status: it.status || "unreviewed", new_label: it.new_label || null }];
   });
-  const single = !s.selected.size;
+  const last = Math.max(...ids.map((id) => s.index.get(id)));
   s.selected.clear();
-  // Move on first, so that the batch carries the new focus: one script run answers both.
-  if (single && s.focus < s.items.length - 1) moveFocus(s, s.focus + 1, false, true);
+  // Move on (past the last image decided) first, so that the batch carries the new focus: one
+  // script run answers both. After a run, the focus is on the next run's first image.
+  if (last < s.items.length - 1) moveFocus(s, last + 1, false, true);
   const action = push(s, kind === "relabel" ? { kind, ids, label } : { kind, ids });
   for (const id of ids) s.overlay.set(id, { status, new_label: kind === "relabel" ? label : null, seq: action.seq });
   s.history.push({ ids, before, client_id: action.client_id });
@@ -468,7 +509,7 @@ function toggle(s, i) {
 
 function onClick(s, e) {
   const tile = e.target.closest(".tile");
-  if (!tile) return;
+  if (!tile || s.dragged) return;  // the end of a drag is not a click
   const i = Number(tile.dataset.i);
   if (e.shiftKey) selectRange(s, s.anchor, i);
   else toggle(s, i);
@@ -478,6 +519,74 @@ function onClick(s, e) {
   if (keepAnchor) s.anchor = anchor;
   repaint(s);
   s.wrap.focus({ preventScroll: true });
+}
+
+// ------------------------------------------------------------------------------------ runs, drag
+
+function hasRuns(s) {
+  return s.items.some((it) => it.run != null);
+}
+
+function runBounds(s, i) {
+  // [first, last] positions of the run around position i (on this page)
+  const run = s.items[i].run;
+  let lo = i, hi = i;
+  while (lo > 0 && s.items[lo - 1].run === run) lo -= 1;
+  while (hi < s.items.length - 1 && s.items[hi + 1].run === run) hi += 1;
+  return [lo, hi];
+}
+
+function selectRun(s, add) {
+  // r: the selection becomes the run around the focused image (shift+r: adds it to the selection)
+  const it = s.items[s.focus];
+  if (!it || it.run == null) { flash(s, "No runs here: they show in a similarity order (Sort by: Similarity)."); return; }
+  const [lo, hi] = runBounds(s, s.focus);
+  if (!add) s.selected.clear();
+  for (let i = lo; i <= hi; i += 1) s.selected.add(s.items[i].id);
+  s.anchor = lo;
+  repaint(s);
+}
+
+function jumpRun(s, step) {
+  // ] / [: focus the first image of the next / previous run
+  if (!s.items.length || s.items[s.focus].run == null) { flash(s, "No runs here."); return; }
+  const [lo, hi] = runBounds(s, s.focus);
+  if (step > 0) { if (hi < s.items.length - 1) moveFocus(s, hi + 1, false); else flash(s, "Last run on this page."); }
+  else if (lo > 0) moveFocus(s, runBounds(s, lo - 1)[0], false);
+  else if (s.focus > 0) moveFocus(s, 0, false);
+  else flash(s, "First run on this page.");
+}
+
+function dragStart(s, e) {
+  const tile = e.target.closest(".tile");
+  s.dragged = false;
+  if (!tile || e.button !== 0 || e.shiftKey || e.ctrlKey || e.metaKey) { s.drag = null; return; }
+  s.drag = { start: Number(tile.dataset.i), base: new Set(s.selected) };
+}
+
+function dragOver(s, e) {
+  // click-drag selects the span from where the button went down to the tile under the mouse
+  const tile = e.target.closest(".tile");
+  if (!s.drag || !tile || !(e.buttons & 1)) return;
+  const i = Number(tile.dataset.i);
+  if (i === s.drag.start && !s.dragged) return;
+  s.dragged = true;
+  s.grid.classList.add("dragging");
+  s.selected = new Set(s.drag.base);
+  selectRange(s, s.drag.start, i);
+  moveFocus(s, i, false);
+  s.anchor = s.drag.start;
+  repaint(s);
+}
+
+function dragEnd(s) {
+  if (!s.drag) return;
+  s.drag = null;
+  s.grid.classList.remove("dragging");
+  if (s.dragged) {
+    s.wrap.focus({ preventScroll: true });
+    setTimeout(() => { s.dragged = false; }, 0);  // after the click that ends the drag, if any
+  }
 }
 
 function onHover(s, e) {
@@ -505,6 +614,8 @@ function onKey(s, e) {
   else if (key === "End") moveFocus(s, s.items.length - 1, e.shiftKey);
   else if (key === " " || key === "Spacebar") { if (s.items.length) { toggle(s, s.focus); s.anchor = s.focus; repaint(s); } }
   else if (key === "Escape") { s.selected.clear(); repaint(s); }
+  else if (plain && (key === "r" || key === "R")) selectRun(s, e.shiftKey);
+  else if (plain && (key === "]" || key === "[")) jumpRun(s, key === "]" ? 1 : -1);
   else if ((key === "a" || key === "A") && (e.ctrlKey || e.metaKey)) { s.items.forEach((it) => s.selected.add(it.id)); repaint(s); }
   else if (plain && s.keys.has(key.toLowerCase()) && !LETTER_KEYS.has(key.toLowerCase())) decide(s, "relabel", s.keys.get(key.toLowerCase()));
   else if (plain && (key === "f" || key === "F")) decide(s, "flag");

@@ -4,8 +4,8 @@ The browser side is ``grid.js`` / ``grid.css`` beside this file. How it talks to
 
 - Python sends ``data`` (see :func:`render`): the page's items ``{id, url, label, status,
   new_label, suggested}``, the label palette ``{label, key, color}``, the side panel of the focused
-  image, the counter, the page, and ``acks`` (per browser session, the highest action ``seq`` that
-  Python has applied).
+  image, the counter, the page, ``acks`` (per browser session, the highest action ``seq`` that
+  Python has applied) and ``reviewer_tag`` (stamped on each action as ``by``).
 - The browser sends one trigger, ``actions``: ``{session, focus, actions: [...]}`` with every action
   it has not seen acknowledged yet (see :mod:`mlfix.review.actions`) and the focused sample id (for
   the side panel's neighbours). One channel: a key press that decides and moves the focus costs
@@ -44,8 +44,8 @@ COMPONENT_NAME = "mlfix_review_grid"
 STATIC_SUBDIR = "mlfix-thumbs"
 _MIRROR_SECRET = secrets.token_bytes(32)
 MAX_MIRRORS = 16  # projects whose thumbnails stay linked under static/ (the rest are re-linked on use)
-# Keys that are commands in the grid; labels get the digits, then the remaining letters.
-COMMAND_KEYS = frozenset("foznp")
+# Keys that are commands in the grid (r: select the run); labels get the digits, then the other letters.
+COMMAND_KEYS = frozenset("fozrnp")
 PALETTE_KEYS = tuple("1234567890") + tuple(c for c in "abcdeghijklmqrstuvwxy" if c not in COMMAND_KEYS)
 # A qualitative palette readable as white-on-colour badges (Tableau 10, then darker variants).
 COLORS = ("#1f77b4", "#e8590c", "#2b8a3e", "#c92a2a", "#7048e8", "#8c564b", "#d6336c", "#495057",
@@ -70,7 +70,7 @@ _renderer = st.components.v2.component(
 def palette(labels: Sequence[str]) -> list[dict]:
     """One entry per label: ``{label, key, color}``; keys 1-9, 0, then letters that are not commands.
 
-    Labels past the 31st get no key (their chips in the palette are still clickable).
+    Labels past the 30th get no key (their chips in the palette are still clickable).
 
     >>> [p["key"] for p in palette(["a", "b", "c"])]
     ['1', '2', '3']
@@ -114,6 +114,7 @@ def thumbnail_urls(cache, sample_ids: Sequence[str], static_dir: Path | None = N
     # Keyed with a secret of this server process: a reviewer cannot work out the folder of another
     # project's thumbnails (mirrors of projects opened earlier stay under static/ for a while).
     project_key = hmac.new(_MIRROR_SECRET, str(Path(cache.folder).resolve()).encode(), "sha256").hexdigest()[:24]
+    forget_old_mirrors(static_dir)
     base = Path(static_dir) / STATIC_SUBDIR / project_key
     if not base.exists():
         _prune_mirrors(base.parent)  # (a missing or read-only folder: nothing to prune)
@@ -134,6 +135,31 @@ def thumbnail_urls(cache, sample_ids: Sequence[str], static_dir: Path | None = N
 
 
 _LINKED: set[str] = set()  # mirror files known to exist (this process): no stat per page view
+_FORGOTTEN: set[str] = set()  # static folders cleared of earlier processes' mirrors (this process)
+
+
+def forget_old_mirrors(static_dir: Path | None) -> None:
+    """Remove every thumbnail mirror that this server process did not make (once per process).
+
+    The mirrors are served without sign-in, under a key made with this process's secret: the ones
+    left by an earlier server (another secret) are only reachable by a leaked URL, so they go at
+    the first call, which the app makes at start (``app.py``). A restart (say, to rotate the
+    tokens) thus ends every leaked thumbnail URL.
+    """
+    if static_dir is None or str(static_dir) in _FORGOTTEN:
+        return
+    _FORGOTTEN.add(str(static_dir))
+    folder = Path(static_dir) / STATIC_SUBDIR
+    mine = {Path(p).relative_to(folder).parts[0] for p in _LINKED if Path(p).is_relative_to(folder)}
+    try:
+        old = [p for p in folder.iterdir() if p.name not in mine]
+    except OSError:  # no mirrors yet, or no static folder
+        return
+    for path in old:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _prune_mirrors(folder: Path, keep: int = MAX_MIRRORS) -> None:
@@ -160,23 +186,46 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 
 def _data_url(path: Path) -> str:
-    return "data:image/jpeg;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    from mlfix.data.thumbnails import read_thumbnail  # a link under thumbs/ is never followed
+
+    return "data:image/jpeg;base64," + base64.b64encode(read_thumbnail(path)).decode("ascii")
 
 
 # ------------------------------------------------------------------------------------ the component
 
 
+SHOWN_PAGES = 32  # pages of a tab whose images it may still decide on (decisions queued before a page turn)
+
+
+def shown_ids(key: str) -> set[str]:
+    """The sample ids the grid ``key`` showed this tab (its last :data:`SHOWN_PAGES` pages): the only
+    ones a batch from this tab may decide on."""
+    pages = st.session_state.get(f"{key}__shown") or {}
+    return {sample_id for ids in pages.values() for sample_id in ids}
+
+
+def _remember_shown(key: str, view: str, ids: list[str]) -> None:
+    pages = dict(st.session_state.get(f"{key}__shown") or {})
+    pages.pop(view, None)
+    pages[view] = tuple(ids)
+    while len(pages) > SHOWN_PAGES:
+        pages.pop(next(iter(pages)))
+    st.session_state[f"{key}__shown"] = pages
+
+
 def render(*, key: str, view: str, items: list[dict], palette: list[dict], counter: dict,
            page: dict, acks: dict, panel: dict | None = None, errors: Sequence[str] = (),
            show_labels: bool = False, show_suggested: bool = False, batches: int = 0,
-           on_actions: Callable[[], None] | None = None) -> Any:
+           reviewer_tag: str | None = None, on_actions: Callable[[], None] | None = None) -> Any:
     """Mount (or update) the grid; returns the component result (``.actions``: the last batch).
 
     Args:
         key: the component key; keep it fixed so the browser side keeps focus and selection.
         view: changes whenever the set of items changes (class, sort, page, view): the grid then
             resets its focus and selection.
-        items: ``[{id, url, label, status, new_label, suggested}]`` for this page.
+        items: ``[{id, url, label, status, new_label, suggested, run}]`` for this page (``run``,
+            optional: the run id in a similarity order; the grid marks where a run starts, and
+            ``r`` selects the run around the focused image).
         palette: from :func:`palette`.
         counter: ``{reviewed, total, title}``; page: ``{index, count}``.
         acks: ``{browser_session: highest applied seq}``.
@@ -185,11 +234,16 @@ def render(*, key: str, view: str, items: list[dict], palette: list[dict], count
         show_suggested: mark unreviewed tiles whose suggested label differs (sorted by a score).
         batches: how many batches Python has received: a new value makes the browser re-read
             ``acks`` even when nothing else changed.
+        reviewer_tag: the signed-in reviewer's :func:`~mlfix.review.guard.reviewer_tag`; the grid
+            stamps it on every action it makes, so a batch is never stored under someone else.
         on_actions: the callback that applies a batch; it runs before the script, when the browser
             sends one (read the batch from ``st.session_state[key]["actions"]``).
+
+    The items' ids are remembered as shown to this tab (:func:`shown_ids`).
     """
-    data = {"view": view, "items": items, "palette": palette, "counter": counter, "page": page,
-            "acks": acks, "panel": panel, "errors": list(errors), "show_labels": bool(show_labels),
+    _remember_shown(key, view, [str(item["id"]) for item in items])
+    data = {"reviewer_tag": reviewer_tag, "view": view, "items": items, "palette": palette, "counter": counter,
+            "page": page, "acks": acks, "panel": panel, "errors": list(errors), "show_labels": bool(show_labels),
             "show_suggested": bool(show_suggested), "batches": int(batches)}
     return _renderer(key=key, data=data, on_actions_change=on_actions or _noop)
 

@@ -17,9 +17,15 @@ Example:
 from __future__ import annotations
 
 import colorsys
-
 import numpy as np
 from PIL import Image, ImageDraw
+
+from mlfix.data.images import decode_slot  # noqa: F401  (the pages' name for it)
+
+def server_image(project, sample_id: str):
+    """``project.image(sample_id)`` in a :func:`decode_slot` (a page's full-size view of one image)."""
+    with decode_slot():
+        return project.image(sample_id)
 
 
 def model_view(image: Image.Image, image_size: int) -> Image.Image:

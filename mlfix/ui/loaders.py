@@ -214,7 +214,7 @@ def _word_patches(project_dir: str, files: tuple, word: int, limit: int, display
         r, c = (int(v) for v in cells[len(cells) // 2])
         sample_id = str(samples["sample_id"].iloc[row])
         try:
-            square = imaging.model_view(project.image(sample_id), image_size)
+            square = imaging.model_view(imaging.server_image(project, sample_id), image_size)
         except Exception:
             continue  # an unreadable image: skip it rather than fail the whole grid
         patch = imaging.cut_cell(square, r, c, grid.shape, display=display)
@@ -234,7 +234,7 @@ def _word_overlay(project_dir: str, files: tuple, sample_id: str, display: int,
     project = open_project(project_dir)
     row = sample_row(project, sample_id)
     grid = np.asarray(_word_grids(project_dir, files)[row])
-    square = imaging.model_view(project.image(sample_id), project.image_size)
+    square = imaging.model_view(imaging.server_image(project, sample_id), project.image_size)
     image = imaging.overlay_words(square, grid, display=display, highlight=highlight)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -249,7 +249,7 @@ def model_view_png(project: Project, sample_id: str, display: int = 320) -> byte
 @st.cache_data(show_spinner=False, max_entries=64)
 def _model_view_png(project_dir: str, files: tuple, sample_id: str, display: int) -> bytes:
     project = open_project(project_dir)
-    square = imaging.model_view(project.image(sample_id), project.image_size)
+    square = imaging.model_view(imaging.server_image(project, sample_id), project.image_size)
     buffer = io.BytesIO()
     square.resize((display, display)).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -303,9 +303,12 @@ def review_store(project: Project) -> ReviewStore:
 
 def export_table(project: Project):
     """``(table, last_decision_id)``: :func:`mlfix.review.export.export_table` of the current decisions,
-    recomputed only when a decision was added (or the samples changed)."""
+    recomputed only when a decision was added (or the samples or the class list changed)."""
+    from mlfix.review import classes
+
     last_id = review_store(project).last_id()
-    return _export_table(*_key(project), last_id), last_id
+    folder, files = _key(project)
+    return _export_table(folder, files + (classes.version(review_store(project)),), last_id), last_id
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -314,7 +317,7 @@ def _export_table(project_dir: str, files: tuple, last_id: int) -> pd.DataFrame:
 
     samples = open_project(project_dir).samples
     store = open_project(project_dir).reviews
-    state = store.current_state(samples[["sample_id", "label"]]) if last_id else None
+    state = store.current_state(samples[["sample_id", "label"]]) if last_id or files[-1] else None  # (class version)
     return export.export_table(samples, state)
 
 
@@ -325,5 +328,8 @@ def export_bytes(project_dir: str, files: tuple, last_id: int, fmt: str) -> byte
 
     project = open_project(project_dir)
     table = _export_table(project_dir, files, last_id)
-    return export.export_bytes(table, fmt, source=project.source,
-                               project={"dir": project_dir, "source": project.source, "last_decision_id": last_id})
+    from mlfix.review import classes
+
+    return export.export_bytes(table, fmt, source=project.source, samples=project.samples,
+                               project={"dir": project_dir, "source": project.source, "last_decision_id": last_id,
+                                        **classes.export_info(project.reviews, project.labels)})

@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from mlfix.service import jobs
-from mlfix.ui import access, background
+from mlfix.ui import access, background, text
 
 if TYPE_CHECKING:
     from mlfix.project import Project
@@ -34,14 +34,14 @@ def offer(project: Project, scores: pd.DataFrame | None) -> None:
         return  # an unindexed project: the page's note says to index it first
     reason = project.scores_unavailable()
     if reason is not None:
-        st.caption(f"Similarity order only: {reason.split(';')[0]}.")
+        st.caption(f"Similarity order only: {text.plain(reason.split(';')[0])}.")
         return
     status = jobs.job_status(project.dir)
     if status.running:
         st.fragment(run_every=REFRESH_S)(_wait)(str(project.dir))
         return
     if status.kind == "scores" and status.state in ("failed", "stopped"):
-        st.error(f"Computing the scores {status.state}: {_last_line(status.log_tail) or status.message}")
+        st.error(f"Computing the scores {status.state}: {text.plain(_last_line(status.log_tail) or status.message)}")
     left, right = st.columns([1, 4], vertical_alignment="center")
     if not access.can("index"):
         right.caption("No scores yet, so the grid is in similarity order: an admin can compute them here.")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from mlfix.ui import access, state
+from mlfix.ui import access, state, text
 
 INPUT_KEY = "mlfix_project_input"
 SYNCED_KEY = "mlfix_project_input_synced"
@@ -85,9 +85,9 @@ def _project_summary(folder: Path | None) -> None:
     try:
         project = state.current_project()
     except Exception as err:  # NotAProjectError and damaged projects alike: say it, don't raise
-        st.warning(f"Not an mlfix project: `{folder}`" if "not an mlfix project" in str(err)
-                   else f"Cannot open `{folder}`: {err}")
+        st.warning(f"Not an mlfix project: {text.code(folder)}" if "not an mlfix project" in str(err)
+                   else f"Cannot open {text.code(folder)}: {text.plain(err)}")
         return
     indexed = "indexed" if project.is_indexed else "not indexed yet"
-    st.caption(f"**{Path(project.dir).name}** · {len(project.samples):,} samples · "
+    st.caption(f"**{text.plain(Path(project.dir).name)}** · {len(project.samples):,} samples · "
                f"{len(project.labels)} classes · {indexed}")

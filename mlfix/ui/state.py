@@ -112,7 +112,7 @@ def require_project():
         project = require_project()
     """
     from mlfix.project import NotAProjectError
-    from mlfix.ui import access
+    from mlfix.ui import access, text
 
     if access.identity() is None:  # a page run outside the navigation still needs a sign-in
         st.info("Sign in in the sidebar first.")
@@ -125,9 +125,9 @@ def require_project():
     try:
         return current_project()
     except NotAProjectError as err:
-        st.error(f"{err}. Choose another folder in the sidebar, or create a project on the "
+        st.error(f"{text.plain(err)}. Choose another folder in the sidebar, or create a project on the "
                  "**Dataset** page.")
         st.stop()
     except Exception as err:  # a damaged project: say what is wrong instead of a traceback
-        st.error(f"Cannot open the project at `{folder}`: {err}")
+        st.error(f"Cannot open the project at {text.code(folder)}: {text.plain(err)}")
         st.stop()

@@ -2,9 +2,12 @@
 
 Kept out of the page files so that pages call one function each:
 
-- :func:`claim_page` (Review page): the page being viewed is claimed for the reviewer (15 min,
-  renewed at every run of the page, i.e. every decision or page turn); a page someone else holds
-  is skipped for the next free one, with a message saying who has it until when.
+- :func:`claim_page` (Review page): the images on screen are claimed for the reviewer (15 min,
+  renewed while they stay on screen), as a set of sample rows, so another sort or page size is not
+  another claim; images someone else holds are left out of this reviewer's pages, with a message
+  saying who has them until when.
+- :func:`reviewer_tag`, :func:`rate_limiter`, :func:`show_refusals` (Review page): what guards a
+  grid batch (see :mod:`mlfix.review.actions`), and its refusals shown as plain text.
 - :func:`banner`, :func:`store_down`, :func:`read_or` (Review page): when the decisions database is
   unavailable, a red banner says decisions are not being saved, the grid stays on screen (it keeps
   the undelivered decisions and resends them), and the last known state is shown.
@@ -17,16 +20,22 @@ Claims are on in token and OIDC mode (several people), and in open mode with ``M
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
 
 import pandas as pd
 import streamlit as st
 
-from mlfix.review.claims import ClaimBook, ClaimTaken
+from mlfix import limits
+from mlfix.review import guard
+from mlfix.review.claims import ClaimBook
 from mlfix.review.log import FINAL_RULES
 from mlfix.review.store import StoreUnavailable
-from mlfix.ui import access
+from mlfix.ui import access, text
 
 if TYPE_CHECKING:
     from mlfix.project import Project
@@ -34,7 +43,9 @@ if TYPE_CHECKING:
 DOWN_KEY = "mlfix_store_down"
 SHOWN_KEY = "mlfix_store_down_shown"
 LAST_STATE_KEY = "mlfix_last_state"
-CLAIM_KEY = "mlfix_claimed_unit"
+CLAIM_KEY = "mlfix_claimed_rows"  # (database, reviewer, rows, when) of the last claim written
+CLAIM_UNIT = "samples"  # claims on sample rows: the same images whatever the sort or page size
+RENEW_S = 60.0
 RULE_KEY = "mlfix_final_rule"
 ADMINS_KEY = "mlfix_final_admins"
 RULE_HELP = {"latest": "latest: the latest decision of anyone (what the grid shows)",
@@ -56,7 +67,7 @@ def _show_down(reason: str) -> None:
     if st.session_state.get(SHOWN_KEY):
         return
     st.session_state[SHOWN_KEY] = True
-    st.error(f"**Decisions are NOT being saved**: the decisions database is unavailable ({reason}). "
+    st.error(f"**Decisions are NOT being saved**: the decisions database is unavailable ({text.plain(reason)}). "
              "Keep this tab open: your decisions are kept here and sent again until the database is back.",
              icon=":material/cloud_off:")
 
@@ -72,8 +83,7 @@ def store_up() -> None:
 
 
 def short_reason(error: BaseException) -> str:
-    text = str(error)
-    return text.split(": decisions are NOT")[0][:300]
+    return str(error).split(": decisions are NOT")[0][:300]
 
 
 def read_or(read: Callable[[], Any], fallback: Callable[[], Any], key: str | None = None) -> Any:
@@ -119,40 +129,104 @@ def _clock_text(when: _dt.datetime) -> str:
     return when.astimezone(_dt.timezone.utc).strftime("%H:%M UTC")
 
 
-def claim_page(store, unit: str, page: int, pages: int, reviewer: str, page_key: str) -> int | None:
-    """Claim ``page`` of ``unit`` for ``reviewer``, or the next free page; returns the page to show.
+def claim_page(store, ids: Sequence[str], rows: np.ndarray, page: int, page_size: int, reviewer: str,
+               page_key: str) -> tuple[list[str], int, int] | None:
+    """The images of ``page`` for ``reviewer``, claimed: ``(page_ids, page, pages)``, or None when
+    every image here is held by someone else (a warning says by whom).
 
-    Returns None when every page is held by someone else (a message says so). Writes the page
-    shown into ``st.session_state[page_key]``. Without claims (open mode), returns ``page``.
+    ``ids``: the images in the order on screen; ``rows``: their rows in the project's samples (-1:
+    none). With claims on, the images someone else holds are left out of this reviewer's pages and
+    the page shown is claimed as its set of sample rows (:meth:`ClaimBook.claim_rows`), whatever
+    the sort or page size; a message says how many are left out and who holds them. Writes the
+    page shown into ``st.session_state[page_key]``. Without claims, plain pages of ``ids``.
     """
-    if not claims_on():
-        return page
-    try:
-        book = claim_book(store)
-        previous = st.session_state.get(CLAIM_KEY)
-        if previous and previous != unit:
-            book.release(previous, reviewer)  # left that class: its page is free for others
-        st.session_state[CLAIM_KEY] = unit
+    ids = np.asarray(ids, dtype=object)
+    rows = np.asarray(rows, dtype=np.int64)
+    for _ in range(2):  # a second pass when someone claimed one of these images meanwhile
         try:
-            book.claim(unit, page, reviewer)
-            return page
-        except ClaimTaken as error:
-            taken = error  # the except clause's name is gone after it
-        free = book.claim_next(unit, pages, reviewer, start=page)
+            others = claim_book(store).held_by_others(CLAIM_UNIT, reviewer) if claims_on() else {}
+        except StoreUnavailable as err:
+            store_down(err)
+            others = {}
+        free, chosen, page, pages = free_page(rows, others, page, page_size)
+        st.session_state[page_key] = page
+        if others and not len(chosen):
+            st.warning(f"Every image here is being reviewed by someone else: {_holders_text(others.values())}. "
+                       "Pick another class, or come back when they are done.", icon=":material/group:")
+            return None
+        if not claims_on() or _claim(store, rows[chosen], reviewer):
+            break
+    if others and not free.all():
+        held = [others[r] for r in set(rows[~free].tolist()) if r in others]
+        st.info(f"{int((~free).sum()):,} image(s) here are being reviewed by {_holders_text(held)}: they are "
+                "left out of your pages.", icon=":material/group:")
+    return [str(s) for s in ids[chosen]], page, pages
+
+
+def free_page(rows: np.ndarray, others: Collection[int], page: int,
+              page_size: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Page ``page`` of the images nobody else holds: ``(free mask, positions on the page, page, pages)``.
+
+    ``rows``: the sample row of each image in screen order; ``others``: rows held by others.
+
+    >>> free, chosen, page, pages = free_page(np.array([5, 6, 7, 8, 9]), {6, 8}, 1, 2)
+    >>> chosen.tolist(), page, pages
+    ([4], 1, 2)
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    held = np.fromiter(others, np.int64, len(others))
+    free = ~np.isin(rows, held) if len(held) else np.ones(len(rows), bool)
+    pages = max(1, math.ceil(int(free.sum()) / page_size))
+    page = min(max(0, int(page)), pages - 1)
+    return free, np.flatnonzero(free)[page * page_size:(page + 1) * page_size], page, pages
+
+
+def _holders_text(claims) -> str:
+    by: dict[str, _dt.datetime] = {}
+    for claim in claims:
+        by[claim.reviewer] = max(by.get(claim.reviewer, claim.expires_at), claim.expires_at)
+    return ", ".join(f"{text.plain(name)} (until {_clock_text(until)})" for name, until in sorted(by.items()))
+
+
+def _claim(store, rows: np.ndarray, reviewer: str) -> bool:
+    """Claim these sample rows; False when someone else took one meanwhile (renewed at most once a
+    minute while the same rows are on screen: a key press costs no claim write)."""
+    rows = sorted(int(r) for r in rows if r >= 0)
+    now = _dt.datetime.now(_dt.timezone.utc)
+    last = st.session_state.get(CLAIM_KEY)
+    fresh = isinstance(last, tuple) and (now - last[3]).total_seconds() < RENEW_S
+    if fresh and last[:3] == (store.url, reviewer, rows):
+        return True
+    try:
+        taken = claim_book(store).claim_rows(CLAIM_UNIT, rows, reviewer)
     except StoreUnavailable as err:
         store_down(err)
-        return page
-    if free is None:
-        holders = book.active(unit)
-        who = ", ".join(f"{r.reviewer} (page {r.page + 1}, until {_clock_text(r.expires_at)})"
-                        for r in holders.itertuples())
-        st.warning(f"Every page here is being reviewed by someone else: {who}. Pick another class, or "
-                   "come back when a page is free.", icon=":material/group:")
-        return None
-    st.info(f"Page {taken.page + 1} is being reviewed by **{taken.by}** until {_clock_text(taken.until)}: "
-            f"showing page {free + 1}, the next free page.", icon=":material/group:")
-    st.session_state[page_key] = free
-    return free
+        return True  # shown as it is: the banner says decisions are not being saved
+    if taken:
+        return False
+    st.session_state[CLAIM_KEY] = (store.url, reviewer, rows, now)
+    return True
+
+
+# ------------------------------------------------------------------------------------ refusals
+
+
+def reviewer_tag() -> str:
+    """The signed-in reviewer's tag: the grid stamps it on each action (see :mod:`mlfix.review.guard`)."""
+    return guard.reviewer_tag(access.reviewer())
+
+
+def rate_limiter() -> guard.RateLimiter:
+    """The server's decisions-per-minute limiter (``MLFIX_MAX_DECISIONS_PER_MINUTE``), shared by all tabs."""
+    return guard.shared_limiter(limits.current().decisions_per_minute)
+
+
+def show_refusals(errors: Sequence[str]) -> None:
+    """The messages of the last batch (refused or deferred actions) above the grid, as plain text."""
+    if errors:
+        st.warning("  \n".join(text.plain(e) for e in errors[:5]) + (f"  \n(and {len(errors) - 5} more)"
+                                                                    if len(errors) > 5 else ""),
+                   icon=":material/block:")
 
 
 # ------------------------------------------------------------------------------------ conflicts

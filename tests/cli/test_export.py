@@ -59,12 +59,17 @@ def test_coco_export_writes_the_corrected_category_into_the_source_file(coco_pro
     assert [a["category_id"] for a in doc["annotations"]] == [1, gadget["id"], 1]
 
 
-def test_coco_for_a_project_without_boxes_is_refused_with_what_works(folder_project, tmp_path, capsys):
+def test_coco_for_a_project_without_boxes_is_a_new_file_of_image_level_labels(folder_project, tmp_path):
     out = tmp_path / "labels.json"
-    assert main(["export", "--project", str(folder_project.dir), "--format", "coco", "-o", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "COCO export needs a project made from a COCO file" in err and "csv or json" in err
-    assert not out.exists()
+    assert main(["export", "--project", str(folder_project.dir), "--format", "coco", "-o", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    samples = folder_project.samples
+    assert [i["file_name"] for i in doc["images"]] == samples["path"].tolist()
+    assert [(i["width"], i["height"]) for i in doc["images"][:1]] == [(int(samples["width"][0]), int(samples["height"][0]))]
+    names = {c["id"]: c["name"] for c in doc["categories"]}
+    assert [c["name"] for c in doc["categories"]] == folder_project.classes.names  # the class list
+    assert len(doc["annotations"]) == 40 and not any("bbox" in a for a in doc["annotations"])  # no invented boxes
+    assert [names[a["category_id"]] for a in doc["annotations"][:2]] == ["green", "green"]
 
 
 def test_coco_export_with_its_source_file_gone_says_so(coco_project, tmp_path, capsys):
@@ -82,10 +87,8 @@ def test_export_to_standard_output(folder_project, capsysbinary):
 def test_the_export_page_offers_coco_exactly_when_the_cli_does(folder_project, coco_project):
     from tests.ui.test_app_pages import app_on
 
-    for project, offered in ((folder_project, False), (coco_project, True)):
+    for project, offered in ((folder_project, True), (coco_project, True)):  # whole images: image-level COCO
         assert (coco_unavailable(project.source) is None) is offered
         at = app_on(project.dir, "app_pages/export.py")
         labels = [b.proto.label for b in at.get("download_button")]
         assert ("COCO" in labels) is offered
-        if not offered:
-            assert any("only for a project made from a COCO file" in c.value for c in at.caption)

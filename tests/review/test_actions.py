@@ -239,7 +239,7 @@ def test_palette_keys_are_digits_then_letters_that_are_not_commands():
     keys = [e["key"] for e in entries]
     assert keys[:10] == list("1234567890")
     assigned = [k for k in keys if k is not None]
-    assert len(assigned) == len(set(assigned)) == 31 and keys[31:] == [None] * 9
+    assert len(assigned) == len(set(assigned)) == 30 and keys[30:] == [None] * 10
     assert not set(assigned) & COMMAND_KEYS
     assert all(e["color"].startswith("#") for e in entries)
     with pytest.raises(ValueError, match="unique"):
@@ -283,3 +283,129 @@ def test_an_unwritable_static_folder_falls_back_to_data_urls(tmp_path):
     static.write_text("a file where the folder should be")  # unwritable even for root
     cache = ThumbnailCache(tmp_path / "thumbs", lambda s: Image.new("RGB", (20, 20)), 32)
     assert thumbnail_urls(cache, ["a.png"], static)[0].startswith("data:image/jpeg")
+
+
+# ---- hardening (#15): long ids, one bad action, limits, what the tab was shown, whose batch ------
+
+from mlfix.limits import Limits  # noqa: E402
+from mlfix.review.actions import row_client_id  # noqa: E402
+from mlfix.review.guard import RateLimiter, reviewer_tag  # noqa: E402
+
+LONG = "data/" + "deep/" * 199 + "cat.png"  # a real long path: 1,007 characters
+
+
+def test_a_sample_id_of_a_thousand_characters_is_stored_once_and_undone(store):
+    payload = batch(act(1, ids=[LONG, "b"], label="fox", client="c1"), act(2, "flag", ids=["c"]))
+    first = BatchApplier().apply(payload, store, LABELS, "ann")
+    again = BatchApplier().apply(payload, store, LABELS, "ann")  # resent after a restart
+    assert not first.errors and not again.errors and again.ack == 2
+    log = store.decisions()
+    assert list(zip(log["sample_id"], log["kind"])) == [(LONG, "relabel"), ("b", "relabel"), ("c", "flag")]
+    assert log["client_id"].tolist() == [row_client_id("c1", LONG), "c1:b", "c2:c"]
+    BatchApplier().apply(batch(act(3, "undo", ids=[LONG], undoes="c1")), store, LABELS, "ann")
+    assert store.decisions()["kind"].tolist()[-1] == "undo"
+    samples = pd.DataFrame({"sample_id": [LONG], "label": ["cat"]})
+    assert store.current_state(samples)["status"].tolist() == ["unreviewed"]
+
+
+def test_row_client_ids_keep_their_old_form_and_never_collide():
+    assert row_client_id("c1", "a/b.png") == "c1:a/b.png"  # rows stored before still dedupe
+    long_row = row_client_id("c1", LONG)
+    assert len(long_row) <= 200 and long_row != row_client_id("c1", LONG + "x")
+    assert row_client_id("c1", long_row.split(":", 1)[1]) != long_row  # a crafted id is not a digest
+
+
+def test_one_action_the_store_refuses_does_not_block_the_others(store):
+    store.record({"client_id": "dup:a", "sample_id": "a", "kind": "ok", "reviewer": "ann"})
+    applier = BatchApplier()
+    result = applier.apply(batch(act(1, "flag", ids=["b"]), act(2, "flag", ids=["a"], client="dup"),
+                                 act(3, "ok", ids=["c"])), store, LABELS, "ann")
+    assert result.ack == 3 and result.refused == [2]
+    assert len(result.errors) == 1 and result.errors[0].startswith(
+        "action 2 (flag on 1 image(s)) was refused by the store, so nothing of it was stored: client_id 'dup:a'")
+    assert store.decisions()["client_id"].tolist() == ["dup:a", "c1:b", "c3:c"]
+    later = applier.apply(batch(act(4, "ok", ids=["b"])), store, LABELS, "ann")  # the next batch goes through
+    assert later.ack == 4 and not later.errors and len(store.decisions()) == 4
+
+
+def test_an_unavailable_store_still_leaves_the_whole_batch_to_be_resent():
+    from mlfix.errors import StoreUnavailable
+
+    class Down(ListStore):
+        def record(self, rows):
+            raise StoreUnavailable("the decisions database is unavailable")
+
+    applier = BatchApplier()
+    with pytest.raises(StoreUnavailable):
+        applier.apply(batch(act(1), act(2, "ok", ids=["b"])), Down(), LABELS, "ann")
+    assert applier.last_seq.get("s1", 0) == 0  # nothing acknowledged: the grid resends both
+
+
+def test_ids_off_the_pages_shown_to_the_tab_are_refused(caplog):
+    store, applier = ListStore(), BatchApplier()
+    with caplog.at_level("WARNING", logger="mlfix.review"):
+        result = applier.apply(batch(act(1, "ok", ids=["a", "other-class/9.png"]), act(2, "ok", ids=["b"])),
+                               store, LABELS, "ann", shown={"a", "b"})
+    assert [r["sample_id"] for r in store.rows] == ["b"] and result.ack == 2 and result.refused == [1]
+    assert result.errors == ["1 image(s) were not on a page shown to you in this tab ('other-class/9.png'...), "
+                             "so nothing of that ok was stored; reload the page and decide on the images it shows"]
+    assert "refused a grid action of 'ann'" in caplog.text and "other-class/9.png" in caplog.text
+
+
+def test_too_many_ids_in_one_action_is_refused_with_the_limit():
+    store, applier = ListStore(), BatchApplier()
+    result = applier.apply(batch(act(1, "ok", ids=[f"s{i}" for i in range(6)]), act(2, "ok", ids=["a"])),
+                           store, LABELS, "ann", limits=Limits(ids_per_action=5))
+    assert [r["sample_id"] for r in store.rows] == ["a"] and result.ack == 2
+    assert result.errors == ["action 1: 6 images in one action; at most 5 (MLFIX_MAX_IDS_PER_ACTION), so "
+                             "nothing of it was stored: select fewer"]
+
+
+def test_a_batch_over_the_cap_is_handled_in_parts_and_nothing_is_lost():
+    store, applier = ListStore(), BatchApplier()
+    actions = [act(i, "ok", ids=[f"s{i}"]) for i in range(1, 8)]
+    first = applier.apply(batch(*actions), store, LABELS, "ann", limits=Limits(actions_per_batch=3))
+    assert first.ack == 3 and first.deferred == [4, 5, 6, 7]
+    assert first.errors == ["7 actions in one batch; at most 3 are handled at a time (MLFIX_MAX_ACTIONS_PER_BATCH): "
+                            "4 action(s) are kept in this tab and sent again shortly"]
+    while applier.last_seq["s1"] < 7:  # the grid resends what is not acknowledged
+        applier.apply(batch(*actions[applier.last_seq["s1"]:]), store, LABELS, "ann",
+                      limits=Limits(actions_per_batch=3))
+    assert [r["sample_id"] for r in store.rows] == [f"s{i}" for i in range(1, 8)]
+
+
+def test_decisions_per_minute_are_capped_per_reviewer_and_the_rest_waits():
+    now = [0.0]
+    rate = RateLimiter(per_minute=4, clock=lambda: now[0])
+    store, applier = ListStore(), BatchApplier()
+    payload = batch(act(1, "ok", ids=["a", "b", "c"]), act(2, "ok", ids=["d", "e"]), act(3, "page", delta=1))
+    first = applier.apply(payload, store, LABELS, "ann", rate=rate)
+    assert [r["sample_id"] for r in store.rows] == ["a", "b", "c"] and first.ack == 1 and first.deferred == [2, 3]
+    assert first.errors == ["Slow down: more than 4 decisions a minute (MLFIX_MAX_DECISIONS_PER_MINUTE); try again "
+                            "in about 15 s: 2 action(s) are kept in this tab and sent again shortly"]
+    bobs = BatchApplier().apply(batch(act(1, "ok", ids=list("wxyz")), session="bobs-tab"), ListStore(), LABELS,
+                                "bob", rate=rate)
+    assert bobs.ack == 1 and not bobs.errors  # per reviewer: ann's pace does not slow bob
+    now[0] = 7.0  # 7 s later: 1.47 decisions allowed, 2 needed
+    assert applier.apply(payload, store, LABELS, "ann", rate=rate).ack == 1
+    now[0] = 30.0
+    last = applier.apply(payload, store, LABELS, "ann", rate=rate)
+    assert last.ack == 3 and [r["sample_id"] for r in store.rows] == list("abcde") and last.page_delta == 1
+
+
+def test_a_batch_made_by_another_reviewer_is_not_stored_under_the_one_signed_in_now():
+    store, applier = ListStore(), BatchApplier()
+    made_by_ann = batch(act(1, "ok", ids=["a"], by=reviewer_tag("ann")),
+                        act(2, "ok", ids=["b"], by=reviewer_tag("bob")), act(3, "ok", ids=["c"]))
+    result = applier.apply(made_by_ann, store, LABELS, "bob")
+    assert [(r["sample_id"], r["reviewer"]) for r in store.rows] == [("b", "bob"), ("c", "bob")]
+    assert result.ack == 3 and result.errors == [
+        "action 1 (ok) was made in this tab by another reviewer, before you signed in, so it was not stored "
+        "under your name"]
+
+
+def test_an_undo_naming_another_reviewers_action_undoes_nothing_of_theirs(store):
+    BatchApplier().apply(batch(act(1, ids=["a"], label="dog", client="anns")), store, LABELS, "ann")
+    result = BatchApplier().apply(batch(act(1, "undo", ids=["a"], undoes="anns"), session="bobs-tab"),
+                                  store, LABELS, "bob")
+    assert store.decisions()["kind"].tolist() == ["relabel"] and "nothing to undo" in result.errors[0]

@@ -192,3 +192,35 @@ def test_reviewers_claiming_at_once_get_different_pages(url, n_pages):
         active = book.active("cat")
     assert sorted(active["page"]) == sorted(pages)
     assert dict(zip(active["reviewer"], active["page"])) == {k: v for k, v in got.items() if v is not None}
+
+
+# ---- claims on sample rows (the Review page): the same images whatever the sort or page size ----
+
+def test_rows_are_claimed_all_or_nothing(book, clock):
+    assert book.claim_rows("samples", [3, 1, 2], "ann") == {}
+    taken = book.claim_rows("samples", [2, 5], "bob")
+    assert list(taken) == [2] and taken[2].reviewer == "ann" and taken[2].expires_at == T0 + dt.timedelta(minutes=15)
+    assert sorted(book.active("samples")["page"]) == [1, 2, 3]  # bob got nothing, not even row 5
+    assert set(book.held_by_others("samples", "bob")) == {1, 2, 3} and book.held_by_others("samples", "ann") == {}
+
+
+def test_claiming_other_rows_moves_the_claim_and_renewing_extends_it(book, clock):
+    book.claim_rows("samples", [1, 2, 3], "ann")
+    clock.advance(10)
+    assert book.claim_rows("samples", [3, 4], "ann") == {}
+    active = book.active("samples").set_index("page")
+    assert sorted(active.index) == [3, 4]
+    assert active.loc[3, "expires_at"] == active.loc[4, "expires_at"] == T0 + dt.timedelta(minutes=25)
+    assert book.claim_rows("samples", [1, 2], "bob") == {}  # ann moved on: free
+    clock.advance(16)  # ann's claims expire
+    assert book.claim_rows("samples", [3, 4], "cy") == {}
+
+
+def test_rows_must_be_row_numbers(book):
+    import numpy as np
+
+    assert book.claim_rows("samples", np.array([7, 8]), "ann") == {}
+    with pytest.raises(ValueError, match="page must be a 0-based int"):
+        book.claim_rows("samples", [-1], "ann")
+    with pytest.raises(ValueError, match="page must be a 0-based int"):
+        book.claim_rows("samples", ["3"], "ann")

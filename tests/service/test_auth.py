@@ -25,8 +25,10 @@ def test_modes_follow_what_is_configured():
 
 
 def test_environment_wins_over_secrets():
-    settings = load_settings({"mlfix": {"admin_token": "s" * 20, "reviewer_token": "r" * 20}}, {"MLFIX_ADMIN_TOKEN": ADMIN})
-    assert settings.admin_token == ADMIN and settings.reviewer_token == "r" * 20
+    secret_admin, secret_reviewer = "secret-admin-0123456789", "secret-reviewer-0123456789"
+    settings = load_settings({"mlfix": {"admin_token": secret_admin, "reviewer_token": secret_reviewer}},
+                             {"MLFIX_ADMIN_TOKEN": ADMIN})
+    assert settings.admin_token == ADMIN and settings.reviewer_token == secret_reviewer
     assert ADMIN not in repr(settings)  # tokens never end up in a log line
 
 
@@ -98,8 +100,8 @@ def test_oidc_identity_and_admins():
     assert ann == Identity("ann@x.org", "admin", "oidc", "ann@x.org")
     bob = identity_from_user({"is_logged_in": True, "email": "bob@x.org"}, secrets, {})
     assert bob.role == "reviewer"
-    unverified = identity_from_user({"is_logged_in": True, "email": "ann@x.org", "email_verified": False}, secrets, {})
-    assert unverified.role == "reviewer"  # an unverified address never makes an admin
+    with pytest.raises(AuthError, match="ann@x.org is not verified"):  # never an admin, nor anyone's name
+        identity_from_user({"is_logged_in": True, "email": "ann@x.org", "email_verified": False}, secrets, {})
     assert identity_from_user({"is_logged_in": True, "name": "Carl"}, secrets, {}).name == "Carl"
     with pytest.raises(AuthError, match="sign in"):
         identity_from_user({"is_logged_in": False}, secrets, {})

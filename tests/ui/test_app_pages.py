@@ -207,10 +207,14 @@ def test_no_project_offers_to_create_one_from_a_folder_or_a_zip(tiny_image_folde
     at.checkbox(key="ds_tta_flip").check()
     at.button(key="ds_create").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
+    # the scan runs in a job (its own process), never in the server's: the page follows it
+    assert jobs.current_job(target)["args"][-1] == "--scan-only"
+    assert any("Scanning started" in s.value for s in at.success)
+    assert jobs.wait_job(target, timeout=60).state == "finished", jobs.job_status(target).log_tail
+    at.run()
     assert Project.is_project(target)
     assert Project.open(target).settings.tta_flip is True
     assert at.session_state[ui_state.PROJECT_KEY] == str(target.resolve())
-    assert any("Created" in s.value and "40 samples" in s.value for s in at.success)
     assert {m.label: m.value for m in at.metric}["Samples"] == "40"
 
 
@@ -220,7 +224,11 @@ def _create_with_csv(at: AppTest, images: Path, target: Path, content: bytes) ->
     at.radio(key="ds_source").set_value("csv").run()
     at.file_uploader(key="ds_csv_upload").upload("labels.csv", content, "text/csv")
     at.checkbox(key="ds_start_index").uncheck()
-    return at.button(key="ds_create").click().run()
+    at.button(key="ds_create").click().run()
+    if jobs.current_job(target):  # the scan runs in a job: wait for it, then show the project
+        jobs.wait_job(target, timeout=60)
+        at.run()
+    return at
 
 
 @pytest.mark.parametrize("content, message", [
@@ -284,7 +292,7 @@ def test_training_page_shows_the_loss_curve_speed_eta_and_stage_progress(project
     assert bars["training: step 30 of 100"] == 30
     assert bars["features: 200 of 200"] == 100
     assert bars["words: 50 of 200"] == 25
-    assert [b.label for b in at.button] == ["Start training", "Index again"]
+    assert [b.label for b in at.button] == ["Start training", "Index again", "Start fine-tuning"]
     # an unfinished log written moments ago: work started from a terminal, followed live
     assert any("started outside the app" in c.value for c in at.caption)
     write_train_log(project_copy.dir, steps=100)  # both runs finished
@@ -452,7 +460,9 @@ def test_export_page_downloads_the_corrected_labels_and_summarises_the_changes(p
     assert csv.set_index("sample_id").loc[ids[3], "status"] == "flagged"
     doc = json.loads(download(at, media, "JSON"))
     assert sum(s["changed"] for s in doc["samples"]) == changed
-    assert "COCO" not in [b.proto.label for b in at.get("download_button")]  # not a COCO project
+    assert doc["project"]["classes"] == project_copy.labels and doc["project"]["class_events"] == []
+    coco = json.loads(download(at, media, "COCO"))  # not a COCO project: image-level labels, no boxes
+    assert len(coco["images"]) == len(ids) and not any("bbox" in a for a in coco["annotations"])
     changes = table(at, "original_label", "count")
     assert changes["count"].sum() == changed and set(changes["corrected_label"]) == {other}
     reviewers = table(at, "reviewer", "relabel").set_index("reviewer")

@@ -19,7 +19,9 @@ Each ordering returns an int64 permutation of ``range(N)``. The package, one mod
   embedding chain's scan;
 - :mod:`~mlfix.pipeline.ordering.bags` — the input checks they share;
 - :mod:`~mlfix.pipeline.ordering.embedding` — ``embedding_order``, the same greedy chain over pooled
-  embeddings (cosine) instead of bags: the project's default order (:data:`DEFAULT_ORDERING`).
+  embeddings (cosine) instead of bags: the project's default order (:data:`DEFAULT_ORDERING`);
+- :mod:`~mlfix.pipeline.ordering.runs` — ``run_ids``: where an order's similarity drops, a run id per
+  position (the review grid's breaks; one key labels a run).
 
 A project's index stores both kinds of order (:data:`ORDERINGS`: the folder of each).
 

@@ -1,0 +1,162 @@
+"""The label side of a :class:`~mlfix.project.Project`: suspected errors, fine-tuning, suggestions, clusters.
+
+:class:`ProjectLabels` is a mixin of :class:`~mlfix.project.Project` (which gives it ``dir``,
+``samples``, ``settings``, ``reviews``, the index arrays and ``_require_index``); it composes the
+scoring layer (:mod:`mlfix.scoring`), fine-tuning (:mod:`mlfix.training.finetune`) and the review's
+decisions, and caches what it computes in the project folder with a key file, as the index does.
+Use it through ``Project``: ``project.scores()``, ``project.finetune()``, ``project.suggest()``,
+``project.clusters()``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from mlfix.errors import NotEnoughLabelsError
+from mlfix.pipeline.artifacts import atomic_parquet, read_key, same_key, write_key
+from mlfix.progress import Progress
+
+if TYPE_CHECKING:
+    from mlfix.training.finetune import FinetuneResult
+
+
+class ProjectLabels:
+    """Scores, fine-tuning, suggestions and clusters of a project (a mixin of ``Project``)."""
+
+    def scores(self, methods=None) -> pd.DataFrame:
+        """Suspected label errors, one row per readable sample, most suspect first (see mlfix.scoring.registry).
+
+        Columns: sample_id, path, label, score, suggested_label, then ``score_<method>`` and
+        ``suggested_<method>`` per method. Rows are sorted by ``score``, highest (most suspect)
+        first; ties keep the sample order; unlabeled samples have no score (NaN) and come last
+        (their ``suggested_label`` is still a guess). ``table.attrs["trust"]``: whether the labels can
+        be trusted (:mod:`mlfix.scoring.trust`; a dict with a ``verdict``). The review loop learns: labels are the
+        corrected ones and samples a reviewer relabeled or confirmed are trusted. Recomputed only
+        when the index or the decisions changed since the last call; :meth:`cached_scores` never
+        recomputes.
+
+        Raises :class:`~mlfix.errors.NotEnoughLabelsError` when the readable samples' labels name
+        fewer than two classes (an unlabeled folder): the message says what works instead.
+        """
+        from mlfix.scoring.contract import most_suspect_first
+        from mlfix.scoring.registry import compute_scores
+        from mlfix.scoring.trust import TRUST_FILE, read_trust, write_trust
+
+        self._require_index()
+        samples = self.samples
+        state, trusted = self._label_state()
+        key = {"index": read_key(self.dir / "orders" / "orders.key.json"), "decisions": self.reviews.last_id(),
+               "methods": sorted(methods) if methods else None, "finetune": self._finetune_stamp()}
+        path = self.dir / "scores.parquet"
+        if same_key(self.dir / "scores.key.json", key) and path.exists():
+            table = pd.read_parquet(path)  # sorted again: a table written unsorted by an older mlfix
+            table = most_suspect_first(table, pd.Index(samples["sample_id"]).get_indexer(table["sample_id"]))
+            table.attrs["trust"] = read_trust(self.dir / TRUST_FILE)
+            return table
+        rows = np.flatnonzero(self.readable())
+        classes = pd.Series(state["label"].to_numpy()[rows], dtype=object).dropna().unique()
+        if len(rows) and len(classes) < 2:
+            raise NotEnoughLabelsError(self._too_few_classes(sorted(map(str, classes))))
+        table = compute_scores(np.asarray(self.pooled()[rows], dtype=np.float32),
+                               state["label"].to_numpy()[rows], samples["sample_id"].to_numpy()[rows],
+                               bags=np.asarray(self.bags()[rows]), trusted=trusted[rows],
+                               methods=methods, seed=self.settings.seed,
+                               probabilities=self._finetuned_probabilities(rows, state["label"].to_numpy()))
+        table.insert(1, "path", samples["path"].to_numpy()[rows])
+        trust = table.attrs.get("trust")
+        table = most_suspect_first(table, rows)
+        atomic_parquet(table, path)
+        write_trust(self.dir / TRUST_FILE, trust)  # read back by the Review page and `mlfix scores`
+        write_key(self.dir / "scores.key.json", key)
+        table.attrs["trust"] = trust
+        return table
+
+    # ---- fine-tuning (mlfix.training.finetune) ---------------------------------------------------
+
+    def finetune(self, progress: Progress | None = None, device: str | None = None, workers: int | None = None,
+                 **options) -> "FinetuneResult":
+        """Cross-validated fine-tuning of the backbone on the current labels (reviewed ones trusted);
+        from then on :meth:`scores` takes the probe-based checks from its out-of-fold probabilities.
+        ``options``: ``folds``, ``epochs``, ``image_size``, ``train``, ``max_train``... (see
+        :class:`~mlfix.training.finetune.FinetuneSettings`). A rerun resumes an unfinished run."""
+        from mlfix.training.finetune_project import finetune_project
+
+        self._require_index()
+        rows = np.flatnonzero(self.readable())
+        state, trusted = self._label_state()
+        return finetune_project(self.dir, self.settings, self.root, self.samples.iloc[rows],
+                                state["label"].to_numpy()[rows], trusted[rows], self.image_size,
+                                progress or Progress("finetune", self.dir / "progress"), device, workers, options)
+
+    def _label_state(self) -> tuple[pd.DataFrame, np.ndarray]:
+        """(the review's current state of every sample: label, status..., the trusted mask: samples a
+        reviewer relabeled or confirmed)."""
+        state = self.reviews.current_state(self.samples[["sample_id", "label"]])
+        return state, state["status"].isin(["ok", "relabeled"]).to_numpy()
+
+    def _finetune_stamp(self) -> str | None:
+        path = self.dir / "finetune" / "result.json"
+        return str(path.stat().st_mtime_ns) if path.exists() else None
+
+    def _finetuned_probabilities(self, rows: np.ndarray, labels: np.ndarray):
+        """The fine-tuned out-of-fold probabilities of ``rows``, columns as the labels' classes (None
+        without a result that covers them all)."""
+        from mlfix.scoring.probe import aligned_out_of_fold
+        from mlfix.training.finetune_project import finetuned_result
+
+        result = finetuned_result(self.dir, self.samples["sample_id"].to_numpy()[rows])
+        if result is None:
+            return None
+        return aligned_out_of_fold(result.probs, result.classes, result.fold, labels[rows])
+
+    def scores_unavailable(self) -> str | None:
+        """Why :meth:`scores` cannot rank label errors here (the given labels name fewer than two
+        classes), saying what works instead; None when the labels allow it. Labels made in the review
+        count (read only when the given labels name fewer than two classes)."""
+        labels = self.labels
+        if len(labels) < 2:
+            labels = sorted(map(str, self.corrected_labels()["corrected_label"].dropna().unique()))
+        return self._too_few_classes(labels) if len(labels) < 2 else None
+
+    def _too_few_classes(self, classes: list[str]) -> str:
+        found = "no labels" if not classes else f"one class only ({classes[0]!r})"
+        return (f"{found}: label-error scores need at least two classes; the similarity order works: "
+                f"open the Review page (`mlfix serve --project {self.dir}`)")
+
+    def cached_scores(self) -> pd.DataFrame | None:
+        """The last computed scores table, most suspect first as :meth:`scores` wrote it (possibly
+        older than the latest decisions), or None."""
+        path = self.dir / "scores.parquet"
+        return self._load_parquet("scores.parquet") if path.exists() else None
+
+    def suggest(self, method: str = "auto", scope: str = "auto", k: int | None = None) -> pd.DataFrame:
+        """Suggested labels with a confidence, learned from the labels there are (given, relabeled,
+        confirmed): ``DataFrame[sample_id, suggested_label, confidence, source]``, most confident first.
+
+        ``scope``: ``unlabeled``, ``all`` (every unreviewed sample), or ``auto`` (``all`` when the last
+        scores found the given labels untrusted: then only reviewed labels are learned from).
+        ``method``: ``knn``, ``probe`` or ``auto`` (see :mod:`mlfix.scoring.suggest`). Fewer than two
+        classes: an empty table, ``attrs["reason"]`` says why. Cached until the index or decisions change.
+        """
+        from mlfix.scoring.suggest import DEFAULT_K, cached_suggestions
+
+        self._require_index()
+        key = {"index": read_key(self.dir / "orders" / "orders.key.json"), "decisions": self.reviews.last_id()}
+        return cached_suggestions(self.dir, self.pooled(), np.flatnonzero(self.readable()), self.corrected_labels(),
+                                  key, method=method, scope=scope, k=k or DEFAULT_K, seed=self.settings.seed)
+
+    def clusters(self, k: int | None = None) -> pd.DataFrame:
+        """The readable images grouped by cluster of the pooled embedding (:mod:`mlfix.pipeline.clusters`):
+        ``DataFrame[sample_id, cluster, similarity]``, cluster 0 (the largest) first, each cluster most
+        typical first (the odd ones out last). Cached in ``clusters/`` until the index or ``k`` change."""
+        from mlfix.pipeline.clusters import cached_clusters, member_order
+
+        self._require_index()
+        found = cached_clusters(self.dir, self.pooled(), self.readable(),
+                                read_key(self.dir / "orders" / "orders.key.json"), k=k, seed=self.settings.seed)
+        rows = member_order(found)
+        return pd.DataFrame({"sample_id": self.samples["sample_id"].to_numpy()[rows],
+                             "cluster": found.assign[rows], "similarity": found.similarity[rows]})

@@ -1,0 +1,88 @@
+"""The Training page's fine-tuning section: start ``mlfix finetune`` in the background, show its folds.
+
+Cross-validated fine-tuning (:mod:`mlfix.training.finetune`) trains the backbone on the labels, K
+times, so that every image gets class probabilities from a network that never saw it; the scores then
+use them. The section shows the last result (out-of-fold accuracy against the given labels and
+chance, time), the controls, and the live progress of a running job from ``progress/finetune.jsonl``.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from mlfix.project import Project
+from mlfix.ui import background
+
+JOB = "finetune"
+
+
+def last_records(records: list[dict]) -> list[dict]:
+    """The last progress record of each stage, in the order the stages started.
+
+    >>> last_records([{"stage": "fold 1/3", "done": 1, "total": 4}, {"stage": "fold 1/3", "done": 4, "total": 4},
+    ...               {"stage": "fold 2/3", "done": 2, "total": 4}, {"note": "x"}])
+    [{'stage': 'fold 1/3', 'done': 4, 'total': 4}, {'stage': 'fold 2/3', 'done': 2, 'total': 4}]
+    """
+    last: dict[str, dict] = {}
+    for record in records:
+        if record.get("stage") and "done" in record:
+            last[record["stage"]] = record
+    return list(last.values())
+
+
+def _result_line(project: Project) -> None:
+    from mlfix.training.finetune import summary_text
+    from mlfix.training.finetune import FinetuneResult
+
+    result = FinetuneResult.load(project.dir / "finetune")
+    if result is None:
+        st.caption("Not fine-tuned yet: the scores use the frozen backbone's linear probe.")
+        return
+    st.markdown(f"Last run: {summary_text(result.summary)}. The probe-based scores use it.")
+    acc, chance = result.summary.get("oof_accuracy"), result.summary.get("chance_accuracy")
+    if acc is not None and chance is not None and acc < chance + 0.1:
+        st.warning("The fine-tuned network barely beats chance on these labels: the label-based scores "
+                   "are not to be trusted here (mostly wrong labels, or classes the images cannot tell apart).")
+
+
+def progress_view(project_dir) -> None:
+    """The running (or last) fine-tuning's stages as progress bars; nothing when it never ran."""
+    from pathlib import Path
+
+    from mlfix.ui.loaders import progress_records
+
+    records = last_records(progress_records(Path(project_dir) / "progress" / f"{JOB}.jsonl"))
+    if records:
+        st.markdown("**Fine-tuning**")
+    for record in records:
+        total = max(1, int(record.get("total") or 1))
+        extra = ", ".join(f"{k.replace('_', ' ')} {record[k]}" for k in ("epoch", "loss", "images_per_s")
+                          if k in record)
+        st.progress(min(1.0, int(record["done"]) / total),
+                    text=f"{record['stage']}: {int(record['done']):,} of {total:,}{f' ({extra})' if extra else ''}")
+
+
+def finetune_controls(project: Project, running: bool) -> None:
+    """The section: the last result, the settings and the start button (progress: :func:`progress_view`)."""
+    from mlfix.training.finetune import FinetuneSettings
+    from mlfix.training.finetune_model import TRAIN_CHOICES
+
+    st.subheader("Fine-tune for the scores")
+    st.caption("Trains the backbone on your labels in K folds; each image is scored by a network that never "
+               "saw it. Finds subtler errors than the frozen backbone. Reviewed images count as trusted labels "
+               "on the next run. Stop keeps what is done; starting again resumes.")
+    _result_line(project)
+    d = FinetuneSettings()
+    c1, c2, c3, c4 = st.columns(4)
+    folds = c1.number_input("Folds", 2, 10, d.folds, key="ft_folds")
+    epochs = c2.number_input("Epochs", 1, 100, d.epochs, key="ft_epochs")
+    size = c3.number_input("Image size (px)", 32, 512, project.image_size if project.is_indexed else 224, 16,
+                           key="ft_size")
+    train = c4.selectbox("Train", list(TRAIN_CHOICES), index=list(TRAIN_CHOICES).index(d.train), key="ft_train",
+                         help="head: the linear layer only; last..last3: the last stages too; all: everything "
+                              "(slowest)")
+    args = ["--folds", str(int(folds)), "--epochs", str(int(epochs)), "--image-size", str(int(size)),
+            "--train", train]
+    if st.button("Start fine-tuning", disabled=running or not project.is_indexed, key="ft_start",
+                 help=None if project.is_indexed else "Index the project first"):
+        background.start_job(project.dir, JOB, args)

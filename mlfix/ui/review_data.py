@@ -1,0 +1,188 @@
+"""The Review page's data: what to show, in which order, with which state; each cached per version of
+the files that made it (a key press reruns the page; none of this is recomputed unless a file changed).
+
+Pure of widgets: the page (``app_pages/review.py``) draws, these functions read the project.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from mlfix.errors import MlfixError
+from mlfix.project import Project
+from mlfix.review.store import ReviewStore
+
+SIMILARITY = "Similarity (embedding)"  # the default order: its neighbour purity measured higher
+SIMILARITY_WORDS = "Similarity (visual words)"
+SIMILARITY_ORDERS = {SIMILARITY: "embedding", SIMILARITY_WORDS: "words"}  # sort option -> Project.order(by=)
+NO_EMBEDDING_ORDER = ("This project was indexed before the embedding order existed: showing the visual-word "
+                      "order. Index it again (Training page, or `mlfix index`) to add it; the features are reused.")
+
+def review_store(project: Project) -> ReviewStore:
+    """The project's decisions store (one per open project: it holds a connection pool)."""
+    return project.reviews
+
+
+def published_views(project: Project) -> dict[str, dict]:
+    """``{name: {sample_ids, note, created}}`` published from a notebook; {} when none or unsupported."""
+    try:
+        return dict(project.views())
+    except Exception:  # a damaged view file must not break the page
+        return {}
+
+
+def score_table(project: Project) -> pd.DataFrame | None:
+    """The project's last computed scores, or None. Never computes them here: that is slow work
+    for the Training page or a notebook (``project.scores()``), and would import torch."""
+    path = Path(project.dir) / "scores.parquet"
+    if not path.exists():
+        return None
+    try:
+        table = project.cached_scores()
+    except Exception:  # scores being rewritten, or an old format: sort by similarity only
+        return None
+    return table if isinstance(table, pd.DataFrame) and "sample_id" in table.columns else None
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _scores_by_id(project_dir: str, stamp: tuple, _scores: pd.DataFrame) -> pd.DataFrame:
+    return _scores.drop_duplicates("sample_id").set_index("sample_id")
+
+
+def scores_by_id(project: Project, scores: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The scores indexed by sample id (made once per version of scores.parquet)."""
+    from mlfix.ui import loaders
+
+    if scores is None:
+        return None
+    return _scores_by_id(str(project.dir), loaders.stamp(project.dir, ("scores.parquet",)), scores)
+
+
+def score_columns(table: pd.DataFrame | None) -> list[str]:
+    if table is None:
+        return []
+    return [c for c in table.columns if c == "score" or c.startswith("score_")]
+
+
+def ordered_ids(project: Project, label: str | None, view: dict | None, sort: str,
+                scores: pd.DataFrame | None) -> tuple[np.ndarray, str | None]:
+    """The sample ids to review in order, and a note when the order is a fallback."""
+    samples = project.samples
+    note = None
+    if view is not None:
+        wanted = np.asarray(view["sample_ids"], dtype=object)
+        ids = wanted[pd.Index(samples["sample_id"].to_numpy()).get_indexer(wanted) >= 0]
+    elif project.is_indexed:
+        held = project.orderings()
+        by = SIMILARITY_ORDERS.get(sort, held[0])  # a score sort breaks ties in the default order
+        if by not in held:
+            by, note = held[0], NO_EMBEDDING_ORDER
+        ids = np.asarray(project.order(label, by=by), dtype=object)
+    else:
+        subset = samples if label is None else samples[samples["label"] == label]
+        ids = subset["sample_id"].to_numpy(dtype=object)
+        note = "The project is not indexed yet: images are in file order. Index it to see similar images side by side."
+    if sort not in SIMILARITY_ORDERS and scores is not None and sort in scores.columns:
+        by_id = scores.drop_duplicates("sample_id").set_index("sample_id")[sort]
+        values = by_id.reindex(ids).to_numpy(dtype=float)
+        ids = ids[np.argsort(np.where(np.isnan(values), -np.inf, -values), kind="stable")]
+    return ids, note
+
+
+ORDER_FILES = ("samples.parquet", "orders/orders.json", "orders/orders.key.json", "orders/by-embedding/orders.json",
+               "orders/by-embedding/orders.key.json", "scores.parquet")
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _ordering(project_dir: str, stamp: tuple, label: str | None, view_key: tuple | None, sort: str,
+              _project, _view, _scores) -> tuple[np.ndarray, pd.Index, str | None]:
+    ids, note = ordered_ids(_project, label, _view, sort, _scores)
+    return ids, pd.Index(ids), note
+
+
+def ordering(project: Project, label: str | None, view_name: str, view: dict | None, sort: str,
+             scores: pd.DataFrame | None) -> tuple[np.ndarray, pd.Index, str | None]:
+    """:func:`ordered_ids` plus a hash index of them, cached while the files that made them are
+    unchanged (a class of 100,000 is not re-read and re-hashed at every key press)."""
+    from mlfix.ui import loaders
+
+    view_key = (view_name, view.get("created"), len(view["sample_ids"])) if view is not None else None
+    return _ordering(str(project.dir), loaders.stamp(project.dir, ORDER_FILES), label, view_key, sort,
+                     project, view, scores)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _runs(project_dir: str, stamp: tuple, label: str | None, by: str, _project) -> np.ndarray:
+    return _project.runs(label, by)
+
+
+def page_runs(project: Project, label: str | None, sort: str, view: dict | None,
+              positions: np.ndarray) -> list | None:
+    """Run ids at ``positions`` of a class's (or all images') similarity order, for the grid's breaks
+    and its ``r`` key; None where there are no runs (a score sort, a view, no index)."""
+    from mlfix.ui import loaders
+
+    held = project.orderings() if view is None and sort in SIMILARITY_ORDERS and project.is_indexed else []
+    if not held:
+        return None
+    by = SIMILARITY_ORDERS[sort] if SIMILARITY_ORDERS[sort] in held else held[0]
+    files = ORDER_FILES + ("features/pooled.npy",)
+    try:
+        runs = _runs(str(project.dir), loaders.stamp(project.dir, files), label, by, project)
+    except (KeyError, ValueError, OSError, MlfixError):  # e.g. a class added in the app: no order, no runs
+        return None
+    return runs[positions].tolist()
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _sample_tables(project_dir: str, stamp: tuple, _project) -> tuple[pd.Series, list[str]]:
+    samples = _project.samples
+    originals = pd.Series(samples["label"].to_numpy(dtype=object), index=samples["sample_id"].to_numpy())
+    if len(originals):
+        originals.index.get_loc(originals.index[0])  # builds the hash table once, here
+    return originals, list(_project.labels)
+
+
+def sample_tables(project: Project) -> tuple[pd.Series, list[str]]:
+    """(given label by sample id, sorted labels), made once per version of samples.parquet."""
+    from mlfix.ui import loaders
+
+    return _sample_tables(str(project.dir), loaders.stamp(project.dir, ("samples.parquet",)), project)
+
+
+def state_of(store, index: pd.Index, originals: pd.Series) -> pd.DataFrame:
+    """The review state (status, current label) of those samples of ``index`` that have decisions,
+    by sample id; the others are unreviewed. Costs lookups of the decided ids, not a pass over the
+    class (a class of a million images is as fast as one of a hundred)."""
+    from mlfix.review.classes import effective_log, read_events
+    from mlfix.review.log import derive_state
+
+    log = store.decisions()
+    decided = log["sample_id"].unique()
+    touched = decided[index.get_indexer(decided) >= 0] if len(decided) else decided
+    subset = pd.DataFrame({"sample_id": touched, "label": originals.reindex(touched).to_numpy()})
+    base = store.labels if store.labels is not None else originals.dropna().unique()
+    log = effective_log(log, read_events(store), base)  # relabels read through class renames and merges
+    return derive_state(log, subset).set_index("sample_id")
+
+
+def make_items(ids: list[str], urls: list[str], current: pd.DataFrame, originals: pd.Series,
+               suggested: pd.Series | None) -> list[dict]:
+    """The grid's items: ``{id, url, label, status, new_label, suggested}``."""
+    items = []
+    for sample_id, url in zip(ids, urls):
+        row = current.loc[sample_id] if sample_id in current.index else None
+        status = str(row["status"]) if row is not None else "unreviewed"
+        label = originals.get(sample_id)
+        item = {"id": sample_id, "url": url, "label": None if pd.isna(label) else str(label),
+                "status": status,
+                "new_label": str(row["label"]) if status == "relabeled" else None}
+        if suggested is not None:
+            value = suggested.get(sample_id)
+            item["suggested"] = None if value is None or pd.isna(value) else str(value)
+        items.append(item)
+    return items

@@ -1,0 +1,189 @@
+"""Cross-validated fine-tuning (mlfix.training.finetune): detection, determinism, resume, odd labels."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mlfix.data.images import DataRoot
+from mlfix.data.scan import scan
+from mlfix.errors import SettingsError
+from mlfix.training.finetune import FinetuneResult, FinetuneSettings, finetune, training_plan
+from mlfix.training.loop import TrainingStopped
+
+SIZE = 64
+
+
+def blob(rng: np.random.Generator, top: bool) -> Image.Image:
+    """A disc of a random colour in the top or the bottom half of a noisy background. The class is the
+    half only: the pooled features of a frozen network are nearly blind to where a thing is, a
+    network trained on the labels is not."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    cy = rng.uniform(0.15, 0.35) * SIZE if top else rng.uniform(0.65, 0.85) * SIZE
+    cx, radius = rng.uniform(0.2, 0.8) * SIZE, rng.uniform(0.1, 0.16) * SIZE
+    disc = ((yy - cy) ** 2 + (xx - cx) ** 2 < radius ** 2)[..., None]
+    background = rng.uniform(0, 0.6, 3) + rng.normal(0, 0.15, (SIZE, SIZE, 3))
+    pixels = np.where(disc, rng.uniform(0.3, 1, 3), background)
+    return Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8))
+
+
+def blobs_folder(root: Path, n: int, error_every: int = 10) -> Path:
+    """``n`` images, half "top", half "bottom"; every ``error_every``-th sits in the wrong class
+    folder. The true class is in the file name (``0003_t.png``)."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        top = i % 2 == 0
+        true = "t" if top else "b"
+        given = ("b" if top else "t") if i % error_every == 3 else true
+        (root / given).mkdir(parents=True, exist_ok=True)
+        blob(rng, top).save(root / given / f"{i:04d}_{true}.png")
+    return root
+
+
+def backbone():
+    from mlfix.pipeline.backbone import create_backbone
+
+    return create_backbone("efficientnet_lite0", weights="offline")
+
+
+@pytest.fixture(scope="module")
+def blobs_set(tmp_path_factory):
+    folder = blobs_folder(tmp_path_factory.mktemp("blobs") / "images", 120)
+    samples = scan(folder).samples
+    truth = samples["path"].str.extract(r"_(\w)\.png$")[0].to_numpy(dtype=object)
+    return DataRoot(folder), samples, samples["label"].to_numpy(dtype=object), truth
+
+
+def small_settings(**changes) -> FinetuneSettings:
+    return FinetuneSettings(**{"folds": 3, "epochs": 2, "image_size": SIZE, "batch_size": 16, "train": "last",
+                               **changes})
+
+
+def run(blobs_set, folder: Path, labels=None, **changes) -> FinetuneResult:
+    root, samples, given, _ = blobs_set
+    return finetune(root, samples, given if labels is None else labels, backbone, folder,
+                    small_settings(**changes), workers=0)
+
+
+@pytest.fixture(scope="module")
+def trained(blobs_set, tmp_path_factory) -> FinetuneResult:
+    return run(blobs_set, tmp_path_factory.mktemp("ft") / "run", epochs=10)
+
+
+def test_planted_errors_rank_first_and_beat_the_frozen_probe(blobs_set, trained):
+    from sklearn.metrics import roc_auc_score
+
+    from mlfix.pipeline.features import extract
+    from mlfix.scoring.probe import aligned_out_of_fold
+    from mlfix.scoring.registry import compute_scores
+
+    root, samples, given, truth = blobs_set
+    wrong = given != truth
+    frozen_x = np.asarray(extract(root, samples, backbone().eval(), SIZE, workers=0).pooled, dtype=np.float32)
+    oof = aligned_out_of_fold(trained.probs, trained.classes, trained.fold, given)
+    tuned = compute_scores(frozen_x, given, samples["sample_id"], methods=["loss"], probabilities=oof)
+    frozen = compute_scores(frozen_x, given, samples["sample_id"], methods=["loss"])
+    tuned_auroc, frozen_auroc = roc_auc_score(wrong, tuned["score_loss"]), roc_auc_score(wrong, frozen["score_loss"])
+    print(f"AUROC fine-tuned {tuned_auroc:.3f}, frozen probe {frozen_auroc:.3f}")
+    assert tuned_auroc > frozen_auroc + 0.1
+    top = np.argsort(-tuned["score_loss"].to_numpy())[:2 * wrong.sum()]
+    assert wrong[top].sum() >= 0.75 * wrong.sum()  # most planted errors in a queue twice their number
+    assert trained.summary["oof_accuracy"] > 0.75
+
+
+def test_the_same_seed_gives_the_same_probabilities(blobs_set, tmp_path):
+    first = run(blobs_set, tmp_path / "a", epochs=1)
+    second = run(blobs_set, tmp_path / "b", epochs=1)
+    np.testing.assert_array_equal(first.probs, second.probs)
+    np.testing.assert_array_equal(first.fold, second.fold)
+
+
+class Interrupt:
+    """A progress object that stops the run once fold ``fold`` reaches step ``step``."""
+
+    def __init__(self, fold: str, step: int, error: type[BaseException]):
+        self.fold, self.step, self.error = fold, step, error
+
+    def stage(self, name: str):
+        def report(done: int, total: int, **extra) -> None:
+            if name == self.fold and done >= self.step:
+                raise self.error()
+        return report
+
+    def note(self, text: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError], ids=["ctrl-c", "killed"])
+def test_a_run_stopped_mid_fold_resumes_to_the_uninterrupted_result(blobs_set, tmp_path, error):
+    whole = run(blobs_set, tmp_path / "whole")
+    root, samples, given, _ = blobs_set
+    folder = tmp_path / "stopped"
+    # fold 2 has 5 steps per epoch: stop in its second epoch (after the epoch-1 checkpoint)
+    with pytest.raises(TrainingStopped if error is KeyboardInterrupt else RuntimeError):
+        finetune(root, samples, given, backbone, folder, small_settings(), workers=0,
+                 progress=Interrupt("fold 2/3", 7, error))
+    assert (folder / "fold0.done.pt").exists() and (folder / "fold1.pt").exists()
+    resumed = finetune(root, samples, given, backbone, folder, small_settings(), workers=0)
+    np.testing.assert_allclose(resumed.probs, whole.probs, atol=1e-6)
+
+
+def test_a_class_smaller_than_the_folds_is_trained_on_by_every_fold(blobs_set, tmp_path):
+    labels = blobs_set[2].copy()
+    labels[:2] = "rare"
+    result = run(blobs_set, tmp_path / "rare", labels=labels, epochs=1)
+    assert any("fewer labeled images than the 3 folds" in note for note in result.summary["notes"])
+    assert (result.fold[:2] == -1).all() and (result.fold[2:] >= 0).all()
+    assert "rare" in result.classes
+
+
+def test_unlabeled_samples_are_predicted_by_the_fold_models(blobs_set, tmp_path):
+    labels = blobs_set[2].copy()
+    labels[::4] = None
+    result = run(blobs_set, tmp_path / "missing", labels=labels, epochs=1)
+    assert (result.fold[::4] == -1).all()
+    np.testing.assert_allclose(result.probs.sum(axis=1), 1, atol=1e-5)
+    assert result.classes == ["b", "t"]
+
+
+def test_one_class_is_refused_with_a_message(blobs_set, tmp_path):
+    with pytest.raises(SettingsError, match="at least two classes"):
+        run(blobs_set, tmp_path / "one", labels=np.array(["t"] * len(blobs_set[2]), dtype=object))
+
+
+@pytest.mark.parametrize("changes, message", [({"folds": 1}, "folds must be 2 to 20"),
+                                              ({"train": "middle"}, "train must be one of"),
+                                              ({"image_size": 8}, "image size must be 32"),
+                                              ({"max_train": 3}, "max_train must be at least")])
+def test_bad_settings_say_what_is_allowed(changes, message):
+    with pytest.raises(SettingsError, match=message):
+        FinetuneSettings(**changes)
+
+
+def test_the_sample_based_mode_cross_validates_a_stratified_subset():
+    codes = np.repeat([0, 1], [80, 20])
+    cv, always, notes = training_plan(codes, np.zeros(100, dtype=bool), folds=5, max_train=50, seed=0)
+    assert len(cv) == 50 and len(always) == 0
+    assert np.bincount(codes[cv]).tolist() == [40, 10]  # the class balance is kept
+    assert "sample-based mode" in notes[0]
+
+
+def test_project_scores_use_the_fine_tuned_probabilities(demo_project, tmp_path):
+    from mlfix.project import Project
+
+    shutil.copytree(demo_project.dir, tmp_path / "project")
+    project = Project.open(tmp_path / "project")
+    before = project.scores()
+    result = project.finetune(folds=2, epochs=1, image_size=32, batch_size=16, train="last", workers=0)
+    after = project.scores()
+    assert result.probs.shape[0] == int(project.readable().sum())
+    assert not np.allclose(before.set_index("sample_id")["score_loss"],
+                           after.set_index("sample_id").loc[before["sample_id"], "score_loss"])
+    assert project.cached_scores() is not None
+    from mlfix.cli.status import status_lines
+
+    assert any(line.startswith("finetune  out-of-fold accuracy") for line in status_lines(project))
