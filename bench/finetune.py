@@ -9,7 +9,7 @@
 Setup: the data as bench/detect.py (CIFAR-10N: ``label`` = random_label1, truth = clean_label;
 GTSRB: a seeded subset with 5% of labels flipped, seed 0). Each setting fine-tunes the offline
 EfficientNet-Lite0 (:func:`mlfix.training.finetune.finetune`) and scores with the same registry as
-``mlfix scores``: the kNN vote on the frozen pooled features (224 px, as an index makes them) and the
+``mlfix scores``: the kNN vote on the frozen pooled features (as an index makes them) and the
 probe-based checks on (a) the frozen linear probe (the baseline), (b) the fine-tuned out-of-fold
 probabilities, (c) their mean. Figures per setting and variant: AUROC, AP, precision at 1/2/5%, the
 errors in the first 2,000 of the queue (a reviewer's static pass), and CPU minutes of the
@@ -57,15 +57,16 @@ def queue_figures(x, labels, truth, probabilities) -> dict:
 
 
 def run_setting(dataset: str, table, labels, truth, x, frozen, size: int, train: str, epochs: int, folds: int,
-                max_train: int | None, quick: bool, base_setup: dict) -> None:
+                max_train: int | None, quick: bool, base_setup: dict, flip: bool = True) -> None:
     from mlfix.data.images import DataRoot
     from mlfix.pipeline.backbone import create_backbone
     from mlfix.scoring.probe import OutOfFold, aligned_out_of_fold
     from mlfix.training.finetune import FinetuneSettings, finetune
 
-    settings = FinetuneSettings(folds=folds, epochs=epochs, image_size=size, train=train, max_train=max_train)
+    settings = FinetuneSettings(folds=folds, epochs=epochs, image_size=size, train=train, max_train=max_train,
+                                flip=flip)
     samples = table.assign(box_x=np.nan, box_y=np.nan, box_w=np.nan, box_h=np.nan)
-    cache_dir = RESULTS_DIR / "finetune" / f"{dataset}_{len(table)}_{size}_{train}"
+    cache_dir = RESULTS_DIR / "finetune" / f"{dataset}_{len(table)}_{size}_{train}{'' if flip else '_noflip'}"
     cpu0, wall0 = cpu_seconds(), time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         folder = cache_dir if not quick else Path(scratch)
@@ -86,19 +87,25 @@ def run_setting(dataset: str, table, labels, truth, x, frozen, size: int, train:
             emit(BENCH, f"{dataset}.{variant}.{method}", figures, "figures", n, **setup)
 
 
-def run_set(dataset: str, n: int, sizes, trains, epochs_list, folds_list, max_train, quick: bool) -> None:
+FROZEN_SIZE = {"cifar10n": 224, "gtsrb35": 96}  # as bench/detect.py measures the frozen backbone
+
+
+def run_set(dataset: str, n: int, sizes, trains, epochs_list, folds_list, max_train, quick: bool,
+            flip: bool = True) -> None:
     from mlfix.scoring.probe import out_of_fold_probabilities
 
     table = subset(dataset, n)
     labels, truth, noise = labels_and_truth(dataset, table)
-    x, _ = features(dataset, table, 64 if quick else 224, False, "efficientnet_lite0")
+    frozen_size = 64 if quick else FROZEN_SIZE[dataset]
+    x, _ = features(dataset, table, frozen_size, False, "efficientnet_lite0")
     frozen = out_of_fold_probabilities(x, labels, seed=0)
     base = {"data": f"{dataset} {n} ({noise})", "errors": int((labels != truth).sum()),
-            "frozen": f"offline Lite0 pooled at {64 if quick else 224} px, 5-fold probe (the kNN vote uses them too)"}
+            "frozen": f"offline Lite0 pooled at {frozen_size} px, 5-fold probe (the kNN vote uses them too)"}
     for method, figures in queue_figures(x, labels, truth, frozen).items():
         emit(BENCH, f"{dataset}.frozen.{method}", figures, "figures", n, **base)
     for size, train, epochs, folds in itertools.product(sizes, trains, epochs_list, folds_list):
-        run_setting(dataset, table, labels, truth, x, frozen, size, train, epochs, folds, max_train, quick, base)
+        run_setting(dataset, table, labels, truth, x, frozen, size, train, epochs, folds, max_train, quick, base,
+                    flip)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, nargs="+", default=[4])
     p.add_argument("--folds", type=int, nargs="+", default=[3])
     p.add_argument("--max-train", type=int)
+    p.add_argument("--no-flip", action="store_true", help="no mirror images (signs: a mirror is another class)")
     args = p.parse_args(argv)
     if not (SHARED_DATA / "cifar10n").exists():
         print(f"shared data not found at {SHARED_DATA}; nothing to measure")
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     for dataset in sets:
         n = args.n or (300 if args.quick else 10000 if dataset == "cifar10n" else 5000)
         sizes, epochs = ([64], [1]) if args.quick else (args.size, args.epochs)
-        run_set(dataset, n, sizes, args.train, epochs, args.folds, args.max_train, args.quick)
+        run_set(dataset, n, sizes, args.train, epochs, args.folds, args.max_train, args.quick, not args.no_flip)
     return 0
 
 

@@ -64,7 +64,7 @@ class ProjectLabels:
                                state["label"].to_numpy()[rows], samples["sample_id"].to_numpy()[rows],
                                bags=np.asarray(self.bags()[rows]), trusted=trusted[rows],
                                methods=methods, seed=self.settings.seed,
-                               probabilities=self._finetuned_probabilities(rows, state["label"].to_numpy()))
+                               finetuned=self._finetuned_probabilities(rows, state["label"].to_numpy()))
         table.insert(1, "path", samples["path"].to_numpy()[rows])
         trust = table.attrs.get("trust")
         table = most_suspect_first(table, rows)

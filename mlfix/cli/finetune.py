@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from mlfix.cli.train import INTERRUPTED, openmp_waits_for_training
 
 
@@ -31,7 +33,7 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     from mlfix.project import Project
-    from mlfix.training.finetune import summary_text
+    from mlfix.training.finetune import near_chance, summary_text
     from mlfix.training.loop import TrainingStopped
 
     project = Project.open(args.project)
@@ -48,6 +50,10 @@ def run(args) -> int:
         print("stopped; what was computed is kept; run again to continue")
         return INTERRUPTED
     print(summary_text(result.summary))
+    if near_chance(result.summary):
+        print("warning: the fine-tuned network barely beats chance on these labels: the label-based scores are "
+              "not to be trusted here (mostly wrong labels, or classes the images cannot tell apart)",
+              file=sys.stderr)
     print(f"`mlfix scores --project {args.project}` now ranks with the fine-tuned out-of-fold probabilities")
     return 0
 

@@ -136,6 +136,17 @@ def summary_text(summary: dict) -> str:
             f"on {summary.get('device')}")
 
 
+def near_chance(summary: dict, margin: float = 0.1) -> bool:
+    """Whether the out-of-fold accuracy is within ``margin`` of always guessing the largest class: the
+    network learned little from these labels, and label-based scores are not to be trusted.
+
+    >>> near_chance({"oof_accuracy": 0.55, "chance_accuracy": 0.5}), near_chance({"oof_accuracy": 0.9, "chance_accuracy": 0.5})
+    (True, False)
+    """
+    acc, chance = summary.get("oof_accuracy"), summary.get("chance_accuracy")
+    return acc is not None and chance is not None and acc < chance + margin
+
+
 def _digest(values) -> str:
     return hashlib.sha256("\x1f".join(map(str, values)).encode()).hexdigest()[:16]
 

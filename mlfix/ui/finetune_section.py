@@ -11,7 +11,7 @@ from __future__ import annotations
 import streamlit as st
 
 from mlfix.project import Project
-from mlfix.ui import background
+from mlfix.ui import background, text
 
 JOB = "finetune"
 
@@ -31,16 +31,14 @@ def last_records(records: list[dict]) -> list[dict]:
 
 
 def _result_line(project: Project) -> None:
-    from mlfix.training.finetune import summary_text
-    from mlfix.training.finetune import FinetuneResult
+    from mlfix.training.finetune import FinetuneResult, near_chance, summary_text
 
     result = FinetuneResult.load(project.dir / "finetune")
     if result is None:
         st.caption("Not fine-tuned yet: the scores use the frozen backbone's linear probe.")
         return
-    st.markdown(f"Last run: {summary_text(result.summary)}. The probe-based scores use it.")
-    acc, chance = result.summary.get("oof_accuracy"), result.summary.get("chance_accuracy")
-    if acc is not None and chance is not None and acc < chance + 0.1:
+    st.markdown(f"Last run: {text.plain(summary_text(result.summary))}. The probe-based scores use it.")
+    if near_chance(result.summary):
         st.warning("The fine-tuned network barely beats chance on these labels: the label-based scores "
                    "are not to be trusted here (mostly wrong labels, or classes the images cannot tell apart).")
 

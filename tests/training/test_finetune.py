@@ -187,3 +187,22 @@ def test_project_scores_use_the_fine_tuned_probabilities(demo_project, tmp_path)
     from mlfix.cli.status import status_lines
 
     assert any(line.startswith("finetune  out-of-fold accuracy") for line in status_lines(project))
+
+
+def test_scores_take_the_mean_of_the_probe_and_the_fine_tuned_probabilities():
+    from mlfix.scoring.probe import OutOfFold, out_of_fold_probabilities
+    from mlfix.scoring.registry import compute_scores
+
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(0, 1, (30, 4)), rng.normal(3, 1, (30, 4))].astype(np.float32)
+    labels = np.array(["a"] * 30 + ["b"] * 30, dtype=object)
+    labels[[3, 40]] = ["b", "a"]
+    probe = out_of_fold_probabilities(x, labels)
+    tuned = OutOfFold(np.tile([0.9, 0.1], (60, 1)), ["a", "b"], np.zeros(60, dtype=np.int64))
+    table = compute_scores(x, labels, range(60), methods=["loss"], finetuned=tuned)
+    given = (labels == "b").astype(int)
+    expected = -np.log(((probe.probs + tuned.probs) / 2)[np.arange(60), given])
+    np.testing.assert_allclose(table["score_loss"], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="same samples and classes"):
+        compute_scores(x, labels, range(60), methods=["loss"], finetuned=OutOfFold(tuned.probs[:10], ["a", "b"],
+                                                                                  tuned.fold[:10]))
