@@ -66,7 +66,8 @@ def run_setting(dataset: str, table, labels, truth, x, frozen, size: int, train:
     settings = FinetuneSettings(folds=folds, epochs=epochs, image_size=size, train=train, max_train=max_train,
                                 flip=flip)
     samples = table.assign(box_x=np.nan, box_y=np.nan, box_w=np.nan, box_h=np.nan)
-    cache_dir = RESULTS_DIR / "finetune" / f"{dataset}_{len(table)}_{size}_{train}{'' if flip else '_noflip'}"
+    cache_dir = RESULTS_DIR / "finetune" / (f"{dataset}_{len(table)}_{size}_{train}{'' if flip else '_noflip'}"
+                                            f"{f'_max{max_train}' if max_train else ''}")
     cpu0, wall0 = cpu_seconds(), time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         folder = cache_dir if not quick else Path(scratch)
