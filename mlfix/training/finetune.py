@@ -228,12 +228,10 @@ def finetune(root, samples: pd.DataFrame, labels: Sequence, backbone_factory: Ca
         progress=progress.stage("finetune cache") if progress else None, flip=settings.flip)
     failed = np.zeros(len(cached), dtype=bool)
     failed[list(cache.failed)] = True
-    position = {int(r): i for i, r in enumerate(cached)}  # row -> cache position
     run_key = {"trunk": trunk_key, "labels": _digest(codes), "trusted": _digest(np.flatnonzero(trusted)),
                **asdict(settings)}
     _forget_other_runs(folder, run_key)
-    cv_pos = np.array([position[r] for r in cv_rows if not failed[position[r]]], dtype=np.int64)
-    always_pos = np.array([position[r] for r in always if not failed[position[r]]], dtype=np.int64)
+    cv_pos, always_pos = (_readable_positions(cached, rows, failed) for rows in (cv_rows, always))
     cached_codes = codes[cached]
     splits = fold_splits(cached_codes[cv_pos], settings.folds, settings.seed) if len(cv_pos) else []
     probs = np.zeros((len(cached), len(classes)), dtype=np.float64)
@@ -261,6 +259,12 @@ def finetune(root, samples: pd.DataFrame, labels: Sequence, backbone_factory: Ca
     result = FinetuneResult(ids.astype(object), full.astype(np.float32), classes, fold, summary)
     result.save(folder)
     return result
+
+
+def _readable_positions(cached: np.ndarray, rows: np.ndarray, failed: np.ndarray) -> np.ndarray:
+    """The positions in the (sorted) ``cached`` rows of ``rows``, leaving out images that failed to decode."""
+    where = np.searchsorted(cached, rows).astype(np.int64)
+    return where[~failed[where]] if len(where) else where
 
 
 def _predict_rest(trunk, models, root, samples, rest, out, image_size, dev, workers, channels_last,

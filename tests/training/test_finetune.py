@@ -206,3 +206,15 @@ def test_scores_take_the_mean_of_the_probe_and_the_fine_tuned_probabilities():
     with pytest.raises(ValueError, match="same samples and classes"):
         compute_scores(x, labels, range(60), methods=["loss"], finetuned=OutOfFold(tuned.probs[:10], ["a", "b"],
                                                                                   tuned.fold[:10]))
+
+
+def test_an_image_that_fails_to_decode_is_reported_and_left_out(tmp_path):
+    folder = blobs_folder(tmp_path / "images", 40)
+    samples = scan(folder).samples
+    broken = samples["path"].iloc[5]
+    (folder / broken).write_bytes(b"not an image any more")
+    result = finetune(DataRoot(folder), samples, samples["label"].to_numpy(dtype=object), backbone,
+                      tmp_path / "run", small_settings(epochs=1), workers=0)
+    assert list(result.summary["failed"]) == [samples["sample_id"].iloc[5]]
+    assert result.fold[5] == -1 and (np.delete(result.fold, 5) >= 0).all()
+    np.testing.assert_allclose(result.probs.sum(axis=1), 1, atol=1e-5)
