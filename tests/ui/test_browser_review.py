@@ -8,6 +8,7 @@ go to ``test-output/`` (git-ignored).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -36,11 +37,37 @@ def copy_project(source: Path, target: Path) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def serving(project_dir: Path, tmp_path: Path):
+    """The app on ``project_dir`` (reviewer ``REVIEWER``, its log in ``tmp_path``); yields its URL."""
+    env = {**os.environ, "MLFIX_REVIEWER": REVIEWER, "MLFIX_PROJECT": str(project_dir)}
+    with open(tmp_path / "streamlit.log", "w") as log, running_app(project_dir, env=env, log=log) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def review_page(url: str, height: int = 800):
+    """Headless Chromium on the app's Review page with the grid drawn; yields the Playwright page.
+    Skips the test when Chromium is not installed."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian Chromium is not installed at /usr/bin/chromium (make browser installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": height})
+            page.goto(url + "/review")  # a deep link on a fresh server runs inside the app shell
+            page.locator(".tile").first.wait_for(timeout=60_000)
+            yield page
+        finally:
+            browser.close()
+
+
 @pytest.fixture
 def app_url(demo_project, tmp_path):
     project = copy_project(Path(demo_project.dir), tmp_path / "project")
-    env = {**os.environ, "MLFIX_REVIEWER": REVIEWER, "MLFIX_PROJECT": str(project)}
-    with open(tmp_path / "streamlit.log", "w") as log, running_app(project, env=env, log=log) as url:
+    with serving(project, tmp_path) as url:
         yield url, project
 
 

@@ -7,7 +7,6 @@ a heatmap cell.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -205,24 +204,12 @@ def test_without_scores_the_page_says_how_to_compute_them(project):
 @pytest.mark.browser
 @pytest.mark.slow
 def test_clicking_a_heatmap_cell_opens_it_in_the_grid(project, tmp_path):
-    from tests.ui.test_browser_review import CHROMIUM, CHROMIUM_ARGS, OUTPUT, poll
-
-    if not CHROMIUM.exists():
-        pytest.skip("Debian Chromium is not installed at /usr/bin/chromium (make browser installs it)")
-    from playwright.sync_api import sync_playwright
-
-    from mlfix.service.server import running_app
+    from tests.ui.test_browser_review import OUTPUT, poll, review_page, serving
 
     table = confusion.counts(confusion.confusion_frame(project.cached_scores()))
     given, predicted, count = confusion.cells(table)[0]
-    env = {**os.environ, "MLFIX_REVIEWER": "browser-test", "MLFIX_PROJECT": str(project.dir)}
     OUTPUT.mkdir(exist_ok=True)
-    with open(tmp_path / "streamlit.log", "w") as log, running_app(project.dir, env=env, log=log) as url, \
-            sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.goto(url + "/review")
-        page.locator(".tile").first.wait_for(timeout=60_000)
+    with serving(project.dir, tmp_path) as url, review_page(url) as page:
         page.get_by_text("Confusion: given vs predicted").click()
         chart = page.locator(".js-plotly-plot").first
         chart.wait_for(timeout=20_000)
@@ -247,4 +234,3 @@ def test_clicking_a_heatmap_cell_opens_it_in_the_grid(project, tmp_path):
             page.locator(".ctitle").inner_text()
         assert poll(lambda: page.locator(".tile").count() == count, timeout=10)
         page.screenshot(path=str(OUTPUT / "review-confusion.png"))
-        browser.close()

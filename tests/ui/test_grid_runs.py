@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tests.ui.test_browser_review import app_url  # noqa: F401  (a fixture)
-from tests.ui.test_browser_review import CHROMIUM, CHROMIUM_ARGS, OUTPUT, REPO, poll
+from tests.ui.test_browser_review import CHROMIUM, CHROMIUM_ARGS, OUTPUT, REPO, poll, review_page
 
 
 PIXEL = "data:image/gif;base64,R0lGODlhAQABAAAAACw="
@@ -167,20 +167,13 @@ def test_runs_show_as_breaks_and_r_selects_and_labels_a_run_as_one_action():
 @pytest.mark.browser
 @pytest.mark.slow
 def test_labelling_a_run_with_one_key_stores_one_decision_per_image_and_survives_a_reload(app_url):
-    need_chromium()
-    from playwright.sync_api import sync_playwright
-
     from mlfix.project import Project
     from mlfix.review.store import ReviewStore
 
     url, project_dir = app_url  # the app on a copy of the demo project
     project = Project.open(project_dir)
     store = ReviewStore.for_project(project_dir)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.goto(url + "/review")
-        page.locator(".tile").first.wait_for(timeout=60_000)
+    with review_page(url) as page:
         current_class = page.locator(".ctitle").inner_text().split(": ", 1)[1]
         # the grid's runs are the project's: the first run of the class's similarity order
         runs, order = project.runs(current_class), project.order(current_class)
@@ -235,5 +228,4 @@ def test_labelling_a_run_with_one_key_stores_one_decision_per_image_and_survives
         assert bar != "none"  # the grid's own styles draw the break
         poll(lambda: page.locator(".tile img").first.evaluate("img => img.complete && img.naturalWidth > 0"))
         page.screenshot(path=str(OUTPUT / "grid-runs-all-images.png"))
-        browser.close()
     store.close()

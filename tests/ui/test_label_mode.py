@@ -145,22 +145,9 @@ def test_labels_made_from_scratch_export_as_csv_json_and_coco(project):
 @pytest.mark.browser
 @pytest.mark.slow
 def test_in_chromium_an_admin_adds_classes_and_key_1_labels_the_focused_image(project, tmp_path):
-    import os
+    from tests.ui.test_browser_review import poll, review_page, serving
 
-    from mlfix.service.server import running_app
-    from tests.ui.test_browser_review import CHROMIUM, CHROMIUM_ARGS, poll
-
-    if not CHROMIUM.exists():
-        pytest.skip("Debian Chromium is not installed at /usr/bin/chromium (make browser installs it)")
-    from playwright.sync_api import sync_playwright
-
-    env = {**os.environ, "MLFIX_REVIEWER": "browser-test", "MLFIX_PROJECT": str(project.dir)}
-    with open(tmp_path / "streamlit.log", "w") as log, running_app(project.dir, env=env, log=log) as url, \
-            sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(url + "/review")
-        page.locator(".tile").first.wait_for(timeout=60_000)
+    with serving(project.dir, tmp_path) as url, review_page(url, height=900) as page:
         page.get_by_role("button", name="Classes").click()
         page.get_by_placeholder("cat, dog, bird").fill("cat, dog")
         page.get_by_role("button", name="Add").click()
@@ -175,4 +162,3 @@ def test_in_chromium_an_admin_adds_classes_and_key_1_labels_the_focused_image(pr
         page.reload()  # the label survives a reload: the first tile carries the new label
         page.locator(".tile").first.wait_for(timeout=60_000)
         assert poll(lambda: "cat" in page.locator(".tile").first.inner_text())
-        browser.close()
