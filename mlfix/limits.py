@@ -33,7 +33,6 @@ from typing import Mapping
 
 from mlfix.errors import SettingsError
 
-ENV_PREFIX = "MLFIX_"
 _ENV_NAMES = {
     "actions_per_batch": "MLFIX_MAX_ACTIONS_PER_BATCH",
     "ids_per_action": "MLFIX_MAX_IDS_PER_ACTION",

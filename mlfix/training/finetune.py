@@ -244,8 +244,7 @@ def finetune(root, samples: pd.DataFrame, labels: Sequence, backbone_factory: Ca
         probs[cv_pos[held]] = held_probs
         fold[cached[cv_pos[held]]] = k
         models.append(model)
-    others = np.setdiff1d(np.arange(len(cached)), cv_pos[np.concatenate([h for _, h in splits])] if splits
-                          else np.array([], dtype=np.int64))
+    others = np.flatnonzero(fold[cached] < 0)  # cached but held out by no fold: the fold models' mean
     if len(others):
         probs[others] = np.mean([predict_views(m, cache.views, others, dev) for m in models], axis=0)
     full = np.full((n, len(classes)), 1.0 / len(classes))

@@ -38,7 +38,7 @@ def trunk_views(trunk, images, device, channels_last: bool, flip: bool = True):
     """(B, V, *map) float16: the trunk's output for each image and (``flip``, V = 2) its mirror image."""
     import torch
 
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), autocast(device):
         x = images.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -49,7 +49,8 @@ def trunk_views(trunk, images, device, channels_last: bool, flip: bool = True):
     return torch.stack([both[:b], both[b:]], dim=1).to(torch.float16)
 
 
-def _autocast(device):
+def autocast(device):
+    """Mixed precision on CUDA (bfloat16 where supported, else float16); nothing on the CPU."""
     import contextlib
 
     import torch

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mlfix.atomic import atomic_path
+from mlfix.training.finetune_cache import autocast
 from mlfix.training.finetune_model import Classifier, random_shift
 
 CHECKPOINT_EVERY_S = 60.0
@@ -150,7 +151,7 @@ class FoldTrainer:
         if self.device.type == "cuda" and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         y = targets[rows].to(self.device)
-        with _autocast(self.device):
+        with autocast(self.device):
             loss = torch.nn.functional.cross_entropy(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -187,9 +188,3 @@ def _one_cycle(step: int, total: int) -> float:
     if step < warm:
         return (step + 1) / warm
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-
-def _autocast(device):
-    from mlfix.training.finetune_cache import _autocast as autocast
-
-    return autocast(device)

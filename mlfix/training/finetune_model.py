@@ -40,8 +40,6 @@ class BackboneParts:
     trunk: nn.Module
     tail: nn.Module
     dim: int
-    stages_trained: int
-    stages_total: int
 
 
 def _stages(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module], nn.Module]:
@@ -62,21 +60,22 @@ def split_backbone(backbone, train_stages: int | None) -> BackboneParts:
     try:
         stem, stages, end = _stages(backbone.model)
     except ValueError:  # an unknown family: the whole network is the tail
-        return _parts(nn.Sequential(normalise), _Whole(backbone.model), backbone.pooled_dim, None, 0)
+        return _parts(nn.Sequential(normalise), _Whole(backbone.model), backbone.pooled_dim)
     if train_stages is None or train_stages >= len(stages):
         trunk, tail = nn.Sequential(normalise), nn.Sequential(*stem, *stages, end)
-        return _parts(trunk, tail, backbone.pooled_dim, len(stages), len(stages))
+        return _parts(trunk, tail, backbone.pooled_dim)
     cut = len(stages) - train_stages
     trunk = nn.Sequential(normalise, *stem, *stages[:cut], *([] if train_stages else [end]))
     tail = nn.Sequential(*stages[cut:], end) if train_stages else nn.Identity()
-    return _parts(trunk, tail, backbone.pooled_dim, train_stages, len(stages))
+    return _parts(trunk, tail, backbone.pooled_dim)
 
 
-def _parts(trunk: nn.Module, tail: nn.Module, dim: int, trained: int | None, total: int) -> BackboneParts:
+def _parts(trunk: nn.Module, tail: nn.Module, dim: int) -> BackboneParts:
+    """The parts, with the trunk frozen (eval mode, no gradients)."""
     trunk.eval()
     for p in trunk.parameters():
         p.requires_grad_(False)
-    return BackboneParts(trunk, tail, dim, total if trained is None else trained, total)
+    return BackboneParts(trunk, tail, dim)
 
 
 class _Whole(nn.Module):
