@@ -19,56 +19,13 @@ Each checks its inputs and builds its output here, so the rules above hold the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
-
 import numpy as np
 import pandas as pd
 
+from mlfix.data.labels import Labels, encode_labels  # noqa: F401  (part of the contract)
+
 SCORE_COLUMNS = ["sample_id", "score", "suggested_label"]
 TRUSTED_SCORE = 0.0  # every method's lowest score: a reviewed sample leaves the queue
-
-
-@dataclass(frozen=True)
-class Labels:
-    """Labels encoded as class indices: ``codes`` (N,) int64 with -1 for unlabeled; ``classes``."""
-
-    codes: np.ndarray
-    classes: list
-
-    @property
-    def labeled(self) -> np.ndarray:
-        return self.codes >= 0
-
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        """Class indices -> labels (object array); -1 becomes None."""
-        table = np.array(list(self.classes) + [None], dtype=object)
-        return table[np.where(codes >= 0, codes, len(self.classes))]
-
-
-def encode_labels(labels: Sequence | np.ndarray | pd.Series, n: int | None = None) -> Labels:
-    """Encode labels (strings or numbers; None/NaN = unlabeled) as indices into sorted classes.
-
-    >>> encode_labels(["b", None, "a", "b"]).codes.tolist()
-    [1, -1, 0, 1]
-    """
-    series = pd.Series(list(labels) if not isinstance(labels, pd.Series) else labels.to_numpy(),
-                       dtype=object)
-    if n is not None and len(series) != n:
-        raise ValueError(f"labels has {len(series)} entries but there are {n} samples; "
-                         "pass one label per embedding row (None for unlabeled)")
-    missing = series.isna().to_numpy()
-    present = series[~missing]
-    try:
-        classes = sorted(present.unique().tolist())
-    except TypeError:  # mixed types: sort by text so the order is still deterministic
-        classes = sorted(present.unique().tolist(), key=str)
-    # Plain Python values (np.str_ -> str), so suggested labels look like the labels users gave.
-    classes = [c.item() if isinstance(c, np.generic) else c for c in classes]
-    index = {c: i for i, c in enumerate(classes)}
-    codes = np.full(len(series), -1, dtype=np.int64)
-    codes[~missing] = [index[v] for v in present]
-    return Labels(codes, classes)
 
 
 def check_ids(sample_ids, n: int) -> np.ndarray:

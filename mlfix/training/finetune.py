@@ -48,6 +48,7 @@ import pandas as pd
 
 from mlfix.atomic import atomic_path, write_json_atomic
 from mlfix.data.folds import fold_splits
+from mlfix.data.labels import encode_labels
 from mlfix.errors import SettingsError
 from mlfix.training.finetune_cache import TrunkCache, remove_folder_files, stream_trunk
 from mlfix.training.finetune_fold import FoldTrainer, predict_views, softmax_mean
@@ -151,17 +152,6 @@ def _digest(values) -> str:
     return hashlib.sha256("\x1f".join(map(str, values)).encode()).hexdigest()[:16]
 
 
-def encode(labels: Sequence) -> tuple[np.ndarray, list[str]]:
-    """(codes (N,) int64 with -1 for unlabeled, sorted class names) of labels as text."""
-    series = pd.Series(list(labels), dtype=object)
-    present = series.notna().to_numpy()
-    text = series[present].map(str)
-    classes = sorted(text.unique().tolist())
-    codes = np.full(len(series), -1, dtype=np.int64)
-    codes[present] = pd.Index(classes).get_indexer(text)
-    return codes, classes
-
-
 def training_plan(codes: np.ndarray, trusted: np.ndarray, folds: int, max_train: int | None,
                   seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(cross-validated rows, rows in every training fold, notes). Trusted rows, and rows of classes
@@ -206,7 +196,8 @@ def finetune(root, samples: pd.DataFrame, labels: Sequence, backbone_factory: Ca
     folder, started, cpu0 = Path(folder), time.time(), time.process_time()
     folder.mkdir(parents=True, exist_ok=True)
     n = len(samples)
-    codes, classes = encode(labels)
+    coded = encode_labels(labels, n)
+    codes, classes = coded.codes, [str(c) for c in coded.classes]
     trusted = np.zeros(n, dtype=bool) if trusted is None else np.asarray(trusted, dtype=bool)
     if len(classes) < 2:
         raise SettingsError(f"fine-tuning needs labels of at least two classes, found {classes or 'none'}")
