@@ -22,6 +22,7 @@ PAGES = [
     ("app_pages/training.py", "Training", ":material/model_training:"),
     ("app_pages/codebook.py", "Codebook", ":material/grid_view:"),
     ("app_pages/review.py", "Review", ":material/fact_check:"),
+    ("app_pages/duplicates.py", "Duplicates", ":material/content_copy:"),
     ("app_pages/clusters.py", "Clusters", ":material/workspaces:"),
     ("app_pages/export.py", "Export", ":material/download:"),
 ]

@@ -1,4 +1,5 @@
-"""Dataset: create or open a project; class counts, examples per class, and the problems table."""
+"""Dataset: create or open a project; class counts, splits and leaks, the health summary, examples per
+class, and the problems table."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ import streamlit as st
 from mlfix.project import Project
 from mlfix.service import jobs
 from mlfix.settings import IndexSettings
-from mlfix.ui import access, background, loaders, state, text
+from mlfix.ui import access, background, health_section, loaders, state, text
 
 access.require("create_project")  # not only the menu: a page file run directly is checked too
 
 FLASH_KEY = "mlfix_dataset_flash"
-SOURCES = {"folder": "Folder names (ImageFolder) or unlabeled", "csv": "A CSV file (path, label)",
+SOURCES = {"folder": "Folder names (ImageFolder) or unlabeled", "csv": "A CSV file (path, label, split)",
            "coco": "A COCO JSON file (boxes become crops)"}
 WEIGHTS = ["auto", "random", "offline", "imagenet"]
 
@@ -89,7 +90,8 @@ def _create_form() -> None:
     padding = 0.0
     if source == "csv":
         labels_path = st.text_input("Labels CSV path", key="ds_csv_path",
-                                    help="Columns `path` (relative to the images) and `label`.")
+                                    help="Columns `path` (relative to the images), `label`, and optionally `split` "
+                                         "(train, val, test...).")
         upload = st.file_uploader("…or upload the CSV", type=["csv", "txt"], key="ds_csv_upload")
     elif source == "coco":
         labels_path = st.text_input("COCO JSON path", key="ds_coco_path")
@@ -190,6 +192,7 @@ def _overview(project: Project) -> None:
         fig.update_xaxes(type="category")
     st.plotly_chart(fig, key="ds_class_counts", width="stretch")
 
+    health_section.show(project)  # splits, leaks, and the health summary with examples
     _examples(project, counts)
 
     st.subheader(f"Problems ({len(problems):,})")

@@ -19,16 +19,19 @@ def _downloads(project: Project, last_id: int) -> None:
     version = classes.version(loaders.review_store(project))  # a class renamed or merged changes the files too
     key = (str(project.dir), loaders.project_stamp(project.dir) + (version,), last_id)
     name = Path(project.dir).name
+    drop = st.checkbox("Leave out duplicates", key="ex_drop_duplicates",
+                       help="Samples marked duplicate on the Duplicates page (the copies; the kept one stays) "
+                            "are not in the files. `mlfix export --drop-duplicates` does the same.")
     c1, c2, c3 = st.columns(3)
-    c1.download_button("CSV", loaders.export_bytes(*key, "csv"), file_name=f"{name}-labels.csv",
+    c1.download_button("CSV", loaders.export_bytes(*key, "csv", drop), file_name=f"{name}-labels.csv",
                        mime="text/csv", key="ex_csv", icon=":material/table:", width="stretch")
-    c2.download_button("JSON", loaders.export_bytes(*key, "json"), file_name=f"{name}-labels.json",
+    c2.download_button("JSON", loaders.export_bytes(*key, "json", drop), file_name=f"{name}-labels.json",
                        mime="application/json", key="ex_json", icon=":material/data_object:", width="stretch")
     coco = project.source.get("coco")
     no_coco = export.coco_unavailable(project.source)  # the same rule as `mlfix export --format coco`
     if not no_coco:
         try:
-            data = loaders.export_bytes(*key, "coco")
+            data = loaders.export_bytes(*key, "coco", drop)
         except (ValueError, OSError) as err:
             c3.error(f"Cannot build the COCO file from {text.code(coco)}: {text.plain(err)}")
         else:
@@ -39,7 +42,7 @@ def _downloads(project: Project, last_id: int) -> None:
     elif coco:
         c3.warning(f"The source COCO file {text.code(coco)} is gone, so no COCO export.")
     st.caption("Columns: `sample_id, path, original_label, corrected_label, changed, status, reviewer, "
-               "decided_at`; status is unreviewed, relabeled, flagged (wrong, no new label) or ok. "
+               "decided_at`; status is unreviewed, relabeled, flagged (wrong, no new label), ok or duplicate. "
                "The JSON export also holds the class list and its history (classes added, renamed, merged). "
                "From Python: `project.corrected_labels()`.")
 

@@ -104,9 +104,15 @@ class WeightsUnavailableError(MlfixError, RuntimeError):
 
 class NotEnoughLabelsError(MlfixError, ValueError):
     """Label-error scores need labels in at least two classes (``Project.scores`` on an unlabeled or
-    one-class project); the message says what works instead (the similarity order)."""
+    one-class project); the message says what works instead (the similarity order, and
+    ``Project.health()`` for the checks that need no labels: duplicates, outliers, image quality)."""
 
 
 class ClassListError(MlfixError, ValueError):
     """A class change that does not apply (a name already taken, a class that is not there, an empty
     name); the message says what to do instead (e.g. merge rather than rename onto an existing class)."""
+
+
+class PredictionsError(MlfixError, ValueError):
+    """A user's predicted probabilities or embeddings that do not fit the project (wrong shape, unknown
+    or missing samples, missing classes, NaN); the message says what to fix."""

@@ -25,7 +25,8 @@ ProgressFn = Callable[[int, int], None]
 # What one step of a stage is, for the rate on its bar ("images/s"); stages not named here count
 # "steps", and a stage of one step (codebook, bags) shows no rate at all.
 STAGE_UNITS = {"scan": "images", "features": "images", "codebook sample": "images", "words": "images",
-               "orders": "orderings", "train": "steps", "finetune cache": "images"}
+               "orders": "orderings", "train": "steps", "finetune cache": "images",
+               "image quality": "images"}
 IMAGE_UNIT = "images"
 
 

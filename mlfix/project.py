@@ -37,11 +37,12 @@ import numpy as np
 import pandas as pd
 
 from mlfix.data.images import DataRoot, load_image
-from mlfix.data.scan import problems_frame, scan
+from mlfix.data.scan import problems_frame, scan, with_split
 from mlfix.errors import NotAProjectError, NotIndexedError
 from mlfix.pipeline.artifacts import atomic_parquet, read_key
 from mlfix.progress import Progress, ProgressFn
 from mlfix.project_labels import ProjectLabels
+from mlfix.project_predictions import ProjectPredictions
 from mlfix.settings import CONFIG_NAME, IndexSettings, read_config, write_config
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 __all__ = ["Project", "NotAProjectError"]
 
 
-class Project(ProjectLabels):
+class Project(ProjectLabels, ProjectPredictions):
     """An mlfix project folder (see docs/architecture.md for its layout)."""
 
     def __init__(self, directory: str | os.PathLike):
@@ -100,7 +101,7 @@ class Project(ProjectLabels):
 
     @property
     def samples(self) -> pd.DataFrame:
-        """One row per sample: sample_id, path, label, box_*, width, height, status."""
+        """One row per sample: sample_id, path, label, box_*, width, height, status, split (<NA>: none)."""
         return self._load_parquet("samples.parquet")
 
     @property
@@ -112,6 +113,30 @@ class Project(ProjectLabels):
     @property
     def labels(self) -> list[str]:
         return sorted(self.samples["label"].dropna().unique().tolist())
+
+    def image_meta(self, rows: np.ndarray | None = None) -> pd.DataFrame:
+        """Image metadata of ``rows`` (positions in :attr:`samples`; all when None) for the health checks
+        (the ``meta`` of :mod:`mlfix.scoring.registry`), ``RangeIndex``: ``width``, ``height`` (int64; a
+        COCO crop's box size), ``split`` ("string", <NA>: none), and once indexed ``content_hash`` and
+        the image statistics (:data:`mlfix.data.quality.QUALITY_STATS`, from ``features/quality.parquet``)."""
+        from mlfix.data.quality import read_quality
+
+        samples = self.samples
+        rows = np.arange(len(samples)) if rows is None else np.asarray(rows, dtype=np.int64)
+        picked = samples.iloc[rows]
+        size = {}
+        for side, box in (("width", "box_w"), ("height", "box_h")):
+            value = pd.to_numeric(picked[side], errors="coerce")
+            if box in picked.columns:  # a COCO crop: its box, not the whole image
+                value = pd.to_numeric(picked[box], errors="coerce").round().fillna(value)
+            size[side] = value.fillna(0).to_numpy(dtype=np.int64)
+        meta = pd.DataFrame(size)
+        if "split" in picked.columns:
+            meta["split"] = picked["split"].astype("string").reset_index(drop=True)
+        quality = read_quality(self.dir)
+        if quality is not None and len(quality) == len(samples):  # else made for another sample table
+            meta = pd.concat([meta, quality.iloc[rows].reset_index(drop=True)], axis=1)
+        return meta
 
     def image(self, sample_id: str, target_size: int | None = None):
         """The RGB image (or COCO crop) of one sample."""
@@ -133,6 +158,7 @@ class Project(ProjectLabels):
         cached = self._cache.get(name)
         if cached is None or cached[0] != stamp:
             table = pd.read_parquet(path) if stamp is not None else problems_frame([])
+            table = with_split(table) if name == "samples.parquet" else table  # older projects lack it
             self._cache[name] = (stamp, table)
             if name == "samples.parquet":
                 self._cache.pop("row_of", None)  # row positions follow the new table

@@ -1,11 +1,12 @@
-"""The label side of a :class:`~mlfix.project.Project`: suspected errors, fine-tuning, suggestions, clusters.
+"""The label side of a :class:`~mlfix.project.Project`: suspected errors and the health checks, fine-tuning,
+suggestions, clusters.
 
 :class:`ProjectLabels` is a mixin of :class:`~mlfix.project.Project` (which gives it ``dir``,
 ``samples``, ``settings``, ``reviews``, the index arrays and ``_require_index``); it composes the
 scoring layer (:mod:`mlfix.scoring`), fine-tuning (:mod:`mlfix.training.finetune`) and the review's
 decisions, and caches what it computes in the project folder with a key file, as the index does.
-Use it through ``Project``: ``project.scores()``, ``project.finetune()``, ``project.suggest()``,
-``project.clusters()``.
+Use it through ``Project``: ``project.scores()``, ``project.health()``, ``project.finetune()``,
+``project.suggest()``, ``project.clusters()``.
 """
 
 from __future__ import annotations
@@ -27,29 +28,35 @@ class ProjectLabels:
     """Scores, fine-tuning, suggestions and clusters of a project (a mixin of ``Project``)."""
 
     def scores(self, methods=None) -> pd.DataFrame:
-        """Suspected label errors, one row per readable sample, most suspect first (see mlfix.scoring.registry).
+        """Suspected label errors and the health checks, one row per readable sample, most suspect first
+        (see mlfix.scoring.registry).
 
-        Columns: sample_id, path, label, score, suggested_label, then ``score_<method>`` and
-        ``suggested_<method>`` per method. Rows are sorted by ``score``, highest (most suspect)
-        first; ties keep the sample order; unlabeled samples have no score (NaN) and come last
-        (their ``suggested_label`` is still a guess). ``table.attrs["trust"]``: whether the labels can
-        be trusted (:mod:`mlfix.scoring.trust`; a dict with a ``verdict``). The review loop learns: labels are the
-        corrected ones and samples a reviewer relabeled or confirmed are trusted. Recomputed only
-        when the index or the decisions changed since the last call; :meth:`cached_scores` never
-        recomputes.
+        Columns: sample_id, path, label, score, suggested_label, then ``score_<check>`` and
+        ``suggested_<check>`` per check, then each check's extra columns as ``<column>_<check>``
+        (``flag_duplicates``, ``reason_dark``, ``group_duplicates``...). Rows are sorted by ``score``
+        (the combined label score; members of a duplicates group whose labels conflict first),
+        highest (most suspect) first; ties keep the sample order; unlabeled samples have no score
+        (NaN) and come last (their ``suggested_label`` is still a guess). ``table.attrs["trust"]``:
+        whether the labels can be trusted (:mod:`mlfix.scoring.trust`; a dict with a ``verdict``);
+        ``table.attrs["skipped"]``: the checks left out and why (no splits: no leak check). The review
+        loop learns: labels are the corrected ones and samples a reviewer relabeled or confirmed are
+        trusted. The user's own predictions and embeddings (:meth:`add_predictions`,
+        :meth:`add_embeddings`) replace the probe's and the pooled vectors. Recomputed only when the
+        index, the image statistics, the decisions or the user's predictions changed since the last
+        call; :meth:`cached_scores` never recomputes. Without ``methods`` it also stores the
+        :meth:`health` summary.
 
         Raises :class:`~mlfix.errors.NotEnoughLabelsError` when the readable samples' labels name
-        fewer than two classes (an unlabeled folder): the message says what works instead.
+        fewer than two classes (an unlabeled folder): the message says what works instead (the
+        similarity order; :meth:`health`, the checks that need no labels).
         """
         from mlfix.scoring.contract import most_suspect_first
-        from mlfix.scoring.registry import compute_scores
         from mlfix.scoring.trust import TRUST_FILE, read_trust, write_trust
 
         self._require_index()
         samples = self.samples
         state, trusted = self._label_state()
-        key = {"index": read_key(self.dir / "orders" / "orders.key.json"), "decisions": self.reviews.last_id(),
-               "methods": sorted(methods) if methods else None, "finetune": self._finetune_stamp()}
+        key = self._scores_key(methods)
         path = self.dir / "scores.parquet"
         if same_key(self.dir / "scores.key.json", key) and path.exists():
             table = pd.read_parquet(path)  # sorted again: a table written unsorted by an older mlfix
@@ -57,22 +64,81 @@ class ProjectLabels:
             table.attrs["trust"] = read_trust(self.dir / TRUST_FILE)
             return table
         rows = np.flatnonzero(self.readable())
-        classes = pd.Series(state["label"].to_numpy()[rows], dtype=object).dropna().unique()
+        classes = self._classes(state["label"].to_numpy(), rows)
         if len(rows) and len(classes) < 2:
             raise NotEnoughLabelsError(self._too_few_classes(sorted(map(str, classes))))
-        table = compute_scores(np.asarray(self.pooled()[rows], dtype=np.float32),
-                               state["label"].to_numpy()[rows], samples["sample_id"].to_numpy()[rows],
-                               bags=np.asarray(self.bags()[rows]), trusted=trusted[rows],
-                               methods=methods, seed=self.settings.seed,
-                               finetuned=self._finetuned_probabilities(rows, state["label"].to_numpy()))
+        table = self._compute_scores(rows, state["label"].to_numpy(), trusted, methods)
         table.insert(1, "path", samples["path"].to_numpy()[rows])
-        trust = table.attrs.get("trust")
+        trust, skipped, notes = table.attrs.get("trust"), table.attrs.get("skipped"), table.attrs.get("notes")
         table = most_suspect_first(table, rows)
+        table.attrs = {"skipped": skipped, "notes": notes}  # kept in the parquet file: read back with the table
         atomic_parquet(table, path)
         write_trust(self.dir / TRUST_FILE, trust)  # read back by the Review page and `mlfix scores`
+        if methods is None:
+            self._write_health(table, key)
         write_key(self.dir / "scores.key.json", key)
         table.attrs["trust"] = trust
         return table
+
+    def health(self) -> pd.DataFrame:
+        """The dataset's health: one row per check (:func:`mlfix.scoring.health.health_summary`:
+        ``check, kind, flagged, samples, threshold, description, skipped``), like cleanlab Datalab's
+        issue summary. Runs without labels: the label checks are then rows whose ``skipped`` says
+        ``no labels: ...`` and the health checks (duplicates, leaks, outliers, image quality) run.
+        With labels it comes with :meth:`scores`; cached on the same key."""
+        self._require_index()
+        key, path = self._scores_key(None), self.dir / "health.parquet"
+        if not (same_key(self.dir / "health.key.json", key) and path.exists()):
+            state, trusted = self._label_state()
+            rows = np.flatnonzero(self.readable())
+            if len(self._classes(state["label"].to_numpy(), rows)) >= 2:
+                table = self.scores()  # stores the summary when it computes
+            else:  # no label checks: the health checks alone, nothing kept but the summary
+                table = self._compute_scores(rows, state["label"].to_numpy(), trusted, None)
+            if not (same_key(self.dir / "health.key.json", key) and path.exists()):
+                self._write_health(table, key)
+        return pd.read_parquet(path)
+
+    def cached_health(self) -> pd.DataFrame | None:
+        """The last health summary :meth:`health` or :meth:`scores` stored (possibly stale), or None."""
+        path = self.dir / "health.parquet"
+        return pd.read_parquet(path) if path.exists() else None
+
+    def _write_health(self, table: pd.DataFrame, key: dict) -> None:
+        from mlfix.scoring.health import health_summary
+
+        atomic_parquet(health_summary(table), self.dir / "health.parquet")
+        write_key(self.dir / "health.key.json", key)
+
+    def _scores_key(self, methods) -> dict:
+        """What the scores (and the health summary) depend on: a change to any recomputes them."""
+        stamp = getattr(self, "predictions_stamp", None)
+        return {"index": read_key(self.dir / "orders" / "orders.key.json"), "decisions": self.reviews.last_id(),
+                "methods": sorted(methods) if methods else None, "finetune": self._finetune_stamp(),
+                "quality": read_key(self.dir / "features" / "quality.key.json"),
+                "predictions": stamp() if stamp is not None else None}
+
+    @staticmethod
+    def _classes(labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The distinct labels of ``rows``."""
+        return pd.Series(np.asarray(labels, dtype=object)[rows], dtype=object).dropna().unique()
+
+    def _compute_scores(self, rows: np.ndarray, labels: np.ndarray, trusted: np.ndarray, methods) -> pd.DataFrame:
+        """:func:`~mlfix.scoring.registry.compute_scores` on ``rows``, with the image metadata, and the
+        user's probabilities and embeddings when added (else the probe, fine-tuned when it was, and
+        the pooled vectors)."""
+        from mlfix.scoring.registry import compute_scores
+
+        labeled = len(self._classes(labels, rows)) >= 2
+        user_probabilities = getattr(self, "user_probabilities", None)
+        probabilities = user_probabilities(rows, labels) if user_probabilities and labeled else None
+        user_embeddings = getattr(self, "user_embeddings", None)
+        x = user_embeddings(rows) if user_embeddings else None
+        finetuned = self._finetuned_probabilities(rows, labels) if probabilities is None and labeled else None
+        return compute_scores(np.asarray(self.pooled()[rows] if x is None else x, dtype=np.float32), labels[rows],
+                              self.samples["sample_id"].to_numpy()[rows], bags=np.asarray(self.bags()[rows]),
+                              trusted=trusted[rows], methods=methods, seed=self.settings.seed,
+                              probabilities=probabilities, finetuned=finetuned, meta=self.image_meta(rows))
 
     # ---- fine-tuning (mlfix.training.finetune) ---------------------------------------------------
 
@@ -124,7 +190,9 @@ class ProjectLabels:
     def _too_few_classes(self, classes: list[str]) -> str:
         found = "no labels" if not classes else f"one class only ({classes[0]!r})"
         return (f"{found}: label-error scores need at least two classes; the similarity order works: "
-                f"open the Review page (`mlfix serve --project {self.dir}`)")
+                f"open the Review page (`mlfix serve --project {self.dir}`); so do the checks that need no "
+                f"labels (duplicates, leaks, outliers, image quality): `project.health()`, "
+                f"`mlfix status --health --project {self.dir}` or the app's Dataset page")
 
     def cached_scores(self) -> pd.DataFrame | None:
         """The last computed scores table, most suspect first as :meth:`scores` wrote it (possibly

@@ -2,12 +2,13 @@
 
     mlfix index --images PATH [--labels CSV | --coco JSON] --project DIR [--backbone NAME[+NAME...]]
                 [--image-size PX] [--tta-flip] [--words K] [--weights auto|random|imagenet|offline|trained|FILE]
+                [--embeddings FILE [--embedding-ids FILE]]
     mlfix train --project DIR [--epochs N] [--batch-size B] [--image-size PX] [--init offline|random|imagenet|FILE] [--lr LR] [--no-flip]
     mlfix finetune --project DIR [--folds K] [--epochs N] [--image-size PX] [--train head|last|last2|last3|all] [--max-train N]
-    mlfix scores --project DIR [-o scores.csv]
+    mlfix scores --project DIR [-o scores.csv] [--pred-probs FILE [--classes A,B,...] [--logits]]
     mlfix serve --project DIR [--port PORT] [--address ADDR] [--db URL]
     mlfix status --project DIR
-    mlfix export --project DIR [--format csv|json|coco] -o FILE
+    mlfix export --project DIR [--format csv|json|coco] [--drop-duplicates] -o FILE
     mlfix --version
 """
 

@@ -16,6 +16,8 @@ def add_parser(commands) -> None:
                         "of image-level labels). "
                         "Default: from the suffix of -o, else csv")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write; - for standard output")
+    p.add_argument("--drop-duplicates", action="store_true",
+                   help="leave out the samples a reviewer marked duplicate (the copies; the kept one stays)")
     p.set_defaults(run=run)
 
 
@@ -40,6 +42,7 @@ def run(args) -> int:
     fmt = output_format(args.format, args.output)
     table = project.corrected_labels()
     data = export_bytes(table, fmt, source=project.source, samples=project.samples,
+                        drop_duplicates=args.drop_duplicates,
                         project={"dir": str(project.dir), "source": project.source,
                                  "last_decision_id": project.reviews.last_id(),
                                  **export_info(project.reviews, project.labels)})
@@ -51,5 +54,7 @@ def run(args) -> int:
         tmp.write_bytes(data)
     status = table["status"]
     print(f"{len(table)} samples ({int(table['changed'].sum())} relabeled, {int((status == 'flagged').sum())} "
-          f"flagged, {int((status != 'unreviewed').sum())} reviewed) -> {args.output} ({fmt})")
+          f"flagged, {int((status != 'unreviewed').sum())} reviewed"
+          + (f", {int((status == 'duplicate').sum())} duplicates left out" if args.drop_duplicates else "")
+          + f") -> {args.output} ({fmt})")
     return 0

@@ -37,6 +37,13 @@ def add_parser(commands) -> None:
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, help="image decoding processes")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--embeddings", metavar="FILE",
+                   help="your own model's embeddings, used instead of the backbone's pooled vectors by the kNN vote "
+                        "and the duplicates (the backbone still makes the visual words and orders): .npz with "
+                        "'embeddings' (N x D) and 'sample_id', or .npy (N x D) with --embedding-ids, or .npy "
+                        "whose rows follow the project's samples")
+    p.add_argument("--embedding-ids", metavar="FILE",
+                   help="the sample_id of each row of --embeddings: a CSV with a sample_id column, or one id a line")
     p.add_argument("--scan-only", action="store_true",
                    help="create (or rescan) the project and stop before indexing (the app's Dataset page)")
     p.set_defaults(run=run)
@@ -57,6 +64,7 @@ def run(args) -> int:
     settings = {"backbone": args.backbone, "weights": args.weights, "image_size": args.image_size,
                 "tta_flip": args.tta_flip, "words": args.words, "batch_size": args.batch_size}
     settings = {k: v for k, v in settings.items() if v is not None}
+    _check_files(getattr(args, "embeddings", None), getattr(args, "embedding_ids", None))
     progress = Progress("index", Path(args.project) / "progress")
     if args.images:
         project = Project.create(args.project, images=args.images, labels=args.labels, coco=args.coco,
@@ -68,14 +76,33 @@ def run(args) -> int:
     if getattr(args, "scan_only", False):
         progress.close()
         _print_summary(project)
+        _add_embeddings(project, args)
         return 0
     project.index(progress=progress, workers=args.workers, device=args.device,
                   quality=getattr(args, "quality", None), announce=print, **settings)
+    _add_embeddings(project, args)
     scores = _scores_after_index(project, progress)
     progress.close()
     _print_summary(project)
     _print_scores(project, scores)
     return 0
+
+
+def _add_embeddings(project, args) -> None:
+    """``--embeddings``: store the user's vectors (after the index: its readable samples need a row)."""
+    if getattr(args, "embeddings", None):
+        project.add_embeddings(args.embeddings, sample_ids=args.embedding_ids)
+        print(f"your embeddings are stored ({project.dir}/features/user_embeddings.npy): the scores use them "
+              "instead of the pooled vectors")
+
+
+def _check_files(*paths: str | None) -> None:
+    """A missing --embeddings / --embedding-ids file fails before the indexing, not after it."""
+    from mlfix.errors import PredictionsError
+
+    for path in paths:
+        if path and not Path(path).expanduser().is_file():
+            raise PredictionsError(f"{path} does not exist")
 
 
 def _print_summary(project) -> None:

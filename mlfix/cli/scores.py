@@ -16,7 +16,31 @@ def add_parser(commands) -> None:
     p = commands.add_parser("scores", help="rank suspected label errors (most suspect first)")
     p.add_argument("--project", required=True)
     p.add_argument("-o", "--output", help="CSV to write (default: print the top 20)")
+    p.add_argument("--pred-probs", metavar="FILE",
+                   help="your own model's out-of-sample predicted probabilities, used instead of mlfix's probe "
+                        "(kept in the project): .npy (N x classes, rows in the order of the project's samples, "
+                        "columns the sorted class names unless --classes) or CSV/parquet (sample_id + one "
+                        "column per class)")
+    p.add_argument("--classes", type=_names, help="the class of each column of --pred-probs, comma-separated")
+    p.add_argument("--logits", action="store_true", help="--pred-probs holds raw scores: apply a softmax")
+    p.add_argument("--no-pred-probs", action="store_true",
+                   help="forget the predictions added before (the probe again)")
     p.set_defaults(run=run)
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def add_user_predictions(project, args) -> None:
+    """``--pred-probs`` / ``--no-pred-probs``: store or forget the user's predictions, and say so."""
+    if getattr(args, "no_pred_probs", False):
+        project.remove_predictions(probabilities=True, embeddings=False)
+        print("predictions removed: the scores use mlfix's probe again")
+    if getattr(args, "pred_probs", None):
+        table = project.add_predictions(args.pred_probs, classes=args.classes, logits=args.logits)
+        print(f"predictions of {len(table)} samples in {table.shape[1] - 1} classes added "
+              f"({project.dir}/predictions/user.parquet): the scores use them instead of the probe")
 
 
 def run(args) -> int:
@@ -24,6 +48,7 @@ def run(args) -> int:
     from mlfix.project import Project
 
     project = Project.open(args.project)
+    add_user_predictions(project, args)
     try:
         table = project.scores()
     except NotEnoughLabelsError as err:  # an unlabeled folder: one line on what works instead

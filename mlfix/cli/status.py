@@ -1,6 +1,9 @@
-"""``mlfix status``: what a project holds: its data, the index and its settings, scores, reviews, a job.
+"""``mlfix status``: what a project holds: its data, the index and its settings, scores, the dataset's
+health (per check, the samples flagged and at which threshold), reviews, a job.
 
-Read only: it opens the decisions store only when one exists, and starts nothing.
+Read only: it opens the decisions store only when one exists, and starts nothing; the health summary
+shown is the last one computed (by ``mlfix scores`` or ``project.health()``), unless ``--health``
+asks to compute it (the checks that need no labels run on an unlabeled set too).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import pandas as pd
 
 from mlfix.pipeline.artifacts import read_key
 
@@ -22,22 +27,27 @@ CLASSES_SHOWN = 12
 def add_parser(commands) -> None:
     p = commands.add_parser("status", help="what is indexed, with which settings; scores, reviews, a running job")
     p.add_argument("--project", required=True, help="project folder")
+    p.add_argument("--health", action="store_true",
+                   help="compute the health summary (duplicates, leaks, outliers, image quality, label checks) "
+                        "when it is missing or stale, instead of showing the last one")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from mlfix.project import Project
 
-    print("\n".join(status_lines(Project.open(args.project))))
+    print("\n".join(status_lines(Project.open(args.project), health=args.health)))
     return 0
 
 
-def status_lines(project: "Project") -> list[str]:
-    """The status of ``project`` (a :class:`~mlfix.project.Project`) as lines of plain text."""
+def status_lines(project: "Project", health: bool = False) -> list[str]:
+    """The status of ``project`` (a :class:`~mlfix.project.Project`) as lines of plain text;
+    ``health``: compute the health summary when it is not up to date (else show the last one)."""
     lines = [f"project   {project.dir}"]
     lines += _data_lines(project)
     lines += _index_lines(project)
     lines += _scores_lines(project)
+    lines += _health_lines(project, health)
     lines += _finetune_lines(project)
     lines += _decision_lines(project)
     lines += _job_lines(project)
@@ -142,6 +152,43 @@ def _scores_lines(project) -> list[str]:
         if last is not None and last != key.get("decisions"):
             freshness = "older than the latest decisions: `mlfix scores` recomputes them"
     return [f"scores    computed {_when(path)}, {freshness}"]
+
+
+def _health_lines(project, compute: bool) -> list[str]:
+    """The health summary as a compact table (check, flagged, threshold; the reason a check was
+    skipped), computed first when ``compute``."""
+    from mlfix.errors import MlfixError
+
+    if not project.is_indexed:
+        return []
+    if compute:
+        try:
+            project.health()
+        except (MlfixError, ValueError) as err:  # e.g. no readable image: say so, keep the rest
+            return [f"health    cannot be checked: {err}"]
+    summary = project.cached_health()
+    if summary is None:
+        return [f"health    not checked yet: `mlfix status --health --project {project.dir}` (or `mlfix scores`) "
+                "checks for duplicates, leaks, outliers and bad images"]
+    key = read_key(project.dir / "health.key.json") or {}
+    stale = key.get("index") != read_key(project.dir / "orders" / "orders.key.json") or \
+        _last_decision_id(project) not in (None, key.get("decisions"))
+    ran = summary[summary["skipped"].isna()]
+    flagged = int(ran["flagged"].fillna(0).sum())
+    lines = [f"health    {len(summary)} checks: {len(ran)} ran, {len(summary) - len(ran)} skipped; "
+             f"{flagged:,} flags; computed {_when(project.dir / 'health.parquet')}"
+             + ("; older than the index or decisions: `mlfix status --health` recomputes it" if stale else "")]
+    lines.append(f"          {'check':<16} {'flagged':>8}  threshold")
+    for row in summary.itertuples(index=False):
+        if isinstance(row.skipped, str):
+            lines.append(f"          {row.check:<16} skipped: {row.skipped}")
+        else:
+            count = "-" if pd.isna(row.flagged) else f"{int(row.flagged):,}"
+            limit = "-" if pd.isna(row.threshold) else f"{row.threshold:.3g}"
+            lines.append(f"          {row.check:<16} {count:>8}  {limit}")
+            if isinstance(getattr(row, "note", None), str):
+                lines.append(f"          {'':<16} note: {row.note}")
+    return lines
 
 
 def _finetune_lines(project) -> list[str]:

@@ -8,6 +8,13 @@ plus a way to label what is in it:
 - a CSV with ``path`` and ``label`` columns, ``path`` relative to the root;
 - a COCO JSON file whose boxes become crop samples (category name as label).
 
+Each sample may belong to a *split* (column ``split``, <NA> when none; see :func:`split_of_folder`):
+the CSV's optional ``split`` column; an ImageFolder whose top-level folders are *all* split names
+(``train/cat/1.png``: split ``train``, label ``cat``; a set where only some top-level folders are
+named like splits, or with images at the top level, is read as a plain ImageFolder: a class may well
+be called ``test``); a COCO ``file_name`` whose first folder is a split name (``train2017/1.jpg``).
+Sample ids stay the paths either way.
+
 :func:`scan` turns one of these into a :class:`Scan`: a ``samples`` table (one row per image or crop,
 with a stable ``sample_id``) and a ``problems`` table (every file that was skipped, and why; a COCO box
 that reached past the image edge is kept, clipped to the image, with a row of stage ``clipped``).
@@ -31,6 +38,8 @@ Example::
     [['cat/1.png', 'cat'], ['dog/2.png', 'dog']]
     >>> found.problems["reason"].tolist()
     ['image too small (4x16 px; at least 8 px a side)']
+    >>> found.samples["split"].tolist()  # no split folders: no splits
+    [<NA>, <NA>]
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -50,9 +60,14 @@ from mlfix.data.images import DataRoot, open_image_header, safe_relative_path
 from mlfix.errors import ImageError, UnsafePathError
 from mlfix.progress import ProgressFn
 
-SAMPLE_COLUMNS = ["sample_id", "path", "label", "box_x", "box_y", "box_w", "box_h", "width", "height", "status"]
+SAMPLE_COLUMNS = ["sample_id", "path", "label", "box_x", "box_y", "box_w", "box_h", "width", "height", "status",
+                  "split"]
 PROBLEM_COLUMNS = ["sample_id", "path", "stage", "reason"]
 NOTE_STAGES = ("clipped",)  # problems rows about samples that were kept (the rest were skipped)
+# A split folder: a split name, alone or with a number (a year, a version): train, val, valid, validation,
+# test, dev; train2017, val_2, test-01. Case-insensitive.
+SPLIT_FOLDER = re.compile(r"(train|val|valid|validation|test|dev)([-_]?\d+)?", re.IGNORECASE)
+SPLIT_MAX_CHARS = 100
 
 
 @dataclass
@@ -68,6 +83,22 @@ class Scan:
         return sorted(self.samples["label"].dropna().unique().tolist())
 
 
+def is_split_folder(name: str) -> bool:
+    """Whether a folder name names a split (:data:`SPLIT_FOLDER`).
+
+    >>> [is_split_folder(n) for n in ("train", "Val", "train2017", "val_2", "training", "cats", "dev-1")]
+    [True, True, True, True, False, False, True]
+    """
+    return SPLIT_FOLDER.fullmatch(name) is not None
+
+
+def with_split(samples: pd.DataFrame) -> pd.DataFrame:
+    """``samples`` with a ``split`` column: as it is, or all <NA> (a table scanned before splits existed)."""
+    if "split" in samples.columns:
+        return samples
+    return samples.assign(split=pd.Series(pd.NA, index=samples.index, dtype="string"))
+
+
 def problems_frame(rows: Iterable[dict]) -> pd.DataFrame:
     return pd.DataFrame(list(rows), columns=PROBLEM_COLUMNS).astype(
         {"sample_id": "string", "path": "string", "stage": "string", "reason": "string"})
@@ -80,7 +111,8 @@ def scan(images: str | os.PathLike, labels: str | os.PathLike | None = None,
 
     Args:
         images: a folder or a ``.zip`` of images (the data root).
-        labels: optional CSV with ``path`` and ``label`` columns, paths relative to ``images``.
+        labels: optional CSV with ``path`` and ``label`` columns, paths relative to ``images``, and
+            optionally a ``split`` column (empty: no split).
         coco: optional COCO JSON; each annotation box becomes a crop sample labelled with its
             category name. Mutually exclusive with ``labels``.
         padding: for COCO crops, extra context around each box as a fraction of its size.
@@ -110,11 +142,15 @@ def scan(images: str | os.PathLike, labels: str | os.PathLike | None = None,
 
 
 def _rows_from_folder(root: DataRoot) -> list[dict]:
+    """One row per image; split-foldered when every image lies under a top-level split folder."""
+    paths = root.list_images()
+    parts = [PurePosixPath(path).parts for path in paths]
+    by_split = bool(parts) and all(len(p) > 1 and is_split_folder(p[0]) for p in parts)
     rows = []
-    for path in root.list_images():
-        parent = PurePosixPath(path).parent
-        label = parent.name if str(parent) not in ("", ".") else None
-        rows.append({"sample_id": path, "path": path, "label": label})
+    for path, part in zip(paths, parts):
+        inner = part[1:] if by_split else part
+        rows.append({"sample_id": path, "path": path, "label": inner[-2] if len(inner) > 1 else None,
+                     "split": part[0] if by_split else None})
     return rows
 
 
@@ -135,6 +171,7 @@ def _rows_from_csv(csv_path: Path, problems: list[dict]) -> list[dict]:
     if "path" not in header:
         raise ValueError(f"labels CSV {csv_path.name} needs a 'path' column; it has {header}")
     at_path, at_label = header.index("path"), header.index("label") if "label" in header else None
+    at_split = header.index("split") if "split" in header else None
     rows = []
     for number, fields in lines[1:]:
         if isinstance(fields, str) or len(fields) != len(header):
@@ -148,7 +185,13 @@ def _rows_from_csv(csv_path: Path, problems: list[dict]) -> list[dict]:
         if not path:
             problems.append({"sample_id": None, "path": None, "stage": "csv", "reason": "empty path"})
             continue
-        rows.append({"sample_id": path, "path": path, "label": label or None})
+        split = fields[at_split].strip() if at_split is not None else ""
+        if len(split) > SPLIT_MAX_CHARS or any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in split):
+            problems.append({"sample_id": None, "path": path, "stage": "csv",
+                             "reason": f"line {number}: the split {split[:40]!r} is not a split name "
+                                       f"(text of at most {SPLIT_MAX_CHARS} characters, no control characters)"})
+            continue
+        rows.append({"sample_id": path, "path": path, "label": label or None, "split": split or None})
     return rows
 
 
@@ -215,8 +258,9 @@ def _coco_row(ann, images: dict, categories: dict, padding: float) -> dict:
         label = categories.get(ann.get("category_id"))
     except TypeError:  # an unhashable category_id
         label = None
+    folders = PurePosixPath(name).parts[:-1]
     return {"sample_id": f"{name}#{ann_id}", "path": name, "label": None if label is None else str(label),
-            "box": (x, y, w, h), "padding": padding,
+            "split": folders[0] if folders and is_split_folder(folders[0]) else None, "box": (x, y, w, h), "padding": padding,
             "coco_size": size if all(_positive(v) for v in size) else None, "coco_annotation_id": ann_id}
 
 
@@ -322,9 +366,9 @@ def _check_headers(root: DataRoot, rows: list[dict], problems: list[dict],
         box = box or (np.nan, np.nan, np.nan, np.nan)
         records.append({"sample_id": row["sample_id"], "path": row["path"], "label": row["label"],
                         "box_x": box[0], "box_y": box[1], "box_w": box[2], "box_h": box[3],
-                        "width": width, "height": height, "status": "ok"})
+                        "width": width, "height": height, "status": "ok", "split": row.get("split")})
     samples = pd.DataFrame(records, columns=SAMPLE_COLUMNS)
     return samples.astype({"sample_id": "string", "path": "string", "label": "string",
                            "box_x": "float64", "box_y": "float64", "box_w": "float64",
                            "box_h": "float64", "width": "int64", "height": "int64",
-                           "status": "string"})
+                           "status": "string", "split": "string"})

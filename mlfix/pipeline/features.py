@@ -11,6 +11,10 @@ faces, for twice the forward passes.
 
 Images that fail to decode are skipped and reported (``ok`` is False for them), never the end of a run.
 
+The same pass measures each decoded image for the quality checks (:mod:`mlfix.data.quality`: a few
+statistics on a 64 px copy and a pixel hash for exact copies), in the decoding workers, at no extra
+decode; ``statistics=False`` skips that (to measure what it costs).
+
 Example (20 of the demo's digits; ``project.root`` and ``project.samples`` are what it needs):
     >>> import pathlib, tempfile
     >>> from mlfix.demo import write_digits
@@ -24,6 +28,8 @@ Example (20 of the demo's digits; ``project.root`` and ``project.samples`` are w
     ...                  workers=0, on_cells=lambda rows, cells: seen.append(cells.shape))
     >>> result.pooled.shape, bool(result.ok.all()), result.grid
     ((20, 512), True, (4, 4))
+    >>> result.stats.shape, bool((result.content_hash != 0).all())    # quality statistics, pixel hashes
+    ((20, 8), True)
     >>> seen                                            # one batch of cells: (B, h, w, C)
     [(20, 4, 4, 256)]
 """
@@ -39,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from mlfix.data.images import DataRoot, load_image
+from mlfix.data.quality import QUALITY_STATS, image_statistics, no_statistics, pixel_hash
 from mlfix.data.scan import problems_frame
 from mlfix.errors import ImageError
 from mlfix.progress import ProgressFn
@@ -54,24 +61,36 @@ class Extraction:
     ok: (N,) bool, False for images that could not be decoded.
     problems: DataFrame[sample_id, path, stage, reason] for those images.
     grid: (h, w) cells per image.
+    stats: (N, len(QUALITY_STATS)) float32 quality statistics (:mod:`mlfix.data.quality`), NaN rows
+        for unreadable images; None when extracted with ``statistics=False``.
+    content_hash: (N,) int64 pixel hashes, 0 for unreadable images; None with ``statistics=False``.
     """
 
     pooled: np.ndarray
     ok: np.ndarray
     problems: pd.DataFrame
     grid: tuple[int, int]
+    stats: np.ndarray | None = None
+    content_hash: np.ndarray | None = None
 
 
 class SampleImages:
-    """A torch-style map dataset: row i of the samples table -> (i, image tensor, error text)."""
+    """A torch-style map dataset: row i of the samples table -> (i, image tensor, error text).
 
-    def __init__(self, root: DataRoot, samples: pd.DataFrame, image_size: int, transform=None):
+    With ``statistics=True``: (i, image tensor, error text, stats, pixel hash), ``stats`` the
+    (len(QUALITY_STATS),) float32 :func:`~mlfix.data.quality.image_statistics` of the decoded image
+    (NaN when it failed) and the int :func:`~mlfix.data.quality.pixel_hash` (0 when it failed).
+    """
+
+    def __init__(self, root: DataRoot, samples: pd.DataFrame, image_size: int, transform=None,
+                 statistics: bool = False):
         from mlfix.pipeline.backbone import image_transform
 
         self.root = root
         self.rows = samples[["path", "box_x", "box_y", "box_w", "box_h"]].to_dict("records")
         self.image_size = image_size
         self.transform = transform or image_transform(image_size)
+        self.statistics = statistics
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -81,9 +100,11 @@ class SampleImages:
 
         try:
             image = load_image(self.root, self.rows[i], target_size=self.image_size)
-            return i, self.transform(image), ""
+            item = (i, self.transform(image), "")
         except (ImageError, OSError, ValueError) as err:
-            return i, torch.zeros(3, self.image_size, self.image_size), str(err) or type(err).__name__
+            item = (i, torch.zeros(3, self.image_size, self.image_size), str(err) or type(err).__name__)
+            return item + (no_statistics(), 0) if self.statistics else item
+        return item + (image_statistics(image), pixel_hash(image)) if self.statistics else item
 
 
 def default_workers() -> int:
@@ -103,7 +124,8 @@ def make_loader(dataset, batch_size: int, workers: int | None, device_type: str)
 def extract(root: DataRoot, samples: pd.DataFrame, backbone, image_size: int, batch_size: int = 64,
             workers: int | None = None, on_cells: CellsFn | None = None,
             progress: ProgressFn | None = None, device: str | None = None,
-            pooled_out: str | os.PathLike | None = None, tta_flip: bool = False) -> Extraction:
+            pooled_out: str | os.PathLike | None = None, tta_flip: bool = False,
+            statistics: bool = True) -> Extraction:
     """Run ``backbone`` over every sample; return pooled vectors and stream cell vectors.
 
     Args:
@@ -119,6 +141,7 @@ def extract(root: DataRoot, samples: pd.DataFrame, backbone, image_size: int, ba
         device: ``cuda`` / ``cpu``; default: CUDA when available.
         pooled_out: optional ``.npy`` path; pooled vectors are written there (memory-mapped).
         tta_flip: average each image's features with its mirror image's (see the module docstring).
+        statistics: also measure each image for the quality checks (``stats``, ``content_hash``).
     """
     import torch
 
@@ -131,11 +154,16 @@ def extract(root: DataRoot, samples: pd.DataFrame, backbone, image_size: int, ba
     pooled = _pooled_array(n, backbone.pooled_dim, pooled_out)
     ok = np.zeros(n, dtype=bool)
     failures: list[dict] = []
-    loader = make_loader(SampleImages(root, samples, image_size), batch_size, workers, device.type)
+    stats = np.full((n, len(QUALITY_STATS)), np.nan, dtype=np.float32) if statistics else None
+    hashes = np.zeros(n, dtype=np.int64) if statistics else None
+    loader = make_loader(SampleImages(root, samples, image_size, statistics=statistics), batch_size, workers,
+                         device.type)
     done = 0
     with torch.inference_mode():
-        for rows, images, errors in loader:
+        for rows, images, errors, *measured in loader:
             rows = rows.numpy()
+            if statistics:
+                stats[rows], hashes[rows] = measured[0].numpy(), measured[1].numpy()
             good = np.array([not e for e in errors], dtype=bool)
             for row, error in zip(rows[~good], np.asarray(errors, dtype=object)[~good]):
                 failures.append({"sample_id": samples["sample_id"].iloc[row] if "sample_id" in samples
@@ -154,7 +182,8 @@ def extract(root: DataRoot, samples: pd.DataFrame, backbone, image_size: int, ba
                 progress(done, n)
     if isinstance(pooled, np.memmap):
         pooled.flush()
-    return Extraction(pooled=pooled, ok=ok, problems=problems_frame(failures), grid=(side, side))
+    return Extraction(pooled=pooled, ok=ok, problems=problems_frame(failures), grid=(side, side), stats=stats,
+                      content_hash=hashes)
 
 
 def _forward(model, batch, tta_flip: bool):

@@ -12,6 +12,10 @@ key changed. Cell vectors are handled in one of two ways, chosen by their size:
 Two similarity orders are written, each with its own key: by bags of words (``orders/``) and by
 pooled embedding (``orders/by-embedding/``, keyed by the features, not the words): a project indexed
 before the embedding order existed gains it on its next index run without a new pass over the images.
+
+The full pass also measures every image for the quality checks (``features/quality.parquet``, keyed by
+the features: :mod:`mlfix.data.quality`); a project whose features were extracted before that gains
+it on its next index run from a decode-only pass (stage "image quality"), without a feature pass.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ import pandas as pd
 
 from mlfix.atomic import atomic_path, write_json_atomic
 from mlfix.data.images import DataRoot
+from mlfix.data.quality import QUALITY_FILE, QUALITY_KEY, quality_frame
 from mlfix.data.scan import NOTE_STAGES, problems_frame
 from mlfix.errors import NotAProjectError
-from mlfix.pipeline.artifacts import atomic_parquet, atomic_save_npy, frame_digest, read_key, write_key
+from mlfix.pipeline.artifacts import atomic_parquet, atomic_save_npy, frame_digest, read_key, same_key, write_key
 from mlfix.pipeline.codebook import Codebook, pack_bags
 from mlfix.pipeline.ordering import ORDERINGS
 from mlfix.progress import Progress
@@ -82,6 +87,8 @@ def run_index(directory: Path, settings: IndexSettings, root: DataRoot, weights:
     features_dir, codebook_dir = run.dir / "features", run.dir / "codebook"
     if read_key(features_dir / "words.key.json") != words_key:
         _features_and_words(run, weights, feature_key, words_key)
+    if not same_key(run.dir / QUALITY_KEY, feature_key) or not (run.dir / QUALITY_FILE).exists():
+        _measure_quality(run, feature_key)  # features cached before the statistics existed
     if read_key(codebook_dir / "bags.key.json") != words_key:
         words = np.load(features_dir / "words.npy", mmap_mode="r")
         progress.update("bags", 0, 1)
@@ -143,22 +150,27 @@ def _features_and_words(run: IndexRun, weights: str, feature_key: dict, words_ke
     write_key(run.dir / "features" / "words.key.json", words_key)
 
 
-def _extract(run: IndexRun, samples: pd.DataFrame, backbone, on_cells, stage: str, pooled_out=None):
+def _extract(run: IndexRun, samples: pd.DataFrame, backbone, on_cells, stage: str, pooled_out=None,
+             statistics: bool = False):
     from mlfix.pipeline.features import extract
 
     settings = run.settings
     return extract(run.root, samples, backbone, settings.image_size, batch_size=settings.batch_size,
                    workers=run.workers, device=run.device, on_cells=on_cells,
-                   progress=run.progress.stage(stage), pooled_out=pooled_out, tta_flip=settings.tta_flip)
+                   progress=run.progress.stage(stage), pooled_out=pooled_out, tta_flip=settings.tta_flip,
+                   statistics=statistics)
 
 
-def _extract_all(run: IndexRun, backbone, on_cells) -> np.ndarray:
-    """Full pass: pooled vectors to features/pooled.npy, decode failures to the problems table."""
+def _extract_all(run: IndexRun, backbone, on_cells, feature_key: dict) -> np.ndarray:
+    """Full pass: pooled vectors to features/pooled.npy, decode failures to the problems table,
+    the images' quality statistics to features/quality.parquet (keyed by ``feature_key``)."""
     features_dir = run.dir / "features"
     with atomic_path(features_dir / "pooled.npy", suffix=".npy") as tmp_pooled:
-        result = _extract(run, run.samples, backbone, on_cells, "features", pooled_out=tmp_pooled)
+        result = _extract(run, run.samples, backbone, on_cells, "features", pooled_out=tmp_pooled,
+                          statistics=True)
         del result.pooled  # the memory map: closed before the rename
     atomic_save_npy(features_dir / "ok.npy", result.ok)
+    _write_quality(run, quality_frame(result.content_hash, result.stats), feature_key)
     _record_decode_failures(run, result.ok, result.problems)
     if not result.ok.any():
         _no_readable_samples(run.dir, run.problems)
@@ -178,7 +190,7 @@ def _words_from_cell_cache(run: IndexRun, codebook: Codebook, backbone, feature_
             def store(rows: np.ndarray, cells: np.ndarray) -> None:
                 cache[rows] = cells
 
-            _extract_all(run, backbone, store)
+            _extract_all(run, backbone, store, feature_key)
             cache.flush()
             del cache
         write_key(features_dir / "features.key.json", {**feature_key, "cells": True})
@@ -229,11 +241,25 @@ def _words_in_two_passes(run: IndexRun, codebook: Codebook, backbone, feature_ke
         def assign(rows: np.ndarray, cells: np.ndarray) -> None:
             words[rows] = codebook.assign(cells)
 
-        _extract_all(run, backbone, assign)
+        _extract_all(run, backbone, assign, feature_key)
         words.flush()
         del words
     (features_dir / "cells.npy").unlink(missing_ok=True)
     write_key(features_dir / "features.key.json", {**feature_key, "cells": False})
+
+
+def _write_quality(run: IndexRun, table: pd.DataFrame, feature_key: dict) -> None:
+    atomic_parquet(table, run.dir / QUALITY_FILE)
+    write_key(run.dir / QUALITY_KEY, feature_key)
+
+
+def _measure_quality(run: IndexRun, feature_key: dict) -> None:
+    """The quality table from a decode-only pass (no backbone), for features cached without it."""
+    from mlfix.data.quality import measure_images
+
+    table = measure_images(run.root, run.samples, run.settings.image_size,
+                           progress=run.progress.stage("image quality"), workers=run.workers or None)
+    _write_quality(run, table, feature_key)
 
 
 def _record_decode_failures(run: IndexRun, ok: np.ndarray, failures: pd.DataFrame) -> None:

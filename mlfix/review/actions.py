@@ -19,7 +19,8 @@ Batch shape (JSON from the browser)::
                  {"seq": 8, "client_id": "<uuid>", "kind": "page", "delta": 1}]}
 
 ``kind`` is ``relabel`` (needs ``label``, one of the project's labels), ``flag`` (wrong, no new
-label), ``ok`` (checked and fine), ``undo`` (with ``undoes``, the client id of an earlier grid
+label), ``ok`` (checked and fine), ``duplicate`` (a copy of a kept image: the Duplicates page),
+``undo`` (with ``undoes``, the client id of an earlier grid
 action: reverts exactly the decisions that action stored; without it, the reviewer's latest
 decision on each id) or ``page`` (``delta`` pages forward or back; not stored). ``by`` is the
 :func:`~mlfix.review.guard.reviewer_tag` the grid was rendered with when the action was made.
@@ -52,7 +53,7 @@ from mlfix import limits as _limits
 from mlfix.errors import BatchError, StoreUnavailable
 from mlfix.review.guard import ActionChecks, RateLimiter, log, membership, reviewer_tag, short
 
-DECISION_KINDS = ("relabel", "flag", "ok", "undo")
+DECISION_KINDS = ("relabel", "flag", "ok", "undo", "duplicate")
 NAVIGATION_KINDS = ("page",)
 MAX_CLIENT_ID = 100  # the browser's uuid
 MAX_ROW_CLIENT_ID = 200  # the store's limit on a row's client id
@@ -228,7 +229,7 @@ class BatchApplier:
     decision; ``limits`` (default :func:`mlfix.limits.current`) caps actions per batch and ids per
     action; ``rate`` (a :class:`~mlfix.review.guard.RateLimiter`) caps decisions per reviewer.
 
-    Decisions are written in as few transactions as possible: consecutive relabel/flag/ok actions
+    Decisions are written in as few transactions as possible: consecutive relabel/flag/ok/duplicate actions
     go in one :meth:`record` call; an undo first writes what precedes it (it may undo an action of
     the same batch), then finds the decisions it reverts by their client ids. When the store
     refuses such a group, each action of it is written alone, so only the bad one is refused.

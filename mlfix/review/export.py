@@ -6,7 +6,9 @@ and the review state (``ReviewStore.current_state(samples)``)::
     sample_id  path  original_label  corrected_label  changed  status      reviewer  decided_at
     cat/1.png  ...   cat             dog              True     relabeled   alice     2026-11-27 ...
 
-``status`` is ``unreviewed``, ``relabeled``, ``flagged`` (wrong, no new label given) or ``ok``.
+``status`` is ``unreviewed``, ``relabeled``, ``flagged`` (wrong, no new label given), ``ok`` or
+``duplicate`` (a copy of a kept sample: ``drop_duplicates=True`` leaves such rows out of the table
+and the files).
 
 Example (for a project: ``export_table(project.samples, project.reviews.current_state(project.samples))``,
 which is what ``project.corrected_labels()`` returns):
@@ -31,6 +33,7 @@ import copy
 import json
 import os
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 import pandas as pd
@@ -39,13 +42,16 @@ EXPORT_COLUMNS = ["sample_id", "path", "original_label", "corrected_label", "cha
                   "reviewer", "decided_at"]
 
 
-def export_table(samples: pd.DataFrame, state: pd.DataFrame | None = None) -> pd.DataFrame:
+def export_table(samples: pd.DataFrame, state: pd.DataFrame | None = None,
+                 drop_duplicates: bool = False) -> pd.DataFrame:
     """One row per sample (in the order of ``samples``) with its original and corrected label.
 
     Args:
-        samples: DataFrame[sample_id, label, path?] (the project's sample table).
+        samples: DataFrame[sample_id, label, path?, split?] (the project's sample table); a ``split``
+            column with any split is carried to the table's last column.
         state: DataFrame[sample_id, label, status?, reviewer?, decided_at?] as from
             ``ReviewStore.current_state``; None: nothing reviewed yet.
+        drop_duplicates: leave out the samples whose status is ``duplicate`` (see :func:`without_duplicates`).
     """
     for column in ("sample_id", "label"):
         if column not in samples.columns:
@@ -53,6 +59,8 @@ def export_table(samples: pd.DataFrame, state: pd.DataFrame | None = None) -> pd
     out = pd.DataFrame({"sample_id": samples["sample_id"].astype(str).to_numpy()})
     out["path"] = samples["path"].astype(object).to_numpy() if "path" in samples.columns else out["sample_id"]
     out["original_label"] = _objects(samples["label"])
+    if "split" in samples.columns and samples["split"].notna().any():  # carried only when there are splits
+        out["split"] = _objects(samples["split"])
     if state is None or len(state) == 0:
         out["corrected_label"] = out["original_label"]
         out["status"], out["reviewer"], out["decided_at"] = "unreviewed", None, pd.NaT
@@ -70,7 +78,18 @@ def export_table(samples: pd.DataFrame, state: pd.DataFrame | None = None) -> pd
         out["decided_at"] = pd.to_datetime(aligned["decided_at"], utc=True).to_numpy() \
             if "decided_at" in aligned else pd.NaT
     out["changed"] = [not _same(a, b) for a, b in zip(out["original_label"], out["corrected_label"])]
-    return out[EXPORT_COLUMNS]
+    out = out[EXPORT_COLUMNS + (["split"] if "split" in out else [])]
+    return without_duplicates(out) if drop_duplicates else out
+
+
+def without_duplicates(table: pd.DataFrame) -> pd.DataFrame:
+    """The export table without the rows a reviewer marked ``duplicate`` (the copies; the kept one stays).
+
+    >>> table = pd.DataFrame({"sample_id": ["a", "b"], "status": ["ok", "duplicate"]})
+    >>> without_duplicates(table)["sample_id"].tolist()
+    ['a']
+    """
+    return table[(table["status"] != "duplicate").to_numpy()].reset_index(drop=True)
 
 
 def _objects(series: pd.Series):
@@ -168,7 +187,7 @@ def coco_annotation_id(sample_id: str) -> str | None:
     return text.rsplit("#", 1)[1] if "#" in text else None
 
 
-def to_coco(coco: dict | str | os.PathLike, table: pd.DataFrame) -> bytes:
+def to_coco(coco: dict | str | os.PathLike, table: pd.DataFrame, dropped: Collection[str] = ()) -> bytes:
     """The COCO file with each annotation's ``category_id`` set from its corrected label.
 
     A label that is not among the categories gets a new category (next free id). Annotations that
@@ -177,6 +196,7 @@ def to_coco(coco: dict | str | os.PathLike, table: pd.DataFrame) -> bytes:
     Args:
         coco: the source COCO dict, or the path of its JSON file.
         table: the export table (:func:`export_table`) of a project made from that COCO file.
+        dropped: sample ids whose annotations are left out of the file (duplicates dropped).
     """
     source = json.loads(Path(coco).read_text()) if isinstance(coco, (str, os.PathLike)) else coco
     if not isinstance(source, dict) or not {"images", "annotations", "categories"} <= set(source):
@@ -194,6 +214,9 @@ def to_coco(coco: dict | str | os.PathLike, table: pd.DataFrame) -> bytes:
         out["categories"].append({"id": next_id, "name": label, "supercategory": ""})
         by_name[label] = next_id
         next_id += 1
+    gone = {coco_annotation_id(s) for s in dropped} - {None}
+    if gone:
+        out["annotations"] = [a for a in out["annotations"] if str(a.get("id")) not in gone]
     for annotation in out["annotations"]:
         label = corrected.get(str(annotation.get("id")))
         if label is not None:
@@ -253,7 +276,7 @@ def coco_unavailable(source: dict | None) -> str | None:
 
 
 def export_bytes(table: pd.DataFrame, fmt: str, source: dict | None = None, project: dict | None = None,
-                 samples: pd.DataFrame | None = None) -> bytes:
+                 samples: pd.DataFrame | None = None, drop_duplicates: bool = False) -> bytes:
     """The export file in ``fmt`` (one of :data:`FORMATS`) from the export table.
 
     Args:
@@ -264,12 +287,18 @@ def export_bytes(table: pd.DataFrame, fmt: str, source: dict | None = None, proj
         project: what the JSON export says about the project (its ``"project"`` object); its
             ``classes`` (the class list) are the categories of an image-level COCO file.
         samples: the sample table (image sizes of an image-level COCO file).
+        drop_duplicates: leave out the samples marked ``duplicate`` (a COCO source file loses their
+            annotations).
 
     Raises:
         ExportError: an unknown format, or COCO where :func:`coco_unavailable` gives a reason.
     """
     from mlfix.errors import ExportError
 
+    dropped: list[str] = []
+    if drop_duplicates:
+        dropped = table.loc[(table["status"] == "duplicate").to_numpy(), "sample_id"].tolist()
+        table = without_duplicates(table)
     if fmt == "csv":
         return to_csv(table)
     if fmt == "json":
@@ -280,7 +309,7 @@ def export_bytes(table: pd.DataFrame, fmt: str, source: dict | None = None, proj
             raise ExportError(reason)
         if not (source or {}).get("coco"):
             return to_coco_images(table, (project or {}).get("classes") or (), samples)
-        return to_coco(source["coco"], table)
+        return to_coco(source["coco"], table, dropped)
     raise ExportError(f"unknown export format {fmt!r}; use {', '.join(FORMATS)}")
 
 

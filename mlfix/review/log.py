@@ -15,7 +15,9 @@ The store's reading methods (``current_state``, ``conflicts``, ``per_reviewer``,
 
 Kinds
     ``relabel`` (``label`` = the new label), ``flag`` (something is wrong, the reviewer is not sure
-    what), ``ok`` (the label the reviewer saw is right), ``undo`` (``undoes`` = the id it reverts).
+    what), ``ok`` (the label the reviewer saw is right), ``undo`` (``undoes`` = the id it reverts),
+    ``duplicate`` (the sample is a copy of another one that is kept: drop it from the data set; its
+    label is unchanged, and an export can leave it out).
 
 How undo works (:func:`effective_mask`, :func:`derive_state`)
     * An ``undo`` cancels the decision it points at. An undo can itself be undone: then it is
@@ -23,15 +25,17 @@ How undo works (:func:`effective_mask`, :func:`derive_state`)
       *effective* unless an effective undo points at it; undos always point at earlier ids, so this
       is well defined. Two undos of the same decision cancel it once.
     * The state of a sample is its latest effective non-undo decision (by id): status
-      ``relabeled`` / ``flagged`` / ``ok``, or ``unreviewed`` when there is none.
+      ``relabeled`` / ``flagged`` / ``ok`` / ``duplicate``, or ``unreviewed`` when there is none.
     * The current label is the label of the sample's latest effective ``relabel``, else the original
-      label. ``ok`` and ``flag`` do not change the label: relabel to ``dog`` then ``ok`` means "dog
-      is right" (status ``ok``, label ``dog``). To go back to the original label, undo the relabel
-      (or relabel to the original label).
+      label. ``ok``, ``flag`` and ``duplicate`` do not change the label: relabel to ``dog`` then
+      ``ok`` means "dog is right" (status ``ok``, label ``dog``). To go back to the original label,
+      undo the relabel (or relabel to the original label).
 
 Reviewers who disagree (:func:`reviewer_verdicts`, :func:`find_conflicts`, :func:`final_labels`)
     Each reviewer's verdict on a sample is their latest effective non-undo decision: a relabel names
-    its label, an ok the label current when it was given, a flag names none (:data:`FLAG_VERDICT`).
+    its label, an ok the label current when it was given, a flag names none (:data:`FLAG_VERDICT`),
+    a duplicate names none either (:data:`DUPLICATE_VERDICT`: "drop this copy"), so ``ok`` by one
+    reviewer and ``duplicate`` by another is a conflict (keep it or not), and neither is a vote.
     The final label follows one of :data:`FINAL_RULES`:
 
     ``admin_wins``  the latest label named by an admin; samples no admin named a label for follow
@@ -54,12 +58,14 @@ from collections.abc import Collection
 import numpy as np
 import pandas as pd
 
-KINDS = ("relabel", "flag", "ok", "undo")
-STATUS_OF_KIND = {"relabel": "relabeled", "flag": "flagged", "ok": "ok"}
+KINDS = ("relabel", "flag", "ok", "undo", "duplicate")
+STATUS_OF_KIND = {"relabel": "relabeled", "flag": "flagged", "ok": "ok", "duplicate": "duplicate"}
 DECISION_COLUMNS = ["id", "client_id", "sample_id", "kind", "label", "reviewer", "created_at", "undoes",
                     "note", "view"]
 STATE_COLUMNS = ["sample_id", "original_label", "label", "status", "reviewer", "decided_at"]
 FLAG_VERDICT = "<flagged>"  # what a flag says in conflicts(): "not this label, not sure which"
+DUPLICATE_VERDICT = "<duplicate>"  # what a duplicate says: "a copy: drop it", nothing about the label
+NO_LABEL_VERDICTS = (FLAG_VERDICT, DUPLICATE_VERDICT)  # verdicts that are not votes for a label
 FINAL_RULES = ("latest", "majority", "admin_wins")
 
 
@@ -151,9 +157,10 @@ def find_conflicts(log: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
 
     Each reviewer's verdict on a sample is their latest effective non-undo decision: a relabel says
     its label; an ok says the label that was current when it was given (the latest effective
-    relabel before it, else the original); a flag says FLAG_VERDICT. A sample is in conflict when
-    its reviewers' verdicts are not all equal. Returns sample_id, original_label, label (current),
-    n_reviewers, verdicts ({reviewer: verdict}), in the order of ``samples``.
+    relabel before it, else the original); a flag says FLAG_VERDICT, a duplicate DUPLICATE_VERDICT.
+    A sample is in conflict when its reviewers' verdicts are not all equal. Returns sample_id,
+    original_label, label (current), n_reviewers, verdicts ({reviewer: verdict}), in the order of
+    ``samples``.
     """
     columns = ["sample_id", "original_label", "label", "n_reviewers", "verdicts"]
     per = reviewer_verdicts(log, samples)
@@ -173,7 +180,7 @@ def find_conflicts(log: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
 
 
 def reviewer_summary(log: pd.DataFrame) -> pd.DataFrame:
-    """Per reviewer: decisions, relabel, flag, ok, undo, effective, samples, first_at, last_at."""
+    """Per reviewer: decisions, relabel, flag, ok, undo, duplicate, effective, samples, first_at, last_at."""
     columns = ["reviewer", "decisions", *KINDS, "effective", "samples", "first_at", "last_at"]
     if log.empty:
         return pd.DataFrame(columns=columns)
@@ -198,7 +205,8 @@ def reviewer_verdicts(log: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
     """Each reviewer's verdict on each sample: their latest effective non-undo decision.
 
     A relabel says its label; an ok says the label current when it was given (the latest effective
-    relabel before it, else the original); a flag says :data:`FLAG_VERDICT` (no label). Returns
+    relabel before it, else the original); a flag says :data:`FLAG_VERDICT` and a duplicate
+    :data:`DUPLICATE_VERDICT` (no label). Returns
     DataFrame[id, sample_id, reviewer, kind, verdict], one row per (sample, reviewer), by id;
     samples not in ``samples`` are left out. The same verdicts as :func:`find_conflicts`.
     """
@@ -215,7 +223,8 @@ def reviewer_verdicts(log: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
                         allow_exact_matches=False, direction="backward")
     seen = per["seen"].astype(object).where(per["seen"].notna(), per["sample_id"].map(original))
     verdict = np.where(per["kind"] == "relabel", per["label"].astype(object),
-                       np.where(per["kind"] == "ok", seen, FLAG_VERDICT))
+                       np.where(per["kind"] == "ok", seen,
+                                np.where(per["kind"] == "duplicate", DUPLICATE_VERDICT, FLAG_VERDICT)))
     per["verdict"] = pd.Series(verdict, index=per.index).astype(str)
     return per[columns].reset_index(drop=True)
 
@@ -231,15 +240,16 @@ def final_labels(log: pd.DataFrame, samples: pd.DataFrame, rule: str = "latest",
                     relabel, else the original label. What the store shows everywhere.
     ``majority``    the label named by the most reviewers (an ok votes for the label it confirmed).
                     Ties go to the tied label whose most recent supporting verdict is latest
-                    (``tie`` is True so an admin can look). Flags are not votes: with flags only,
-                    the label is the ``latest`` one.
+                    (``tie`` is True so an admin can look). Flags and duplicates are not votes:
+                    with those only, the label is the ``latest`` one.
     ``admin_wins``  the latest verdict naming a label by a reviewer in ``admins`` (two admins who
                     disagree: the later wins); samples no admin named a label for follow
                     ``majority``. An admin's flag names no label, so it cannot win.
 
     Samples nobody decided keep their original label. ``samples``: DataFrame[sample_id, label].
     Returns one row per sample, in its order: sample_id, original_label, label (final), changed,
-    basis ('unreviewed' | 'agreed' | 'latest' | 'majority' | 'tie' | 'admin' | 'flagged'),
+    basis ('unreviewed' | 'agreed' | 'latest' | 'majority' | 'tie' | 'admin' | 'flagged' | 'duplicate':
+    nobody named a label, and all said duplicate),
     n_reviewers, conflict (verdicts differ), tie, votes ({label: reviewers}).
 
     Example: ann relabels ``a`` to dog, bob and cy relabel it to fox: ``majority`` -> fox (2 votes
@@ -263,14 +273,16 @@ def final_labels(log: pd.DataFrame, samples: pd.DataFrame, rule: str = "latest",
         n_reviewers = np.bincount(at, minlength=n).astype(np.int64)
         distinct = verdicts.drop_duplicates(["sample_id", "verdict"])
         conflict = np.bincount(position.get_indexer(distinct["sample_id"].to_numpy()), minlength=n) > 1
-        named = verdicts[verdicts["verdict"] != FLAG_VERDICT]
+        named = verdicts[~verdicts["verdict"].isin(NO_LABEL_VERDICTS)]
         counted = (named.groupby(["sample_id", "verdict"], sort=False)
                    .agg(n=("id", "size"), last=("id", "max")).reset_index())
         for s, v, k in zip(counted["sample_id"], counted["verdict"], counted["n"]):
             votes[position.get_loc(s)][v] = int(k)
         flag_only = (n_reviewers > 0) & (np.bincount(position.get_indexer(named["sample_id"].to_numpy()),
                                                       minlength=n) == 0)
-        basis[flag_only] = "flagged"
+        flags = np.bincount(position.get_indexer(verdicts.loc[verdicts["verdict"] == FLAG_VERDICT,
+                                                                "sample_id"].to_numpy()), minlength=n)
+        basis[flag_only] = np.where(flags[flag_only] > 0, "flagged", "duplicate")
         if rule != "latest" and len(counted):
             ranked = counted.sort_values(["sample_id", "n", "last"], ascending=[True, False, False], kind="stable")
             top = ranked.drop_duplicates("sample_id")

@@ -26,9 +26,12 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from mlfix.errors import MlfixError
 from mlfix.review.database import UTCDateTime
 from mlfix.review.log import DECISION_COLUMNS, KINDS
 
+KIND_LENGTH = 16  # was 8 before the ``duplicate`` kind: :func:`migrate` widens an older table
+KIND_CHECK = "kind IN (" + ", ".join(f"'{k}'" for k in KINDS) + ")"
 ALLOWED_KEYS = {"client_id", "sample_id", "kind", "label", "reviewer", "undoes", "note", "view"}
 _IDENTITY = ("sample_id", "kind", "label", "reviewer", "undoes")  # what makes two rows the same decision
 
@@ -39,7 +42,7 @@ decisions_table = sa.Table(
               autoincrement=True),
     sa.Column("client_id", sa.String(200), nullable=False, unique=True),
     sa.Column("sample_id", sa.Text, nullable=False, index=True),
-    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("kind", sa.String(KIND_LENGTH), nullable=False),
     sa.Column("label", sa.Text, nullable=True),
     sa.Column("reviewer", sa.String(200), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
@@ -48,7 +51,7 @@ decisions_table = sa.Table(
     sa.Column("note", sa.Text, nullable=True),
     sa.Column("view", sa.Text, nullable=True),
     # The same rules as validate_decision(), kept by the database against any other writer.
-    sa.CheckConstraint("kind IN ('relabel', 'flag', 'ok', 'undo')", name="decisions_kind"),
+    sa.CheckConstraint(KIND_CHECK, name="decisions_kind"),
     sa.CheckConstraint("(kind = 'relabel') = (label IS NOT NULL)", name="decisions_label"),
     sa.CheckConstraint("(kind = 'undo') = (undoes IS NOT NULL)", name="decisions_undoes"),
     sa.CheckConstraint("length(reviewer) > 0", name="decisions_reviewer"),
@@ -75,6 +78,68 @@ _APPEND_ONLY_DDL = {
 for _dialect, _statements in _APPEND_ONLY_DDL.items():
     for _statement in _statements:
         event.listen(decisions_table, "after_create", sa.DDL(_statement).execute_if(dialect=_dialect))
+
+
+# -- migration of a table made by an older mlfix ------------------------------------------------
+
+_OLD_TABLE = "decisions_before_migration"
+
+
+def migrate(conn: sa.Connection, dialect: str) -> bool:
+    """Bring a ``decisions`` table made by an older mlfix up to this schema, in place; True when it did.
+
+    An older table allows fewer kinds (its ``kind`` column is 8 characters and its CHECK lists
+    relabel, flag, ok, undo); nothing else differs. Runs inside the caller's write transaction, so
+    the migration happens whole or not at all. PostgreSQL alters the column and the constraint.
+    SQLite cannot alter a CHECK: the table is rebuilt (SQLite's documented procedure "making other
+    kinds of table schema changes", https://www.sqlite.org/lang_altertable.html): the old table is
+    renamed, the new one made (with the indexes and the append-only triggers), every row copied with
+    its id, the AUTOINCREMENT counter kept (ids are never reused), indexes or triggers someone else
+    added recreated, and the old table dropped. No row is changed or lost.
+    """
+    if dialect == "postgresql":
+        return _migrate_postgresql(conn)
+    if dialect == "sqlite":
+        return _migrate_sqlite(conn)
+    return False
+
+
+def _migrate_postgresql(conn: sa.Connection) -> bool:
+    found = conn.execute(sa.text("SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+                                 "WHERE conrelid = to_regclass('decisions') AND conname = 'decisions_kind'")).scalar()
+    if found is None or all(f"'{kind}'" in found for kind in KINDS):
+        return False
+    conn.exec_driver_sql(f"ALTER TABLE decisions ALTER COLUMN kind TYPE VARCHAR({KIND_LENGTH})")
+    conn.exec_driver_sql("ALTER TABLE decisions DROP CONSTRAINT decisions_kind")
+    conn.exec_driver_sql(f"ALTER TABLE decisions ADD CONSTRAINT decisions_kind CHECK ({KIND_CHECK})")
+    return True
+
+
+def _migrate_sqlite(conn: sa.Connection) -> bool:
+    table_sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master "
+                                     "WHERE type = 'table' AND name = 'decisions'").scalar()
+    if table_sql is None or all(f"'{kind}'" in table_sql for kind in KINDS):
+        return False
+    extras = conn.exec_driver_sql("SELECT type, name, sql FROM sqlite_master WHERE tbl_name = 'decisions' "
+                                  "AND type IN ('index', 'trigger') AND sql IS NOT NULL").all()
+    counter = conn.exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = 'decisions'").scalar()
+    conn.exec_driver_sql(f"ALTER TABLE decisions RENAME TO {_OLD_TABLE}")
+    for kind, name, _ in extras:  # their names are taken; the new table gets its own below
+        conn.exec_driver_sql(f'DROP {kind.upper()} "{name}"')
+    decisions_table.create(conn)  # with its index and the append-only triggers (after_create)
+    columns = ", ".join(f'"{c.name}"' for c in decisions_table.columns)
+    conn.exec_driver_sql(f"INSERT INTO decisions ({columns}) SELECT {columns} FROM {_OLD_TABLE} ORDER BY id")
+    if counter is not None:  # a retried insert consumes an id: keep the counter past it
+        conn.exec_driver_sql("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'decisions'", (int(counter),))
+    present = {row[0] for row in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE tbl_name = 'decisions'")}
+    for _, name, sql in extras:
+        if name not in present:  # an index or trigger added by hand: kept
+            conn.exec_driver_sql(sql)
+    conn.exec_driver_sql(f"DROP TABLE {_OLD_TABLE}")
+    if conn.exec_driver_sql("PRAGMA foreign_key_check(decisions)").all():  # raising rolls it all back
+        raise MlfixError("migrating the decisions table would break undo links, so nothing was changed: "
+                         "report this with a copy of reviews.db")
+    return True
 
 
 # -- validation -----------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ from mlfix.review.database import (StoreUnavailable, WriterQueue, create_engine,
                                    unavailable_as_error)
 from mlfix.review.log import (DECISION_COLUMNS, effective_mask, final_labels, final_state,
                               find_conflicts, reviewer_summary)
-from mlfix.review.schema import (check_batch, check_same_decision, decisions_table, log_frame, metadata,
+from mlfix.review.schema import (check_batch, check_same_decision, decisions_table, log_frame, metadata, migrate,
                                  validate_decision)
 
 ENV_DB_URL = "MLFIX_DB_URL"  # the decisions database of a team session (PostgreSQL)
@@ -167,6 +167,7 @@ class ReviewStore:
             if self.dialect == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key("mlfix-schema")})
             metadata.create_all(conn, checkfirst=True)
+            migrate(conn, self.dialect)  # a table made by an older mlfix: brought up to date in place
 
     def record(self, decisions: Mapping[str, Any] | Sequence[Mapping[str, Any]],
                labels: Collection[str] | None = None) -> list[int]:
@@ -244,7 +245,7 @@ class ReviewStore:
                view: str | None = None, labels: Collection[str] | None = None) -> list[int]:
         """One decision per sample, all in one transaction; returns the ids in input order.
 
-        ``kind``: relabel (with ``label``), flag or ok; use :meth:`undo` to undo. ``client_id``
+        ``kind``: relabel (with ``label``), flag, ok or duplicate; use :meth:`undo` to undo. ``client_id``
         identifies the action for retries: one sample gets it as is, several samples get
         ``f"{client_id}:{i}"`` (so resend the same list in the same order).
 
@@ -254,7 +255,7 @@ class ReviewStore:
             sample_ids = [sample_ids]
         sample_ids = list(sample_ids)
         if kind == "undo":
-            raise ValueError("decide() makes relabel/flag/ok decisions: use undo() to undo one")
+            raise ValueError("decide() makes relabel/flag/ok/duplicate decisions: use undo() to undo one")
         if client_id is None:
             client_id = uuid.uuid4().hex
         ids = [client_id] if len(sample_ids) == 1 else [f"{client_id}:{i}" for i in range(len(sample_ids))]
@@ -373,7 +374,7 @@ class ReviewStore:
         return table[[c for c in columns if c != "path" or "path" in samples.columns]].reset_index(drop=True)
 
     def per_reviewer(self) -> pd.DataFrame:
-        """One row per reviewer: decisions, relabel, flag, ok, undo (counts), effective (their
+        """One row per reviewer: decisions, relabel, flag, ok, undo, duplicate (counts), effective (their
         non-undo decisions still in force), samples (distinct), first_at, last_at."""
         return reviewer_summary(self.decisions())
 

@@ -1,7 +1,10 @@
 """The confusion table: given label x predicted label counts, and the samples in one cell.
 
 The prediction is usually the probe's out-of-fold argmax (:meth:`mlfix.scoring.probe.OutOfFold.predicted`,
-the ``suggested_cleanlab`` column of the scores table). A large off-diagonal cell is a systematic
+the ``suggested_cleanlab`` column of the scores table), or, once the user added their own model's
+probabilities (``Project.add_predictions``, ``mlfix scores --pred-probs``), that model's argmax: they
+replace the probe in the scores, so the heatmap then shows the user's model (:func:`model_confusion`
+counts it straight from the probabilities). A large off-diagonal cell is a systematic
 confusion (two classes that look alike, or an annotator's habit); the review page opens a cell with
 :func:`confusion_samples`, most suspicious first.
 """
@@ -14,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mlfix.scoring.contract import check_ids, encode_labels
+from mlfix.scoring.probe import OutOfFold
 
 
 def confusion(labels: Sequence, predicted: Sequence) -> pd.DataFrame:
@@ -32,6 +36,20 @@ def confusion(labels: Sequence, predicted: Sequence) -> pd.DataFrame:
     counts = pd.Series(1, index=pd.MultiIndex.from_arrays([given, pred], names=["given", "predicted"]))
     counts = counts.groupby(level=[0, 1]).sum().reindex(full, fill_value=0)
     return counts.rename("count").reset_index().astype({"count": np.int64})
+
+
+def model_confusion(probabilities: OutOfFold, labels: Sequence) -> pd.DataFrame:
+    """:func:`confusion` of the given ``labels`` against a model's argmax (an :class:`OutOfFold`: the
+    probe's, or the user's model's from :mod:`mlfix.scoring.predictions`).
+
+    >>> oof = OutOfFold(np.array([[.9, .1], [.3, .7], [.6, .4]]), ["a", "b"], np.full(3, -1))
+    >>> model_confusion(oof, ["a", "a", "b"])["count"].tolist()
+    [1, 1, 1, 0]
+    """
+    if probabilities.probs.shape[0] != len(labels):
+        raise ValueError(f"probabilities are for {probabilities.probs.shape[0]} samples but there are "
+                         f"{len(labels)} labels; pass one row per label")
+    return confusion(labels, probabilities.predicted())
 
 
 def confusion_samples(labels: Sequence, predicted: Sequence, sample_ids: Sequence, given,

@@ -1,4 +1,4 @@
-"""The contract every suspected-label-error score method follows, and the helpers that keep it.
+"""The contract every check follows (label errors, duplicates, outliers, image quality), and its helpers.
 
 Every method returns a ``DataFrame[sample_id, score, suggested_label]`` (:data:`SCORE_COLUMNS`) with
 one row per input sample, in input order (``RangeIndex``): ``score`` is a float, **higher = more
@@ -7,13 +7,20 @@ likely mislabeled**, NaN for unlabeled samples (they have no given label to doub
 A trusted (reviewed) sample's score is pinned to :data:`TRUSTED_SCORE`, the lowest score any method
 gives, so it leaves the queue. One report and one review page serve them all.
 
+The health checks (:mod:`mlfix.scoring.health_checks`: duplicates, leaks between splits, outliers,
+image quality) keep the same three columns (higher = worse; ``suggested_label`` None, or the label
+a duplicates group agrees on) and add ``flag`` (bool: flagged at the check's default threshold,
+``score >= THRESHOLDS[check]`` of its module) and ``reason`` (plain text, None when not flagged).
+They score unlabeled samples too.
+
 The methods live in :mod:`mlfix.scoring.neighbours` (neighbour votes), :mod:`mlfix.scoring.probe` (the
 cross-validated linear probe: loss and confident learning) and :mod:`mlfix.scoring.combine` (the
 combined score); :mod:`mlfix.scoring.registry` runs them all (:func:`~mlfix.scoring.registry.compute_scores`).
 Each checks its inputs and builds its output here, so the rules above hold the same for all of them:
 
 - :func:`encode_labels`: labels (None/NaN = unlabeled) as indices into sorted classes (:class:`Labels`);
-- :func:`check_ids`, :func:`check_embeddings`, :func:`check_trusted`: one clear error per bad input;
+- :func:`check_ids`, :func:`check_embeddings`, :func:`check_trusted`, :func:`check_meta`: one clear
+  error per bad input;
 - :func:`finish_score` (NaN for unlabeled, the floor for trusted) and :func:`score_frame` (the table).
 """
 
@@ -61,6 +68,18 @@ def check_trusted(trusted, n: int) -> np.ndarray:
             raise ValueError("trusted must be a boolean mask (True = reviewed); got non-0/1 values")
         mask = mask.astype(bool)
     return mask
+
+
+def check_meta(meta, n: int) -> pd.DataFrame:
+    """Per-sample image metadata (one row per sample, in sample order) with a ``RangeIndex``, or
+    ValueError. Its columns (any may be absent): ``width``, ``height``, ``split``, ``content_hash`` and
+    the image statistics (:mod:`mlfix.data.quality`); see :meth:`mlfix.project.Project.image_meta`."""
+    if not isinstance(meta, pd.DataFrame):
+        raise ValueError(f"meta must be a DataFrame with one row per sample, got {type(meta).__name__}")
+    if len(meta) != n:
+        raise ValueError(f"meta has {len(meta)} rows but there are {n} samples; pass one row of image "
+                         "metadata per embedding row (Project.image_meta(rows))")
+    return meta.reset_index(drop=True)
 
 
 def score_frame(sample_ids: np.ndarray, score: np.ndarray, suggested: np.ndarray) -> pd.DataFrame:

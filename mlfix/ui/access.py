@@ -31,7 +31,7 @@ NAME_KEY = "mlfix_sign_in_name"
 TOKEN_KEY = "mlfix_sign_in_token"
 # What each page needs (the page file's stem -> action of mlfix.service.auth.ACTIONS).
 PAGE_ACTIONS = {"dataset": "create_project", "training": "train", "codebook": "view", "review": "review",
-                "clusters": "review", "export": "export"}
+                "clusters": "review", "duplicates": "view", "export": "export"}
 SLOW_AFTER_FAILURES = 5  # then each further attempt of this browser session waits a little
 
 

@@ -128,11 +128,27 @@ def section(project: Project, scores: pd.DataFrame | None, data, cell: tuple | N
                        help="Given → predicted (images), largest first. Opens those images in the grid.")
         agree = int(table.loc[table["given"] == table["predicted"], "count"].sum())
         total = int(table["count"].sum())
-        column = confusion.predicted_column(scores)
         side.caption(f"Rows: the label the scores were computed against; columns: "
-                     f"{confusion.PREDICTED_COLUMNS[column]}. They agree on {agree:,} of "
+                     f"{predicted_by(project, scores)}. They agree on {agree:,} of "
                      f"{total:,} labeled images. Click a cell, or pick one above, to review its images "
                      "in the grid, most suspicious first. The grey diagonal is agreement.")
         if len(classes) < len(confusion.classes(table)):
             side.caption(f"The heatmap shows the {len(classes)} of {len(confusion.classes(table))} classes in "
                          f"the most disagreements; the picker lists the {len(cells)} largest cells.")
+
+
+def predicted_by(project: Project, scores: pd.DataFrame) -> str:
+    """What the heatmap's columns are: the user's own model when the scores came from its predicted
+    probabilities (``project.add_predictions`` / ``mlfix scores --pred-probs``), else the probe's
+    out-of-fold prediction; and a note when predictions were added after these scores."""
+    column = confusion.predicted_column(scores)
+    used, info = project.scores_use_predictions(), project.predictions_info() or {}
+    model_column = column in ("suggested_cleanlab", "suggested_loss")
+    if used and model_column:
+        return (f"the prediction of your own model (the probabilities added as "
+                f"{text.plain(repr(str(info.get('name', 'user'))))} on {info.get('added', '?')})")
+    described = confusion.PREDICTED_COLUMNS[column]
+    if used is False:
+        return (f"{described} (your model's probabilities were added since these scores: "
+                "press **Compute scores** to use them)")
+    return described

@@ -22,7 +22,7 @@
 //       decision and the focus move it causes cost one script run, not two.
 
 const LETTER_KEYS = new Set(["f", "o", "z", "n", "p", "r"]);  // commands: never label keys (grid.py COMMAND_KEYS)
-const STATUS_TEXT = { flagged: "⚑ wrong", ok: "✓ ok" };
+const STATUS_TEXT = { flagged: "⚑ wrong", ok: "✓ ok", duplicate: "⧉ duplicate" };  // duplicate: Duplicates page
 const UNLABELED = "unlabeled"; // what a sample without a label (null) shows, where a label is expected
 // An unacknowledged batch is resent after RESEND_MS, then after twice as long each time, up to
 // RESEND_MAX_MS. Every resend starts a script run and Streamlit stops a running script for a new

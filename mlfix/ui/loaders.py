@@ -322,8 +322,8 @@ def _export_table(project_dir: str, files: tuple, last_id: int) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def export_bytes(project_dir: str, files: tuple, last_id: int, fmt: str) -> bytes:
-    """The export file in ``fmt`` (csv, json, coco); keyed like :func:`export_table`."""
+def export_bytes(project_dir: str, files: tuple, last_id: int, fmt: str, drop_duplicates: bool = False) -> bytes:
+    """The export file in ``fmt`` (csv, json, coco), without the duplicates when asked; keyed like :func:`export_table`."""
     from mlfix.review import export
 
     project = open_project(project_dir)
@@ -331,5 +331,5 @@ def export_bytes(project_dir: str, files: tuple, last_id: int, fmt: str) -> byte
     from mlfix.review import classes
 
     return export.export_bytes(table, fmt, source=project.source, samples=project.samples,
-                               project={"dir": project_dir, "source": project.source, "last_decision_id": last_id,
+                               drop_duplicates=drop_duplicates, project={"dir": project_dir, "source": project.source, "last_decision_id": last_id,
                                         **classes.export_info(project.reviews, project.labels)})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -29,8 +32,9 @@ def _run(data: dict, **kwargs) -> pd.DataFrame:
                                    trusted=data["trusted"], k=5, folds=3, **kwargs)
 
 
-@pytest.mark.parametrize("name", list(registry.REGISTRY))
-def test_every_registered_check_follows_the_contract(name):
+@pytest.mark.parametrize("name", registry.LABEL_METHODS)
+def test_every_label_check_follows_the_contract(name):
+    """(The health checks' contract: tests/scoring/test_registry_health.py.)"""
     data = _small()
     inputs = registry.Inputs(data["x"], data["labels"], data["ids"], bags=data["bags"], trusted=data["trusted"],
                              k=5, folds=3)
@@ -66,7 +70,11 @@ def test_the_wide_table_holds_each_checks_own_table():
         pd.testing.assert_series_equal(wide[f"suggested_{name}"], table["suggested_label"], check_names=False)
     np.testing.assert_array_equal(wide["flag_cleanlab"], expected["cleanlab"]["flag"])
     assert list(wide.columns[:4]) == ["sample_id", "label", "score", "suggested_label"]
-    np.testing.assert_array_equal(wide["score"], wide["score_combined"])
+    # the default queue is the combined score, but for copies whose label their group disagrees with
+    odd = (wide["conflict_duplicates"] & (wide["label"] != wide["suggested_duplicates"])).to_numpy() \
+        & ~data["trusted"] & ~pd.isna(data["labels"])
+    np.testing.assert_array_equal(wide["score"][~odd], wide["score_combined"][~odd])
+    assert odd.any() and (wide["score"][odd] > wide["score"][~odd].max()).all()
 
 
 class _Counter:
@@ -89,14 +97,16 @@ def counted(monkeypatch) -> dict[str, _Counter]:
     monkeypatch.setattr(registry, "embedding_neighbours", counters["neighbours"])
     for name, check in list(registry.REGISTRY.items()):
         counters[name] = _Counter(check.run)
-        monkeypatch.setitem(registry.REGISTRY, name, registry.Check(name, counters[name], check.needs))
+        monkeypatch.setitem(registry.REGISTRY, name, dataclasses.replace(check, run=counters[name]))
     return counters
 
 
 def test_shared_resources_and_checks_run_once(counted):
     _run(_small())
+    quality = {name: 0 for name in registry.METHODS[registry.METHODS.index("dark"):]}  # no meta: skipped
     assert {name: c.calls for name, c in counted.items()} == \
-        {"probe": 1, "neighbours": 1, "knn": 1, "words": 1, "cleanlab": 1, "loss": 1, "combined": 1}
+        {"probe": 1, "neighbours": 1, "knn": 1, "words": 1, "cleanlab": 1, "loss": 1, "combined": 1,
+         "duplicates": 1, "leak": 0, "outlier": 1, "class_outlier": 1, **quality}
 
 
 @pytest.mark.parametrize("methods, probe_fits, searches", [
@@ -122,7 +132,8 @@ def test_precomputed_resources_are_used_as_given(counted):
 
 def test_an_unknown_method_lists_the_known_ones():
     data = _small()
-    known = r"choose from \['knn', 'words', 'cleanlab', 'loss', 'combined'\]"
+    known = re.escape(f"choose from {list(registry.METHODS)}")
+    assert registry.METHODS[:5] == ("knn", "words", "cleanlab", "loss", "combined")
     with pytest.raises(ValueError, match=r"unknown score methods \['vibes'\]; " + known):
         _run(data, methods=["knn", "vibes"])
     with pytest.raises(ValueError, match=r"unknown score method 'vibes'; " + known):

@@ -82,12 +82,17 @@ def test_scores_are_deterministic_for_a_seed(blobs):
 def test_compute_scores_columns(blobs):
     table = registry.compute_scores(blobs["x"], blobs["labels"], blobs["ids"], bags=blobs["bags"], k=10,
                                   probabilities=blobs["oof"])
+    ran = [name for name in registry.METHODS if name not in table.attrs["skipped"]]
+    assert ran == ["knn", "words", "cleanlab", "loss", "combined", "duplicates", "outlier", "class_outlier"]
+    assert set(table.attrs["skipped"]) == set(registry.METHODS) - set(ran)  # no meta: no leak, no quality
     expected = ["sample_id", "label", "score", "suggested_label"]
-    for method in registry.METHODS:
+    for method in ran:
         expected += [f"score_{method}", f"suggested_{method}"]
-    assert list(table.columns) == expected + ["flag_cleanlab"]
+    assert list(table.columns[:len(expected) + 1]) == expected + ["flag_cleanlab"]
+    assert {"flag_duplicates", "reason_duplicates", "group_duplicates", "flag_outlier"} <= set(table.columns)
     assert table["flag_cleanlab"].dtype == bool
-    np.testing.assert_array_equal(table["score"], table["score_combined"])
+    conflict = table["conflict_duplicates"].to_numpy()  # copies under two labels come first
+    np.testing.assert_array_equal(table["score"][~conflict], table["score_combined"][~conflict])
     assert table["label"].tolist() == list(blobs["labels"])
     assert roc_auc_score(blobs["is_error"], table["score"]) > 0.95
     without_bags = registry.compute_scores(blobs["x"], blobs["labels"], blobs["ids"], k=10,
@@ -125,6 +130,11 @@ def test_invalid_inputs_say_what_to_do(blobs, call, message):
 
 @pytest.mark.parametrize("labels, found", [([None] * 12, "no labels"), (["cat"] * 11 + [None], r"one class only \('cat'\)")])
 def test_fewer_than_two_classes_is_a_message_not_a_crash(labels, found):
+    """Label checks asked for: a clear error. By default: the checks that need no labels run, and the
+    others are skipped with the reason."""
     x = np.random.default_rng(0).normal(size=(12, 4))
     with pytest.raises(ValueError, match=f"^{found}: label-error scores need labels of at least two classes"):
-        registry.compute_scores(x, labels, range(12), k=3, folds=3)
+        registry.compute_scores(x, labels, range(12), k=3, folds=3, methods=["knn", "loss"])
+    table = registry.compute_scores(x, labels, range(12), k=3, folds=3)
+    assert [c for c in table.columns if c.startswith("score_")] == ["score_duplicates", "score_outlier"]
+    assert table.attrs["skipped"]["knn"] == f"{found}: it needs labels of at least two classes".replace("\\", "")

@@ -222,15 +222,23 @@ def test_clicking_a_heatmap_cell_opens_it_in_the_grid(project, tmp_path):
                 break
             last = now
             page.wait_for_timeout(250)
-        # the click target of the cell: the x/y axes' category positions of (predicted, given)
-        box = page.evaluate(
-            """([el, x, y]) => { const l = el._fullLayout; const r = el.getBoundingClientRect();
-                 return [r.left + l._size.l + l.xaxis.d2p(x), r.top + l._size.t + l.yaxis.d2p(y)]; }""",
-            [chart.element_handle(), str(predicted), str(given)])
-        page.mouse.move(*box)
-        page.mouse.click(*box)
         title = f"Confusion: {given} → {predicted}"
-        assert poll(lambda: page.locator(".ctitle").inner_text() == title, timeout=20), \
-            page.locator(".ctitle").inner_text()
+        # under load plotly may attach its click handler after the chart is drawn: a click that
+        # opened nothing is tried again (at most 3 times), a cell that never opens still fails
+        for _attempt in range(3):
+            page.mouse.click(*cell_centre(page, chart, predicted, given))
+            if poll(lambda: page.locator(".ctitle").inner_text() == title, timeout=8):
+                break
+        assert page.locator(".ctitle").inner_text() == title, page.locator(".ctitle").inner_text()
         assert poll(lambda: page.locator(".tile").count() == count, timeout=10)
         page.screenshot(path=str(OUTPUT / "review-confusion.png"))
+
+
+def cell_centre(page, chart, x: str, y: str) -> tuple[float, float]:
+    """The page position of the heatmap cell at categories (x, y): the axes' category positions."""
+    box = page.evaluate(
+        """([el, x, y]) => { const l = el._fullLayout; const r = el.getBoundingClientRect();
+             return [r.left + l._size.l + l.xaxis.d2p(x), r.top + l._size.t + l.yaxis.d2p(y)]; }""",
+        [chart.element_handle(), str(x), str(y)])
+    page.mouse.move(*box)
+    return box
