@@ -113,7 +113,10 @@ class ProjectLabels:
     def _scores_key(self, methods) -> dict:
         """What the scores (and the health summary) depend on: a change to any recomputes them."""
         stamp = getattr(self, "predictions_stamp", None)
+        from mlfix.scoring.registry import SCORES_VERSION
+
         return {"index": read_key(self.dir / "orders" / "orders.key.json"), "decisions": self.reviews.last_id(),
+                "checks": SCORES_VERSION,
                 "methods": sorted(methods) if methods else None, "finetune": self._finetune_stamp(),
                 "quality": read_key(self.dir / "features" / "quality.key.json"),
                 "predictions": stamp() if stamp is not None else None}

@@ -58,6 +58,13 @@ MUTUAL_NEIGHBOURS = 5
 # nothing (a random-init backbone: median 50th-neighbour cosine 0.993 on the demo digits, and every
 # image "a copy"; offline Lite0: 0.49-0.66 on CIFAR-10, 0.71-0.75 on GTSRB). Exact copies still group.
 TYPICAL_NEIGHBOUR = 50
+# A near copy must also be much closer than the typical neighbour: its cosine distance at most
+# RELATIVE_DISTANCE times the median distance to the TYPICAL_NEIGHBOUR-th neighbour, so in a set whose
+# images all look alike the bar rises (the demo's rendered digits, Lite0: the 50th neighbour at median
+# cosine 0.849, and at 0.91 79% of the images fell in 9 groups, most mixing digits; the bar rises to
+# 0.970: 4 pairs, each one digit). Where it rose on GTSRB it costs recall, not precision (96 px: 62% ->
+# 25% of the frames grouped, 224 px: 77% -> 37%); on CIFAR-10 it stays at NEAR_DUPLICATE_COSINE.
+RELATIVE_DISTANCE = 0.2
 THRESHOLDS = {"duplicates": NEAR_DUPLICATE_COSINE, "leak": 1.0}
 
 
@@ -89,12 +96,47 @@ def _copy_graph(embeddings, content_hash, neighbours, threshold):
         raise ValueError(f"neighbours were computed for {neighbours.index.shape[0]} samples, not {n}; "
                          "recompute them with embedding_neighbours(embeddings)")
     ei, ej, es = _exact_edges(content_hash, n)
-    ni, nj, ns = _near_edges(neighbours, threshold) if near_copies_unavailable(neighbours, threshold) is None \
+    ni, nj, ns = _near_edges(neighbours, near_threshold(neighbours, threshold)) \
+        if near_copies_unavailable(neighbours, threshold) is None \
         else (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
     i, j = np.concatenate([ei, ni, ej, nj]), np.concatenate([ej, nj, ei, ni])
     cosine = np.concatenate([es, ns, es, ns]).astype(np.float64)
     exact = np.concatenate([np.ones(len(ei), bool), np.zeros(len(ni), bool)] * 2)
     return _number_groups(i, j, n), (i, j, np.minimum(cosine, 1.0), exact)
+
+
+def near_threshold(neighbours: Neighbours, threshold: float = NEAR_DUPLICATE_COSINE) -> float:
+    """The cosine a near copy needs in this set: ``threshold``, raised where the typical
+    :data:`TYPICAL_NEIGHBOUR`-th neighbour is close (see :data:`RELATIVE_DISTANCE`).
+
+    >>> close = Neighbours(np.zeros((3, 60), np.int64), np.full((3, 60), 0.85, np.float32))
+    >>> round(near_threshold(close), 3), near_threshold(Neighbours(close.index, close.similarity - 0.5))
+    (0.97, 0.91)
+    """
+    typical = _typical_similarity(neighbours)
+    return threshold if typical is None else max(threshold, 1.0 - RELATIVE_DISTANCE * (1.0 - typical))
+
+
+def _typical_similarity(neighbours: Neighbours) -> float | None:
+    """The median cosine to the TYPICAL_NEIGHBOUR-th closest neighbour (None without neighbours)."""
+    similarity = neighbours.similarity
+    if similarity.shape[1] == 0:
+        return None
+    return float(np.median(similarity[:, min(TYPICAL_NEIGHBOUR, similarity.shape[1]) - 1]))
+
+
+def near_copies_note(neighbours: Neighbours, threshold: float = NEAR_DUPLICATE_COSINE) -> str | None:
+    """What the duplicates check says about its near-copy search on these features: not searched
+    (:func:`near_copies_unavailable`), or searched at a raised bar; None at the default."""
+    unavailable = near_copies_unavailable(neighbours, threshold)
+    if unavailable is not None:
+        return unavailable
+    bar = near_threshold(neighbours, threshold)
+    if bar <= threshold:
+        return None
+    return (f"near copies need cosine >= {bar:.3f} here (not {threshold}): the images of this set are alike "
+            f"(the typical {TYPICAL_NEIGHBOUR}th neighbour at cosine {_typical_similarity(neighbours):.3f}), "
+            "so only pairs much closer than that count as copies")
 
 
 def near_copies_unavailable(neighbours: Neighbours, threshold: float = NEAR_DUPLICATE_COSINE) -> str | None:
@@ -105,13 +147,10 @@ def near_copies_unavailable(neighbours: Neighbours, threshold: float = NEAR_DUPL
     >>> near_copies_unavailable(same)[:42]
     'near copies not searched: the typical imag'
     """
-    similarity = neighbours.similarity
-    if similarity.shape[1] == 0:
+    typical = _typical_similarity(neighbours)
+    if typical is None or typical < threshold:
         return None
-    typical = float(np.median(similarity[:, min(TYPICAL_NEIGHBOUR, similarity.shape[1]) - 1]))
-    if typical < threshold:
-        return None
-    return (f"near copies not searched: the typical image's {min(TYPICAL_NEIGHBOUR, similarity.shape[1])}th "
+    return (f"near copies not searched: the typical image's {min(TYPICAL_NEIGHBOUR, neighbours.similarity.shape[1])}th "
             f"closest neighbour is already at cosine {typical:.3f} (>= {threshold}), so these features cannot "
             "tell a copy from a similar image (a random-init backbone?); exact copies were searched. "
             "Index with the offline or trained weights for near copies")
@@ -241,7 +280,7 @@ def duplicates_check(embeddings: np.ndarray, labels: Sequence | None, sample_ids
                           "suggested_label": pd.Series(suggested, dtype=object), "flag": grouped,
                           "reason": reason, "group": groups, "conflict": conflict})
     if neighbours is not None:
-        table.attrs["note"] = near_copies_unavailable(neighbours, threshold)
+        table.attrs["note"] = near_copies_note(neighbours, threshold)
     return table
 
 

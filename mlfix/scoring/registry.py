@@ -58,6 +58,9 @@ from mlfix.scoring.probe import OutOfFold, confident_learning, out_of_fold_proba
 from mlfix.scoring.trust import label_trust
 
 RESOURCES = ("embeddings", "words", "neighbours", "probe", "scores", "meta", "groups")
+# Part of a project's scores cache key: bump it when a check's results change for the same inputs (a
+# new default threshold, a fixed bug), so that a project scored by an older mlfix is scored again.
+SCORES_VERSION = 2
 DEFAULT_CHECK = "combined"  # the queue reviewers see: ``score`` and ``suggested_label`` come from it
 _MISSING = {"words": "bags of visual words (bags=...)",  # what to pass for a resource that may be absent
             "meta": "image metadata (meta=..., e.g. Project.image_meta())"}

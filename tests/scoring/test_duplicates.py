@@ -254,3 +254,21 @@ def test_features_that_cannot_tell_images_apart_search_exact_copies_only_and_say
     assert table.attrs["note"].startswith("near copies not searched")
     spread = rng.normal(size=(80, 16))  # features that do tell images apart: no note
     assert duplicates_check(spread, None, [f"s{i}" for i in range(80)]).attrs["note"] is None
+
+
+def test_in_a_set_of_look_alikes_only_pairs_much_closer_than_the_typical_neighbour_are_copies():
+    # every image near one direction (closest neighbour at cosine ~0.92, typical 50th ~0.88): a pair
+    # above the default bar is a look-alike, not a copy; the one pair at cosine ~0.9999 is
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=64)
+    x = base + 0.045 * np.linalg.norm(base) * rng.normal(size=(120, 64))
+    x[7] = x[90] + 1e-3 * rng.normal(size=64)
+    from mlfix.scoring.duplicates import near_threshold
+    from mlfix.scoring.neighbours import embedding_neighbours
+
+    nb = embedding_neighbours(x.astype(np.float32), 50)
+    assert np.median(nb.similarity[:, 0]) > NEAR_DUPLICATE_COSINE  # at the default bar: most would group
+    assert near_threshold(nb) > np.median(nb.similarity[:, 0])
+    table = duplicates_check(x, None, [f"s{i}" for i in range(120)], neighbours=nb)
+    assert set(np.flatnonzero(table["flag"])) == {7, 90}
+    assert table.attrs["note"].startswith("near copies need cosine >=")
