@@ -21,7 +21,11 @@ Each ordering returns an int64 permutation of ``range(N)``. The package, one mod
 - :mod:`~mlfix.pipeline.ordering.embedding` — ``embedding_order``, the same greedy chain over pooled
   embeddings (cosine) instead of bags: the project's default order (:data:`DEFAULT_ORDERING`);
 - :mod:`~mlfix.pipeline.ordering.runs` — ``run_ids``: where an order's similarity drops, a run id per
-  position (the review grid's breaks; one key labels a run).
+  position (the review grid's breaks; one key labels a run);
+- :mod:`~mlfix.pipeline.ordering.weighted` — :func:`weighted_bags`: counts or tf-idf bags from the word
+  grid, with focus weights per cell (centre prior, feature-norm saliency), as unit (N, k) vectors that
+  ``embedding_order`` chains by cosine; ``combined_vectors`` joins them to the pooled embeddings
+  (``python -m bench.words`` measures them against bits and embeddings).
 
 A project's index stores both kinds of order (:data:`ORDERINGS`: the folder of each).
 
@@ -43,6 +47,7 @@ import numpy as np
 
 from mlfix.pipeline.ordering import approximate, exact
 from mlfix.pipeline.ordering import bags as _bags
+from mlfix.pipeline.ordering.weighted import weighted_bags  # noqa: F401  (exported)
 from mlfix.progress import ProgressFn
 
 METHODS = ("auto", "exact", "approximate")
