@@ -23,7 +23,7 @@ Example (a notebook; the demo's digits stand in for your images, small settings 
     >>> len(order), order[0]
     (3, 'three/0003.png')
     >>> project.orderings()                             # the default first; project.order(label, by="words")
-    ['embedding', 'words']
+    ['embedding', 'words', 'combined']
 """
 
 from __future__ import annotations

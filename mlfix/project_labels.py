@@ -20,6 +20,8 @@ from mlfix.errors import NotEnoughLabelsError
 from mlfix.pipeline.artifacts import atomic_parquet, read_key, same_key, write_key
 from mlfix.progress import Progress
 
+HEALTH_SAMPLES = "health_samples.parquet"  # the health checks per sample, for a set whose labels allow no scores
+
 if TYPE_CHECKING:
     from mlfix.training.finetune import FinetuneResult
 
@@ -88,13 +90,18 @@ class ProjectLabels:
         With labels it comes with :meth:`scores`; cached on the same key."""
         self._require_index()
         key, path = self._scores_key(None), self.dir / "health.parquet"
-        if not (same_key(self.dir / "health.key.json", key) and path.exists()):
+        per_sample = any((self.dir / name).exists() for name in ("scores.parquet", HEALTH_SAMPLES))
+        if not (same_key(self.dir / "health.key.json", key) and path.exists() and per_sample):
             state, trusted = self._label_state()
             rows = np.flatnonzero(self.readable())
             if len(self._classes(state["label"].to_numpy(), rows)) >= 2:
                 table = self.scores()  # stores the summary when it computes
-            else:  # no label checks: the health checks alone, nothing kept but the summary
+            else:  # no label checks: the health checks alone; their per-sample table shows which samples
                 table = self._compute_scores(rows, state["label"].to_numpy(), trusted, None)
+                table.insert(1, "path", self.samples["path"].to_numpy()[rows])
+                kept = table.copy()
+                kept.attrs = {"skipped": table.attrs.get("skipped"), "notes": table.attrs.get("notes")}
+                atomic_parquet(kept, self.dir / HEALTH_SAMPLES)
             if not (same_key(self.dir / "health.key.json", key) and path.exists()):
                 self._write_health(table, key)
         return pd.read_parquet(path)
@@ -103,6 +110,16 @@ class ProjectLabels:
         """The last health summary :meth:`health` or :meth:`scores` stored (possibly stale), or None."""
         path = self.dir / "health.parquet"
         return pd.read_parquet(path) if path.exists() else None
+
+    def health_samples(self) -> pd.DataFrame | None:
+        """Which samples the last health checks flagged: one row per readable sample with
+        ``score_<check>``, ``flag_<check>``, ``reason_<check>``... (the scores table, or for a set without
+        two classes the table :meth:`health` stored in ``health_samples.parquet``; the newer of the
+        two), or None before either was computed."""
+        held = [name for name in ("scores.parquet", HEALTH_SAMPLES) if (self.dir / name).exists()]
+        if not held:
+            return None
+        return self._load_parquet(max(held, key=lambda name: (self.dir / name).stat().st_mtime_ns))
 
     def _write_health(self, table: pd.DataFrame, key: dict) -> None:
         from mlfix.scoring.health import health_summary

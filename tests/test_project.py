@@ -61,7 +61,7 @@ def test_rerun_with_same_settings_reuses_every_artifact(indexed):
 def test_both_orders_are_written_and_the_embedding_order_is_the_default(indexed):
     from mlfix.pipeline.ordering.embedding import embedding_order
 
-    assert indexed.orderings() == ["embedding", "words"]
+    assert indexed.orderings() == ["embedding", "words", "combined"]
     assert list(indexed.order()) == list(indexed.order(by="embedding"))
     assert list(indexed.order_rows(by="words")) == list(np.load(indexed.dir / "orders" / "all.npy"))
     samples = indexed.samples
@@ -73,10 +73,38 @@ def test_both_orders_are_written_and_the_embedding_order_is_the_default(indexed)
         indexed.order(by="colour")
 
 
+def test_the_combined_order_chains_the_embedding_beside_the_weighted_bag_of_words(indexed, monkeypatch):
+    from mlfix.pipeline import index as index_module
+    from mlfix.pipeline.ordering.embedding import embedding_order
+    from mlfix.pipeline.ordering.weighted import centre_weights, combined_vectors, weighted_bags
+
+    words, ok = np.asarray(indexed.word_grids()), np.load(indexed.dir / "features" / "ok.npy")
+    bags = weighted_bags(words, indexed.settings.words, "tfidf", focus=centre_weights(*words.shape[1:]), ok=ok,
+                         sublinear=True)
+    vectors = combined_vectors(np.asarray(indexed.pooled(), dtype=np.float32), bags)
+    samples = indexed.samples
+    for label in indexed.labels:
+        rows = np.flatnonzero((samples["label"] == label).to_numpy() & ok)
+        assert list(indexed.order_rows(label, by="combined")) == list(rows[embedding_order(vectors[rows])])
+    assert sorted(indexed.order(by="combined")) == sorted(samples["sample_id"].to_numpy()[ok])
+    # above its size cap the combined order is not built, and the run says so
+    monkeypatch.setattr(index_module, "COMBINED_MAX", 2)
+    notes = []
+    monkeypatch.setattr(index_module.Progress, "note", lambda self, text, stage=None: notes.append(text))
+    shutil.rmtree(indexed.dir / "orders" / "by-combined")
+    Project.open(indexed.dir).index()
+    assert "combined" not in Project.open(indexed.dir).orderings()
+    assert any("combined order is built up to 2 images" in note for note in notes)
+    monkeypatch.undo()
+    Project.open(indexed.dir).index()  # restored for the other tests of the module
+    assert "combined" in Project.open(indexed.dir).orderings()
+
+
 def test_a_project_indexed_before_the_embedding_order_falls_back_then_gains_it(indexed_copy):
     from mlfix.errors import NotIndexedError
 
     shutil.rmtree(indexed_copy.dir / "orders" / "by-embedding")
+    shutil.rmtree(indexed_copy.dir / "orders" / "by-combined")  # an mlfix before both orders
     old = Project.open(indexed_copy.dir)
     assert old.orderings() == ["words"]
     assert list(old.order("red")) == list(old.order("red", by="words"))
@@ -86,7 +114,7 @@ def test_a_project_indexed_before_the_embedding_order_falls_back_then_gains_it(i
     before = mtimes(old, *files)
     project = Project.open(indexed_copy.dir).index()
     assert mtimes(project, *files) == before  # no pass over the images, the words orders kept
-    assert project.orderings() == ["embedding", "words"]
+    assert project.orderings() == ["embedding", "words", "combined"]
     assert sorted(project.order(by="embedding")) == sorted(project.samples["sample_id"])
 
 

@@ -43,7 +43,8 @@ def add_parser(commands) -> None:
                         "'embeddings' (N x D) and 'sample_id', or .npy (N x D) with --embedding-ids, or .npy "
                         "whose rows follow the project's samples")
     p.add_argument("--embedding-ids", metavar="FILE",
-                   help="the sample_id of each row of --embeddings: a CSV with a sample_id column, or one id a line")
+                   help="the sample_id of each row of --embeddings: a CSV with a sample_id column, a .npy of "
+                        "strings, or one id a line")
     p.add_argument("--scan-only", action="store_true",
                    help="create (or rescan) the project and stop before indexing (the app's Dataset page)")
     p.set_defaults(run=run)

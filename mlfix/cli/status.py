@@ -140,7 +140,12 @@ def _index_lines(project) -> list[str]:
 def _scores_lines(project) -> list[str]:
     path, key_path = project.dir / "scores.parquet", project.dir / "scores.key.json"
     if not path.exists():
-        how = "run `mlfix scores --project DIR`" if project.is_indexed else "index first, then `mlfix scores`"
+        why = project.scores_unavailable() if project.is_indexed else None
+        if why:  # an unlabeled set: `mlfix scores` would refuse, so do not send the user there
+            return [f"scores    none: {why.split(';')[0]} (the health checks need no labels: "
+                    f"`mlfix status --health --project {project.dir}`)"]
+        how = f"run `mlfix scores --project {project.dir}`" if project.is_indexed else \
+            "index first, then `mlfix scores`"
         return [f"scores    none yet: {how}"]
     key = read_key(key_path) or {}
     index_key = read_key(project.dir / "orders" / "orders.key.json")
@@ -188,6 +193,9 @@ def _health_lines(project, compute: bool) -> list[str]:
             lines.append(f"          {row.check:<16} {count:>8}  {limit}")
             if isinstance(getattr(row, "note", None), str):
                 lines.append(f"          {'':<16} note: {row.note}")
+    if flagged and not (project.dir / "scores.parquet").exists() and (project.dir / "health_samples.parquet").exists():
+        lines.append(f"          which samples: {project.dir / 'health_samples.parquet'} (flag_<check>, reason_<check> "
+                     "columns), or the app's Dataset page")
     return lines
 
 

@@ -40,6 +40,8 @@ from mlfix.progress import Progress
 from mlfix.settings import IndexSettings
 
 ASSIGN_CHUNK = 2048  # images per assignment chunk from the cell cache
+COMBINED_MAX = 100_000  # images up to which the combined order is built: (N, D + k) float32 in memory
+COMBINED_VERSION = 1  # part of the combined order's key: bump when its recipe changes
 
 
 @dataclass
@@ -102,6 +104,13 @@ def run_index(directory: Path, settings: IndexSettings, root: DataRoot, weights:
     embedding_key = _embedding_order_key(feature_key, labels_digest)
     if read_key(run.dir / ORDERINGS["embedding"] / "orders.key.json") != embedding_key:
         _embedding_orders(run, embedding_key)  # a project indexed before gains it without a new pass
+    combined_key = {**embedding_key, **words_key, "ordering": "combined", "combined_version": COMBINED_VERSION}
+    if len(run.samples) > COMBINED_MAX:
+        run.progress.note(f"the combined order is built up to {COMBINED_MAX:,} images (its vectors are "
+                          f"{COMBINED_MAX * 2304 * 4 / 2**30:.1f} GB there); this project has "
+                          f"{len(run.samples):,}: the embedding and words orders serve it", stage="orders")
+    elif read_key(run.dir / ORDERINGS["combined"] / "orders.key.json") != combined_key:
+        _combined_orders(run, combined_key)
 
 
 FIRST_REASONS = 5  # problems quoted when every file failed
@@ -303,6 +312,22 @@ def _embedding_orders(run: IndexRun, key: dict) -> None:
         return embedding_order(pooled if whole else np.asarray(pooled[rows]))
 
     _write_orders(run, run.dir / ORDERINGS["embedding"], by_embedding, key, "orders (embedding)")
+
+
+def _combined_orders(run: IndexRun, key: dict) -> None:
+    """The chain over the pooled embedding beside the weighted bag of words (sublinear tf-idf, centre
+    prior), each unit length and weighted alike (:func:`~mlfix.pipeline.ordering.weighted.combined_vectors`)."""
+    from mlfix.pipeline.ordering.embedding import embedding_order
+    from mlfix.pipeline.ordering.weighted import centre_weights, combined_vectors, weighted_bags
+
+    features_dir = run.dir / "features"
+    words, ok = np.load(features_dir / "words.npy", mmap_mode="r"), np.load(features_dir / "ok.npy")
+    bags = weighted_bags(words, run.settings.words, "tfidf", focus=centre_weights(*words.shape[1:]), ok=ok,
+                         sublinear=True)
+    vectors = combined_vectors(np.load(features_dir / "pooled.npy").astype(np.float32), bags)
+    del bags
+    _write_orders(run, run.dir / ORDERINGS["combined"], lambda rows: embedding_order(vectors[rows]), key,
+                  "orders (combined)")
 
 
 def _write_orders(run: IndexRun, orders_dir: Path, order_rows: Callable[[np.ndarray], np.ndarray], key: dict,

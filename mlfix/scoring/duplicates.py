@@ -135,7 +135,7 @@ def near_copies_note(neighbours: Neighbours, threshold: float = NEAR_DUPLICATE_C
     if bar <= threshold:
         return None
     return (f"near copies need cosine >= {bar:.3f} here (not {threshold}): the images of this set are alike "
-            f"(the typical {TYPICAL_NEIGHBOUR}th neighbour at cosine {_typical_similarity(neighbours):.3f}), "
+            f"(the typical {_ordinal(TYPICAL_NEIGHBOUR)} neighbour at cosine {_typical_similarity(neighbours):.3f}), "
             "so only pairs much closer than that count as copies")
 
 
@@ -150,10 +150,20 @@ def near_copies_unavailable(neighbours: Neighbours, threshold: float = NEAR_DUPL
     typical = _typical_similarity(neighbours)
     if typical is None or typical < threshold:
         return None
-    return (f"near copies not searched: the typical image's {min(TYPICAL_NEIGHBOUR, neighbours.similarity.shape[1])}th "
+    nth = _ordinal(min(TYPICAL_NEIGHBOUR, neighbours.similarity.shape[1]))
+    return (f"near copies not searched: the typical image's {nth} "
             f"closest neighbour is already at cosine {typical:.3f} (>= {threshold}), so these features cannot "
             "tell a copy from a similar image (a random-init backbone?); exact copies were searched. "
             "Index with the offline or trained weights for near copies")
+
+
+def _ordinal(n: int) -> str:
+    """
+    >>> [_ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 50)]
+    ['1st', '2nd', '3rd', '4th', '11th', '12th', '13th', '21st', '22nd', '23rd', '50th']
+    """
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def _exact_edges(content_hash: np.ndarray | None, n: int):

@@ -13,8 +13,9 @@ Formats (:func:`read_source` reads a file, an array or a table):
   an array follow ``project.samples`` (N = every sample), or the readable samples in that order
   (N = the readable count): any other N is refused, as is an ambiguous order.
 - **embeddings**: an ``.npz`` with ``embeddings`` (N, D) and ``sample_id`` (N,), or an ``.npy`` (N, D)
-  with its ids from a file (a CSV with a ``sample_id`` column, or one id per line), or an ``.npy`` whose
-  rows follow ``project.samples`` / the readable samples as above.
+  with its ids from a file (a CSV with a ``sample_id`` column, a ``.npy`` of strings, or one id per
+  line), or an ``.npy`` whose rows follow ``project.samples`` / the readable samples as above. Of an
+  ``.npz`` only these two arrays are read; nothing is ever unpickled (object arrays are refused).
 
 Checks (each a :class:`~mlfix.errors.PredictionsError` that says what to fix): the shape, unknown
 sample ids (the first few quoted), duplicated ids, samples that need a row and have none (the
@@ -47,6 +48,7 @@ SUM_TOLERANCE = 0.01  # rows summing to 1 +- this are renormalised (float16 expo
 QUOTED = 3  # how many offending ids an error quotes
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 SUFFIXES = (".npy", ".npz") + TABLE_SUFFIXES
+NPZ_ARRAYS = ("embeddings", ID)  # the members of an .npz that are read
 
 
 def read_source(source, what: str = "predictions") -> np.ndarray | pd.DataFrame | dict:
@@ -61,14 +63,32 @@ def read_source(source, what: str = "predictions") -> np.ndarray | pd.DataFrame 
                                f"(N x columns) or as a CSV with a {ID} column")
     if not path.is_file():
         raise PredictionsError(f"{what} file {path} does not exist")
+    try:
+        return _read_file(path, suffix)
+    except PredictionsError:
+        raise
+    except (ValueError, OSError, EOFError) as err:  # a pickled array, a damaged or non-UTF-8 file
+        raise PredictionsError(f"cannot read {what} file {path}: {_why(err)}") from err
+
+
+def _read_file(path: Path, suffix: str):
     if suffix == ".npy":
         return np.load(path, allow_pickle=False)
-    if suffix == ".npz":
+    if suffix == ".npz":  # only the arrays used are decompressed: another member may be huge
         with np.load(path, allow_pickle=False) as held:
-            return {name: held[name] for name in held.files}
+            return {name: held[name] if name in NPZ_ARRAYS else None for name in held.files}
     if suffix in (".parquet", ".pq"):
         return pd.read_parquet(path)
     return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype={ID: str})
+
+
+def _why(err: Exception) -> str:
+    """What went wrong reading a file, with the fix for the usual cause (object arrays need pickle)."""
+    text = str(err).strip() or type(err).__name__
+    if "pickle" in text or "Object arrays" in text:
+        return ("it holds Python objects (pickled), which mlfix never loads; save numbers as float and ids "
+                "as text: np.asarray(ids, dtype=str)")
+    return text
 
 
 def array_ids(n_rows: int, sample_ids: np.ndarray, readable: np.ndarray | None, what: str) -> np.ndarray:
@@ -124,6 +144,8 @@ def _array_frame(data: np.ndarray, sample_ids, readable, classes, default_classe
                                f"{_quote(names)}; pass classes=[...] (--classes a,b,...) in column order")
     if len(set(names)) != len(names):
         raise PredictionsError(f"class names repeat: {_quote(names)}; name each column once")
+    if ID in names:
+        raise PredictionsError(f"a class is named {ID!r}, the name of the id column: rename that class")
     ids = array_ids(data.shape[0], sample_ids, readable, "probabilities")
     frame = pd.DataFrame(np.asarray(data, dtype=np.float64), columns=names)
     frame.insert(0, ID, ids)
@@ -228,19 +250,26 @@ def _positions(ids: np.ndarray, row_ids: np.ndarray, what: str) -> np.ndarray:
 
 
 def read_ids(source) -> np.ndarray:
-    """Sample ids from a CSV with a ``sample_id`` column, or one id per line (a text file or a list)."""
+    """Sample ids from a CSV with a ``sample_id`` column, a ``.npy`` of strings, or one id per line (a
+    text file or a list)."""
     if not isinstance(source, (str, os.PathLike)):
         return np.asarray(list(source)).astype(str).astype(object)
     path = Path(source).expanduser()
     if not path.is_file():
         raise PredictionsError(f"embedding ids file {path} does not exist")
+    if path.suffix.lower() == ".npy":  # ids saved with numpy: text, never pickled objects
+        return np.asarray(read_source(path, "embedding ids")).reshape(-1).astype(str).astype(object)
     if path.suffix.lower() in TABLE_SUFFIXES:
         table = read_source(path, "embedding ids")
         if ID not in table.columns:
             raise PredictionsError(f"embedding ids table {path} has no {ID!r} column (columns: "
                                    f"{_quote(list(table.columns))}); or give a .txt with one id a line")
         return table[ID].astype(str).to_numpy(dtype=object)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise PredictionsError(f"embedding ids file {path} is not UTF-8 text ({err.reason}): give a CSV with a "
+                               f"{ID} column, a .txt with one id a line, or a .npy of strings") from err
     return np.asarray([line for line in lines if line.strip()], dtype=object)
 
 
@@ -270,8 +299,8 @@ def check_embeddings(ids: np.ndarray, x: np.ndarray, known: np.ndarray,
                      required: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ids as str, float32 embeddings), or an error: ids as in :func:`check_ids`, NaN or infinite rows."""
     ids = check_ids(ids, known, required, "embeddings")
-    if not np.issubdtype(x.dtype, np.number):
-        raise PredictionsError(f"embeddings must be numbers, got dtype {x.dtype}")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise PredictionsError(f"embeddings must be real numbers, got dtype {x.dtype}")
     x = np.asarray(x, dtype=np.float32)
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():

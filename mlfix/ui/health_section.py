@@ -34,7 +34,7 @@ LEAK_GROUPS = 4  # example groups of copies that span splits
 MEMBERS = 6  # thumbnails per example group
 THUMB = 96
 NO_LABEL = "(no label)"
-SCORE_FILES = ("samples.parquet", "scores.parquet")
+SCORE_FILES = ("samples.parquet", "scores.parquet", "health_samples.parquet")
 HEALTH_FILES = ("health.parquet", "health.key.json", "orders/orders.key.json", "features/quality.key.json")
 
 
@@ -143,24 +143,25 @@ def _split_counts(project_dir: str, files: tuple) -> pd.DataFrame:
 
 
 def leaks(project: Project) -> pd.DataFrame | None:
-    """:func:`leak_groups` of the last scores table (cached while it and the samples are unchanged)."""
+    """:func:`leak_groups` of the last per-sample health table (``project.health_samples()``; cached
+    while it and the samples are unchanged)."""
     return _leaks(str(project.dir), loaders.stamp(project.dir, SCORE_FILES))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _leaks(project_dir: str, files: tuple) -> pd.DataFrame | None:
     project = loaders.open_project(project_dir)
-    return leak_groups(project.cached_scores(), project.samples)
+    return leak_groups(project.health_samples(), project.samples)
 
 
 def examples(project: Project, check: str) -> pd.DataFrame:
-    """:func:`check_examples` of the last scores table (cached while it is unchanged)."""
+    """:func:`check_examples` of the last per-sample health table (cached while it is unchanged)."""
     return _examples(str(project.dir), loaders.stamp(project.dir, SCORE_FILES), check)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _examples(project_dir: str, files: tuple, check: str) -> pd.DataFrame:
-    return check_examples(loaders.open_project(project_dir).cached_scores(), check)
+    return check_examples(loaders.open_project(project_dir).health_samples(), check)
 
 
 def health_fresh(project: Project) -> bool:

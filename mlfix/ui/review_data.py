@@ -18,7 +18,9 @@ from mlfix.review.store import ReviewStore
 
 SIMILARITY = "Similarity (embedding)"  # the default order: its neighbour purity measured higher
 SIMILARITY_WORDS = "Similarity (visual words)"
-SIMILARITY_ORDERS = {SIMILARITY: "embedding", SIMILARITY_WORDS: "words"}  # sort option -> Project.order(by=)
+SIMILARITY_COMBINED = "Similarity (embedding + words)"
+SIMILARITY_ORDERS = {SIMILARITY: "embedding", SIMILARITY_WORDS: "words",
+                     SIMILARITY_COMBINED: "combined"}  # sort option -> Project.order(by=)
 NO_EMBEDDING_ORDER = ("This project was indexed before the embedding order existed: showing the visual-word "
                       "order. Index it again (Training page, or `mlfix index`) to add it; the features are reused.")
 
