@@ -36,7 +36,9 @@ def add_parser(commands) -> None:
 def run(args) -> int:
     from mlfix.project import Project
 
-    print("\n".join(status_lines(Project.open(args.project), health=args.health)))
+    from mlfix.ui.text import visible  # labels, reviewers and reasons are data: no escape sequence reaches the terminal
+
+    print("\n".join(map(visible, status_lines(Project.open(args.project), health=args.health))))
     return 0
 
 
@@ -230,13 +232,13 @@ def _last_decision_id(project) -> int | None:
 
 def _decision_lines(project) -> list[str]:
     if not _has_store(project):
-        return ["decisions none yet: review in the app (`mlfix serve --project DIR`)"]
+        return [f"decisions none yet: review in the app (`mlfix serve --project {project.dir}`)"]
     try:
         decisions = project.decisions()
     except Exception as err:  # StoreUnavailable, a damaged file: say so, keep the rest of the status
         return [f"decisions cannot be read: {err}"]
     if decisions.empty:
-        return ["decisions none yet: review in the app (`mlfix serve --project DIR`)"]
+        return [f"decisions none yet: review in the app (`mlfix serve --project {project.dir}`)"]
     kinds = decisions["kind"].value_counts()
     by_kind = ", ".join(f"{kind} {count:,}" for kind, count in kinds.items())
     reviewers = decisions["reviewer"].value_counts()

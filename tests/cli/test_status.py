@@ -77,3 +77,18 @@ def test_status_of_a_project_not_indexed_yet_says_what_to_run(tiny_image_folder,
 def test_status_of_a_folder_that_is_not_a_project(tmp_path, capsys):
     assert main(["status", "--project", str(tmp_path)]) == 2
     assert "not an mlfix project" in capsys.readouterr().err
+
+
+def test_status_shows_escape_sequences_in_labels_instead_of_sending_them_to_the_terminal(
+        tiny_image_folder, tmp_path, capsys):
+    # a labels CSV is data: a label that carries an escape sequence would recolour or rewrite the
+    # user's terminal; status prints it as [U+001B]
+    paths = sorted(p.relative_to(tiny_image_folder).as_posix() for p in tiny_image_folder.rglob("*.png"))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n" + "".join(f"{p},{'cat' if i % 2 else 'dog' + chr(27) + '[2J'}\n"
+                                                   for i, p in enumerate(paths)))
+    project = Project.create(tmp_path / "p", images=tiny_image_folder, labels=labels, **FAST_SETTINGS)
+    out = status_of(project, capsys)
+    assert "\x1b" not in out
+    assert "dog[U+001B][2J 20" in out
+    assert f"`mlfix serve --project {project.dir}`" in out
