@@ -155,10 +155,15 @@ class ProjectLabels:
         user_embeddings = getattr(self, "user_embeddings", None)
         x = user_embeddings(rows) if user_embeddings else None
         finetuned = self._finetuned_probabilities(rows, labels) if probabilities is None and labeled else None
-        return compute_scores(np.asarray(self.pooled()[rows] if x is None else x, dtype=np.float32), labels[rows],
-                              self.samples["sample_id"].to_numpy()[rows], bags=np.asarray(self.bags()[rows]),
-                              trusted=trusted[rows], methods=methods, seed=self.settings.seed,
-                              probabilities=probabilities, finetuned=finetuned, meta=self.image_meta(rows))
+        table = compute_scores(np.asarray(self.pooled()[rows] if x is None else x, dtype=np.float32), labels[rows],
+                               self.samples["sample_id"].to_numpy()[rows], bags=np.asarray(self.bags()[rows]),
+                               trusted=trusted[rows], methods=methods, seed=self.settings.seed,
+                               probabilities=probabilities, finetuned=finetuned, meta=self.image_meta(rows))
+        if probabilities is not None:  # the trust verdict measured the user's model, not the probe
+            from mlfix.scoring.trust import with_source
+
+            table.attrs["trust"] = with_source(table.attrs.get("trust"), "your model")
+        return table
 
     # ---- fine-tuning (mlfix.training.finetune) ---------------------------------------------------
 

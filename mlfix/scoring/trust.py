@@ -55,11 +55,12 @@ class Trust:
     skill: float
     verdict: str
     n: int
+    source: str = "the probe"  # whose predictions were measured: "your model" for the user's own
 
     @property
     def message(self) -> str:
         """One line for the user; empty when the verdict is ``ok``."""
-        figures = f"the probe agrees with {self.accuracy:.0%} of the labels, chance is {self.chance:.0%}"
+        figures = f"{self.source} agrees with {self.accuracy:.0%} of the labels, chance is {self.chance:.0%}"
         if self.verdict == "untrusted":
             return (f"Label-based scores are not to be trusted: {figures}, so most labels look wrong. "
                     "Use the similarity order (runs) or the Clusters page to relabel instead.")
@@ -93,6 +94,18 @@ def label_trust(probabilities: OutOfFold, labels: Sequence, trusted: np.ndarray 
     chance = float(np.bincount(given[rows], minlength=len(classes)).max() / len(rows))
     skill = (accuracy - chance) / (1.0 - chance) if chance < 1.0 else 0.0
     return Trust(round(accuracy, 4), round(chance, 4), round(skill, 4), verdict_of(skill), int(len(rows)))
+
+
+def with_source(trust: dict | None, source: str) -> dict | None:
+    """A trust summary (``Trust.as_dict()``) measured on ``source``'s predictions, its message saying so.
+
+    >>> with_source(Trust(0.3, 0.25, 0.07, "untrusted", 40).as_dict(), "your model")["message"][:58]
+    'Label-based scores are not to be trusted: your model agree'
+    """
+    if trust is None:
+        return None
+    fields = {name: trust[name] for name in ("accuracy", "chance", "skill", "verdict", "n")}
+    return Trust(**fields, source=source).as_dict()
 
 
 def write_trust(path: Path, trust: dict | None) -> None:

@@ -120,7 +120,8 @@ def test_mlfix_scores_pred_probs_through_the_cli(project, tmp_path, capsys):
     argv = ["scores", "--project", str(project.dir), "--pred-probs", str(tmp_path / "probs.npy")]
     # columns taken as the sorted classes: valid probabilities, but the trust check sees a model that
     # disagrees with nearly every label and warns
-    assert main(argv) == 0 and "mlfix scores: warning:" in capsys.readouterr().err
+    assert main(argv) == 0 and "mlfix scores: warning:" in (err := capsys.readouterr().err)
+    assert "your model agrees with" in err and "the probe" not in err
     assert main(argv + ["--classes", ",".join(classes)]) == 0
     out, err = capsys.readouterr()
     assert "warning" not in err
