@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from mlfix.training.finetune import FinetuneResult
 
 
+# Part of the scores cache key: bump it when a check's results change for the same inputs (a new
+# default threshold, a fixed bug), so that a project scored by an older mlfix is scored again.
+SCORES_VERSION = 2
+
+
 class ProjectLabels:
     """Scores, fine-tuning, suggestions and clusters of a project (a mixin of ``Project``)."""
 
@@ -130,8 +135,6 @@ class ProjectLabels:
     def _scores_key(self, methods) -> dict:
         """What the scores (and the health summary) depend on: a change to any recomputes them."""
         stamp = getattr(self, "predictions_stamp", None)
-        from mlfix.scoring.registry import SCORES_VERSION
-
         return {"index": read_key(self.dir / "orders" / "orders.key.json"), "decisions": self.reviews.last_id(),
                 "checks": SCORES_VERSION,
                 "methods": sorted(methods) if methods else None, "finetune": self._finetune_stamp(),

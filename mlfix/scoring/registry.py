@@ -58,9 +58,6 @@ from mlfix.scoring.probe import OutOfFold, confident_learning, out_of_fold_proba
 from mlfix.scoring.trust import label_trust
 
 RESOURCES = ("embeddings", "words", "neighbours", "probe", "scores", "meta", "groups")
-# Part of a project's scores cache key: bump it when a check's results change for the same inputs (a
-# new default threshold, a fixed bug), so that a project scored by an older mlfix is scored again.
-SCORES_VERSION = 2
 DEFAULT_CHECK = "combined"  # the queue reviewers see: ``score`` and ``suggested_label`` come from it
 _MISSING = {"words": "bags of visual words (bags=...)",  # what to pass for a resource that may be absent
             "meta": "image metadata (meta=..., e.g. Project.image_meta())"}
@@ -325,20 +322,15 @@ def compute_scores(embeddings: np.ndarray, labels: Sequence, sample_ids: Sequenc
                     combine=combine, probabilities=probabilities, neighbours=neighbours,
                     finetuned=finetuned, meta=meta)
     wanted, skipped = plan_checks(methods, inputs)
-    table = _wide_table(inputs, {name: inputs.scores(name) for name in wanted})
+    tables = {name: inputs.scores(name) for name in wanted}
+    table = _wide_table(inputs, tables)
     table.attrs["skipped"] = skipped
     # what a check that ran wants the user to know (duplicates: near copies not searched, and why)
-    table.attrs["notes"] = {name: inputs.scores(name).attrs["note"] for name in wanted
-                            if inputs.scores(name).attrs.get("note")}
+    table.attrs["notes"] = {name: ran.attrs["note"] for name, ran in tables.items() if ran.attrs.get("note")}
     if "probe" in inputs._shared:  # the probe was fitted: say whether its labels can be trusted
         found = label_trust(inputs.probe, inputs.labels, inputs.trusted)
         table.attrs["trust"] = found.as_dict() if found is not None else None
     return table
-
-
-def select_checks(methods: Iterable[str] | None, inputs: Inputs) -> list[str]:
-    """The checks to run, in registry order; ValueError naming the known checks or what to pass."""
-    return plan_checks(methods, inputs)[0]
 
 
 def plan_checks(methods: Iterable[str] | None, inputs: Inputs) -> tuple[list[str], dict[str, str]]:
