@@ -1,7 +1,8 @@
 """Codebook: what the model has learned, as visual words.
 
 How often each word occurs; for one word, the image patches where it fires and the classes it
-occurs in; for one image, its word grid drawn over it. Everything heavy is cached (see
+occurs in; for one image, its word grid drawn over it and the weight each cell has in the combined order
+(the object in focus: a centre prior times the word's rarity). Everything heavy is cached (see
 :mod:`mlfix.ui.loaders`).
 """
 
@@ -90,8 +91,9 @@ def _image_section(project: Project) -> None:
     except Exception as err:  # an unreadable image: say so, keep the page
         st.error(f"Cannot show {text.code(sample_id)}: {text.plain(err)}")
         return
+    focus, _ = loaders.focus_overlay(project, sample_id, display=DISPLAY)
     words, cells = np.unique(grid, return_counts=True)
-    picture, overlay, side = st.columns([1, 1, 1], gap="medium")
+    picture, overlay, weighed, side = st.columns([1, 1, 1, 1], gap="medium")
     with side:
         highlight = st.selectbox("Highlight a word", [None] + words.tolist(), key="cb_highlight",
                                  format_func=lambda w: "all words" if w is None else f"word {w}")
@@ -107,6 +109,8 @@ def _image_section(project: Project) -> None:
     picture.image(plain, width="stretch",
                   caption=f"{text.plain(sample_id)} · {text.plain(label)}, as the model sees it")
     overlay.image(png, width="stretch", caption="its visual words")
+    weighed.image(focus, width="stretch", caption="what the combined order weighs: bright cells count "
+                  "most (near the centre, rare words)")
 
 
 project = state.require_project()

@@ -118,3 +118,20 @@ def overlay_words(square: Image.Image, grid: np.ndarray, display: int = 448, alp
                           stroke_width=2, stroke_fill=(0, 0, 0))  # legible on any tint
     return out
 
+
+
+def overlay_focus(square: Image.Image, weights: np.ndarray, display: int = 448, floor: float = 0.15) -> Image.Image:
+    """``square`` scaled to ``display`` with each cell dimmed by its weight (``weights`` (h, w) >= 0):
+    the heaviest cell at full brightness, a zero-weight cell at ``floor`` of it. Shows what an order
+    built from weighted cells looks at."""
+    weights = np.asarray(weights, dtype=np.float32)
+    if weights.ndim != 2 or not np.isfinite(weights).all() or (weights < 0).any():
+        raise ValueError(f"weights must be a 2-D (h, w) grid of finite values >= 0, got shape {weights.shape}")
+    top = float(weights.max())
+    share = weights / top if top > 0 else np.ones_like(weights)
+    # nearest-neighbour upscaling keeps the cells' edges where the word grid draws them
+    mask = Image.fromarray(np.uint8(np.round(255 * (floor + (1 - floor) * share)))).resize((display, display),
+                                                                                         Image.NEAREST)
+    base = np.asarray(square.convert("RGB").resize((display, display), Image.BILINEAR), dtype=np.float32)
+    lit = base * (np.asarray(mask, dtype=np.float32)[..., None] / 255)
+    return Image.fromarray(np.uint8(np.clip(np.round(lit), 0, 255)))

@@ -241,6 +241,36 @@ def _word_overlay(project_dir: str, files: tuple, sample_id: str, display: int,
     return buffer.getvalue(), grid
 
 
+def focus_overlay(project: Project, sample_id: str, display: int = 448) -> tuple[bytes, np.ndarray]:
+    """The image as the model saw it with each cell lit by its weight in the combined order (the
+    centre prior times its word's idf: :mod:`mlfix.pipeline.ordering.weighted`); ``(png, weights)``."""
+    return _focus_overlay(*_key(project), sample_id, display)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _focus_overlay(project_dir: str, files: tuple, sample_id: str, display: int) -> tuple[bytes, np.ndarray]:
+    from mlfix.pipeline.ordering.weighted import centre_weights
+
+    project = open_project(project_dir)
+    grid = np.asarray(_word_grids(project_dir, files)[sample_row(project, sample_id)])
+    weights = centre_weights(*grid.shape) * _word_idf(project_dir, files)[grid]
+    square = imaging.model_view(imaging.server_image(project, sample_id), project.image_size)
+    buffer = io.BytesIO()
+    imaging.overlay_focus(square, weights, display=display).save(buffer, format="PNG")
+    return buffer.getvalue(), weights
+
+
+@st.cache_data(show_spinner="Weighing visual words…", max_entries=4)
+def _word_idf(project_dir: str, files: tuple) -> np.ndarray:
+    """(k,) idf of each word over the readable images, as the combined order computes it."""
+    from mlfix.pipeline.ordering.weighted import document_frequency, inverse_document_frequency
+
+    project = open_project(project_dir)
+    ok = np.asarray(project.readable(), dtype=bool)
+    frequency = document_frequency(_word_grids(project_dir, files), project.settings.words, ok)
+    return inverse_document_frequency(frequency, int(ok.sum()))
+
+
 def model_view_png(project: Project, sample_id: str, display: int = 320) -> bytes:
     """The image as the model saw it (resized, center-cropped), scaled to ``display`` px, as PNG."""
     return _model_view_png(*_key(project), sample_id, display)

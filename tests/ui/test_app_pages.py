@@ -413,7 +413,7 @@ def test_codebook_page_shows_word_frequencies_patches_classes_and_an_overlay(dem
     ranked = sorted(range(k), key=lambda w: (-in_images[w], w))
     half = len(demo_project.samples) / 2
     assert word == next((w for w in ranked if 0 < in_images[w] <= half), ranked[0])
-    patches, picture, overlay = at.get("image")  # the image as the model sees it, and its word grid
+    patches, picture, overlay, focus = at.get("image")  # as the model sees it, its word grid, its weights
     assert len(patches.value) == min(48, int(in_images[word]))
     # the classes chart counts the images of each class that contain the word
     labels = demo_project.samples["label"].to_numpy()
@@ -428,8 +428,23 @@ def test_codebook_page_shows_word_frequencies_patches_classes_and_an_overlay(dem
     # highlighting a word redraws the overlay without an error
     before = at.get("image")[2].value
     at.selectbox(key="cb_highlight").set_value(int(words["word"].iloc[0])).run()
-    assert not at.exception and len(at.get("image")) == 3
+    assert not at.exception and len(at.get("image")) == 4
     assert at.get("image")[2].value != before  # the overlay now shows that one word
+    assert "combined order" in at.get("image")[3].proto.imgs[0].caption
+
+
+def test_codebook_focus_weights_are_the_centre_prior_times_each_words_idf(demo_project):
+    from mlfix.pipeline.ordering.weighted import centre_weights
+    from mlfix.ui import loaders
+
+    sample_id = str(demo_project.samples["sample_id"].iloc[3])
+    png, weights = loaders.focus_overlay(demo_project, sample_id, display=96)
+    grid = np.asarray(demo_project.word_grids()[3])
+    ok = demo_project.readable()
+    images_with = np.array([(np.asarray(demo_project.word_grids())[ok] == w).any(axis=(1, 2)).sum() for w in grid.ravel()])
+    idf = np.log(ok.sum() / images_with).reshape(grid.shape)
+    np.testing.assert_allclose(weights, centre_weights(*grid.shape) * idf, rtol=1e-5)
+    assert png.startswith(b"\x89PNG")
 
 
 def test_codebook_page_asks_for_an_index_first(project_with_problems):

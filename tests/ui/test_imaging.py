@@ -63,3 +63,25 @@ def test_overlay_keeps_the_size_and_tints_only_the_highlighted_word():
     assert word_1.tolist() != [255, 255, 255] and word_1.sum() > other.sum()  # tinted vs dimmed
     with pytest.raises(ValueError, match="2-D"):
         imaging.overlay_words(square, grid.ravel())
+
+
+def test_focus_overlay_lights_heavy_cells_and_dims_light_ones():
+    square = Image.new("RGB", (40, 40), (200, 200, 200))
+    weights = np.array([[0.0, 1.0], [2.0, 4.0]], dtype=np.float32)
+    out = np.asarray(imaging.overlay_focus(square, weights, display=40, floor=0.1), dtype=float)
+    means = [out[r * 20 + 5:r * 20 + 15, c * 20 + 5:c * 20 + 15].mean() for r in range(2) for c in range(2)]
+    assert means == sorted(means)  # brighter with weight
+    assert abs(means[-1] - 200) <= 1 and abs(means[0] - 20) <= 1  # the heaviest at full, zero at the floor
+
+
+@pytest.mark.parametrize("weights", [np.zeros((2, 2)), np.ones(4)[None]])
+def test_focus_overlay_of_uniform_weights_keeps_the_image(weights):
+    square = gradient(32, 32)
+    out = imaging.overlay_focus(square, weights, display=32)
+    assert np.array_equal(np.asarray(out), np.asarray(square.resize((32, 32), Image.BILINEAR)))
+
+
+@pytest.mark.parametrize("weights", [np.ones(4), np.array([[1.0, -1.0]]), np.array([[np.nan, 1.0]])])
+def test_focus_overlay_refuses_weights_that_are_not_a_grid_of_non_negative_numbers(weights):
+    with pytest.raises(ValueError, match="weights must be"):
+        imaging.overlay_focus(Image.new("RGB", (8, 8)), weights)
