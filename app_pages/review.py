@@ -22,8 +22,8 @@ from mlfix.project import Project
 from mlfix.review import actions as review_actions
 from mlfix.review.store import StoreUnavailable
 from mlfix.ui import access, classes_panel, confusion_section, grid, scores_job, state, suggestions, team, text
-from mlfix.ui.review_data import (SIMILARITY_ORDERS, make_items, ordering, page_runs, published_views, review_store,
-                                  sample_tables, score_columns, score_table, scores_by_id, state_of)
+from mlfix.ui.review_data import (SIMILARITY_ORDERS, make_items, neighbours, ordering, page_runs, published_views,
+                                  review_store, sample_tables, score_columns, score_table, scores_by_id, state_of)
 
 GRID_KEY = "mlfix_review_grid"
 PAGE_KEY = "mlfix_review_page"
@@ -66,7 +66,8 @@ def _apply_actions(project: Project, store, labels: list[str], view: str | None)
     try:
         result = _applier().apply(payload, store, labels, access.reviewer(),
                                   known_ids=(lambda s: _is_known(known, s)) if known else None,
-                                  view=view, shown=grid.shown_ids(GRID_KEY), rate=team.rate_limiter())
+                                  view=view, rate=team.rate_limiter(store),
+                                  shown=team.shown_or_held(grid.shown_ids(GRID_KEY), store, known, access.reviewer()))
     except review_actions.BatchError as err:  # not a batch at all: resending it cannot help
         st.session_state[ERRORS_KEY] = [f"Refused a malformed batch: {err}"]
         return
@@ -113,7 +114,7 @@ def _panel(project: Project, store, focus: str, url_for, originals: pd.Series, s
         if column is not None and not pd.isna(row[column]):
             panel["score"] = float(row[column])
     try:
-        near = list(project.neighbours(focus, k=NEIGHBOURS)) if project.is_indexed else []
+        near = neighbours(project, focus, NEIGHBOURS) if project.is_indexed else []
     except Exception:
         near = []
     if near:
@@ -176,8 +177,8 @@ def main() -> None:
     confusion_section.section(project, scores, conf, cell)
     classes_panel.section(store, labels, classes, unlabeled, len(originals))
 
-    ids, id_index, note = ordering(project, None if label == ALL_IMAGES else label, view_name, view, sort,
-                                   scores)
+    ids, id_index, note, rows = ordering(project, None if label == ALL_IMAGES else label, view_name, view,
+                                         sort, scores)
     context = (view_name, label, sort, page_size)
     if st.session_state.get(CONTEXT_KEY) != context:
         st.session_state[CONTEXT_KEY] = context
@@ -187,7 +188,7 @@ def main() -> None:
     st.session_state[PAGE_KEY] = page
     page_ids = [str(s) for s in ids[page * page_size:(page + 1) * page_size]]
     if len(ids):  # with several reviewers, the images on screen are this reviewer's for a while
-        claimed = team.claim_page(store, ids, originals.index.get_indexer(ids), page, page_size,
+        claimed = team.claim_page(store, ids, rows, page, page_size,
                                   access.reviewer(), PAGE_KEY)
         if claimed is None:
             return

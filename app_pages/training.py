@@ -20,7 +20,7 @@ import streamlit as st
 from mlfix.cli.train import default_init
 from mlfix.project import Project
 from mlfix.service import jobs
-from mlfix.ui import access, background, finetune_section, loaders, state, text
+from mlfix.ui import access, background, engine_section, finetune_section, loaders, state, text
 
 access.require("train")  # not only the menu: a page file run directly is checked too
 
@@ -170,22 +170,28 @@ def _index_controls(project: Project, running: bool) -> None:
     settings = project.settings
     trained = (project.dir / "models" / "last.pt").is_file()
     weights = str(settings.weights)
+    engine = settings.engine + (f" at {settings.ray_address}" if settings.engine == "ray" and settings.ray_address else "")
     st.markdown(f"Backbone **{text.plain(settings.backbone)}**, weights **{text.plain(weights)}**"
                 f"{' (the trained checkpoint)' if weights == 'auto' and trained else ''}, "
                 f"{project.image_size} px{' (auto)' if settings.image_size == 'auto' else ''}, "
-                f"{settings.words} words.")
+                f"{settings.words} words, engine **{text.plain(engine)}**.")
+    last = engine_section.last_engine(project.dir)
+    if last:
+        st.caption(f"Last features pass: {last}.")
     with st.expander("Change settings for this run"):
         c1, c2 = st.columns(2)
         size = c1.number_input("Image size (px)", 32, 1024, project.image_size, 16,
                                key="ix_size")
         words = c2.number_input("Visual words", 8, 65536, settings.words, 64, key="ix_words")
-    args = []
+        args, refused = engine_section.engine_controls(settings)
+    if refused:
+        st.error(text.plain(refused))
     if int(size) != project.image_size:
         args += ["--image-size", str(int(size))]
     if int(words) != settings.words:
         args += ["--words", str(int(words))]
     label = "Index again" if project.is_indexed else "Start indexing"
-    if st.button(label, type="primary", disabled=running, key="ix_start"):
+    if st.button(label, type="primary", disabled=running or bool(refused), key="ix_start"):
         background.start_job(project.dir, "index", args)
 
 

@@ -9,7 +9,8 @@
 Setup: ``efficientnet_lite0`` with its offline ImageNet weights, one pass per set through
 ``mlfix.pipeline.features.extract`` keeping the stride-16 cells: the pooled vectors of that pass are
 the embedding baseline, the cells give the word grid (faiss KMeans, ``mlfix.pipeline.codebook.Codebook``,
-k words, seed 0: ``"codebook": "kmeans"`` on every line; learned VQ codebooks are left for later)
+k words, seed 0: ``"codebook": "kmeans"``; with ``--codebook vq`` the learned VQ-VAE codebook of
+``mlfix.pipeline.vq``, ``"codebook": "vq"``)
 and each cell's feature norm (the saliency weight). Cached in bench/results/ (git-ignored) as
 ``grids_<set>_<n>_<arch>_<size>_k<k>.npz``. Labels: CIFAR-10N ``label`` (one human annotator) vs
 ``clean_label``; GTSRB (a seeded 5,000, as bench/detect.py) and flowers17 with 5% of labels flipped
@@ -57,22 +58,24 @@ PLANS = {"cifar10n": ((10_000, 112), (300, 64)), "flowers17": ((1_360, 224), (12
 # Word grids, cell norms and pooled vectors of one pass (cached)
 
 
-def grids(dataset: str, n: int, size: int, k: int, log=print) -> dict[str, np.ndarray]:
+def grids(dataset: str, n: int, size: int, k: int, log=print, codebook: str = "kmeans") -> dict[str, np.ndarray]:
     """``words`` (N, h, w) uint16, ``norms`` (N, h, w) float16 cell feature norms, ``pooled`` (N, D)
-    float16, ``ok`` (N,) bool, ``seconds`` (extraction + KMeans) for ``n`` rows of ``dataset``."""
+    float16, ``ok`` (N,) bool, ``seconds`` (extraction + codebook) for ``n`` rows of ``dataset``;
+    ``codebook``: ``kmeans`` or ``vq`` (:class:`mlfix.pipeline.vq.VQCodebook`, default settings)."""
     from mlfix.pipeline.backbone import architecture
 
-    path = RESULTS_DIR / f"grids_{dataset}_{n}_{architecture(BACKBONE)}_{size}_k{k}.npz"
+    tail = "" if codebook == "kmeans" else f"_{codebook}"
+    path = RESULTS_DIR / f"grids_{dataset}_{n}_{architecture(BACKBONE)}_{size}_k{k}{tail}.npz"
     if path.exists():
         with np.load(path) as data:
             return {key: data[key] for key in data.files}
-    out = _extract_grids(dataset, n, size, k, log)
+    out = _extract_grids(dataset, n, size, k, log, codebook)
     RESULTS_DIR.mkdir(exist_ok=True)
     np.savez(path, **out)
     return out
 
 
-def _extract_grids(dataset: str, n: int, size: int, k: int, log) -> dict[str, np.ndarray]:
+def _extract_grids(dataset: str, n: int, size: int, k: int, log, codebook: str = "kmeans") -> dict[str, np.ndarray]:
     import torch
 
     from bench.defaults import subset
@@ -95,8 +98,11 @@ def _extract_grids(dataset: str, n: int, size: int, k: int, log) -> dict[str, np
                      statistics=False, progress=lambda done, total: done % 1280 < 64 and log(
                          f"{dataset} {size}px: {done}/{total}", file=sys.stderr))
     extracted = time.perf_counter() - start
-    codebook = Codebook(k=k, seed=0).fit(cells[result.ok].reshape(-1, cells.shape[-1]).astype(np.float32))
-    words = codebook.assign(cells.astype(np.float32))
+    from mlfix.pipeline.vq import VQCodebook
+
+    learner = Codebook(k=k, seed=0) if codebook == "kmeans" else VQCodebook(k=k, seed=0)
+    learner.fit(cells[result.ok].reshape(-1, cells.shape[-1]).astype(np.float32))
+    words = learner.assign(cells.astype(np.float32))
     norms = np.linalg.norm(cells.astype(np.float32), axis=-1).astype(np.float16)
     return {"words": words, "norms": norms, "pooled": np.asarray(result.pooled), "ok": result.ok,
             "extract_seconds": np.array(extracted),
@@ -194,16 +200,16 @@ def _figures(dataset, name, bag, focus, funcs, is_error, n, setup) -> None:
         emit(BENCH, f"{dataset}.{name}.vote_{key}", metrics[key], "", n, **setup)
 
 
-def run_set(dataset: str, n: int, size: int, k: int, only: set[str] | None = None) -> None:
+def run_set(dataset: str, n: int, size: int, k: int, only: set[str] | None = None, codebook: str = "kmeans") -> None:
     from bench.defaults import labels_and_truth, subset
 
     if require_shared(dataset) is None:
         return
     table = subset(dataset, n)
     labels, truth, noise = labels_and_truth(dataset, table)
-    data = grids(dataset, n, size, k)
+    data = grids(dataset, n, size, k, codebook=codebook)
     h, w = data["words"].shape[1:]
-    setup = {"codebook": "kmeans", "words": k, "grid": f"{h}x{w}", "image_size": size,
+    setup = {"codebook": codebook, "words": k, "grid": f"{h}x{w}", "image_size": size,
              "backbone": backbone_text(BACKBONE), "data": f"{dataset} {len(table)} images", "noise": noise,
              "extract_s": round(float(data["extract_seconds"]), 1),
              "codebook_s": round(float(data["codebook_seconds"]), 1)}
@@ -279,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--words", type=int, default=1024)
     p.add_argument("--scale-n", type=int, default=1_000_000, help="the large timing size (synthetic)")
     p.add_argument("--variants", nargs="+", help="only these variants (default: all)")
+    p.add_argument("--codebook", choices=("kmeans", "vq"), default="kmeans",
+                   help="KMeans words, or the learned VQ-VAE codebook (mlfix.pipeline.vq)")
     p.add_argument("--no-timing", action="store_true")
     p.add_argument("--timing-only", action="store_true")
     args = p.parse_args(argv)
@@ -287,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         for dataset, (full, quick) in PLANS.items():
             if args.only in (None, dataset):
                 n, size = quick if args.quick else full
-                run_set(dataset, n, size, words, set(args.variants) if args.variants else None)
+                run_set(dataset, n, size, words, set(args.variants) if args.variants else None, args.codebook)
     if not args.no_timing:
         sizes = (2_000,) if args.quick else (20_000, args.scale_n)
         for n in sizes:

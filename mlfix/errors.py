@@ -116,3 +116,8 @@ class ClassListError(MlfixError, ValueError):
 class PredictionsError(MlfixError, ValueError):
     """A user's predicted probabilities or embeddings that do not fit the project (wrong shape, unknown
     or missing samples, missing classes, NaN); the message says what to fix."""
+
+
+class EngineError(MlfixError, RuntimeError):
+    """The extraction engine cannot run (the ray package missing, a Ray cluster that cannot be
+    reached); the message says what to do (install ray, start a cluster, or use the local engine)."""

@@ -178,6 +178,7 @@ class Project(ProjectLabels, ProjectPredictions):
         from mlfix.pipeline.backbone import check_backbone
         from mlfix.pipeline.defaults import describe, estimate, resolve_image_size, typical_side
         from mlfix.pipeline.index import run_index
+        from mlfix.scoring.neighbours import approximate_min as neighbours_min
         from mlfix.settings import quality_settings
         from mlfix.training.checkpoints import choose_weights
 
@@ -199,6 +200,8 @@ class Project(ProjectLabels, ProjectPredictions):
         run_index(self.dir, settings, self.root, choice.weights, choice.identity,
                   progress or Progress("index", self.dir / "progress"), workers=workers, device=device)
         self._cache = {k: v for k, v in self._cache.items() if k == "root"}
+        if int(self.readable().sum()) >= neighbours_min():  # stored, or the app's first page builds it
+            self.neighbour_index()
         return self
 
     @property
@@ -303,18 +306,27 @@ class Project(ProjectLabels, ProjectPredictions):
         The index holds readable samples only, so ``k`` come back whenever ``k`` others are readable
         (an unreadable image has no embedding worth comparing).
         """
-        from mlfix.scoring.neighbours import cosine_index
-
-        if "knn_index" not in self._cache:
-            rows = np.flatnonzero(self.readable())
-            self._cache["knn_index"] = (cosine_index(np.asarray(self.pooled()[rows]))[0], rows)
+        if "knn_index" not in self._cache:  # exact, or an IVF index above APPROXIMATE_MIN rows
+            self._cache["knn_index"] = self.neighbour_index()
         index, rows = self._cache["knn_index"]
         row = self.row_of(sample_id)
         query = np.asarray(self.pooled()[row:row + 1], dtype=np.float32)
         query = query / max(float(np.linalg.norm(query)), 1e-12)
         _, found = index.search(query, min(k + 1, len(rows)))
-        ids = self.samples["sample_id"].to_numpy()
-        return [ids[rows[i]] for i in found[0] if i >= 0 and rows[i] != row][:k]
+        near = [rows[i] for i in found[0] if i >= 0 and rows[i] != row][:k]
+        return self.samples["sample_id"].iloc[near].tolist()  # not the whole column: O(k) at 10M rows
+
+    def neighbour_index(self) -> tuple[Any, np.ndarray]:
+        """``(faiss index, rows)`` over the readable samples' pooled vectors: exact, or from
+        APPROXIMATE_MIN rows an IVF index kept in ``features/neighbours.faiss`` (keyed by the features),
+        so the app's first page does not build it again (it takes minutes at millions of images)."""
+        from mlfix.pipeline.artifacts import read_key
+        from mlfix.scoring.neighbours import stored_search_index
+
+        rows, pooled = np.flatnonzero(self.readable()), self.pooled()
+        vectors = pooled if len(rows) == len(pooled) else pooled[rows]  # the memmap when all readable
+        key = read_key(self.dir / "features" / "words.key.json")
+        return stored_search_index(vectors, self.dir / "features" / "neighbours.faiss", key), rows
 
     # ---- review: decisions, corrected labels, views ---------------------------------------------
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -49,6 +50,10 @@ AUTO = "auto"
 MIN_SIDE, MAX_SIDE = 16, 4096
 FILE_PREFIX = "file:"
 WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+ENGINES = ("local", "ray")
+# A Ray address: "auto", "host:6379", "[::1]:6379", "ray://host:10001". It reaches ray.init and a
+# subprocess argv (the app's background job), so only characters an address needs are accepted.
+RAY_ADDRESS = re.compile(r"[A-Za-z0-9\[][A-Za-z0-9._:/\[\]@%+~-]{0,499}")
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,22 @@ def _check_image_size(value: Any) -> int | str:
     return int(value)
 
 
+def _check_engine(value: Any) -> str:
+    if not isinstance(value, str) or value.strip() not in ENGINES:
+        raise SettingsError(f"engine must be one of {', '.join(ENGINES)}, got {value!r}")
+    return value.strip()
+
+
+def _check_ray_address(value: Any) -> str | None:
+    """``None`` or ``""`` (start or join a local Ray) or an address for ``ray.init(address=...)``."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str) or not RAY_ADDRESS.fullmatch(value.strip()):
+        raise SettingsError(f"ray_address must be 'auto', HOST:PORT or ray://HOST:PORT (letters, digits and "
+                            f".:/_-[]@%+~ only), or empty for a local Ray, got {value!r}")
+    return value.strip()
+
+
 def _check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise SettingsError(f"{name} must be true or false, got {value!r}")
@@ -149,6 +170,11 @@ class IndexSettings:
         cell_cache_gb: keep all cell vectors on disk (float16) when they fit; then a new number of
             words costs no forward pass.
         exact_order_max: groups up to this size are ordered exactly, larger ones approximately.
+        engine: where the features are extracted: ``"local"`` (this process) or ``"ray"`` (Ray Data,
+            on the cluster at ``ray_address``). The results are the same, so no cache key holds it.
+        ray_address: passed to ``ray.init(address=...)`` (``"auto"``, ``"host:6379"``,
+            ``"ray://host:10001"``); ``None`` starts or joins a Ray on this machine. Stored as ``""``
+            in ``mlfix.toml`` (TOML has no null).
     """
 
     backbone: str = "efficientnet_lite0"
@@ -162,6 +188,8 @@ class IndexSettings:
     batch_size: int = 64
     cell_cache_gb: float = 4.0
     exact_order_max: int = 50_000
+    engine: str = "local"
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise the values once, here
@@ -184,6 +212,8 @@ class IndexSettings:
             raise SettingsError(f"cell_cache_gb must be a number of GiB >= 0, got {gb!r}")
         set_(self, "cell_cache_gb", float(gb))
         set_(self, "exact_order_max", _check_int("exact_order_max", self.exact_order_max, 0, 10**9))
+        set_(self, "engine", _check_engine(self.engine))
+        set_(self, "ray_address", _check_ray_address(self.ray_address))
 
     # ---- construction ---------------------------------------------------------------------------
 
@@ -207,9 +237,10 @@ class IndexSettings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
-        """The TOML table: plain values, ``weights`` as its string form."""
+        """The TOML table: plain values, ``weights`` as its string form, no ``ray_address`` as ``""``."""
         table = {f.name: getattr(self, f.name) for f in fields(self)}
         table["weights"] = str(self.weights)
+        table["ray_address"] = self.ray_address or ""
         return table
 
     # ---- cache keys -----------------------------------------------------------------------------

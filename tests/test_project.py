@@ -159,6 +159,24 @@ def test_neighbours_are_nearest_first_and_exclude_the_query(indexed):
     assert len(found) == 5 and "red/000.png" not in found
 
 
+def test_a_large_projects_neighbour_index_is_built_once_and_kept_on_disk(indexed_copy, monkeypatch):
+    from mlfix.scoring import neighbours
+
+    monkeypatch.setattr(neighbours, "APPROXIMATE_MIN", 5)  # this tiny project counts as large
+    indexed_copy.index()  # every artifact reused; the neighbour index made for the app's first page
+    assert (indexed_copy.dir / "features" / "neighbours.faiss").is_file()
+    found = indexed_copy.neighbours("red/000.png", k=5)
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the stored neighbour index was built again")
+
+    monkeypatch.setattr(neighbours, "search_index", no_rebuild)
+    assert Project.open(indexed_copy.dir).neighbours("red/000.png", k=5) == found
+    (indexed_copy.dir / "features" / "words.key.json").write_text('{"changed": true}')  # new features: rebuilt
+    with pytest.raises(AssertionError, match="built again"):
+        Project.open(indexed_copy.dir).neighbours("red/000.png", k=5)
+
+
 def test_open_refuses_a_folder_that_is_not_a_project(tmp_path):
     with pytest.raises(NotAProjectError, match="not an mlfix project"):
         Project.open(tmp_path)

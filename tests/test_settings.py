@@ -24,6 +24,8 @@ settings_values = st.fixed_dictionaries({}, optional={
     "batch_size": st.integers(1, 65536),
     "cell_cache_gb": st.floats(0, 1e6, allow_nan=False),
     "exact_order_max": st.integers(0, 10**9),
+    "engine": st.sampled_from(["local", "ray"]),
+    "ray_address": st.sampled_from([None, "", "auto", "10.0.0.1:6379", "ray://head.example:10001", "[::1]:6379"]),
 })
 
 
@@ -66,6 +68,12 @@ def test_defaults_live_in_one_place_and_are_typed():
     ("cell_cache_gb", -1, "cell_cache_gb must be a number"),
     ("weights", "imagnet", "unknown weights 'imagnet'"),
     ("weights", "file:", "needs a path"),
+    ("engine", "spark", "engine must be one of local, ray, got 'spark'"),
+    ("engine", None, "engine must be one of local, ray"),
+    ("ray_address", "--engine=local", "ray_address must be 'auto', HOST:PORT"),
+    ("ray_address", "auto; rm -rf ~", "ray_address must be"),
+    ("ray_address", "host:6379\n--engine", "ray_address must be"),
+    ("ray_address", 6379, "ray_address must be"),
 ])
 def test_bad_values_are_refused_with_the_setting_named(name, value, message):
     with pytest.raises(SettingsError, match=message):
@@ -132,3 +140,38 @@ def test_hand_edits_outside_index_are_checked_too(tmp_path, text, message):
     (tmp_path / CONFIG_NAME).write_text(text)
     with pytest.raises(SettingsError, match=message):
         read_config(tmp_path)
+
+
+# ---- the engine: where the features are extracted, never part of what they are ------------------
+
+def test_the_engine_is_local_with_no_address_unless_asked():
+    settings = IndexSettings()
+    assert (settings.engine, settings.ray_address) == ("local", None)
+    assert settings.to_dict()["engine"] == "local" and settings.to_dict()["ray_address"] == ""  # TOML has no null
+    ray = settings.replace(engine=" ray ", ray_address=" auto ")
+    assert (ray.engine, ray.ray_address) == ("ray", "auto")
+    assert ray.replace(ray_address="").ray_address is None  # "" clears the address: a local Ray
+    assert ray.replace(ray_address=None).ray_address == "auto"  # None keeps it, like every setting
+
+
+def test_the_engine_and_address_are_written_to_and_read_from_the_index_table(tmp_path):
+    import tomllib
+
+    write_config(tmp_path, {"images": "/data"}, IndexSettings(engine="ray", ray_address="ray://head:10001"))
+    table = tomllib.loads((tmp_path / CONFIG_NAME).read_text())["index"]
+    assert (table["engine"], table["ray_address"]) == ("ray", "ray://head:10001")
+    assert read_config(tmp_path)[1] == IndexSettings(engine="ray", ray_address="ray://head:10001")
+    (tmp_path / CONFIG_NAME).write_text('[index]\nengine = "dask"\n')
+    with pytest.raises(SettingsError, match=r"engine must be one of local, ray.*fix it in .*mlfix.toml"):
+        read_config(tmp_path)
+
+
+@given(st.sampled_from([None, "auto", "h:6379"]), st.booleans())
+def test_no_cache_key_depends_on_the_engine(address, flip):
+    local = IndexSettings(image_size=64, tta_flip=flip)
+    ray = local.replace(engine="ray", ray_address=address)
+    features = local.feature_key("digest", "resnet18", "random")
+    assert ray.feature_key("digest", "resnet18", "random") == features
+    assert ray.words_key(features) == local.words_key(features)
+    assert ray.order_key(local.words_key(features), "l") == local.order_key(local.words_key(features), "l")
+    assert not {"engine", "ray_address"} & set(local.order_key(local.words_key(features), "l"))

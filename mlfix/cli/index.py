@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from mlfix.progress import Progress
-from mlfix.settings import AUTO, QUALITIES
+from mlfix.settings import AUTO, ENGINES, QUALITIES
 
 def add_parser(commands) -> None:
     p = commands.add_parser("index", help="scan images and build features, visual words and orderings")
@@ -37,6 +37,12 @@ def add_parser(commands) -> None:
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, help="image decoding processes")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--engine", choices=ENGINES,
+                   help="where the features are extracted: local (this process, the default) or ray (Ray Data "
+                        "on a Ray cluster: the same project, the work spread over its nodes); kept in mlfix.toml")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="the Ray cluster for --engine ray: auto (the one `ray start --head` started), HOST:6379 "
+                        "or ray://HOST:10001; default: join or start a Ray on this machine")
     p.add_argument("--embeddings", metavar="FILE",
                    help="your own model's embeddings, used instead of the backbone's pooled vectors by the kNN vote "
                         "and the duplicates (the backbone still makes the visual words and orders): .npz with "
@@ -63,7 +69,8 @@ def run(args) -> int:
     from mlfix.project import Project
 
     settings = {"backbone": args.backbone, "weights": args.weights, "image_size": args.image_size,
-                "tta_flip": args.tta_flip, "words": args.words, "batch_size": args.batch_size}
+                "tta_flip": args.tta_flip, "words": args.words, "batch_size": args.batch_size,
+                "engine": getattr(args, "engine", None), "ray_address": getattr(args, "ray_address", None)}
     settings = {k: v for k, v in settings.items() if v is not None}
     _check_files(getattr(args, "embeddings", None), getattr(args, "embedding_ids", None))
     progress = Progress("index", Path(args.project) / "progress")

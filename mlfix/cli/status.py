@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from mlfix.pipeline.artifacts import read_key
+from mlfix.pipeline.artifacts import engine_text, read_engine, read_key
 
 if TYPE_CHECKING:
     from mlfix.project import Project
@@ -48,6 +48,7 @@ def status_lines(project: "Project", health: bool = False) -> list[str]:
     lines = [f"project   {project.dir}"]
     lines += _data_lines(project)
     lines += _index_lines(project)
+    lines += _engine_lines(project)
     lines += _scores_lines(project)
     lines += _health_lines(project, health)
     lines += _finetune_lines(project)
@@ -137,6 +138,20 @@ def _index_lines(project) -> list[str]:
         lines.append(f"          mlfix.toml now asks for {', '.join(differ)}: run `mlfix index --project "
                      f"{project.dir}` to rebuild with them")
     return lines
+
+
+def _engine_lines(project) -> list[str]:
+    """Which engine extracted the features, from ``features/engine.json`` (none before a features pass)."""
+    record = read_engine(project.dir)
+    if not isinstance(record, dict):
+        return []
+    line = f"engine    {engine_text(record)}"
+    settings = project.settings
+    if (settings.engine, settings.ray_address) != (record.get("engine"), record.get("address")) \
+            and (settings.engine == "ray" or record.get("engine") == "ray"):
+        where = f" at {settings.ray_address}" if settings.engine == "ray" and settings.ray_address else ""
+        line += f"; mlfix.toml now asks for {settings.engine}{where} (the results are the same)"
+    return [line]
 
 
 def _scores_lines(project) -> list[str]:

@@ -26,6 +26,8 @@ import pandas as pd
 
 from mlfix.atomic import atomic_path, write_json_atomic
 
+ENGINE_FILE = "features/engine.json"  # which engine made the features: mlfix status and the Training page
+
 
 def atomic_parquet(table: pd.DataFrame, path: Path) -> None:
     """Write ``table`` (without its index) to ``path`` atomically."""
@@ -61,3 +63,50 @@ def write_key(path: Path, key: dict) -> None:
 def same_key(path: Path, key: dict) -> bool:
     """Whether the stored key at ``path`` equals ``key`` as it would be stored (JSON round trip)."""
     return read_key(path) == json.loads(json.dumps(key, sort_keys=True, default=str))
+
+
+def write_engine(directory: Path, record: dict) -> None:
+    """Record which engine ran the last features pass: ``{"engine", "address", "actors", "gpus",
+    "images", "seconds"}`` (``engine`` is ``local`` or ``ray``)."""
+    write_json_atomic(Path(directory) / ENGINE_FILE, record, indent=1)
+
+
+def read_engine(directory: Path) -> dict | None:
+    """The engine record of the project folder ``directory`` (:func:`write_engine`), or None when no
+    features pass recorded one (a project indexed before the record existed, or not indexed).
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> read_engine(folder) is None
+    True
+    >>> write_engine(folder, {"engine": "ray", "address": None, "actors": 1, "gpus": 0, "images": 40, "seconds": 2.5})
+    >>> read_engine(folder)["engine"]
+    'ray'
+    """
+    record = read_key(Path(directory) / ENGINE_FILE)
+    return record if isinstance(record, dict) else None
+
+
+def engine_text(record: dict) -> str:
+    """A features pass's engine record (``features/engine.json``) in words.
+
+    >>> engine_text({"engine": "ray", "address": "auto", "actors": 1, "gpus": 0, "images": 40, "seconds": 12.34})
+    'ray at auto, 1 actor, 0 GPUs, 40 images in 12.3 s'
+    >>> engine_text({"engine": "local", "address": None, "actors": 1, "gpus": 1, "images": 1200, "seconds": 61})
+    'local, 1 GPU, 1,200 images in 61.0 s'
+    """
+    def count(value, one: str) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None
+        return f"{value:,} {one}{'' if value == 1 else 's'}"
+
+    engine = str(record.get("engine", "?"))
+    parts = [engine + (f" at {record.get('address') or 'a local Ray'}" if engine == "ray" else "")]
+    if engine == "ray":
+        parts.append(count(record.get("actors"), "actor"))
+    parts.append(count(record.get("gpus"), "GPU"))
+    images, seconds = count(record.get("images"), "image"), record.get("seconds")
+    if images and isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
+        images += f" in {seconds:.1f} s"
+    parts.append(images)
+    return ", ".join(part for part in parts if part)

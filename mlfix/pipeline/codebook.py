@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -108,6 +109,61 @@ class Codebook:
         index.add(self.centroids_)
         _, nearest = index.search(flat, 1)
         return nearest[:, 0].astype(np.uint16).reshape(shape)
+
+
+SAMPLE_IMAGES_FACTOR = 1.25  # images drawn for the KMeans sample: a margin for images that fail to decode
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def sample_plan(n_images: int, cells_per_image: int, sample_size: int, seed: int) -> tuple[np.ndarray, int]:
+    """Which images feed the KMeans sample, and how many cells of each: ``(image_rows, keep)``.
+
+    ``image_rows`` is a sorted (M,) int64 seeded subset of ``range(n_images)``, enough images for
+    ``sample_size`` cells with a 25% margin for images that fail to decode; ``keep`` (at most
+    ``cells_per_image``) cells of each go to the sample (:func:`sample_cells`). Every engine and
+    route draws the same plan, so they fit the codebook on the same cells.
+
+    >>> rows, keep = sample_plan(1000, 16, 640, seed=0)
+    >>> len(rows), keep, bool((np.diff(rows) > 0).all())
+    (50, 13, True)
+    """
+    images_needed = min(n_images, math.ceil(SAMPLE_IMAGES_FACTOR * sample_size / cells_per_image))
+    rng = np.random.default_rng(seed)
+    image_rows = np.sort(rng.choice(n_images, images_needed, replace=False)).astype(np.int64)
+    keep = min(cells_per_image, max(1, math.ceil(sample_size / max(1, images_needed))))
+    return image_rows, keep
+
+
+def sample_cells(rows: np.ndarray, cells: np.ndarray, keep: int, seed: int) -> np.ndarray:
+    """``keep`` cells of each image, chosen by ``(seed, row)`` alone: (B, ..., C) -> (B * keep, C).
+
+    ``rows`` (B,) are the images' positions in the sample table. Each image's choice is the ``keep``
+    smallest of a hash of ``(seed, row, cell)`` (SplitMix64, Steele et al. 2014), so the sample of an
+    image does not depend on which batch it came in or in what order: concatenating the result of
+    batches in row order gives the same array however the rows were split.
+
+    >>> cells = np.arange(2 * 4 * 1, dtype=np.float32).reshape(2, 4, 1)
+    >>> a = sample_cells(np.array([7, 9]), cells, 2, seed=0)
+    >>> b = np.concatenate([sample_cells(np.array([7]), cells[:1], 2, 0), sample_cells(np.array([9]), cells[1:], 2, 0)])
+    >>> a.shape, bool((a == b).all())
+    ((4, 1), True)
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    flat = cells.reshape(len(rows), -1, cells.shape[-1])
+    per_image = flat.shape[1]
+    keys = _splitmix(_splitmix(np.uint64(seed % 2**64) ^ rows.astype(np.uint64))[:, None]
+                     + np.arange(per_image, dtype=np.uint64)[None, :])
+    choice = np.argsort(keys, axis=1, kind="stable")[:, :min(keep, per_image)]
+    return np.take_along_axis(flat, choice[..., None], axis=1).reshape(-1, flat.shape[-1])
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 arrays (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = np.asarray(x, dtype=np.uint64) + _GOLDEN
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
 
 
 def _suggest_k(cells: int) -> int:

@@ -9,6 +9,11 @@ key changed. Cell vectors are handled in one of two ways, chosen by their size:
 - they do not: a first pass over a random subset of the images collects the KMeans sample, then the
   full pass assigns each batch's cells to words as they come. Memory stays bounded for any N.
 
+Both routes fit KMeans on the same cells: :func:`~mlfix.pipeline.codebook.sample_plan`'s images,
+:func:`~mlfix.pipeline.codebook.sample_cells` of each. ``engine = "ray"`` runs the two-pass route on
+a Ray cluster (:mod:`mlfix.pipeline.ray_engine`) into the same artifacts and keys; every features pass
+records which engine ran it in ``features/engine.json`` (:func:`~mlfix.pipeline.artifacts.read_engine`).
+
 Two similarity orders are written, each with its own key: by bags of words (``orders/``) and by
 pooled embedding (``orders/by-embedding/``, keyed by the features, not the words): a project indexed
 before the embedding order existed gains it on its next index run without a new pass over the images.
@@ -21,6 +26,7 @@ it on its next index run from a decode-only pass (stage "image quality"), withou
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,10 +37,11 @@ import pandas as pd
 from mlfix.atomic import atomic_path, write_json_atomic
 from mlfix.data.images import DataRoot
 from mlfix.data.quality import QUALITY_FILE, QUALITY_KEY, quality_frame
-from mlfix.data.scan import NOTE_STAGES, problems_frame
+from mlfix.data.scan import problems_frame
 from mlfix.errors import NotAProjectError
-from mlfix.pipeline.artifacts import atomic_parquet, atomic_save_npy, frame_digest, read_key, same_key, write_key
-from mlfix.pipeline.codebook import Codebook, pack_bags
+from mlfix.pipeline.artifacts import atomic_save_npy, frame_digest, read_key, same_key, write_engine, write_key
+from mlfix.pipeline.codebook import Codebook, pack_bags, sample_cells, sample_plan
+from mlfix.pipeline.index_outputs import no_readable_samples, record_decode_failures, write_quality
 from mlfix.pipeline.ordering import ORDERINGS
 from mlfix.progress import Progress
 from mlfix.settings import IndexSettings
@@ -76,7 +83,7 @@ def run_index(directory: Path, settings: IndexSettings, root: DataRoot, weights:
                                f"with `mlfix index --images PATH --project {directory}`")
     samples = pd.read_parquet(directory / "samples.parquet")
     if len(samples) == 0:
-        _no_readable_samples(Path(directory))
+        no_readable_samples(Path(directory))
     from mlfix.pipeline.backbone import architecture
 
     run = IndexRun(Path(directory), settings, root, samples, progress, workers, device)
@@ -113,27 +120,6 @@ def run_index(directory: Path, settings: IndexSettings, root: DataRoot, weights:
         _combined_orders(run, combined_key)
 
 
-FIRST_REASONS = 5  # problems quoted when every file failed
-
-
-def _no_readable_samples(directory: Path, problems: pd.DataFrame | None = None) -> None:
-    """Raise :class:`NoReadableSamplesError` quoting the first reasons of the problems table."""
-    from mlfix.errors import NoReadableSamplesError
-
-    path = directory / "problems.parquet"
-    if problems is None:
-        problems = pd.read_parquet(path) if path.exists() else problems_frame([])
-    problems = problems[~problems["stage"].isin(NOTE_STAGES)]
-    lines = [f"  {row.path if isinstance(row.path, str) else row.sample_id}: {row.reason}"
-             for row in problems.head(FIRST_REASONS).itertuples()]
-    more = f"\n  ... and {len(problems) - FIRST_REASONS} more" if len(problems) > FIRST_REASONS else ""
-    first = ("; the first reasons:\n" + "\n".join(lines) + more) if lines else ""
-    raise NoReadableSamplesError(
-        f"project {directory} has no readable samples: all {len(problems)} files failed{first}\n"
-        f"Fix the files (or the labels CSV / COCO paths) and run again; the full table is {path} "
-        "(project.problems in Python, the Dataset page in the app).")
-
-
 def _features_and_words(run: IndexRun, weights: str, feature_key: dict, words_key: dict) -> None:
     import torch
 
@@ -148,15 +134,36 @@ def _features_and_words(run: IndexRun, weights: str, feature_key: dict, words_ke
     _, channels, side, _ = cells.shape
     cache_bytes = len(run.samples) * side * side * channels * 2
     codebook = Codebook(k=settings.words, seed=settings.seed, niter=settings.kmeans_iterations)
-    if cache_bytes <= settings.cell_cache_gb * 2**30:
-        _words_from_cell_cache(run, codebook, backbone, feature_key, (side, channels))
-    else:
-        _words_in_two_passes(run, codebook, backbone, feature_key, (side, channels))
+    start = time.perf_counter()
+    record = _run_engine(run, codebook, backbone, feature_key, (side, channels), cache_bytes)
     if codebook.fit_info_.get("advice"):  # a small set: mlfix's advice instead of faiss's warning
         run.progress.note(codebook.fit_info_["advice"], stage="codebook")
     atomic_save_npy(run.dir / "codebook" / "centroids.npy", codebook.centroids_)
     write_json_atomic(run.dir / "codebook" / "fit.json", codebook.fit_info_, indent=1)
     write_key(run.dir / "features" / "words.key.json", words_key)
+    write_engine(run.dir, {"engine": settings.engine, **record, "images": len(run.samples),
+                           "seconds": round(time.perf_counter() - start, 3)})
+    if settings.engine == "ray":
+        from mlfix.pipeline.ray_engine import forget_shards
+
+        forget_shards(run.dir)  # after the key: a driver that dies before it keeps its finished chunks
+
+
+def _run_engine(run: IndexRun, codebook: Codebook, backbone, feature_key: dict, shape: tuple[int, int],
+                cache_bytes: int) -> dict:
+    """Features and words by the chosen engine and route; the engine record's address, actors, gpus."""
+    if run.settings.engine == "ray":  # the two-pass route on a Ray cluster: the same artifacts
+        from mlfix.pipeline.ray_engine import ray_features_and_words
+
+        return ray_features_and_words(run, backbone, codebook, feature_key, shape)
+    if cache_bytes <= run.settings.cell_cache_gb * 2**30:
+        _words_from_cell_cache(run, codebook, backbone, feature_key, shape)
+    else:
+        _words_in_two_passes(run, codebook, backbone, feature_key, shape)
+    import torch
+
+    device = str(run.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return {"address": None, "actors": 0, "gpus": int(device.startswith("cuda"))}
 
 
 def _extract(run: IndexRun, samples: pd.DataFrame, backbone, on_cells, stage: str, pooled_out=None,
@@ -179,10 +186,10 @@ def _extract_all(run: IndexRun, backbone, on_cells, feature_key: dict) -> np.nda
                           statistics=True)
         del result.pooled  # the memory map: closed before the rename
     atomic_save_npy(features_dir / "ok.npy", result.ok)
-    _write_quality(run, quality_frame(result.content_hash, result.stats), feature_key)
-    _record_decode_failures(run, result.ok, result.problems)
+    write_quality(run, quality_frame(result.content_hash, result.stats), feature_key)
+    record_decode_failures(run, result.ok, result.problems)
     if not result.ok.any():
-        _no_readable_samples(run.dir, run.problems)
+        no_readable_samples(run.dir, run.problems)
     return result.ok
 
 
@@ -204,43 +211,37 @@ def _words_from_cell_cache(run: IndexRun, codebook: Codebook, backbone, feature_
             del cache
         write_key(features_dir / "features.key.json", {**feature_key, "cells": True})
     cells = np.load(cells_path, mmap_mode="r")
-    ok_rows = np.flatnonzero(np.load(features_dir / "ok.npy"))
-    flat = cells.reshape(n * side * side, channels)
-    per_image = side * side
-    total = len(ok_rows) * per_image
-    rng = np.random.default_rng(codebook.seed)
-    picks = np.sort(rng.choice(total, min(total, codebook.sample_size), replace=False))
-    sample_rows = ok_rows[picks // per_image] * per_image + picks % per_image
+    plan_rows, keep = sample_plan(n, side * side, codebook.sample_size, codebook.seed)
+    ok = np.load(features_dir / "ok.npy")
+    plan_rows = plan_rows[ok[plan_rows]]  # the images of the plan that decoded
+    kept = [sample_cells(rows, np.asarray(cells[rows], dtype=np.float32), keep, codebook.seed)
+            for rows in np.array_split(plan_rows, max(1, math.ceil(len(plan_rows) / ASSIGN_CHUNK)))]
     run.progress.update("codebook", 0, 1)
-    codebook.fit(np.asarray(flat[sample_rows], dtype=np.float32))
+    codebook.fit(np.concatenate(kept))
     run.progress.update("codebook", 1, 1)
     words = np.zeros((n, side, side), dtype=np.uint16)
     for start in range(0, n, ASSIGN_CHUNK):
         words[start:start + ASSIGN_CHUNK] = codebook.assign(np.asarray(cells[start:start + ASSIGN_CHUNK]))
         run.progress.update("words", min(n, start + ASSIGN_CHUNK), n)
+    words[~ok] = 0  # an image that did not decode has no words (its cached cells are zeros), as in two passes
     atomic_save_npy(features_dir / "words.npy", words)
 
 
 def _words_in_two_passes(run: IndexRun, codebook: Codebook, backbone, feature_key: dict,
                          shape: tuple[int, int]) -> None:
     features_dir = run.dir / "features"
-    side, channels = shape
-    n, per_image = len(run.samples), side * side
-    rng = np.random.default_rng(codebook.seed)
-    images_needed = min(n, math.ceil(1.25 * codebook.sample_size / per_image))
-    subset = np.sort(rng.choice(n, images_needed, replace=False))
-    keep = max(1, math.ceil(codebook.sample_size / images_needed))
+    side, _ = shape
+    n = len(run.samples)
+    subset, keep = sample_plan(n, side * side, codebook.sample_size, codebook.seed)
     kept: list[np.ndarray] = []
 
     def collect(rows: np.ndarray, cells: np.ndarray) -> None:
-        flat = cells.reshape(len(rows), per_image, channels)
-        choice = rng.random((len(rows), per_image)).argsort(axis=1)[:, :keep]
-        kept.append(np.take_along_axis(flat, choice[..., None], axis=1).reshape(-1, channels))
+        kept.append(sample_cells(subset[rows], cells, keep, codebook.seed))
 
     run.progress.plan("features", n)  # the full pass comes next: part of the overall estimate
     sampled = _extract(run, run.samples.iloc[subset], backbone, collect, "codebook sample")
     if not kept:  # not one image of the sample decoded
-        _no_readable_samples(run.dir, pd.concat([run.problems, sampled.problems], ignore_index=True))
+        no_readable_samples(run.dir, pd.concat([run.problems, sampled.problems], ignore_index=True))
     run.progress.update("codebook", 0, 1)
     codebook.fit(np.concatenate(kept))
     run.progress.update("codebook", 1, 1)
@@ -257,29 +258,13 @@ def _words_in_two_passes(run: IndexRun, codebook: Codebook, backbone, feature_ke
     write_key(features_dir / "features.key.json", {**feature_key, "cells": False})
 
 
-def _write_quality(run: IndexRun, table: pd.DataFrame, feature_key: dict) -> None:
-    atomic_parquet(table, run.dir / QUALITY_FILE)
-    write_key(run.dir / QUALITY_KEY, feature_key)
-
-
 def _measure_quality(run: IndexRun, feature_key: dict) -> None:
     """The quality table from a decode-only pass (no backbone), for features cached without it."""
     from mlfix.data.quality import measure_images
 
     table = measure_images(run.root, run.samples, run.settings.image_size,
                            progress=run.progress.stage("image quality"), workers=run.workers or None)
-    _write_quality(run, table, feature_key)
-
-
-def _record_decode_failures(run: IndexRun, ok: np.ndarray, failures: pd.DataFrame) -> None:
-    samples = run.samples.copy()
-    samples["status"] = np.where(ok, "ok", "unreadable")
-    samples["status"] = samples["status"].astype("string")
-    problems = run.problems
-    problems = problems[problems["stage"] != "decode"]
-    atomic_parquet(samples, run.dir / "samples.parquet")
-    atomic_parquet(pd.concat([problems, failures], ignore_index=True), run.dir / "problems.parquet")
-    run.samples = samples
+    write_quality(run, table, feature_key)
 
 
 def _orders(run: IndexRun, order_key: dict) -> None:

@@ -261,6 +261,17 @@ class ClaimBook:
         label = _check_label(label)
         return {c.page: c for c in self._open(label) if c.reviewer != reviewer}
 
+    def recent(self, label: str, reviewer: str, minutes: float = DEFAULT_MINUTES) -> set[int]:
+        """The pages (rows) of ``label`` that ``reviewer`` holds, or held in the last ``minutes``: what
+        they were shown lately, whichever server showed it (a tab that moved to another server)."""
+        label, reviewer, minutes = _check(label, reviewer, minutes)
+        t = claims_table
+        since = self._now() - _dt.timedelta(minutes=minutes)
+        lately = sa.or_(sa.and_(t.c.ended_at.is_(None), t.c.expires_at > since), t.c.ended_at > since)
+        query = sa.select(t.c.page).where(t.c.label == label, t.c.reviewer == reviewer, lately).distinct()
+        with unavailable_as_error(self.url), self.engine.connect() as conn:
+            return {int(page) for page in conn.execute(query).scalars()}
+
     def renew(self, label: str, page: int, reviewer: str, minutes: float = DEFAULT_MINUTES) -> _dt.datetime:
         """Extend ``reviewer``'s claim on ``page`` (re-claim it if it expired and is still free).
 

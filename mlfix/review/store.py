@@ -68,6 +68,9 @@ from mlfix.review.schema import (check_batch, check_same_decision, decisions_tab
 
 ENV_DB_URL = "MLFIX_DB_URL"  # the decisions database of a team session (PostgreSQL)
 _CHUNK = 500  # rows per IN (...) lookup: well under SQLite's bound-parameter limit
+# PostgreSQL ids come from a sequence at insert, not at commit: without this lock (held to the commit)
+# id 11 could be seen before 10, and a reader keyed on the last id would miss 10 for good.
+WRITE_LOCK = lock_key("mlfix-decisions-write")
 
 
 def _now() -> _dt.datetime:
@@ -153,12 +156,16 @@ class ReviewStore:
 
         On a SQLite file, writers first queue on a lock file (:class:`~mlfix.review.database.WriterQueue`).
         The transaction itself begins with BEGIN IMMEDIATE, and the busy timeout still covers other
-        programs writing to the file.
+        programs writing to the file. On PostgreSQL it first takes the decisions' advisory lock
+        (:data:`WRITE_LOCK`): writers from every server take their ids and commit one after the
+        other, so ids become visible in increasing order (see :meth:`last_id`).
         """
         with unavailable_as_error(self.url), self._writers.turn():
             with self.engine.connect() as conn:
                 conn = conn.execution_options(mlfix_write=True)
                 with conn.begin():
+                    if self.dialect == "postgresql":
+                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITE_LOCK})
                     yield conn
 
     def _create_schema(self) -> None:
@@ -184,12 +191,12 @@ class ReviewStore:
         """
         if isinstance(decisions, Mapping):
             decisions = [decisions]
-        allowed = frozenset(labels) if labels is not None else classes.allowed_labels(self)
-        rows = [validate_decision(d, allowed, i) for i, d in enumerate(decisions)]
-        if not rows:
+        decisions = list(decisions)
+        if not decisions:
             return []
-        rows = check_batch(rows)
-        with self._write() as conn:
+        with self._write() as conn:  # the class list read under the write lock: a merge elsewhere is seen
+            allowed = frozenset(labels) if labels is not None else classes.allowed_labels(self)
+            rows = check_batch([validate_decision(d, allowed, i) for i, d in enumerate(decisions)])
             return self._insert(conn, rows)
 
     def _insert(self, conn: Connection, rows: list[dict]) -> list[int]:
@@ -354,7 +361,8 @@ class ReviewStore:
             return log_frame(conn.execute(query))
 
     def last_id(self) -> int:
-        """The id of the latest decision (0 when none): a cheap "did anything change?" check."""
+        """The id of the latest decision (0 when none): a cheap "did anything change?" check. Ids become
+        visible in increasing order whatever server wrote them: none below it appears later."""
         with unavailable_as_error(self.url), self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.max(decisions_table.c.id))).scalar() or 0)
 

@@ -44,15 +44,27 @@ def check_ids(sample_ids, n: int) -> np.ndarray:
     return ids
 
 
+LARGE_ROWS = 200_000  # from here embeddings are checked in chunks and passed on as given (float16 memmap)
+CHECK_CHUNK = 65_536  # rows per finiteness check of large embeddings
+
+
 def check_embeddings(embeddings, name: str = "embeddings") -> np.ndarray:
-    """A non-empty finite (N, D) float32 array, or ValueError that says what to fix."""
-    x = np.asarray(embeddings)
+    """A non-empty finite (N, D) float32 array, or ValueError that says what to fix.
+
+    From :data:`LARGE_ROWS` rows a float16/float32 array (e.g. the project's float16 memory map) is
+    checked chunk by chunk and returned as it is: a float32 copy of 10M x 1280 would be 51 GB. The
+    functions that take it then read it in chunks (the approximate neighbours, the minibatch probe).
+    """
+    x = embeddings if isinstance(embeddings, np.ndarray) else np.asarray(embeddings)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} must be a non-empty 2-D array (N samples x D dims), got shape {x.shape}")
-    x = x.astype(np.float32, copy=False)
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite values; re-extract the features of those "
-                         "samples or drop them before scoring")
+    large = x.shape[0] >= LARGE_ROWS and x.dtype in (np.float16, np.float32)
+    if not large:
+        x = x.astype(np.float32, copy=False)
+    for start in range(0, x.shape[0], CHECK_CHUNK if large else x.shape[0]):
+        if not np.isfinite(x[start:start + (CHECK_CHUNK if large else x.shape[0])]).all():
+            raise ValueError(f"{name} contains NaN or infinite values; re-extract the features of those "
+                             "samples or drop them before scoring")
     return x
 
 

@@ -27,11 +27,13 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
+from mlfix.scoring import ann
 from mlfix.scoring.contract import (Labels, check_embeddings, check_ids, check_trusted, encode_labels,
                                     finish_score, score_frame)
 
@@ -39,6 +41,11 @@ if TYPE_CHECKING:
     import faiss
 
 DEFAULT_K = 50  # neighbours per sample
+# Rows from which neighbours come from an IVF index (mlfix.scoring.ann). Exact search costs N^2 D:
+# at 20k x 1280 (float16 memmap, k=50, 2 shared cores) exact took 64 s and IVF 64 s (30 s to build);
+# at 100k IVF took 654 s and exact ~25x its 20k time (~1,600 s); beyond, the gap grows as sqrt N.
+# 100k keeps every project up to ~12.8 TFLOP of exact search (minutes on a workstation) exact.
+APPROXIMATE_MIN = 100_000
 
 
 @dataclass(frozen=True)
@@ -66,26 +73,41 @@ def cosine_index(vectors: np.ndarray) -> tuple[faiss.IndexFlatIP, np.ndarray]:
     return index, x
 
 
-def embedding_neighbours(embeddings: np.ndarray, k: int = DEFAULT_K) -> Neighbours:
-    """The ``k`` nearest neighbours of every row by cosine similarity (faiss, exact), self excluded.
+def embedding_neighbours(embeddings: np.ndarray, k: int = DEFAULT_K, approximate: bool | None = None,
+                         seed: int = 0) -> Neighbours:
+    """The ``k`` nearest neighbours of every row by cosine similarity (faiss), self excluded.
 
-    ``k`` is capped at N - 1. The result depends only on the embeddings, so a caller that rescores
-    after relabeling (the review loop) can compute it once and pass it to :func:`knn_vote`.
+    Exact up to APPROXIMATE_MIN rows; above, an IVF index (:mod:`mlfix.scoring.ann`: recall@k >= 0.95
+    tuned per index, vectors read and converted chunk by chunk, so a float16 memmap is never loaded
+    whole). ``approximate`` forces either path (None: by size; an approximate request under
+    ``ann.MIN_ROWS`` rows is served exactly). ``seed`` seeds the index's training. ``k`` is capped at
+    N - 1. The result depends only on the embeddings, so a caller that rescores after relabeling (the
+    review loop) can compute it once and pass it to :func:`knn_vote`.
 
     >>> embedding_neighbours(np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]), k=1).index.tolist()
     [[1], [0], [1]]
     """
-    index, x = cosine_index(check_embeddings(embeddings))
-    return _search_without_self(index, x, k)
+    n = _rows(embeddings, "embeddings")
+    if not _approximate(n, approximate):
+        index, x = cosine_index(check_embeddings(embeddings))
+        return _search_without_self(index, x, k)
+    k, read = _capped(n, k), unit_reader(embeddings)
+    index = approximate_index(embeddings, k, seed, read)
+    similarity, found = ann.search_all(index, read, n, k)
+    return Neighbours(found, similarity)
 
 
-def word_neighbours(bags: np.ndarray, k: int = DEFAULT_K, n_words: int | None = None) -> Neighbours:
+def word_neighbours(bags: np.ndarray, k: int = DEFAULT_K, n_words: int | None = None,
+                    approximate: bool | None = None, seed: int = 0) -> Neighbours:
     """The ``k`` images sharing the most visual words with every image, self excluded.
 
     ``bags`` is (N, k/8) packed uint8 (as ``mlfix.pipeline.codebook.pack_bags`` writes) or (N, k)
     bool. The similarity is the number of shared words, ``(x & y).sum()`` (the seed's ordering
-    criterion), computed as an inner product of 0/1 vectors in a faiss flat index: exact, searched in
-    blocks, so memory is O(N x words), never O(N^2).
+    criterion), computed as an inner product of 0/1 vectors: exact in a faiss flat index up to
+    APPROXIMATE_MIN rows, above in an IVF index holding each word as one byte (counts stay exact,
+    only the probing is approximate; :mod:`mlfix.scoring.ann`). Bags are unpacked and searched a
+    chunk at a time, so memory is the index plus one chunk, never O(N^2). ``approximate``, ``seed``:
+    as in :func:`embedding_neighbours`.
 
     >>> bags = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 1, 1]], dtype=bool)
     >>> near = word_neighbours(bags, k=1)
@@ -94,10 +116,117 @@ def word_neighbours(bags: np.ndarray, k: int = DEFAULT_K, n_words: int | None = 
     """
     import faiss
 
-    x = unpack(bags, n_words).astype(np.float32)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    return _search_without_self(index, x, k)
+    n = _rows(bags, "bags")
+    k = _capped(n, k)
+    width = unpack(bags[:1], n_words).shape[1]  # checks the dtype early; each chunk checks its values
+
+    def read(rows) -> np.ndarray:
+        return unpack(np.asarray(bags[rows]), n_words).astype(np.float32)
+
+    if _approximate(n, approximate):
+        index = ann.build_ivf(read, n, width, seed, exact_bytes=True)
+        index.nprobe = ann.tune_nprobe(index, read, n, k, seed)
+    else:
+        index = faiss.IndexFlatIP(width)
+        for part in ann.chunks(n):
+            index.add(read(part))
+    similarity, found = ann.search_all(index, read, n, k)
+    return Neighbours(found, similarity)
+
+
+def approximate_index(embeddings: np.ndarray, k: int = DEFAULT_K, seed: int = 0, read=None):
+    """A cosine IVF index over ``embeddings`` (N, D) (any float dtype, a memmap read in chunks), its
+    ``nprobe`` tuned for recall@k (:func:`mlfix.scoring.ann.tune_nprobe`); query it with unit
+    float32 vectors. For one-off queries (``Project.neighbours``) on millions of rows."""
+    read = read or unit_reader(embeddings)
+    n, dim = np.shape(embeddings)
+    index = ann.build_ivf(read, n, dim, seed)
+    index.nprobe = ann.tune_nprobe(index, read, n, min(k, n - 1), seed)
+    return index
+
+
+def search_index(embeddings: np.ndarray, approximate: bool | None = None, seed: int = 0):
+    """A faiss cosine index over ``embeddings``: exact (:func:`cosine_index`) or, above
+    APPROXIMATE_MIN rows, :func:`approximate_index`. Query it with unit float32 rows."""
+    if _approximate(len(embeddings), approximate):
+        return approximate_index(embeddings, DEFAULT_K, seed)
+    return cosine_index(np.asarray(embeddings))[0]
+
+
+def stored_search_index(embeddings: np.ndarray, path: Path, key: dict | None):
+    """:func:`search_index`, kept in ``path`` (with ``key``, what made the vectors) when approximate:
+    read back while the key matches, built and written otherwise. An exact index is cheap to build
+    and as large as the vectors, so it is never stored."""
+    import faiss
+
+    from mlfix.atomic import atomic_path
+    from mlfix.pipeline.artifacts import read_key, write_key
+
+    if not _approximate(len(embeddings), None):
+        return search_index(embeddings)
+    key_path = Path(path).with_suffix(".key.json")
+    if key is not None and read_key(key_path) == key and Path(path).is_file():
+        return faiss.read_index(str(path))
+    index = search_index(embeddings)
+    with atomic_path(path, suffix=".faiss") as tmp:
+        faiss.write_index(index, str(tmp))
+    write_key(key_path, key)
+    return index
+
+
+def neighbour_recall(vectors: np.ndarray, k: int = DEFAULT_K, sample: int = 1000, seed: int = 0) -> float:
+    """Recall@k of the approximate index against exact search, on ``sample`` seeded query rows.
+
+    Builds the index :func:`embedding_neighbours` builds above APPROXIMATE_MIN (same seed), searches
+    the sampled rows, and counts the found neighbours at least as similar as the exact k-th (tie-aware
+    recall: |found & exact| / k when similarities differ). The exact side is one chunked scan.
+
+    >>> x = np.random.default_rng(0).normal(size=(3000, 16)).astype(np.float32)
+    >>> neighbour_recall(x, k=10, sample=100) >= 0.95
+    True
+    """
+    n = _rows(vectors, "vectors")
+    k, read = _capped(n, k), unit_reader(vectors)
+    index = approximate_index(vectors, k, seed, read)
+    rows = np.sort(np.random.default_rng(seed + 2).choice(n, size=min(n, sample), replace=False))
+    return ann.probe_recall(index, read, n, k, rows)(index.nprobe)
+
+
+def unit_reader(embeddings: np.ndarray):
+    """rows -> those rows of ``embeddings`` as unit float32 (one chunk at a time), or ValueError
+    when they hold NaN or infinite values."""
+    def read(rows) -> np.ndarray:
+        x = check_embeddings(np.array(embeddings[rows], dtype=np.float32))  # a copy: never the caller's
+        x /= np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)  # as faiss.normalize_L2
+        return x
+
+    return read
+
+
+def _rows(array, name: str) -> int:
+    shape = np.shape(array)
+    if len(shape) != 2 or shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D array (N samples x D dims), got shape {shape}")
+    return shape[0]
+
+
+def approximate_min() -> int:
+    """Rows from which the search is approximate (APPROXIMATE_MIN, read when called)."""
+    return APPROXIMATE_MIN
+
+
+def _approximate(n: int, approximate: bool | None) -> bool:
+    if approximate is None:
+        return n >= APPROXIMATE_MIN
+    return bool(approximate) and n >= ann.MIN_ROWS
+
+
+def _capped(n: int, k: int) -> int:
+    if n < 2:
+        raise ValueError("neighbour votes need at least 2 samples")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return min(k, n - 1)
 
 
 def unpack(bags: np.ndarray, n_words: int | None = None) -> np.ndarray:
@@ -121,19 +250,10 @@ def unpack(bags: np.ndarray, n_words: int | None = None) -> np.ndarray:
 
 
 def _search_without_self(index, x: np.ndarray, k: int) -> Neighbours:
-    n = x.shape[0]
-    if n < 2:
-        raise ValueError("neighbour votes need at least 2 samples")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    k = min(k, n - 1)
+    k = _capped(x.shape[0], k)
     similarity, found = index.search(x, k + 1)
-    # Drop each row's own entry; when duplicates push self out of the top k+1, drop the last instead.
-    is_self = found == np.arange(n)[:, None]
-    no_self = ~is_self.any(axis=1)
-    is_self[no_self, -1] = True
-    keep = ~is_self
-    return Neighbours(found[keep].reshape(n, k).astype(np.int64), similarity[keep].reshape(n, k))
+    similarity, found = ann.drop_self(similarity, found, np.arange(x.shape[0]), k)
+    return Neighbours(found, similarity)
 
 
 def vote_shares(neighbours: Neighbours, labels: Labels, weighted: bool = True,

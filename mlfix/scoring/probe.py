@@ -45,11 +45,15 @@ from mlfix.data.folds import fold_splits
 from mlfix.scoring.confident_learning import find_label_issues, import_cleanlab, self_confidence
 from mlfix.scoring.contract import (Labels, check_embeddings, check_ids, check_trusted, encode_labels,
                                     finish_score, score_frame)
+from mlfix.scoring.probe_minibatch import check_rows, fit_folds
 
 # Probe regularization (weight decay on standardized features, mean loss): the best AUROC of a sweep
 # over 0.01, 0.03, 0.1 and 1.0 on CIFAR-10N features (bench/detect.py); the detection figures it gives
 # are in the README's figures table (python -m bench.detect).
 DEFAULT_L2 = 0.1
+# Rows from which the probe is fitted by minibatches (mlfix.scoring.probe_minibatch): the full fit holds
+# ~3.5 float32 copies of the (N, D) matrix: 1.8 GB at 100k x 1280, 3.6 GB here (bench/scale_probe.py).
+MINIBATCH_MIN = 200_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +103,7 @@ def aligned_out_of_fold(probs: np.ndarray, classes: Sequence, fold: np.ndarray, 
 def out_of_fold_probabilities(embeddings: np.ndarray, labels: Sequence, folds: int = 5, seed: int = 0,
                               trusted: np.ndarray | None = None, l2: float = DEFAULT_L2,
                               max_iter: int = 200, probe: str = "lbfgs",
-                              refit_without_suspects: bool = True) -> OutOfFold:
+                              refit_without_suspects: bool = True, minibatch: bool | None = None) -> OutOfFold:
     """Cross-validated linear probe: each labeled sample's class probabilities from a model that never
     saw it.
 
@@ -123,6 +127,8 @@ def out_of_fold_probabilities(embeddings: np.ndarray, labels: Sequence, folds: i
             the flagged samples' refit rows come from the mean of the refit's fold models (``fold``
             -1). A class keeps its flagged samples when flagging would drop half of it or more: a
             probe that never saw a class cannot tell its samples apart.
+        minibatch: fit by minibatches, reading ``embeddings`` (a float16 memmap) chunk by chunk (None:
+            from :data:`MINIBATCH_MIN` rows; :mod:`mlfix.scoring.probe_minibatch`; no ``probe``, ``max_iter``).
 
     Returns:
         :class:`OutOfFold`.
@@ -133,10 +139,12 @@ def out_of_fold_probabilities(embeddings: np.ndarray, labels: Sequence, folds: i
         >>> oof.predicted()[[0, 19]].tolist()
         ['a', 'b']
     """
-    x = check_embeddings(embeddings)
+    minibatch = len(embeddings) >= MINIBATCH_MIN if minibatch is None else minibatch
+    x = check_rows(embeddings) if minibatch else check_embeddings(embeddings)
     n = x.shape[0]
     coded, mask = encode_labels(labels, n), check_trusted(trusted, n)
-    first = _one_fit(x, coded, mask, folds, seed, l2, max_iter, probe)
+    fit = (x, folds, seed, l2, max_iter, probe, minibatch)
+    first = _one_fit(coded, mask, *fit)
     if not refit_without_suspects:
         return first
     flags = _flags(first, coded, mask)
@@ -144,7 +152,7 @@ def out_of_fold_probabilities(embeddings: np.ndarray, labels: Sequence, folds: i
     if not suspects.any():
         return OutOfFold(first.probs, first.classes, first.fold, flags)
     unflagged = Labels(np.where(suspects, -1, coded.codes), coded.classes)
-    second = _one_fit(x, unflagged, mask, folds, seed, l2, max_iter, probe)
+    second = _one_fit(unflagged, mask, *fit)
     return OutOfFold((first.probs + second.probs) / 2, first.classes, second.fold, flags)
 
 
@@ -181,8 +189,8 @@ def _suspects(flags: np.ndarray, coded: Labels) -> np.ndarray:
     return flags & ~keep_all[np.maximum(coded.codes, 0)]
 
 
-def _one_fit(x: np.ndarray, coded: Labels, mask: np.ndarray, folds: int, seed: int, l2: float,
-             max_iter: int, probe: str) -> OutOfFold:
+def _one_fit(coded: Labels, mask: np.ndarray, x: np.ndarray, folds: int, seed: int, l2: float,
+             max_iter: int, probe: str, minibatch: bool = False) -> OutOfFold:
     n = x.shape[0]
     if folds < 2:
         raise ValueError(f"folds must be >= 2, got {folds}")
@@ -195,29 +203,28 @@ def _one_fit(x: np.ndarray, coded: Labels, mask: np.ndarray, folds: int, seed: i
         probs[:, 0] = 1.0
         return OutOfFold(probs[:, :n_classes] if n_classes else probs[:, :0], coded.classes, fold_of)
     held = np.flatnonzero(coded.labeled & ~mask)  # samples that get a real out-of-fold prediction
-    always = np.flatnonzero(coded.labeled & mask)  # trusted: in every training fold
-    rest = np.flatnonzero(~(coded.labeled & ~mask))  # trusted + unlabeled: mean of the fold models
     splits = fold_splits(coded.codes[held], folds, seed)
-    for f, (train_pos, test_pos) in enumerate(splits):
-        train = np.concatenate([held[train_pos], always])
-        test = held[test_pos]
-        fold_of[test] = f
+    for f, (_, test_pos) in enumerate(splits):
+        fold_of[held[test_pos]] = f
+    # Model f trains on the labeled rows not held out in fold f (trusted: all models; under 2 held out:
+    # one model on all labeled rows); rows held out nowhere (trusted, unlabeled) get the models' mean.
+    models, rest = max(len(splits), 1), np.flatnonzero(fold_of < 0)
+    if minibatch:  # every fold model in one pass per epoch over the data
+        fit_folds(x, coded.codes, fold_of, models, n_classes, l2, seed, probs)
+        return OutOfFold(probs, coded.classes, fold_of)
+    for f in range(models):
+        train, test = np.flatnonzero(coded.labeled & (fold_of != f)), np.flatnonzero(fold_of == f)
         predict = _fit_probe(x[train], coded.codes[train], n_classes, l2, max_iter, probe, seed)
         probs[test] = predict(x[test])
         if len(rest):
-            probs[rest] += predict(x[rest]) / len(splits)
-    if not splits:  # fewer than 2 held-out samples: train once on everything labeled
-        predict = _fit_probe(x[coded.labeled], coded.codes[coded.labeled], n_classes, l2, max_iter,
-                             probe, seed)
-        probs[:] = predict(x)
+            probs[rest] += predict(x[rest]) / models
     return OutOfFold(probs, coded.classes, fold_of)
 
 
 def _fit_probe(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, max_iter: int, probe: str,
                seed: int):
     """Fit a standardized multinomial logistic regression; return ``predict(x) -> (n, n_classes)``."""
-    mean = x.mean(axis=0)
-    std = x.std(axis=0) + 1e-6
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
     present = np.unique(y)
     if len(present) == 1:  # a training fold with one class: it predicts that class
         def predict_constant(z: np.ndarray) -> np.ndarray:
@@ -245,6 +252,7 @@ def _fit_lbfgs(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, max_iter
     is deterministic (the problem is convex: the start does not change the optimum).
     """
     from scipy.optimize import minimize
+    from scipy.special import softmax
     from threadpoolctl import threadpool_limits
 
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -271,13 +279,7 @@ def _fit_lbfgs(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, max_iter
                           options={"maxiter": max_iter, "gtol": 1e-5})
     w = result.x[: d * n_classes].reshape(d, n_classes).astype(np.float32)
     b = result.x[d * n_classes:].astype(np.float32)
-
-    def predict(z: np.ndarray) -> np.ndarray:
-        logits = (np.asarray(z, dtype=np.float32) @ w + b).astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        return p / p.sum(axis=1, keepdims=True)
-    return predict
+    return lambda z: softmax((np.asarray(z, dtype=np.float32) @ w + b).astype(np.float64), axis=1)
 
 
 def _fit_sklearn(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, max_iter: int, seed: int):

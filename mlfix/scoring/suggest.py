@@ -41,13 +41,16 @@ import numpy as np
 import pandas as pd
 
 from mlfix.scoring.contract import check_embeddings, check_ids, check_trusted, encode_labels
-from mlfix.scoring.neighbours import Neighbours, cosine_index, vote_shares
+from mlfix.scoring.neighbours import Neighbours, search_index, vote_shares
 
 SUGGEST_COLUMNS = ["sample_id", "suggested_label", "confidence", "source"]
 METHODS = ("auto", "knn", "probe")
 SCOPES = ("unlabeled", "all")
 DEFAULT_K = 15  # neighbours that vote: fewer than the scores' 50, labels are scarce here
 PROBE_MIN_PER_CLASS = 20  # "auto" fits the probe once every class has this many labels
+
+
+QUERY_CHUNK = 32_768  # rows per neighbour query
 
 
 def empty_suggestions(reason: str) -> pd.DataFrame:
@@ -159,11 +162,13 @@ def labelled_neighbours(embeddings: np.ndarray, labelled: np.ndarray, k: int = D
         raise ValueError(f"k must be >= 1, got {k}")
     if len(rows) == 0:
         return Neighbours(np.full((len(x), 1), -1, dtype=np.int64), np.zeros((len(x), 1), dtype=np.float32))
-    index, _ = cosine_index(x[rows])
-    query = np.array(x, dtype=np.float32, copy=True)
-    query /= np.clip(np.linalg.norm(query, axis=1, keepdims=True), 1e-12, None)
+    index = search_index(x if len(rows) == len(x) else x[rows])  # exact, or IVF above APPROXIMATE_MIN rows
     width = min(k + 1, len(rows))
-    similarity, found = index.search(query, width)
+    similarity, found = np.zeros((len(x), width), np.float32), np.zeros((len(x), width), np.int64)
+    for start in range(0, len(x), QUERY_CHUNK):  # float32 copies a chunk at a time (x may be a float16 memmap)
+        query = np.array(x[start:start + QUERY_CHUNK], dtype=np.float32, copy=True)
+        query /= np.clip(np.linalg.norm(query, axis=1, keepdims=True), 1e-12, None)
+        similarity[start:start + QUERY_CHUNK], found[start:start + QUERY_CHUNK] = index.search(query, width)
     found = np.where(found >= 0, rows[np.maximum(found, 0)], -1)
     found[found == np.arange(len(x))[:, None]] = -1  # a labelled sample does not vote for itself
     keep = np.argsort(found < 0, axis=1, kind="stable")[:, :min(k, width)]  # drop self, keep order

@@ -39,7 +39,19 @@ def effective(store, originals: pd.Series, labels: list[str]) -> tuple[pd.Series
     events = team.read_or(lambda: class_events.read_events(store), lambda: None, key="class_events")
     if events is None or events.empty:
         return originals, list(labels)
-    return class_events.effective_labels(originals, events, labels), class_events.class_list(labels, events)
+    # Mapping every given label is a pass over the samples (seconds at 10M): once per class event.
+    key = (getattr(store, "url", None), id(originals), len(originals), tuple(labels), int(events["id"].max()),
+           len(events))
+    source, mapped = _effective_labels(key, originals, events, labels)
+    if source is not originals:  # another table that happens to share the id: not the one cached
+        mapped = class_events.effective_labels(originals, events, labels)
+    return mapped, class_events.class_list(labels, events)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _effective_labels(key: tuple, _originals: pd.Series, _events: pd.DataFrame,
+                      _labels: list[str]) -> tuple[pd.Series, pd.Series]:
+    return _originals, class_events.effective_labels(_originals, _events, _labels)
 
 
 def split_names(text: str) -> list[str]:

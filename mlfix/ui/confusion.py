@@ -64,15 +64,21 @@ def confusion_frame(scores: pd.DataFrame, labels: pd.Series | None = None) -> pd
     if column is None or "sample_id" not in scores.columns:
         return None
     if "label" in scores.columns:
-        given = scores["label"].to_numpy(dtype=object)
+        given = _strings(scores["label"])
     elif labels is not None:
         given = labels.reindex(scores["sample_id"]).to_numpy(dtype=object)
     else:
         return None
     order = (scores[ORDER_COLUMN].to_numpy(dtype=float) if ORDER_COLUMN in scores.columns
              else np.zeros(len(scores)))
-    return pd.DataFrame({"sample_id": scores["sample_id"].to_numpy(dtype=object), "given": given,
-                         "predicted": scores[column].to_numpy(dtype=object), "order": order})
+    return pd.DataFrame({"sample_id": _strings(scores["sample_id"]), "given": given,
+                         "predicted": _strings(scores[column]), "order": order})
+
+
+def _strings(column: pd.Series):
+    """A str column as it is (the frame stores str either way; no Python object per row: 10M rows
+    would make 0.6 GB of them), any other column as objects."""
+    return column.array if isinstance(column.dtype, pd.StringDtype) else column.to_numpy(dtype=object)
 
 
 def counts(frame: pd.DataFrame) -> pd.DataFrame:

@@ -147,8 +147,9 @@ def _send(project: Project, actions: list[dict], known: set[str]) -> bool:
     applier = _applier()
     payload = {"session": st.session_state[SESSION_KEY], "actions": actions}
     try:
-        result = applier.apply(payload, review_store(project), sample_tables(project)[1], access.reviewer(),
-                               known_ids=known, shown=_shown(), rate=team.rate_limiter())
+        store = review_store(project)
+        result = applier.apply(payload, store, sample_tables(project)[1], access.reviewer(),
+                               known_ids=known, shown=_shown(), rate=team.rate_limiter(store))
     except (BatchError, StoreUnavailable) as err:
         st.session_state[ERRORS_KEY] = [f"Nothing was stored: {err}"]
         if isinstance(err, StoreUnavailable):

@@ -38,6 +38,7 @@ from typing import Any, Callable, Sequence
 
 import streamlit as st
 from mlfix.atomic import atomic_path
+from mlfix.service import liveness
 
 HERE = Path(__file__).resolve().parent
 COMPONENT_NAME = "mlfix_review_grid"
@@ -118,6 +119,7 @@ def thumbnail_urls(cache, sample_ids: Sequence[str], static_dir: Path | None = N
     base = Path(static_dir) / STATIC_SUBDIR / project_key
     if not base.exists():
         _prune_mirrors(base.parent)  # (a missing or read-only folder: nothing to prune)
+    liveness.hold(base)  # another server on this app folder leaves it alone while this one runs
     urls = []
     for sample_id, path in zip(sample_ids, paths):
         rel = cache.relpath(sample_id)
@@ -144,7 +146,8 @@ def forget_old_mirrors(static_dir: Path | None) -> None:
     The mirrors are served without sign-in, under a key made with this process's secret: the ones
     left by an earlier server (another secret) are only reachable by a leaked URL, so they go at
     the first call, which the app makes at start (``app.py``). A restart (say, to rotate the
-    tokens) thus ends every leaked thumbnail URL.
+    tokens) thus ends every leaked thumbnail URL. The mirrors of another server running on the same
+    app folder stay (:mod:`mlfix.service.liveness`).
     """
     if static_dir is None or str(static_dir) in _FORGOTTEN:
         return
@@ -152,7 +155,7 @@ def forget_old_mirrors(static_dir: Path | None) -> None:
     folder = Path(static_dir) / STATIC_SUBDIR
     mine = {Path(p).relative_to(folder).parts[0] for p in _LINKED if Path(p).is_relative_to(folder)}
     try:
-        old = [p for p in folder.iterdir() if p.name not in mine]
+        old = [p for p in folder.iterdir() if p.name not in mine and not liveness.held_elsewhere(p)]
     except OSError:  # no mirrors yet, or no static folder
         return
     for path in old:
@@ -165,10 +168,12 @@ def forget_old_mirrors(static_dir: Path | None) -> None:
 def _prune_mirrors(folder: Path, keep: int = MAX_MIRRORS) -> None:
     """Forget the static mirrors of the projects used longest ago (temporary projects pile up)."""
     try:
-        mirrors = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        mirrors = sorted((p for p in folder.iterdir() if p.is_dir() and not liveness.held_elsewhere(p)),
+                         key=lambda p: p.stat().st_mtime)
     except OSError:
         return
     for old in mirrors[:max(0, len(mirrors) - keep + 1)]:
+        liveness.release(old)
         shutil.rmtree(old, ignore_errors=True)
         prefix = str(old) + os.sep
         _LINKED.difference_update({p for p in _LINKED if p.startswith(prefix)})

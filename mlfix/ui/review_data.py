@@ -51,17 +51,27 @@ def score_table(project: Project) -> pd.DataFrame | None:
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _scores_by_id(project_dir: str, stamp: tuple, _scores: pd.DataFrame) -> pd.DataFrame:
+def _scores_by_id(project_dir: str, stamp: tuple, _scores: pd.DataFrame, _index: pd.Index) -> pd.DataFrame:
+    rows = _index.get_indexer(_scores["sample_id"]) if _index.is_unique else None
+    if rows is not None and len(rows) == len(_index) and (rows >= 0).all():
+        seen = np.zeros(len(_index), dtype=bool)
+        seen[rows] = True
+        if seen.all():  # one score row per sample: look them up through the samples' own hash table
+            order = np.empty_like(rows)  # (a second one of 10M ids costs over a GB)
+            order[rows] = np.arange(len(rows))
+            return _scores.drop(columns="sample_id").take(order).set_axis(_index.rename("sample_id"))
     return _scores.drop_duplicates("sample_id").set_index("sample_id")
 
 
 def scores_by_id(project: Project, scores: pd.DataFrame | None) -> pd.DataFrame | None:
-    """The scores indexed by sample id (made once per version of scores.parquet)."""
+    """The scores indexed by sample id (made once per version of scores.parquet and samples.parquet)."""
     from mlfix.ui import loaders
 
     if scores is None:
         return None
-    return _scores_by_id(str(project.dir), loaders.stamp(project.dir, ("scores.parquet",)), scores)
+    index = sample_tables(project)[0].index
+    return _scores_by_id(str(project.dir), loaders.stamp(project.dir, ("scores.parquet", "samples.parquet")),
+                         scores, index)
 
 
 def score_columns(table: pd.DataFrame | None) -> list[str]:
@@ -101,15 +111,17 @@ ORDER_FILES = ("samples.parquet", "orders/orders.json", "orders/orders.key.json"
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _ordering(project_dir: str, stamp: tuple, label: str | None, view_key: tuple | None, sort: str,
-              _project, _view, _scores) -> tuple[np.ndarray, pd.Index, str | None]:
+              _project, _view, _scores) -> tuple[np.ndarray, pd.Index, str | None, np.ndarray]:
     ids, note = ordered_ids(_project, label, _view, sort, _scores)
-    return ids, pd.Index(ids), note
+    originals = sample_tables(_project)[0]  # its index is project.samples' sample_id, row for row
+    return ids, pd.Index(ids), note, originals.index.get_indexer(ids).astype(np.int64)
 
 
 def ordering(project: Project, label: str | None, view_name: str, view: dict | None, sort: str,
-             scores: pd.DataFrame | None) -> tuple[np.ndarray, pd.Index, str | None]:
-    """:func:`ordered_ids` plus a hash index of them, cached while the files that made them are
-    unchanged (a class of 100,000 is not re-read and re-hashed at every key press)."""
+             scores: pd.DataFrame | None) -> tuple[np.ndarray, pd.Index, str | None, np.ndarray]:
+    """:func:`ordered_ids`, a hash index of them and their rows in ``project.samples`` (-1: none), cached
+    while the files that made them are unchanged: a key press costs O(page), not a pass over the class
+    (at 10M images a pass over the ids costs seconds; bench/scale_review.py)."""
     from mlfix.ui import loaders
 
     view_key = (view_name, view.get("created"), len(view["sample_ids"])) if view is not None else None
@@ -140,12 +152,34 @@ def page_runs(project: Project, label: str | None, sort: str, view: dict | None,
     return runs[positions].tolist()
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def _neighbours(project_dir: str, stamp: tuple, sample_id: str, k: int, _project) -> list[str]:
+    return list(_project.neighbours(sample_id, k=k))
+
+
+def neighbours(project: Project, sample_id: str, k: int) -> list[str]:
+    """``project.neighbours(sample_id, k)``, cached per version of the features: a key press that
+    keeps the focus searches nothing (a search is a pass over the embeddings: ~0.1 s at 1M)."""
+    from mlfix.ui import loaders
+
+    files = ("samples.parquet", "features/pooled.npy", "features/ok.npy")
+    return _neighbours(str(project.dir), loaders.stamp(project.dir, files), sample_id, k, project)
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _sample_tables(project_dir: str, stamp: tuple, _project) -> tuple[pd.Series, list[str]]:
     samples = _project.samples
-    originals = pd.Series(samples["label"].to_numpy(dtype=object), index=samples["sample_id"].to_numpy())
+    # One str object per class, not one per sample (10M samples: 0.6 GB less); a missing label as it reads.
+    codes, names = pd.factorize(samples["label"])
+    missing = np.flatnonzero(codes < 0)
+    fill = samples["label"].iloc[missing[0]] if len(missing) else None
+    labels = np.append(np.asarray(names, dtype=object), np.array([fill], dtype=object))[codes]
+    originals = pd.Series(labels, index=samples["sample_id"].to_numpy())
     if len(originals):
         originals.index.get_loc(originals.index[0])  # builds the hash table once, here
+    # Project.row_of would hash every sample id again (over a GB at 10M): give it this index (the same
+    # positions by sample id it builds itself; dropped by the project when samples.parquet changes).
+    _project._cache.setdefault("row_of", pd.Series(np.arange(len(originals)), index=originals.index))
     return originals, list(_project.labels)
 
 

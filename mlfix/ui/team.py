@@ -208,6 +208,31 @@ def _claim(store, rows: np.ndarray, reviewer: str) -> bool:
     return True
 
 
+def shown_or_held(shown: Collection[str], store, row_of: Callable[[str], int] | None,
+                  reviewer: str) -> Callable[[str], bool]:
+    """Whether a batch from this tab may decide on an image: shown to this tab, or (claims on) held by
+    ``reviewer`` in the last 15 minutes, on any server: a tab reloaded, or moved to another server,
+    keeps the decisions it queued on images it was shown. The database is asked at the first image
+    this tab was not shown (``row_of``: sample id -> row, KeyError when unknown)."""
+    if row_of is None or not claims_on():
+        return shown.__contains__
+    held: set[int] | None = None
+
+    def check(sample_id: str) -> bool:
+        nonlocal held
+        if sample_id in shown:
+            return True
+        try:
+            row = int(row_of(sample_id))
+        except (KeyError, ValueError, TypeError):
+            return False
+        if held is None:
+            held = claim_book(store).recent(CLAIM_UNIT, reviewer)
+        return row in held
+
+    return check
+
+
 # ------------------------------------------------------------------------------------ refusals
 
 
@@ -216,9 +241,12 @@ def reviewer_tag() -> str:
     return guard.reviewer_tag(access.reviewer())
 
 
-def rate_limiter() -> guard.RateLimiter:
-    """The server's decisions-per-minute limiter (``MLFIX_MAX_DECISIONS_PER_MINUTE``), shared by all tabs."""
-    return guard.shared_limiter(limits.current().decisions_per_minute)
+def rate_limiter(store: Any = None) -> "guard.RateLimiter | Any":
+    """The decisions-per-minute limiter (``MLFIX_MAX_DECISIONS_PER_MINUTE``) shared by all tabs: in the
+    database on PostgreSQL (every server counts one allowance), else this server's (:mod:`mlfix.review.rate`)."""
+    from mlfix.review import rate
+
+    return rate.limiter_for(store, limits.current().decisions_per_minute)
 
 
 def show_refusals(errors: Sequence[str]) -> None:
