@@ -2,7 +2,7 @@
 
     mlfix index --images PATH [--labels CSV | --coco JSON] --project DIR [--backbone NAME[+NAME...]]
                 [--image-size PX] [--tta-flip] [--words K] [--weights auto|random|imagenet|offline|trained|FILE]
-                [--embeddings FILE [--embedding-ids FILE]]
+                [--embeddings FILE [--embedding-ids FILE]] [--engine local|ray [--ray-address ADDR]]
     mlfix train --project DIR [--epochs N] [--batch-size B] [--image-size PX] [--init offline|random|imagenet|FILE] [--lr LR] [--no-flip]
     mlfix finetune --project DIR [--folds K] [--epochs N] [--image-size PX] [--train head|last|last2|last3|all] [--max-train N]
     mlfix scores --project DIR [-o scores.csv] [--pred-probs FILE [--classes A,B,...] [--logits]]
