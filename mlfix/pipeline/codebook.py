@@ -65,16 +65,7 @@ class Codebook:
 
         import faiss
 
-        cells = np.asarray(cells)
-        if cells.ndim != 2:
-            raise ValueError(f"cells must be a 2-d array (M, C), got shape {cells.shape}")
-        if len(cells) < self.k:
-            raise ValueError(f"{len(cells)} cells cannot make {self.k} visual words; "
-                             f"use fewer words (e.g. --words {_suggest_k(len(cells))}) or more images")
-        rng = np.random.default_rng(self.seed)
-        total = len(cells)
-        if total > self.sample_size:
-            cells = cells[np.sort(rng.choice(total, self.sample_size, replace=False))]
+        cells, total = training_sample(cells, self.k, self.sample_size, np.random.default_rng(self.seed))
         data = np.ascontiguousarray(cells, dtype=np.float32)
         start = time.perf_counter()
         # faiss prints a raw warning below MIN_CELLS_PER_WORD points per centroid; fit_info_["advice"]
@@ -109,6 +100,21 @@ class Codebook:
         index.add(self.centroids_)
         _, nearest = index.search(flat, 1)
         return nearest[:, 0].astype(np.uint16).reshape(shape)
+
+
+def training_sample(cells: np.ndarray, k: int, sample_size: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """``(sample, total)``: at most ``sample_size`` of the (M, C) ``cells`` (seeded by ``rng``, in order)
+    to learn ``k`` words from, or ValueError for cells that cannot make them (any codebook)."""
+    cells = np.asarray(cells)
+    if cells.ndim != 2:
+        raise ValueError(f"cells must be a 2-d array (M, C), got shape {cells.shape}")
+    if len(cells) < k:
+        raise ValueError(f"{len(cells)} cells cannot make {k} visual words; "
+                         f"use fewer words (e.g. --words {_suggest_k(len(cells))}) or more images")
+    total = len(cells)
+    if total > sample_size:
+        cells = cells[np.sort(rng.choice(total, sample_size, replace=False))]
+    return cells, total
 
 
 SAMPLE_IMAGES_FACTOR = 1.25  # images drawn for the KMeans sample: a margin for images that fail to decode

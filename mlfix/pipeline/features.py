@@ -153,7 +153,7 @@ def extract(root: DataRoot, samples: pd.DataFrame, backbone, image_size: int, ba
     side = backbone.grid_size(image_size)
     pooled = _pooled_array(n, backbone.pooled_dim, pooled_out)
     ok = np.zeros(n, dtype=bool)
-    failures: list[dict] = []
+    failures: list[pd.DataFrame] = []
     stats = np.full((n, len(QUALITY_STATS)), np.nan, dtype=np.float32) if statistics else None
     hashes = np.zeros(n, dtype=np.int64) if statistics else None
     loader = make_loader(SampleImages(root, samples, image_size, statistics=statistics), batch_size, workers,
@@ -165,10 +165,8 @@ def extract(root: DataRoot, samples: pd.DataFrame, backbone, image_size: int, ba
             if statistics:
                 stats[rows], hashes[rows] = measured[0].numpy(), measured[1].numpy()
             good = np.array([not e for e in errors], dtype=bool)
-            for row, error in zip(rows[~good], np.asarray(errors, dtype=object)[~good]):
-                failures.append({"sample_id": samples["sample_id"].iloc[row] if "sample_id" in samples
-                                 else None, "path": samples["path"].iloc[row], "stage": "decode",
-                                 "reason": error})
+            if not good.all():
+                failures.append(decode_failures(samples, rows, errors))
             if good.any():
                 batch = images[torch.from_numpy(good)].to(device, non_blocking=True)
                 cells, vectors = _forward(model, batch.contiguous(memory_format=torch.channels_last), tta_flip)
@@ -182,8 +180,19 @@ def extract(root: DataRoot, samples: pd.DataFrame, backbone, image_size: int, ba
                 progress(done, n)
     if isinstance(pooled, np.memmap):
         pooled.flush()
-    return Extraction(pooled=pooled, ok=ok, problems=problems_frame(failures), grid=(side, side), stats=stats,
+    return Extraction(pooled=pooled, ok=ok, problems=pd.concat([problems_frame([]), *failures], ignore_index=True),
+                      grid=(side, side), stats=stats,
                       content_hash=hashes)
+
+
+def decode_failures(samples: pd.DataFrame, rows: np.ndarray, errors) -> pd.DataFrame:
+    """The problems table's rows (stage ``decode``) of the images at ``rows`` (positions in ``samples``)
+    whose error text is not ''; ``sample_id`` None when ``samples`` has no such column."""
+    errors = np.asarray(errors, dtype=str)
+    table = samples.iloc[np.asarray(rows, dtype=np.int64)[errors != ""]]
+    ids = table["sample_id"] if "sample_id" in table else [None] * len(table)
+    return problems_frame([{"sample_id": s, "path": p, "stage": "decode", "reason": r} for s, p, r in
+                           zip(ids, table["path"], errors[errors != ""])])
 
 
 def _forward(model, batch, tta_flip: bool):

@@ -36,12 +36,12 @@ import pandas as pd
 
 from mlfix.atomic import atomic_path, write_json_atomic
 from mlfix.data.images import DataRoot
-from mlfix.data.quality import QUALITY_FILE, QUALITY_KEY, quality_frame
+from mlfix.data.quality import QUALITY_FILE, QUALITY_KEY
 from mlfix.data.scan import problems_frame
 from mlfix.errors import NotAProjectError
 from mlfix.pipeline.artifacts import atomic_save_npy, frame_digest, read_key, same_key, write_engine, write_key
 from mlfix.pipeline.codebook import Codebook, pack_bags, sample_cells, sample_plan
-from mlfix.pipeline.index_outputs import no_readable_samples, record_decode_failures, write_quality
+from mlfix.pipeline.index_outputs import no_readable_samples, record_features_pass, write_quality
 from mlfix.pipeline.ordering import ORDERINGS
 from mlfix.progress import Progress
 from mlfix.settings import IndexSettings
@@ -185,11 +185,7 @@ def _extract_all(run: IndexRun, backbone, on_cells, feature_key: dict) -> np.nda
         result = _extract(run, run.samples, backbone, on_cells, "features", pooled_out=tmp_pooled,
                           statistics=True)
         del result.pooled  # the memory map: closed before the rename
-    atomic_save_npy(features_dir / "ok.npy", result.ok)
-    write_quality(run, quality_frame(result.content_hash, result.stats), feature_key)
-    record_decode_failures(run, result.ok, result.problems)
-    if not result.ok.any():
-        no_readable_samples(run.dir, run.problems)
+    record_features_pass(run, result.ok, result.content_hash, result.stats, result.problems, feature_key)
     return result.ok
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlfix.data.quality import QUALITY_FILE, QUALITY_KEY
+from mlfix.data.quality import QUALITY_FILE, QUALITY_KEY, quality_frame
 from mlfix.data.scan import NOTE_STAGES, problems_frame
-from mlfix.pipeline.artifacts import atomic_parquet, write_key
+from mlfix.pipeline.artifacts import atomic_parquet, atomic_save_npy, write_key
 
 FIRST_REASONS = 5  # problems quoted when every file failed
 
@@ -55,3 +55,14 @@ def record_decode_failures(run, ok: np.ndarray, failures: pd.DataFrame) -> None:
     atomic_parquet(samples, run.dir / "samples.parquet")
     atomic_parquet(pd.concat([problems, failures], ignore_index=True), run.dir / "problems.parquet")
     run.samples = samples
+
+
+def record_features_pass(run, ok: np.ndarray, hashes: np.ndarray, stats: np.ndarray, failures: pd.DataFrame,
+                         feature_key: dict) -> None:
+    """Everything a full features pass records beside pooled.npy, whichever engine ran it: ok.npy, the
+    quality table, the samples' status and the problems; the error when not one image decoded."""
+    atomic_save_npy(run.dir / "features" / "ok.npy", ok)
+    write_quality(run, quality_frame(hashes, stats), feature_key)
+    record_decode_failures(run, ok, failures)
+    if not ok.any():
+        no_readable_samples(run.dir, run.problems)

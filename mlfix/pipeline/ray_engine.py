@@ -36,11 +36,12 @@ import numpy as np
 import pandas as pd
 
 from mlfix.atomic import atomic_path, write_json_atomic
-from mlfix.data.quality import QUALITY_STATS, quality_frame
+from mlfix.data.quality import QUALITY_STATS
 from mlfix.data.scan import problems_frame
 from mlfix.errors import EngineError
 from mlfix.pipeline.artifacts import atomic_save_npy, write_key
 from mlfix.pipeline.codebook import Codebook, sample_plan
+from mlfix.pipeline.features import decode_failures
 from mlfix.pipeline.ray_shards import (ChunkModel, NpyStream, chunk_items, decode_chunk, finished_chunks,
                                        read_shard, write_shard)
 
@@ -205,19 +206,10 @@ def _full_pass(run, plan: dict, folder: Path, actor: dict) -> int:
 SHARD_ARRAYS = ("rows", "ok", "pooled", "words", "stats", "hashes", "errors", "pid")
 
 
-def decode_failures(samples: pd.DataFrame, rows: np.ndarray, errors) -> pd.DataFrame:
-    """The problems table's rows (stage ``decode``) of the images of ``rows`` whose error is not ''."""
-    errors = np.asarray(errors, dtype=str)
-    bad = np.asarray(rows, dtype=np.int64)[errors != ""]
-    table = samples.iloc[bad]
-    return problems_frame([{"sample_id": s, "path": p, "stage": "decode", "reason": r} for s, p, r in
-                           zip(table["sample_id"], table["path"], errors[errors != ""])])
-
-
 def _assemble(run, folder: Path, chunks: int, grid: tuple[int, int], feature_key: dict) -> None:
     """The shards in row order -> the local two-pass route's artifacts: words, pooled, ok, quality,
     problems and sample status, then ``features.key.json``. Streams the arrays: flat memory in N."""
-    from mlfix.pipeline.index_outputs import no_readable_samples, record_decode_failures, write_quality
+    from mlfix.pipeline.index_outputs import record_features_pass
 
     features_dir, n = run.dir / "features", len(run.samples)
     side, dim = grid
@@ -240,10 +232,7 @@ def _assemble(run, folder: Path, chunks: int, grid: tuple[int, int], feature_key
         finally:
             words.close()
             pooled.close()
-    atomic_save_npy(features_dir / "ok.npy", ok)
-    write_quality(run, quality_frame(hashes, stats), feature_key)
-    record_decode_failures(run, ok, pd.concat([problems_frame([]), *failures], ignore_index=True))
-    if not ok.any():
-        no_readable_samples(run.dir, run.problems)
+    record_features_pass(run, ok, hashes, stats, pd.concat([problems_frame([]), *failures], ignore_index=True),
+                         feature_key)
     (features_dir / "cells.npy").unlink(missing_ok=True)
     write_key(features_dir / "features.key.json", {**feature_key, "cells": False})

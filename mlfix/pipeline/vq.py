@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from mlfix.pipeline.codebook import MAX_WORDS, MIN_CELLS_PER_WORD, small_set_advice
+from mlfix.pipeline.codebook import MAX_WORDS, MIN_CELLS_PER_WORD, small_set_advice, training_sample
 
 DEAD_AFTER = 0.03  # a code used less than this share of its fair count per batch (batch / k) is restarted
 
@@ -85,14 +85,8 @@ class VQCodebook:
         """Train on (M, C) cell vectors; ``M`` beyond :attr:`sample_size` is subsampled (seeded)."""
         import torch
 
-        cells = np.asarray(cells)
-        if cells.ndim != 2:
-            raise ValueError(f"cells must be a 2-d array (M, C), got shape {cells.shape}")
-        if len(cells) < self.k:
-            raise ValueError(f"{len(cells)} cells cannot make {self.k} visual words; use fewer words or more images")
-        total, rng = len(cells), np.random.default_rng(self.seed)
-        if total > self.sample_size:
-            cells = cells[np.sort(rng.choice(total, self.sample_size, replace=False))]
+        rng = np.random.default_rng(self.seed)
+        cells, total = training_sample(cells, self.k, self.sample_size, rng)
         start = time.perf_counter()
         x = np.asarray(cells, dtype=np.float32)
         self.mean_ = x.mean(axis=0)
