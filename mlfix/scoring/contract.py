@@ -48,21 +48,24 @@ LARGE_ROWS = 200_000  # from here embeddings are checked in chunks and passed on
 CHECK_CHUNK = 65_536  # rows per finiteness check of large embeddings
 
 
-def check_embeddings(embeddings, name: str = "embeddings") -> np.ndarray:
-    """A non-empty finite (N, D) float32 array, or ValueError that says what to fix.
+def check_embeddings(embeddings, name: str = "embeddings", convert: bool | None = None) -> np.ndarray:
+    """A non-empty finite (N, D) array, or ValueError that says what to fix.
 
-    From :data:`LARGE_ROWS` rows a float16/float32 array (e.g. the project's float16 memory map) is
-    checked chunk by chunk and returned as it is: a float32 copy of 10M x 1280 would be 51 GB. The
-    functions that take it then read it in chunks (the approximate neighbours, the minibatch probe).
+    ``convert``: True gives float32; False returns the array as it is (a float16 memory map stays one),
+    checked chunk by chunk; None (the default) is False from :data:`LARGE_ROWS` rows of float16/float32,
+    else True: a float32 copy of 10M x 1280 would be 51 GB, and the functions that take large
+    embeddings read them in chunks (the approximate neighbours, the minibatch probe).
     """
     x = embeddings if isinstance(embeddings, np.ndarray) else np.asarray(embeddings)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} must be a non-empty 2-D array (N samples x D dims), got shape {x.shape}")
-    large = x.shape[0] >= LARGE_ROWS and x.dtype in (np.float16, np.float32)
-    if not large:
+    if convert is None:
+        convert = not (x.shape[0] >= LARGE_ROWS and x.dtype in (np.float16, np.float32))
+    if convert:
         x = x.astype(np.float32, copy=False)
-    for start in range(0, x.shape[0], CHECK_CHUNK if large else x.shape[0]):
-        if not np.isfinite(x[start:start + (CHECK_CHUNK if large else x.shape[0])]).all():
+    step = x.shape[0] if convert else CHECK_CHUNK
+    for start in range(0, x.shape[0], step):
+        if not np.isfinite(x[start:start + step]).all():
             raise ValueError(f"{name} contains NaN or infinite values; re-extract the features of those "
                              "samples or drop them before scoring")
     return x

@@ -140,7 +140,7 @@ def out_of_fold_probabilities(embeddings: np.ndarray, labels: Sequence, folds: i
         ['a', 'b']
     """
     minibatch = len(embeddings) >= MINIBATCH_MIN if minibatch is None else minibatch
-    x = check_rows(embeddings) if minibatch else check_embeddings(embeddings)
+    x = check_rows(embeddings) if minibatch else check_embeddings(embeddings, convert=True)  # full fit: float32
     n = x.shape[0]
     coded, mask = encode_labels(labels, n), check_trusted(trusted, n)
     fit = (x, folds, seed, l2, max_iter, probe, minibatch)

@@ -42,14 +42,10 @@ ABSENT = -1e9  # logit of a class a model never saw: probability exactly 0 in fl
 
 
 def check_rows(embeddings) -> np.ndarray:
-    """``embeddings`` as an (N, D) array, unconverted (a float16 memmap stays one), after checking that it
-    is 2-D, non-empty and finite chunk by chunk (:func:`mlfix.scoring.contract.check_embeddings`'s
-    messages); ValueError otherwise."""
-    x = embeddings if isinstance(embeddings, np.ndarray) else np.asarray(embeddings)
-    step = 8 * CHUNK
-    for start in range(0, max(len(x), 1), step):
-        check_embeddings(x[start:start + step])
-    return x
+    """``embeddings`` as an (N, D) array, unconverted (a float16 memmap stays one), checked to be 2-D,
+    non-empty and finite chunk by chunk (:func:`mlfix.scoring.contract.check_embeddings`); ValueError
+    otherwise."""
+    return check_embeddings(embeddings, convert=False)
 
 
 def fit_folds(x: np.ndarray, codes: np.ndarray, fold_of: np.ndarray, n_models: int, n_classes: int,

@@ -38,3 +38,10 @@ def test_small_embeddings_are_still_float32_copies_when_they_must_be(small_large
 def test_every_large_input_reaches_the_probe_on_its_minibatch_path():
     # the probe's full fit would make the float32 copy the contract now leaves out
     assert probe.MINIBATCH_MIN <= contract.LARGE_ROWS
+
+
+def test_convert_says_it_whatever_the_size(small_large):
+    large = np.ones((150, 4), np.float16)
+    assert contract.check_embeddings(large, convert=True).dtype == np.float32  # the probe's full fit
+    small = np.ones((20, 4), np.float16)
+    assert contract.check_embeddings(small, convert=False) is small  # the minibatch probe, forced on a small set
