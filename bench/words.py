@@ -5,6 +5,7 @@
     python -m bench.words             # CIFAR-10N first 10,000 at 112 px, flowers17 1,360 at 224 px,
                                       # GTSRB 5,000 at 96 px, 1,024 words; timing at 20k and --scale-n
     python -m bench.words --only gtsrb35 --no-timing
+    python -m bench.words --only cifar10n --n 3000 --size 224 --no-timing   # one set at another plan
 
 Setup: ``efficientnet_lite0`` with its offline ImageNet weights, one pass per set through
 ``mlfix.pipeline.features.extract`` keeping the stride-16 cells: the pooled vectors of that pass are
@@ -287,14 +288,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", help="only these variants (default: all)")
     p.add_argument("--codebook", choices=("kmeans", "vq"), default="kmeans",
                    help="KMeans words, or the learned VQ-VAE codebook (mlfix.pipeline.vq)")
+    p.add_argument("--n", type=int, help="with --only: images of that set instead of the plan's")
+    p.add_argument("--size", type=int, help="with --only: image size instead of the plan's")
     p.add_argument("--no-timing", action="store_true")
     p.add_argument("--timing-only", action="store_true")
     args = p.parse_args(argv)
+    if (args.n or args.size) and not args.only:
+        p.error("--n and --size change one set's plan: give --only too")
     words = 64 if args.quick else args.words
     if not args.timing_only:
         for dataset, (full, quick) in PLANS.items():
             if args.only in (None, dataset):
                 n, size = quick if args.quick else full
+                n, size = args.n or n, args.size or size
                 run_set(dataset, n, size, words, set(args.variants) if args.variants else None, args.codebook)
     if not args.no_timing:
         sizes = (2_000,) if args.quick else (20_000, args.scale_n)
