@@ -1,8 +1,9 @@
 """Codebook: what the model has learned, as visual words.
 
-How often each word occurs; for one word, the image patches where it fires and the classes it
-occurs in; for one image, its word grid drawn over it and the weight each cell has in the combined order
-(the object in focus: a centre prior times the word's rarity). Everything heavy is cached (see
+Which codebook made the words (KMeans or a learned VQ codebook, the project's ``codebook`` setting)
+and, for a VQ one, how its fit went; how often each word occurs; for one word, the image patches
+where it fires and the classes it occurs in; for one image, its word grid drawn over it and the
+weight each cell has in the combined order (the object in focus: a centre prior times the word's rarity). Everything heavy is cached (see
 :mod:`mlfix.ui.loaders`).
 """
 
@@ -13,7 +14,7 @@ import plotly.express as px
 import streamlit as st
 
 from mlfix.project import Project
-from mlfix.ui import access, loaders, state, text
+from mlfix.ui import access, codebook_info, loaders, state, text
 
 access.require("view")  # not only the menu: a page file run directly is checked too
 
@@ -21,7 +22,7 @@ PATCHES = 48
 DISPLAY = 320  # px of the image and its word-grid overlay
 
 
-def _frequency_section(project: Project, freq) -> None:
+def _frequency_section(project: Project, freq, fit: dict) -> None:
     st.subheader("How often each word occurs")
     used = int((freq["images"] > 0).sum())
     ranked = freq.sort_values(["images", "word"], ascending=[False, True], ignore_index=True)
@@ -30,6 +31,10 @@ def _frequency_section(project: Project, freq) -> None:
     c1.metric("Words", f"{len(freq):,}")
     c2.metric("Words in use", f"{used:,}")
     c3.metric("Images", f"{len(project.samples):,}")
+    st.caption(codebook_info.codebook_caption(fit, len(freq), used))
+    vq = codebook_info.vq_fit_text(fit)
+    if vq:
+        st.caption(vq)
     fig = px.bar(ranked, x="rank", y="images", hover_data={"word": True, "cells": True, "rank": False},
                  labels={"rank": "words, most frequent first", "images": "images containing the word"})
     fig.update_traces(marker_color="#2563eb", marker_line_width=0)
@@ -119,6 +124,6 @@ if not project.is_indexed:
     st.info("This project is not indexed yet: build the index on the **Training** page first.")
     st.stop()
 frequency = loaders.word_frequency(project)
-_frequency_section(project, frequency)
+_frequency_section(project, frequency, codebook_info.codebook_fit(project))
 _word_section(project, frequency)
 _image_section(project)

@@ -20,7 +20,7 @@ import streamlit as st
 from mlfix.cli.train import default_init
 from mlfix.project import Project
 from mlfix.service import jobs
-from mlfix.ui import access, background, engine_section, finetune_section, loaders, state, text
+from mlfix.ui import access, background, codebook_info, engine_section, finetune_section, loaders, state, text
 
 access.require("train")  # not only the menu: a page file run directly is checked too
 
@@ -174,7 +174,8 @@ def _index_controls(project: Project, running: bool) -> None:
     st.markdown(f"Backbone **{text.plain(settings.backbone)}**, weights **{text.plain(weights)}**"
                 f"{' (the trained checkpoint)' if weights == 'auto' and trained else ''}, "
                 f"{project.image_size} px{' (auto)' if settings.image_size == 'auto' else ''}, "
-                f"{settings.words} words, engine **{text.plain(engine)}**.")
+                f"{settings.words} words ({codebook_info.CODEBOOK_NAMES[settings.codebook]}), "
+                f"engine **{text.plain(engine)}**.")
     last = engine_section.last_engine(project.dir)
     if last:
         st.caption(f"Last features pass: {last}.")
@@ -183,6 +184,11 @@ def _index_controls(project: Project, running: bool) -> None:
         size = c1.number_input("Image size (px)", 32, 1024, project.image_size, 16,
                                key="ix_size")
         words = c2.number_input("Visual words", 8, 65536, settings.words, 64, key="ix_words")
+        codebook = c1.selectbox("Codebook", list(codebook_info.CODEBOOK_NAMES), key="ix_codebook",
+                                index=list(codebook_info.CODEBOOK_NAMES).index(settings.codebook),
+                                format_func=codebook_info.CODEBOOK_NAMES.get,
+                                help="How cells become visual words: KMeans, or a VQ-VAE codebook learned "
+                                     "on the cells (the one trained with the backbone when it has one)")
         args, refused = engine_section.engine_controls(settings)
     if refused:
         st.error(text.plain(refused))
@@ -190,6 +196,8 @@ def _index_controls(project: Project, running: bool) -> None:
         args += ["--image-size", str(int(size))]
     if int(words) != settings.words:
         args += ["--words", str(int(words))]
+    if codebook != settings.codebook:
+        args += ["--codebook", codebook]
     label = "Index again" if project.is_indexed else "Start indexing"
     if st.button(label, type="primary", disabled=running or bool(refused), key="ix_start"):
         background.start_job(project.dir, "index", args)

@@ -51,6 +51,7 @@ MIN_SIDE, MAX_SIDE = 16, 4096
 FILE_PREFIX = "file:"
 WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 ENGINES = ("local", "ray")
+CODEBOOKS = ("kmeans", "vq")  # how cells become visual words: mlfix.pipeline.codebooks.create_codebook
 # A Ray address: "auto", "host:6379", "[::1]:6379", "ray://host:10001". It reaches ray.init and a
 # subprocess argv (the app's background job), so only characters an address needs are accepted.
 RAY_ADDRESS = re.compile(r"[A-Za-z0-9\[][A-Za-z0-9._:/\[\]@%+~-]{0,499}")
@@ -134,6 +135,13 @@ def _check_engine(value: Any) -> str:
     return value.strip()
 
 
+def _check_codebook(value: Any) -> str:
+    if not isinstance(value, str) or value.strip() not in CODEBOOKS:
+        raise SettingsError(f"codebook must be one of {', '.join(CODEBOOKS)} (kmeans: faiss KMeans; vq: a "
+                            f"learned vector-quantisation codebook), got {value!r}")
+    return value.strip()
+
+
 def _check_ray_address(value: Any) -> str | None:
     """``None`` or ``""`` (start or join a local Ray) or an address for ``ray.init(address=...)``."""
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -165,6 +173,9 @@ class IndexSettings:
         cell_stride: stride of the backbone stage whose output is the cell grid (8, 16 or 32).
         words: visual words in the codebook (the grid is stored as uint16, so at most 65536).
         kmeans_iterations: KMeans iterations for the codebook.
+        codebook: how cells become words: ``"kmeans"`` (faiss KMeans, the seed's method) or ``"vq"``
+            (a VQ-VAE codebook learned on the cells, :mod:`mlfix.pipeline.vq`; the one trained with
+            the backbone when the weights file carries it, ``mlfix train --vq-words``).
         seed: seed of random init, KMeans and the probe's folds.
         batch_size: images per forward pass.
         cell_cache_gb: keep all cell vectors on disk (float16) when they fit; then a new number of
@@ -184,6 +195,7 @@ class IndexSettings:
     cell_stride: int = 16
     words: int = 1024
     kmeans_iterations: int = 20
+    codebook: str = "kmeans"
     seed: int = 0
     batch_size: int = 64
     cell_cache_gb: float = 4.0
@@ -205,6 +217,7 @@ class IndexSettings:
         set_(self, "cell_stride", int(self.cell_stride))
         set_(self, "words", _check_int("words", self.words, 2, 65536))
         set_(self, "kmeans_iterations", _check_int("kmeans_iterations", self.kmeans_iterations, 1, 10_000))
+        set_(self, "codebook", _check_codebook(self.codebook))
         set_(self, "seed", _check_int("seed", self.seed, 0, 2**32 - 1))
         set_(self, "batch_size", _check_int("batch_size", self.batch_size, 1, 65536))
         gb = self.cell_cache_gb
@@ -258,8 +271,12 @@ class IndexSettings:
         return key
 
     def words_key(self, feature_key: dict[str, Any]) -> dict[str, Any]:
-        """What the codebook, the word grids and the bags depend on."""
-        return {**feature_key, "words": self.words, "seed": self.seed, "kmeans_iterations": self.kmeans_iterations}
+        """What the codebook, the word grids and the bags depend on. ``codebook`` is in it only when it
+        is not ``"kmeans"``: projects indexed before the setting keep their keys and artifacts."""
+        key = {**feature_key, "words": self.words, "seed": self.seed, "kmeans_iterations": self.kmeans_iterations}
+        if self.codebook != "kmeans":
+            key["codebook"] = self.codebook
+        return key
 
     def order_key(self, words_key: dict[str, Any], labels_digest: str) -> dict[str, Any]:
         """What the similarity orderings depend on."""

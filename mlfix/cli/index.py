@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from mlfix.progress import Progress
-from mlfix.settings import AUTO, ENGINES, QUALITIES
+from mlfix.settings import AUTO, CODEBOOKS, ENGINES, QUALITIES
 
 def add_parser(commands) -> None:
     p = commands.add_parser("index", help="scan images and build features, visual words and orderings")
@@ -34,6 +34,11 @@ def add_parser(commands) -> None:
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
                    help="average each image's features with its mirror image's (twice the extraction)")
     p.add_argument("--words", type=int, help="visual words in the codebook (default 1024)")
+    # no argparse choices: a wrong value gets the settings' own message (and exit status 2)
+    p.add_argument("--codebook", metavar="|".join(CODEBOOKS),
+                   help="how cells become visual words: kmeans (faiss KMeans, the default) or vq (a VQ-VAE "
+                        "codebook learned on the cells; the one `mlfix train --vq-words` trained with the "
+                        "backbone when the weights carry it); kept in mlfix.toml")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, help="image decoding processes")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
@@ -69,7 +74,8 @@ def run(args) -> int:
     from mlfix.project import Project
 
     settings = {"backbone": args.backbone, "weights": args.weights, "image_size": args.image_size,
-                "tta_flip": args.tta_flip, "words": args.words, "batch_size": args.batch_size,
+                "tta_flip": args.tta_flip, "words": args.words, "codebook": getattr(args, "codebook", None),
+                "batch_size": args.batch_size,
                 "engine": getattr(args, "engine", None), "ray_address": getattr(args, "ray_address", None)}
     settings = {k: v for k, v in settings.items() if v is not None}
     _check_files(getattr(args, "embeddings", None), getattr(args, "embedding_ids", None))

@@ -34,6 +34,9 @@ def add_parser(commands) -> None:
                                             f"weights, {PRETRAINED_LR:g} from pretrained ones)")
     p.add_argument("--no-flip", action="store_true", help="no horizontal flips (mirror images are another class)")
     p.add_argument("--head-dim", type=int, help="projection head size (default 2048)")
+    p.add_argument("--vq-words", type=vq_words_argument, metavar="K",
+                   help="also learn K visual words with the backbone (a VQ-VAE layer on the cells, saved in "
+                        "models/last.pt for `codebook = \"vq\"`): 0 = off (default), else a multiple of 8 in [8, 65535]")
     p.add_argument("--restart", action="store_true", help="start over instead of resuming models/last.pt")
     p.add_argument("--workers", type=int)
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
@@ -52,7 +55,7 @@ def run(args) -> int:
     previous = {} if args.restart else (checkpoint_summary(project.dir / "models") or {}).get("settings", {})
     chosen = {"epochs": args.epochs, "batch_size": args.batch_size, "image_size": args.image_size,
               "init": args.init, "lr": args.lr, "head_dim": args.head_dim,
-              "flip": False if args.no_flip else None}
+              "flip": False if args.no_flip else None, "vq_words": args.vq_words}
     settings = {**TRAIN_DEFAULTS, **{k: previous[k] for k in TRAIN_DEFAULTS if k in previous},
                 **{k: v for k, v in chosen.items() if v is not None}}
     backbone = project.settings.backbone
@@ -81,6 +84,23 @@ def run(args) -> int:
         print(MEASURED_HELP)
     print(index_advice(args.project, str(project.settings.weights)))
     return 0
+
+
+def vq_words_argument(text: str) -> int:
+    """``--vq-words``: a whole number that :func:`~mlfix.training.checkpoints.check_vq_words` accepts
+    (argparse turns the error into exit code 2 and a usage line)."""
+    import argparse
+
+    from mlfix.training.checkpoints import check_vq_words
+
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--vq-words takes a whole number (0 = off, e.g. 1024), got {text!r}") from None
+    try:
+        return check_vq_words(k)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).replace("vq_words", "--vq-words", 1)) from None
 
 
 def _say(text: str) -> None:
@@ -126,7 +146,7 @@ def index_advice(project: str, weights: str) -> str:
 
 
 TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 128, "image_size": 64, "init": "auto", "lr": None,
-                  "head_dim": 2048, "flip": True}
+                  "head_dim": 2048, "flip": True, "vq_words": 0}
 RANDOM_INIT_LR, PRETRAINED_LR = 1e-3, 1e-4
 INTERRUPTED = 130  # the shell's code for a run stopped by SIGINT
 # What continued training from the offline weights did on the shared sets (README, "Figures";

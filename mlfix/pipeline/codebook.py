@@ -88,6 +88,14 @@ class Codebook:
         codebook.centroids_ = np.ascontiguousarray(centroids, dtype=np.float32)
         return codebook
 
+    def state(self) -> dict[str, np.ndarray]:
+        """What :meth:`assign` needs, as arrays (as :meth:`VQCodebook.state <mlfix.pipeline.vq.VQCodebook.state>`)."""
+        return {"centroids": self.centroids_}
+
+    @classmethod
+    def from_state(cls, state) -> "Codebook":
+        return cls.from_centroids(state["centroids"])
+
     def assign(self, cells: np.ndarray) -> np.ndarray:
         """Nearest word of every cell: (..., C) -> (...) uint16."""
         import faiss

@@ -9,8 +9,10 @@ key changed. Cell vectors are handled in one of two ways, chosen by their size:
 - they do not: a first pass over a random subset of the images collects the KMeans sample, then the
   full pass assigns each batch's cells to words as they come. Memory stays bounded for any N.
 
-Both routes fit KMeans on the same cells: :func:`~mlfix.pipeline.codebook.sample_plan`'s images,
-:func:`~mlfix.pipeline.codebook.sample_cells` of each. ``engine = "ray"`` runs the two-pass route on
+The codebook is the project's ``codebook`` setting (KMeans or a learned VQ codebook, made by
+:mod:`mlfix.pipeline.codebooks`). Both routes fit it on the same cells:
+:func:`~mlfix.pipeline.codebook.sample_plan`'s images, :func:`~mlfix.pipeline.codebook.sample_cells`
+of each. ``engine = "ray"`` runs the two-pass route on
 a Ray cluster (:mod:`mlfix.pipeline.ray_engine`) into the same artifacts and keys; every features pass
 records which engine ran it in ``features/engine.json`` (:func:`~mlfix.pipeline.artifacts.read_engine`).
 
@@ -40,7 +42,9 @@ from mlfix.data.quality import QUALITY_FILE, QUALITY_KEY
 from mlfix.data.scan import problems_frame
 from mlfix.errors import NotAProjectError
 from mlfix.pipeline.artifacts import atomic_save_npy, frame_digest, read_key, same_key, write_engine, write_key
-from mlfix.pipeline.codebook import Codebook, pack_bags, sample_cells, sample_plan
+from mlfix.pipeline.codebook import pack_bags, sample_cells, sample_plan
+from mlfix.pipeline.codebooks import (AnyCodebook, assign_words, create_codebook, fit_codebook, is_fitted,
+                                      save_codebook, trained_codebook)
 from mlfix.pipeline.index_outputs import no_readable_samples, record_features_pass, write_quality
 from mlfix.pipeline.ordering import ORDERINGS
 from mlfix.progress import Progress
@@ -133,13 +137,17 @@ def _features_and_words(run: IndexRun, weights: str, feature_key: dict, words_ke
         cells, _ = backbone(torch.zeros(1, 3, size, size))
     _, channels, side, _ = cells.shape
     cache_bytes = len(run.samples) * side * side * channels * 2
-    codebook = Codebook(k=settings.words, seed=settings.seed, niter=settings.kmeans_iterations)
+    codebook = create_codebook(settings.codebook, k=settings.words, seed=settings.seed,
+                               niter=settings.kmeans_iterations)
+    if settings.codebook == "vq":  # the codebook trained with the backbone, when its weights carry one
+        codebook, note = trained_codebook(codebook, weights, channels)
+        if note:
+            run.progress.note(note, stage="codebook")
     start = time.perf_counter()
     record = _run_engine(run, codebook, backbone, feature_key, (side, channels), cache_bytes)
     if codebook.fit_info_.get("advice"):  # a small set: mlfix's advice instead of faiss's warning
         run.progress.note(codebook.fit_info_["advice"], stage="codebook")
-    atomic_save_npy(run.dir / "codebook" / "centroids.npy", codebook.centroids_)
-    write_json_atomic(run.dir / "codebook" / "fit.json", codebook.fit_info_, indent=1)
+    save_codebook(codebook, run.dir / "codebook")
     write_key(run.dir / "features" / "words.key.json", words_key)
     write_engine(run.dir, {"engine": settings.engine, **record, "images": len(run.samples),
                            "seconds": round(time.perf_counter() - start, 3)})
@@ -149,7 +157,7 @@ def _features_and_words(run: IndexRun, weights: str, feature_key: dict, words_ke
         forget_shards(run.dir)  # after the key: a driver that dies before it keeps its finished chunks
 
 
-def _run_engine(run: IndexRun, codebook: Codebook, backbone, feature_key: dict, shape: tuple[int, int],
+def _run_engine(run: IndexRun, codebook: AnyCodebook, backbone, feature_key: dict, shape: tuple[int, int],
                 cache_bytes: int) -> dict:
     """Features and words by the chosen engine and route; the engine record's address, actors, gpus."""
     if run.settings.engine == "ray":  # the two-pass route on a Ray cluster: the same artifacts
@@ -189,7 +197,7 @@ def _extract_all(run: IndexRun, backbone, on_cells, feature_key: dict) -> np.nda
     return result.ok
 
 
-def _words_from_cell_cache(run: IndexRun, codebook: Codebook, backbone, feature_key: dict,
+def _words_from_cell_cache(run: IndexRun, codebook: AnyCodebook, backbone, feature_key: dict,
                            shape: tuple[int, int]) -> None:
     features_dir = run.dir / "features"
     side, channels = shape
@@ -207,26 +215,45 @@ def _words_from_cell_cache(run: IndexRun, codebook: Codebook, backbone, feature_
             del cache
         write_key(features_dir / "features.key.json", {**feature_key, "cells": True})
     cells = np.load(cells_path, mmap_mode="r")
-    plan_rows, keep = sample_plan(n, side * side, codebook.sample_size, codebook.seed)
     ok = np.load(features_dir / "ok.npy")
-    plan_rows = plan_rows[ok[plan_rows]]  # the images of the plan that decoded
-    kept = [sample_cells(rows, np.asarray(cells[rows], dtype=np.float32), keep, codebook.seed)
-            for rows in np.array_split(plan_rows, max(1, math.ceil(len(plan_rows) / ASSIGN_CHUNK)))]
-    run.progress.update("codebook", 0, 1)
-    codebook.fit(np.concatenate(kept))
-    run.progress.update("codebook", 1, 1)
+    if not is_fitted(codebook):  # not trained with the backbone
+        plan_rows, keep = sample_plan(n, side * side, codebook.sample_size, codebook.seed)
+        plan_rows = plan_rows[ok[plan_rows]]  # the images of the plan that decoded
+        kept = [sample_cells(rows, np.asarray(cells[rows], dtype=np.float32), keep, codebook.seed)
+                for rows in np.array_split(plan_rows, max(1, math.ceil(len(plan_rows) / ASSIGN_CHUNK)))]
+        run.progress.update("codebook", 0, 1)
+        fit_codebook(codebook, np.concatenate(kept))
+        run.progress.update("codebook", 1, 1)
     words = np.zeros((n, side, side), dtype=np.uint16)
     for start in range(0, n, ASSIGN_CHUNK):
-        words[start:start + ASSIGN_CHUNK] = codebook.assign(np.asarray(cells[start:start + ASSIGN_CHUNK]))
+        words[start:start + ASSIGN_CHUNK] = assign_words(codebook, np.asarray(cells[start:start + ASSIGN_CHUNK]))
         run.progress.update("words", min(n, start + ASSIGN_CHUNK), n)
     words[~ok] = 0  # an image that did not decode has no words (its cached cells are zeros), as in two passes
     atomic_save_npy(features_dir / "words.npy", words)
 
 
-def _words_in_two_passes(run: IndexRun, codebook: Codebook, backbone, feature_key: dict,
+def _words_in_two_passes(run: IndexRun, codebook: AnyCodebook, backbone, feature_key: dict,
                          shape: tuple[int, int]) -> None:
     features_dir = run.dir / "features"
     side, _ = shape
+    n = len(run.samples)
+    if not is_fitted(codebook):  # not trained with the backbone: the sample pass first
+        _fit_in_a_sample_pass(run, codebook, backbone, side)
+    with atomic_path(features_dir / "words.npy", suffix=".npy") as tmp:
+        words = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint16, shape=(n, side, side))
+
+        def assign(rows: np.ndarray, cells: np.ndarray) -> None:
+            words[rows] = assign_words(codebook, cells)
+
+        _extract_all(run, backbone, assign, feature_key)
+        words.flush()
+        del words
+    (features_dir / "cells.npy").unlink(missing_ok=True)
+    write_key(features_dir / "features.key.json", {**feature_key, "cells": False})
+
+
+def _fit_in_a_sample_pass(run: IndexRun, codebook: AnyCodebook, backbone, side: int) -> None:
+    """The first of two passes: the sample plan's images, their sampled cells, the fit."""
     n = len(run.samples)
     subset, keep = sample_plan(n, side * side, codebook.sample_size, codebook.seed)
     kept: list[np.ndarray] = []
@@ -239,19 +266,8 @@ def _words_in_two_passes(run: IndexRun, codebook: Codebook, backbone, feature_ke
     if not kept:  # not one image of the sample decoded
         no_readable_samples(run.dir, pd.concat([run.problems, sampled.problems], ignore_index=True))
     run.progress.update("codebook", 0, 1)
-    codebook.fit(np.concatenate(kept))
+    fit_codebook(codebook, np.concatenate(kept))
     run.progress.update("codebook", 1, 1)
-    with atomic_path(features_dir / "words.npy", suffix=".npy") as tmp:
-        words = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint16, shape=(n, side, side))
-
-        def assign(rows: np.ndarray, cells: np.ndarray) -> None:
-            words[rows] = codebook.assign(cells)
-
-        _extract_all(run, backbone, assign, feature_key)
-        words.flush()
-        del words
-    (features_dir / "cells.npy").unlink(missing_ok=True)
-    write_key(features_dir / "features.key.json", {**feature_key, "cells": False})
 
 
 def _measure_quality(run: IndexRun, feature_key: dict) -> None:

@@ -5,7 +5,8 @@ over a Ray cluster (or a Ray on this machine):
 
 1. the images of the KMeans sample (:func:`~mlfix.pipeline.codebook.sample_plan`) go through the
    pipeline; each actor returns only its chunk's sampled cells; the driver fits the codebook once;
-2. every image goes through it with the centroids shipped to the actors (``ray.put``); each returns
+2. every image goes through it with the codebook's state shipped to the actors (``ray.put`` of
+   :func:`~mlfix.pipeline.codebooks.codebook_state`: KMeans centroids or a VQ codebook); each returns
    its chunk's pooled vectors (float16) and word grids (uint16), which the driver writes as one
    shard file per chunk under ``features/ray-shards/<key digest>/``.
 
@@ -35,12 +36,14 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from mlfix.atomic import atomic_path, write_json_atomic
+from mlfix.atomic import atomic_path
 from mlfix.data.quality import QUALITY_STATS
 from mlfix.data.scan import problems_frame
 from mlfix.errors import EngineError
-from mlfix.pipeline.artifacts import atomic_save_npy, write_key
-from mlfix.pipeline.codebook import Codebook, sample_plan
+from mlfix.pipeline.artifacts import write_key
+from mlfix.pipeline.codebook import sample_plan
+from mlfix.pipeline.codebooks import (AnyCodebook, codebook_state, fit_codebook, is_fitted, load_codebook,
+                                      save_codebook)
 from mlfix.pipeline.features import decode_failures
 from mlfix.pipeline.ray_shards import (ChunkModel, NpyStream, chunk_items, decode_chunk, finished_chunks,
                                        read_shard, write_shard)
@@ -113,7 +116,7 @@ def forget_shards(directory: Path) -> None:
     shutil.rmtree(Path(directory) / SHARDS_DIR, ignore_errors=True)
 
 
-def ray_features_and_words(run, backbone, codebook: Codebook, feature_key: dict, grid: tuple[int, int]) -> dict:
+def ray_features_and_words(run, backbone, codebook: AnyCodebook, feature_key: dict, grid: tuple[int, int]) -> dict:
     """Both passes on Ray for ``run`` (a :class:`~mlfix.pipeline.index.IndexRun`): fits ``codebook``,
     writes the features artifacts; returns the engine record's ``address``, ``actors``, ``gpus``.
     ``grid`` is (cells per side, channels) of ``backbone`` at the run's image size."""
@@ -131,24 +134,22 @@ def ray_features_and_words(run, backbone, codebook: Codebook, feature_key: dict,
     model = {"model": ray.put(backbone), "device": plan["device"], "threads": plan["threads"],
              "tta_flip": settings.tta_flip, "grid": (side, channels, backbone.pooled_dim), "pause": PAUSE_S}
     run.progress.plan("features", len(run.samples))  # the full pass comes next: part of the overall estimate
-    if not _load_codebook(codebook, folder):
+    if not is_fitted(codebook) and not _load_codebook(codebook, folder):  # else trained with the backbone
         rows, keep = sample_plan(len(run.samples), side * side, codebook.sample_size, codebook.seed)
         _fit_codebook(run, codebook, plan, rows, {**model, "keep": keep, "seed": codebook.seed})
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_save_npy(folder / "centroids.npy", codebook.centroids_)
-        write_json_atomic(folder / "fit.json", codebook.fit_info_)
-    chunks = _full_pass(run, plan, folder, {**model, "centroids": ray.put(codebook.centroids_)})
+        save_codebook(codebook, folder)
+    chunks = _full_pass(run, plan, folder, {**model, "codebook": ray.put(codebook_state(codebook))})
     _assemble(run, folder, chunks, (side, backbone.pooled_dim), feature_key)
     return {"address": address, "actors": plan["actors"], "gpus": plan["gpus"]}
 
 
-def _load_codebook(codebook: Codebook, folder: Path) -> bool:
-    """The codebook a driver that died fitted for these shards, when there is one."""
-    try:
-        codebook.centroids_ = np.load(folder / "centroids.npy")
-        codebook.fit_info_ = json.loads((folder / "fit.json").read_text())
-    except (FileNotFoundError, ValueError):
+def _load_codebook(codebook: AnyCodebook, folder: Path) -> bool:
+    """The codebook a driver that died fitted for these shards, when there is one: its fitted
+    attributes (scikit-learn's trailing ``_``) into ``codebook``."""
+    saved = load_codebook(folder)
+    if type(saved) is not type(codebook):
         return False
+    vars(codebook).update({name: value for name, value in vars(saved).items() if name.endswith("_")})
     return True
 
 
@@ -164,7 +165,7 @@ def _pipeline(run, items: list[dict], plan: dict, statistics: bool, actor: dict)
     return dataset.iter_rows()
 
 
-def _fit_codebook(run, codebook: Codebook, plan: dict, rows: np.ndarray, actor: dict) -> None:
+def _fit_codebook(run, codebook: AnyCodebook, plan: dict, rows: np.ndarray, actor: dict) -> None:
     """Pass 1: the sample plan's images through the pipeline, their sampled cells in row order, the fit."""
     progress = run.progress.stage("codebook sample")
     sampled: dict[int, np.ndarray] = {}
@@ -181,7 +182,7 @@ def _fit_codebook(run, codebook: Codebook, plan: dict, rows: np.ndarray, actor: 
 
         no_readable_samples(run.dir, pd.concat([run.problems, *failures], ignore_index=True))
     run.progress.update("codebook", 0, 1)
-    codebook.fit(np.concatenate(kept))
+    fit_codebook(codebook, np.concatenate(kept))
     run.progress.update("codebook", 1, 1)
 
 

@@ -5,7 +5,7 @@ or every image), one Ray row each: the backbone sees exactly the batches the loc
 so the two engines agree bit for bit. :func:`decode_chunk` (a CPU task) decodes a chunk with the
 local engine's own :class:`~mlfix.pipeline.features.SampleImages`; :class:`ChunkModel` (an actor,
 the model loaded once) runs the forward pass with the local engine's own ``_forward`` and returns
-either the chunk's KMeans sample cells or, with the centroids, its pooled vectors and word grids:
+either the chunk's codebook sample cells or, with the codebook, its pooled vectors and word grids:
 the cells never leave the actor. The driver writes each finished chunk as one shard file
 (:func:`write_shard`), so a driver that dies loses no finished chunk, and a rerun of the same key
 picks up from the shards. Shards are written by the driver, not the actors: no shared filesystem
@@ -67,19 +67,19 @@ def decode_chunk(item: dict, root, image_size: int, statistics: bool) -> dict:
 class ChunkModel:
     """The backbone in an actor: built once, then one forward pass per chunk.
 
-    Without ``centroids``: returns the chunk's KMeans sample (``sample_cells`` with ``keep`` and
-    ``seed``). With them: the pooled vectors (float16) and word grids (uint16), zero rows for the
+    Without ``codebook`` (a :func:`~mlfix.pipeline.codebooks.codebook_state`, or its ``ray.put``
+    reference): returns the chunk's codebook sample (``sample_cells`` with ``keep`` and ``seed``). With it: the pooled vectors (float16) and word grids (uint16), zero rows for the
     images that did not decode, like the local engine's arrays; ``grid`` is (cells per side, cell
     channels, pooled dimension). ``pause`` (seconds after each chunk)
     only slows the actor down, for tests that kill it mid-run.
     """
 
     def __init__(self, model, device: str, threads: int | None, tta_flip: bool, grid: tuple[int, int, int],
-                 keep: int = 0, seed: int = 0, centroids=None, pause: float = 0.0):
+                 keep: int = 0, seed: int = 0, codebook=None, pause: float = 0.0):
         import ray
         import torch
 
-        from mlfix.pipeline.codebook import Codebook
+        from mlfix.pipeline.codebooks import codebook_from_state
 
         if threads:
             torch.set_num_threads(threads)  # Ray sets one thread per reserved CPU; use what the driver chose
@@ -88,8 +88,8 @@ class ChunkModel:
         self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
         self.tta_flip, self.keep, self.seed, self.pause = tta_flip, keep, seed, pause
         self.side, self.channels, self.dim = grid  # the shapes of a chunk none of whose images decoded
-        centroids = ray.get(centroids) if isinstance(centroids, ray.ObjectRef) else centroids
-        self.codebook = None if centroids is None else Codebook.from_centroids(centroids)
+        state = ray.get(codebook) if isinstance(codebook, ray.ObjectRef) else codebook
+        self.codebook = None if state is None else codebook_from_state(state)
 
     def __call__(self, item: dict) -> dict:
         import torch
@@ -117,11 +117,13 @@ class ChunkModel:
         return out
 
     def _words(self, rows: np.ndarray, good: np.ndarray, cells, vectors) -> dict:
+        from mlfix.pipeline.codebooks import assign_words
+
         pooled = np.zeros((len(rows), self.dim), dtype=np.float16)
         words = np.zeros((len(rows), self.side, self.side), dtype=np.uint16)
         if cells is not None:
             pooled[good] = vectors.float().cpu().numpy().astype(np.float16)
-            words[good] = self.codebook.assign(cells)
+            words[good] = assign_words(self.codebook, cells)
         return {"ok": good, "pooled": pooled, "words": words}
 
 

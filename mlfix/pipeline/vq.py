@@ -148,7 +148,10 @@ def _train(vq: VQCodebook, x, dim: int, generator, rng: np.random.Generator) -> 
         encoder.weight.copy_(vt[:dim]), encoder.bias.zero_()
         decoder.weight.copy_(vt[:dim].T), decoder.bias.zero_()
         codes = encoder(x[torch.from_numpy(rng.choice(m, vq.k, replace=False))]).clone()
-    ema_count, ema_sum = torch.ones(vq.k), codes.clone()
+    # counts start at a code's fair share of a batch: starting lower (1.0 when batch / k > 33) put every
+    # code under the dead threshold and restarted them all on every step
+    fair = min(vq.batch, m) / vq.k
+    ema_count, ema_sum = torch.full((vq.k,), fair), codes * fair
     optimiser = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=vq.lr)
     restarts, loss_value = 0, float("nan")
     for _ in range(vq.steps):
@@ -188,8 +191,9 @@ def _ema_update(decay: float, z, nearest, codes, ema_count, ema_sum, generator):
     total = ema_count.sum()
     smoothed = (ema_count + 1e-5) / (total + k * 1e-5) * total
     codes = ema_sum / smoothed[:, None]
-    dead = ema_count < DEAD_AFTER * len(z) / k
+    fair = len(z) / k
+    dead = ema_count < DEAD_AFTER * fair
     if dead.any():
         picks = z[torch.randint(0, len(z), (int(dead.sum()),), generator=generator)]
-        codes[dead], ema_sum[dead], ema_count[dead] = picks, picks, 1.0
+        codes[dead], ema_sum[dead], ema_count[dead] = picks, picks * fair, fair
     return codes, ema_count, ema_sum, int(dead.sum())

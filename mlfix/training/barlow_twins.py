@@ -11,7 +11,8 @@ ImageNet. Throughput: ``python -m bench.train``.
 
 The run's other parts have their own modules: the steps and checkpoints of the loop
 (:mod:`mlfix.training.loop`), writing and resuming checkpoints (:mod:`mlfix.training.checkpoints`),
-the two augmented views per image and the seeded epoch order (:mod:`mlfix.training.data`).
+the two augmented views per image and the seeded epoch order (:mod:`mlfix.training.data`), the
+visual words learned with the backbone (``vq_words``, :mod:`mlfix.training.vq_head`).
 
 Checkpoints (``<checkpoint_dir>/last.pt``) are written atomically after every epoch, and every few
 minutes within long epochs. Calling again resumes from ``last.pt`` at the saved epoch and step; a
@@ -51,8 +52,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from mlfix.data.images import DataRoot
-from mlfix.training.checkpoints import (CHECKPOINT_NAME, Position, TrainSettings, load_checkpoint,
-                                        remove_stale_temporaries, restore)
+from mlfix.training.checkpoints import (CHECKPOINT_NAME, Position, TrainSettings, check_vq_words,
+                                        load_checkpoint, remove_stale_temporaries, restore)
 from mlfix.training.data import MIN_BATCH, EvalImages, pair_loader
 from mlfix.training.loop import TrainingLoop, position_text
 
@@ -70,7 +71,8 @@ def train_barlow_twins(root: DataRoot, samples: pd.DataFrame, checkpoint_dir: st
                        seed: int = 0, workers: int | None = None, device: str | None = None,
                        progress: Progress | None = None, resume: bool = True,
                        checkpoint_minutes: float = 10.0, channels_last: bool = True,
-                       bn_images: int = 512, say: Callable[[str], None] | None = None) -> Path:
+                       bn_images: int = 512, say: Callable[[str], None] | None = None,
+                       vq_words: int = 0) -> Path:
     """Train ``backbone`` with Barlow Twins on ``samples`` and return the path of ``last.pt``.
 
     Args:
@@ -103,6 +105,8 @@ def train_barlow_twins(root: DataRoot, samples: pd.DataFrame, checkpoint_dir: st
             (:func:`freeze_batchnorm`).
         say: called with a line for people, e.g. where a resumed run goes on from
             (``print`` in ``mlfix train``); None: only the progress log gets it.
+        vq_words: also learn this many visual words on the cells, a VQ-VAE layer trained with the
+            backbone (:mod:`mlfix.training.vq_head`); saved under ``"vq"`` in ``last.pt``. 0: none.
 
     Returns:
         The path of the last checkpoint, ``checkpoint_dir / "last.pt"``.
@@ -120,7 +124,7 @@ def train_barlow_twins(root: DataRoot, samples: pd.DataFrame, checkpoint_dir: st
     rows = _sample_rows(samples)
     settings = _settings(len(rows), backbone=backbone, init=str(init), epochs=epochs,
                          batch_size=batch_size, image_size=image_size, flip=flip, head_dim=head_dim,
-                         lr=lr, weight_decay=weight_decay, seed=seed)
+                         lr=lr, weight_decay=weight_decay, seed=seed, vq_words=vq_words)
     dev = _pick_device(device)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(checkpoint_dir):
@@ -138,11 +142,14 @@ def _train(root: DataRoot, rows: list[dict], checkpoint_dir: Path, settings: Tra
 
     _seed_everything(seed)
     model, head = _build(settings, dev, channels_last, from_checkpoint=saved is not None)
-    optimizer = _optimizer(model, head, settings)
+    from mlfix.training.vq_head import create_vq_head  # imports torch: only when training
+
+    vq = create_vq_head(settings.vq_words, model.cell_channels, seed, dev)
+    optimizer = _optimizer(model, head, settings, vq)
     steps_per_epoch = len(rows) // settings.batch_size
     total_steps = settings.epochs * steps_per_epoch
     scheduler = _scheduler(optimizer, settings, total_steps)
-    position = restore(saved, model, head, optimizer, scheduler, steps_per_epoch) if saved else Position()
+    position = restore(saved, model, head, optimizer, scheduler, steps_per_epoch, vq) if saved else Position()
     if saved:
         _say(say, progress, resume_text(checkpoint_dir / CHECKPOINT_NAME, position, total_steps,
                                         settings.epochs), position)
@@ -150,10 +157,11 @@ def _train(root: DataRoot, rows: list[dict], checkpoint_dir: Path, settings: Tra
         _close(progress)
         return checkpoint_dir / CHECKPOINT_NAME
 
-    calibration = EvalImages(root, rows, settings.image_size, 0 if settings.freeze_bn else bn_images,
-                             settings.seed)
+    # the VQ head's statistics are re-estimated on these images too, also when batch norm is frozen
+    calibration = EvalImages(root, rows, settings.image_size,
+                             0 if settings.freeze_bn and vq is None else bn_images, settings.seed)
     loop = TrainingLoop(settings, model, head, optimizer, scheduler, dev, channels_last, checkpoint_dir,
-                        progress, total_steps, steps_per_epoch, checkpoint_minutes, calibration, say)
+                        progress, total_steps, steps_per_epoch, checkpoint_minutes, calibration, say, vq)
     loader = pair_loader(root, rows, settings, dev, workers, position)
     try:
         loop.run(loader, position)
@@ -203,7 +211,8 @@ def _is_nan(value: Any) -> bool:
 
 
 def _settings(n: int, *, backbone: str, init: str, epochs: int, batch_size: int, image_size: int,
-              flip: bool, head_dim: int, lr: float, weight_decay: float, seed: int) -> TrainSettings:
+              flip: bool, head_dim: int, lr: float, weight_decay: float, seed: int,
+              vq_words: int = 0) -> TrainSettings:
     if n < MIN_BATCH:
         raise ValueError(f"Barlow Twins needs at least {MIN_BATCH} images (it compares images within "
                          f"a batch); the sample table has {n}. Add images or check the scan's problems.")
@@ -235,7 +244,7 @@ def _settings(n: int, *, backbone: str, init: str, epochs: int, batch_size: int,
     return TrainSettings(backbone=backbone, init=init, epochs=epochs, batch_size=batch_size,
                          image_size=image_size, flip=bool(flip), head_dim=int(head_dim), lr=lr,
                          weight_decay=float(weight_decay), seed=int(seed), warmup_steps=warmup,
-                         freeze_bn=init != "random")
+                         freeze_bn=init != "random", vq_words=check_vq_words(vq_words))
 
 
 def _seed_everything(seed: int) -> None:
@@ -326,11 +335,11 @@ def _check_image_size(model, settings: TrainSettings) -> None:
         model.train()
 
 
-def _optimizer(model, head, settings: TrainSettings):
+def _optimizer(model, head, settings: TrainSettings, vq=None):
     import torch
 
     decay, no_decay = [], []
-    for module in (model, head):
+    for module in (model, head) if vq is None else (model, head, vq):
         for param in module.parameters():
             # biases and norm scales are 1-d: decaying them only hurts
             (decay if param.ndim > 1 else no_decay).append(param)

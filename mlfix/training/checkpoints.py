@@ -23,7 +23,7 @@ import glob
 import json
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from mlfix.atomic import atomic_path
@@ -33,7 +33,7 @@ from mlfix.settings import OFFLINE_BACKBONES, IndexSettings
 CHECKPOINT_NAME = "last.pt"
 SUMMARY_NAME = "last.json"
 SETTINGS_THAT_MUST_MATCH = ("backbone", "init", "batch_size", "image_size", "flip", "head_dim", "lr",
-                            "weight_decay", "seed")
+                            "weight_decay", "seed", "vq_words")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,22 @@ class TrainSettings:
     # Pretrained weights keep their batch-norm statistics: the layers stay in eval mode and are not
     # re-estimated (re-estimating them on the project's images alone made offline features worse).
     freeze_bn: bool = False
+    # Visual words learned with the backbone (mlfix.training.vq_head); 0: none.
+    vq_words: int = 0
+
+
+def check_vq_words(k: int) -> int:
+    """``k`` if it is a valid ``--vq-words`` (0: off, else a multiple of 8 in [8, 65535]); ValueError otherwise.
+
+    >>> check_vq_words(0), check_vq_words(1024)
+    (0, 1024)
+    """
+    from mlfix.pipeline.codebook import MAX_WORDS
+
+    if not isinstance(k, int) or isinstance(k, bool) or (k and (not 8 <= k <= MAX_WORDS or k % 8)):
+        raise ValueError(f"vq_words must be 0 (no learned words) or a multiple of 8 in [8, {MAX_WORDS}] "
+                         f"(the index's number of words, e.g. 1024), got {k!r}")
+    return k
 
 
 @dataclass
@@ -87,7 +103,8 @@ def load_checkpoint(path: Path, settings: TrainSettings) -> dict | None:
         raise CheckpointError(f"checkpoint {path} is not an mlfix training checkpoint (it lacks "
                               f"{[k for k in needed if not isinstance(saved, dict) or k not in saved]}). "
                               f"{advice}")
-    old = saved["settings"]
+    defaults = {f.name: f.default for f in fields(TrainSettings) if f.default is not MISSING}
+    old = {**defaults, **saved["settings"]}  # a setting added since the checkpoint: its default
     new = asdict(settings)
     differ = {k: (old.get(k), new[k]) for k in SETTINGS_THAT_MUST_MATCH if old.get(k) != new[k]}
     if differ:
@@ -97,11 +114,14 @@ def load_checkpoint(path: Path, settings: TrainSettings) -> dict | None:
     return saved
 
 
-def restore(saved: dict, model, head, optimizer, scheduler, steps_per_epoch: int) -> Position:
-    """Load a checkpoint's weights and optimizer state; the :class:`Position` to go on from, with the
-    schedule's learning rate re-derived for the (possibly longer) run."""
+def restore(saved: dict, model, head, optimizer, scheduler, steps_per_epoch: int, vq=None) -> Position:
+    """Load a checkpoint's weights and optimizer state (and ``vq``'s, the VQ head of a run with learned
+    words); the :class:`Position` to go on from, with the schedule's learning rate re-derived for the
+    (possibly longer) run."""
     model.model.load_state_dict(saved["backbone"])
     head.load_state_dict(saved["head"])
+    if vq is not None:
+        vq.load_state_dict(saved["vq_head"])
     optimizer.load_state_dict(saved["optimizer"])
     position = Position(epoch=int(saved["epoch"]), batch=int(saved.get("batch", 0)),
                          step=int(saved["step"]))

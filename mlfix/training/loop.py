@@ -21,13 +21,15 @@ from mlfix.training.data import MIN_BATCH, EvalImages, recalibrate_batchnorm
 
 
 class TrainingLoop:
-    """The steps of one run: each batch's two views through backbone and head, the Barlow Twins loss,
+    """The steps of one run: each batch's two views through backbone and head, the Barlow Twins loss
+    (plus ``vq``'s losses on the cells when the run learns words, :mod:`mlfix.training.vq_head`),
     the optimizer and schedule steps, progress records, and a checkpoint after every epoch and every
     ``checkpoint_minutes`` within one. Unreadable images are reported once and skipped."""
 
     def __init__(self, settings: TrainSettings, model, head, optimizer, scheduler, dev, channels_last,
                  checkpoint_dir: Path, progress, total_steps: int, steps_per_epoch: int,
-                 checkpoint_minutes: float, calibration: EvalImages, say: Callable[[str], None] | None = None):
+                 checkpoint_minutes: float, calibration: EvalImages, say: Callable[[str], None] | None = None,
+                 vq=None):
         from lightly.loss import BarlowTwinsLoss
 
         self.settings, self.model, self.head = settings, model, head
@@ -36,6 +38,7 @@ class TrainingLoop:
         self.total, self.per_epoch = total_steps, steps_per_epoch
         self.every = checkpoint_minutes * 60
         self.calibration, self.say = calibration, say
+        self.vq, self.last_vq = vq, float("nan")  # the VQ head of a run with learned words (vq_head.py)
         self.criterion = BarlowTwinsLoss()
         if progress is None:
             from mlfix.progress import Progress
@@ -106,12 +109,18 @@ class TrainingLoop:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         x0 = x0.to(self.dev, non_blocking=True, memory_format=fmt)
         x1 = x1.to(self.dev, non_blocking=True, memory_format=fmt)
-        z0 = self.head(self.model(x0)[1])
-        z1 = self.head(self.model(x1)[1])
+        cells0, pooled0 = self.model(x0)
+        z0 = self.head(pooled0)
+        cells1, pooled1 = self.model(x1)
+        z1 = self.head(pooled1)
         loss = self.criterion(z0, z1)
+        words = None if self.vq is None else self.vq(cells0, cells1)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        value = float(loss.detach())
+        (loss if words is None else loss + words).backward()
+        value = float(loss.detach())  # the Barlow Twins loss: comparable with runs without words
+        if words is not None:
+            self.last_vq = float(words.detach())
+            value = value if math.isfinite(self.last_vq) else self.last_vq
         if not math.isfinite(value):
             raise RuntimeError(f"the loss became {value} at step {position.step + 1}; lower the "
                                f"learning rate (lr={self.settings.lr}). The last checkpoint in "
@@ -133,22 +142,31 @@ class TrainingLoop:
         eta = (self.total - position.step) * elapsed / len(self.recent)
         self.callback(position.step, self.total, step=position.step, epoch=position.epoch + 1,
                       loss=round(self.last_loss, 4), images_per_s=round(rate, 1), eta_s=round(eta, 1),
-                      lr=self.optimizer.param_groups[0]["lr"], skipped=len(self.failed))
+                      lr=self.optimizer.param_groups[0]["lr"], skipped=len(self.failed),
+                      **({} if self.vq is None else {"vq_loss": round(self.last_vq, 4)}))
 
     def _save(self, position: Position) -> None:
         if not self.settings.freeze_bn:
             recalibrate_batchnorm(self.model, self.calibration.batches(min(self.settings.batch_size, 64)),
                                   self.dev, self.channels_last)
+        extra: dict = {}
+        if self.vq is not None:  # the words' statistics on the cells an index will see
+            from mlfix.training.vq_head import checkpoint_entries
+
+            self.vq.calibrate(self.model, self.calibration.batches(min(self.settings.batch_size, 64)), self.dev,
+                              self.channels_last)
+            extra = checkpoint_entries(self.vq)
         state = {"backbone": self.model.model.state_dict(), "head": self.head.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "epoch": position.epoch, "batch": position.batch, "step": position.step,
-                 "settings": asdict(self.settings), "loss": self.last_loss}
+                 "settings": asdict(self.settings), "loss": self.last_loss, **extra}
         state["scheduler"] = {k: v for k, v in state["scheduler"].items() if k != "lr_lambdas"}
         path = self.dir / CHECKPOINT_NAME
         save_checkpoint(state, path)
         summary = {"settings": asdict(self.settings), "epoch": position.epoch, "batch": position.batch,
                    "step": position.step, "total_steps": self.total, "loss": self.last_loss,
-                   "skipped_images": len(self.failed), "time": time.time(), "checkpoint": str(path)}
+                   "skipped_images": len(self.failed), "time": time.time(), "checkpoint": str(path),
+                   **({"vq": extra["vq_info"]} if extra else {})}
         try:  # informational only: last.pt is the truth
             write_json_atomic(self.dir / SUMMARY_NAME, summary, default=float)
         except OSError:

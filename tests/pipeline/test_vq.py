@@ -77,3 +77,11 @@ def test_too_few_cells_and_an_unfitted_codebook_say_so():
         small().fit(np.zeros((10, 4), np.float32))
     with pytest.raises(RuntimeError, match="not fitted"):
         small().assign(np.zeros((2, 4), np.float32))
+
+
+def test_codes_in_use_are_not_restarted_when_a_batch_is_many_times_k():
+    """The EMA counts start at a code's fair share of a batch (640 / 16 = 40 here). Starting at 1.0 put
+    every code under the dead threshold (0.03 x 40 = 1.2) and restarted all 16 on every step."""
+    cells = np.random.default_rng(0).normal(size=(640, 8)).astype(np.float32)
+    vq = VQCodebook(k=16, dim=8, steps=30, batch=640, seed=0).fit(cells)
+    assert vq.fit_info_["restarts"] < 16 and vq.fit_info_["words_used"] == 16
