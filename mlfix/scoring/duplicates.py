@@ -74,7 +74,8 @@ def duplicate_groups(embeddings: np.ndarray, content_hash: np.ndarray | None = N
     """(N,) int64 group id per sample, -1 = in no group; groups numbered 0.. by size, largest first.
 
     Args:
-        embeddings: (N, D) pooled vectors (compared by cosine).
+        embeddings: (N, D) pooled vectors (compared by cosine), e.g. the float16 memory map
+            ``features/pooled.npy``: never copied whole, and not read at all when ``neighbours`` is given.
         content_hash: (N,) int64 pixel digests, 0 = unknown; equal non-zero digests always group.
         neighbours: the shared kNN graph of ``embeddings``; computed when None.
         threshold: a near edge needs cosine >= ``threshold`` (and to be mutual, see the module).
@@ -82,12 +83,25 @@ def duplicate_groups(embeddings: np.ndarray, content_hash: np.ndarray | None = N
     >>> duplicate_groups(np.eye(3), content_hash=np.array([5, 0, 5])).tolist()
     [0, -1, 0]
     """
-    return _copy_graph(embeddings, content_hash, neighbours, threshold)[0]
+    return _copy_graph(_vectors(embeddings, neighbours), content_hash, neighbours, threshold)[0]
 
 
-def _copy_graph(embeddings, content_hash, neighbours, threshold):
-    """``(groups, edges)``: the group ids and the kept edges ``(i, j, cosine, exact)``, both directions."""
-    x = check_embeddings(embeddings)
+def _vectors(embeddings, neighbours: Neighbours | None) -> np.ndarray:
+    """The embeddings as given (a float16 memory map stays one, never a float32 copy). With the graph
+    given only their shape is checked, the values not read (25.6 GB at 10M x 1,280): the graph is all
+    the check reads, and the search that made it checked them; without, they are checked chunk by
+    chunk and the graph is searched from them."""
+    x = embeddings if isinstance(embeddings, np.ndarray) else np.asarray(embeddings)
+    if neighbours is None or x.ndim != 2 or 0 in x.shape:
+        return check_embeddings(x, convert=False)
+    return x
+
+
+def _copy_graph(x, content_hash, neighbours, threshold):
+    """``(groups, edges)``: the group ids and the kept edges ``(i, j, cosine, exact)``, both directions.
+    ``x`` is the checked embeddings, as given (a float16 memory map stays one): only a missing graph
+    reads them, and :func:`~mlfix.scoring.neighbours.embedding_neighbours` does so chunk by chunk from
+    APPROXIMATE_MIN rows."""
     n = x.shape[0]
     if neighbours is None:
         neighbours = embedding_neighbours(x, DEFAULT_K) if n > 1 else Neighbours(
@@ -272,7 +286,7 @@ def duplicates_check(embeddings: np.ndarray, labels: Sequence | None, sample_ids
         >>> table.reason[0]
         'near copy of b (cosine 1.000); copies carry labels cat, dog'
     """
-    x = check_embeddings(embeddings)
+    x = _vectors(embeddings, neighbours)
     n = x.shape[0]
     ids, mask = check_ids(sample_ids, n), check_trusted(trusted, n)
     coded = encode_labels([None] * n if labels is None else labels, n)

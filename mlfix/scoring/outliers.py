@@ -23,6 +23,12 @@ all flagged by ``outlier`` (48 flagged: precision 0.42, recall 1.0; 19 of the to
 OUTLIER_K 5, 20 and 50 did no better). With 2% of those GTSRB labels flipped, ``class_outlier``
 flags 74 (precision 0.60, recall 0.80).
 
+At scale (a float16 memory map of millions of rows): ``class_outlier`` reads the vectors one class at
+a time, a class of :data:`~mlfix.scoring.neighbours.APPROXIMATE_MIN` rows or more through an IVF
+index read in chunks (as the neighbour graph), and from APPROXIMATE_MIN labeled rows a flagged
+sample's closest class is sought among the :data:`CLOSEST_CANDIDATES` classes of nearest mean
+direction, not all (``python -m bench.scale_checks``; figures in docs/scale.md).
+
 Example:
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(0, 1, (60, 8)) + 6.0; x[7] = -x[7]     # one vector points the other way
@@ -34,20 +40,30 @@ Example:
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from mlfix.scoring import ann
 from mlfix.scoring.contract import (TRUSTED_SCORE, check_embeddings, check_ids, check_trusted,
                                     encode_labels)
-from mlfix.scoring.neighbours import Neighbours, cosine_index, embedding_neighbours
+from mlfix.scoring.neighbours import (Neighbours, _search_without_self, approximate_index, approximate_min,
+                                      cosine_index, unit_reader)
 
 OUTLIER_K = 10  # neighbours averaged: the closest few, so a small cluster of odd images is still odd
 CLASS_K = 5  # same-class neighbours averaged (5 beat 10, 20 and the class centre on GTSRB)
 ROBUST_Z = 3.5  # Iglewicz & Hoaglin's cut-off for the modified z-score
 MIN_SPREAD = 0.01  # floor of 1.4826 * MAD, in cosine distance
 MIN_CLASS = 3  # a class needs this many labeled samples to judge one of them
+# From APPROXIMATE_MIN labeled rows a flagged sample's closest class is sought among this many other
+# classes, those whose mean direction is nearest its own, not all: exact over all classes costs
+# flagged x N x D (5% flagged at 1M x 256: 1.3e13 multiply-adds, most of the 1,335 s that
+# docs/scale.md measured). On bench.scale's 200k x 256 vectors (100 classes of 2k, 9,911 flagged) it
+# named the same class as the search of all classes for every flagged row, in 17 instead of 46 CPU s.
+CLOSEST_CANDIDATES = 10
 THRESHOLDS = {"outlier": ROBUST_Z, "class_outlier": ROBUST_Z}
 
 
@@ -109,7 +125,8 @@ def class_outlier_check(embeddings: np.ndarray, labels: Sequence, sample_ids: Se
     """The ``class_outlier`` check: far from the other samples of its own class.
 
     Args:
-        embeddings: (N, D) pooled vectors.
+        embeddings: (N, D) pooled vectors, e.g. the float16 memory map ``features/pooled.npy``: read one
+            class at a time, a large class (APPROXIMATE_MIN rows) in chunks, never copied whole.
         labels: (N,) labels, None/NaN = unlabeled (score NaN).
         sample_ids: (N,) ids.
         trusted: (N,) bool, reviewed samples: their label is right, so score 0 and no flag (they still
@@ -131,17 +148,20 @@ def class_outlier_check(embeddings: np.ndarray, labels: Sequence, sample_ids: Se
         >>> table.reason[19]
         'mean cosine distance 0.759 to the 5 closest of class a (rank 1 of 11; median 0.005); closest class: b'
     """
-    x = check_embeddings(embeddings)
+    x = check_embeddings(embeddings, convert=False)  # a float16 memory map stays one: read class by class
     n = x.shape[0]
     ids, mask = check_ids(sample_ids, n), check_trusted(trusted, n)
     coded = encode_labels(labels, n)
-    distance = _same_class_distance(x, coded.codes, k)
-    score, median = robust_z(distance, coded.codes)
-    score = np.where(mask & ~np.isnan(score), TRUSTED_SCORE, score)
-    flag = (score >= THRESHOLDS["class_outlier"]) & ~mask
+    members = _class_members(coded.codes)
+    with tempfile.TemporaryDirectory(prefix="mlfix-class-outliers-") as folder:
+        distance, directions = _same_class_distance(x, members, k, Path(folder))
+        score, median = robust_z(distance, coded.codes)
+        score = np.where(mask & ~np.isnan(score), TRUSTED_SCORE, score)
+        flag = (score >= THRESHOLDS["class_outlier"]) & ~mask
+        near = coded.decode(_closest_class(x, coded.codes, members, np.flatnonzero(flag), distance[flag], k,
+                                           directions, Path(folder)))
     rank, of = _rank(distance, coded.codes)
     names = coded.decode(coded.codes)
-    near = coded.decode(_closest_class(x, coded.codes, np.flatnonzero(flag), distance[flag], k))
     text = pd.Series([f"mean cosine distance {d:.3f} to the {k} closest of class {name} (rank {r:.0f} of "
                       f"{o:.0f}; median {m:.3f})" + (f"; closest class: {other}" if other != name else "")
                       for d, name, r, o, m, other in zip(distance[flag], names[flag], rank[flag], of[flag],
@@ -149,32 +169,137 @@ def class_outlier_check(embeddings: np.ndarray, labels: Sequence, sample_ids: Se
     return _table(ids, score, flag, text, distance)
 
 
-def _same_class_distance(x: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
-    """(N,) mean cosine distance of each labeled sample to the ``k`` closest others of its class
-    (NaN when unlabeled or its class has fewer than MIN_CLASS samples). One exact faiss index per
-    class: the loop runs over classes, and costs about 1/classes of the whole set's kNN graph."""
+def _class_members(codes: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """``(code, its rows ascending)`` of every labeled class, from one stable sort of the codes
+    (not a boolean mask over all N rows per class).
+
+    >>> [(code, rows.tolist()) for code, rows in _class_members(np.array([1, -1, 0, 1, 0]))]
+    [(0, [2, 4]), (1, [0, 3])]
+    """
+    labeled = np.flatnonzero(codes >= 0)
+    order = labeled[np.argsort(codes[labeled], kind="stable")]
+    classes, starts = np.unique(codes[order], return_index=True)
+    return list(zip(classes.tolist(), np.split(order, starts[1:])))
+
+
+class _Rows:
+    """The rows ``rows`` (ascending) of ``x`` (a float16 memory map, say), read only when indexed: what
+    the approximate index of one class reads, :data:`mlfix.scoring.ann.CHUNK_ROWS` rows at a time."""
+
+    def __init__(self, x: np.ndarray, rows: np.ndarray):
+        self.x, self.rows = x, rows
+        self.shape = (len(rows), x.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, part) -> np.ndarray:
+        return np.asarray(self.x[self.rows[part]])
+
+
+def _same_class_distance(x: np.ndarray, members: list, k: int, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(distance, directions)``: (N,) mean cosine distance of each labeled sample to the ``k`` closest
+    others of its class (NaN when unlabeled or its class has fewer than MIN_CLASS samples), and (C, D)
+    each class's mean unit vector.
+
+    One index per class, as :func:`~mlfix.scoring.neighbours.embedding_neighbours` would build it for
+    that class alone: exact (faiss flat; the class's rows gathered, at most APPROXIMATE_MIN of them)
+    under :data:`~mlfix.scoring.neighbours.APPROXIMATE_MIN` rows, else an IVF index
+    (:mod:`mlfix.scoring.ann`) reading the class chunk by chunk, kept in ``folder`` for
+    :func:`_closest_class`. Never the whole (N, D) array as float32."""
     distance = np.full(len(x), np.nan)
-    for code in np.unique(codes[codes >= 0]):
-        rows = np.flatnonzero(codes == code)
+    directions = np.zeros((max((code for code, _ in members), default=-1) + 1, x.shape[1]), np.float32)
+    for code, rows in members:
+        if len(rows) >= approximate_min():
+            index, similarity, directions[code] = _approximate_class(x, rows, k)
+            _write_index(index, folder / f"{code}.faiss")
+        else:
+            index, unit = cosine_index(x[rows])
+            directions[code] = unit.sum(axis=0)
+            similarity = _search_without_self(index, unit, k).similarity if len(rows) >= MIN_CLASS else None
         if len(rows) >= MIN_CLASS:
-            distance[rows] = 1.0 - embedding_neighbours(x[rows], k).similarity.mean(axis=1)
-    return distance
+            distance[rows] = 1.0 - similarity.mean(axis=1)
+    directions /= np.clip(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12, None)
+    return distance, directions
 
 
-def _closest_class(x: np.ndarray, codes: np.ndarray, rows: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
-    """For ``rows`` (the flagged: few): the class whose ``k`` closest samples are nearest on average;
-    ``own`` is their distance to their own class (which must not count them as their own neighbour)."""
-    classes = np.unique(codes[codes >= 0])
+def _approximate_class(x: np.ndarray, rows: np.ndarray, k: int):
+    """``(IVF index, (m, k) similarities, mean unit vector)`` of one large class (seed 0, as
+    embedding_neighbours does), reading its rows a chunk at a time."""
+    view = _Rows(x, rows)
+    read, k = unit_reader(view), min(k, len(rows) - 1)
+    index = approximate_index(view, k, 0, read)
+    similarity, _ = ann.search_all(index, read, len(rows), k)
+    direction = sum(read(part).sum(axis=0) for part in ann.chunks(len(rows)))
+    return index, similarity, direction
+
+
+def _write_index(index, path: Path) -> None:
+    import faiss
+
+    faiss.write_index(index, str(path))
+
+
+def _closest_class(x: np.ndarray, codes: np.ndarray, members: list, rows: np.ndarray, own: np.ndarray,
+                   k: int, directions: np.ndarray, folder: Path) -> np.ndarray:
+    """For ``rows`` (the flagged): the class whose ``k`` closest samples are nearest on average;
+    ``own`` is their distance to their own class (which must not count them as their own neighbour).
+
+    Under APPROXIMATE_MIN labeled rows, every class is searched exactly for every flagged row. From
+    there, each flagged row searches only the :data:`CLOSEST_CANDIDATES` other classes whose mean
+    direction is nearest its own (:func:`_asked`), a chunk of flagged rows at a time, and a class of
+    APPROXIMATE_MIN rows or more is searched in the IVF index :func:`_same_class_distance` kept in
+    ``folder``."""
     if len(rows) == 0:
         return np.zeros(0, np.int64)
-    distance = np.full((len(rows), classes.max() + 1), np.inf)
-    _, queries = cosine_index(x[rows])
-    for code in classes:
-        index, _ = cosine_index(x[codes == code])
-        similarity, _ = index.search(queries, min(k, index.ntotal))
-        distance[:, code] = 1.0 - similarity.mean(axis=1)
+    distance = np.full((len(rows), len(directions)), np.inf)
+    asked = _asked(x, rows, directions, codes[rows], sum(len(r) for _, r in members))
+    for code, class_rows in members:
+        which = np.arange(len(rows)) if asked is None else asked.get(code, np.zeros(0, np.int64))
+        if len(which) == 0:
+            continue
+        index = _class_index(x, code, class_rows, folder)
+        for part in ann.chunks(len(which)):  # the flagged rows that search this class, read a chunk at a time
+            similarity, _ = index.search(_unit(x[rows[which[part]]]), min(k, index.ntotal))
+            distance[which[part], code] = 1.0 - similarity.mean(axis=1)
     distance[np.arange(len(rows)), codes[rows]] = own
     return distance.argmin(axis=1)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` as unit float32 rows, normalised by faiss as :func:`cosine_index` does."""
+    import faiss
+
+    unit = np.array(vectors, dtype=np.float32, copy=True)
+    faiss.normalize_L2(unit)
+    return unit
+
+
+def _asked(x: np.ndarray, rows: np.ndarray, directions: np.ndarray, own: np.ndarray, n: int) -> dict | None:
+    """``{class code: positions in rows of the flagged samples that search it}``: each one's
+    CLOSEST_CANDIDATES classes of nearest mean direction, its own left out (its distance is known);
+    None (every class for every one) under APPROXIMATE_MIN labeled rows ``n`` or when no class would be
+    left out. Exact search of every class costs flagged x N x D: 5% of 1M x 256 flagged, 1.3e13
+    multiply-adds. The flagged rows are read a chunk at a time."""
+    if n < approximate_min() or len(directions) - 1 <= CLOSEST_CANDIDATES:
+        return None
+    picked = np.empty((len(rows), CLOSEST_CANDIDATES), np.int64)
+    for part in ann.chunks(len(rows)):
+        similarity = _unit(x[rows[part]]) @ directions.T
+        similarity[np.arange(len(similarity)), own[part]] = -np.inf
+        picked[part] = np.argpartition(-similarity, CLOSEST_CANDIDATES - 1, axis=1)[:, :CLOSEST_CANDIDATES]
+    query = np.repeat(np.arange(len(rows)), CLOSEST_CANDIDATES)
+    order = np.argsort(picked.ravel(), kind="stable")
+    classes, starts = np.unique(picked.ravel()[order], return_index=True)
+    return dict(zip(classes.tolist(), np.split(query[order], starts[1:])))
+
+
+def _class_index(x: np.ndarray, code: int, rows: np.ndarray, folder: Path):
+    """The class's index: the IVF index kept in ``folder`` when there is one, else an exact one."""
+    import faiss
+
+    path = folder / f"{code}.faiss"
+    return faiss.read_index(str(path)) if path.is_file() else cosine_index(x[rows])[0]
 
 
 def _table(ids: np.ndarray, score: np.ndarray, flag: np.ndarray, text: pd.Series,
