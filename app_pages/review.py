@@ -23,7 +23,7 @@ from mlfix.review import actions as review_actions
 from mlfix.review.store import StoreUnavailable
 from mlfix.ui import access, classes_panel, confusion_section, grid, scores_job, state, suggestions, team, text
 from mlfix.ui.review_data import (SIMILARITY_ORDERS, make_items, neighbours, ordering, page_runs, published_views,
-                                  review_store, sample_tables, score_columns, score_table, scores_by_id, state_of)
+                                  review_scores, review_store, sample_tables, score_columns, scores_by_id, state_of)
 
 GRID_KEY = "mlfix_review_grid"
 PAGE_KEY = "mlfix_review_page"
@@ -138,7 +138,7 @@ def main() -> None:
         st.stop()
     originals, labels = sample_tables(project)
     views = published_views(project)
-    scores = score_table(project)
+    scores = review_scores(project)  # only the columns this page reads
     # A dense tool: use the width of the window (this style lives only while the page is shown).
     st.html("<style>.block-container{padding:2.2rem 1.5rem 0.5rem 1.5rem;max-width:none}</style>")
 

@@ -23,11 +23,19 @@ carry over.
 Measured 2026-12-01/02 (2 shared cores, load average 7-14 from other jobs: first runs are inflated;
 reruns after a decision): 100k: rerun 0.57 s median, peak 0.6 GB; 1M: rerun 0.15 s, peak 1.1 GB;
 5M: rerun 0.17 s (max 1.3 s), next page 0.31 s, first load 712 s (mostly the side panel's IVF
-neighbour index, built and tuned once), peak 3.5 GB; 10M: the page's first load passes 6 GB (the session's memory allowance; stopped there), so 10M is
-not measured here. A rerun reads no table, order or neighbour index again and looks up only the
-page's ids (tests/ui/test_review_scale.py), so its cost does not grow with N; the first load
-(sample, score and confusion tables, one hash of every sample id, the neighbour index) does, about
-0.6 GB per million samples.
+neighbour index, built and tuned once), peak 3.5 GB. Since the page reads only the score columns it
+shows (label columns as categoricals: not path, flags, reasons) and counts the confusion table
+without a str per row (2026-12-02): **5M: rerun 0.160 s median (max 0.163 s), next page 0.166 s,
+first load 300 s, peak 3,008 MiB**; **7.5M: rerun 0.170 s median (max 0.193 s), next page 0.117 s,
+first load 527 s, peak 4,257 MiB**; 10M: the tables, the first page and the id hash held 4,926 MiB
+and the process peaked at 5,397 MiB (ps, while the neighbour index was being built), but the first load
+passed AppTest's 1,800 s timeout (load 10-17, a test suite beside it; the timeout is 7,200 s now),
+so 10M reruns are not measured yet. A rerun reads no table, order or neighbour index again and looks
+up only the page's ids (tests/ui/test_review_scale.py), so its cost does not grow with N; the first
+load (sample, score and confusion tables, one hash of every sample id, the neighbour index) does,
+about 0.55 GiB per million samples. Per million (a 1M project, the page's loaders called in turn):
+the sample table ~230 MB, the hash of the ids with the given labels ~170 MB, the scores 76 MB (was
+120 MB), the confusion count's transient 104 MB (was 235 MB).
 """
 
 from __future__ import annotations
@@ -134,7 +142,7 @@ def measure_review(n: int, seed: int, folder: Path, repeats: int = 5) -> dict:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
     project = Path(folder) / "project"
     build_s = time.perf_counter() - start
-    at = AppTest.from_file(PAGE, default_timeout=1800)
+    at = AppTest.from_file(PAGE, default_timeout=7200)  # 10M: the first load passed 1,800 s here
     at.session_state["mlfix_project_dir"] = str(project)
     at.session_state["mlfix_reviewer"] = "bench"
     start = time.perf_counter()

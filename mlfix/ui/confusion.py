@@ -76,14 +76,24 @@ def confusion_frame(scores: pd.DataFrame, labels: pd.Series | None = None) -> pd
 
 
 def _strings(column: pd.Series):
-    """A str column as it is (the frame stores str either way; no Python object per row: 10M rows
-    would make 0.6 GB of them), any other column as objects."""
-    return column.array if isinstance(column.dtype, pd.StringDtype) else column.to_numpy(dtype=object)
+    """A str or categorical column as it is (no Python object per row: 10M rows would make 0.6 GB of
+    them; a categorical's counting makes one reference a row to its few names), any other as objects."""
+    kept = isinstance(column.dtype, (pd.StringDtype, pd.CategoricalDtype))
+    return column.array if kept else column.to_numpy(dtype=object)
+
+
+def _objects(column: pd.Series):
+    """A categorical column as objects that refer to its few names (listing a categorical makes a str
+    a row: gigabytes at 10M rows), None where missing; any other column as it is."""
+    if not isinstance(column.dtype, pd.CategoricalDtype):
+        return column
+    names = np.append(np.asarray(column.cat.categories, dtype=object), np.array([None], dtype=object))
+    return names[column.cat.codes.to_numpy()]  # code -1 (missing) picks the None at the end
 
 
 def counts(frame: pd.DataFrame) -> pd.DataFrame:
     """``DataFrame[given, predicted, count]``, every pair of classes (see mlfix.scoring.confusion.confusion)."""
-    return confusion(frame["given"], frame["predicted"])
+    return confusion(_objects(frame["given"]), _objects(frame["predicted"]))
 
 
 def classes(table: pd.DataFrame) -> list:
@@ -120,8 +130,8 @@ def cell_name(given, predicted, count: int) -> str:
 
 def cell_ids(frame: pd.DataFrame, given, predicted) -> list:
     """The sample ids of one cell, most suspicious first (highest ``order``)."""
-    return confusion_samples(frame["given"], frame["predicted"], frame["sample_id"], given, predicted,
-                             order=frame["order"])
+    return confusion_samples(_objects(frame["given"]), _objects(frame["predicted"]), frame["sample_id"], given,
+                             predicted, order=frame["order"])
 
 
 def cell_px(n_classes: int) -> int:

@@ -50,6 +50,48 @@ def score_table(project: Project) -> pd.DataFrame | None:
     return table if isinstance(table, pd.DataFrame) and "sample_id" in table.columns else None
 
 
+# What the Review page reads of scores.parquet: the ids, the score columns (its "Sort by"), the given label
+# and the predicted ones (the grid's hint, the confusion view). The rest (path, flags, reasons, duplicate
+# groups) stays on disk, and a label column is read as a categorical: one byte a row, not a str.
+REVIEW_LABEL_COLUMNS = ("label", "suggested_label", "suggested_cleanlab", "suggested_loss")
+
+
+def review_columns(names: list[str]) -> list[str]:
+    """The columns of a scores table (``names``) the Review page reads, in the table's order.
+
+    >>> review_columns(["sample_id", "path", "label", "score", "flag_blur", "score_blur", "suggested_knn"])
+    ['sample_id', 'label', 'score', 'score_blur']
+    """
+    return [c for c in names if c == "sample_id" or c in REVIEW_LABEL_COLUMNS or c == "score"
+            or c.startswith("score_")]
+
+
+def review_scores(project: Project) -> pd.DataFrame | None:
+    """The project's last computed scores as :func:`score_table` reads them (most suspect first), but
+    only :func:`review_columns`, the label columns categorical; made once per version of scores.parquet
+    (at 10M samples the whole table as read costs gigabytes; bench/scale_review.py)."""
+    from mlfix.ui import loaders
+
+    if not (Path(project.dir) / "scores.parquet").exists():
+        return None
+    try:
+        return _review_scores(str(project.dir), loaders.stamp(project.dir, ("scores.parquet",)))
+    except Exception:  # scores being rewritten, or an old format: sort by similarity only
+        return None
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _review_scores(project_dir: str, stamp: tuple) -> pd.DataFrame | None:
+    import pyarrow.parquet as pq
+
+    path = Path(project_dir) / "scores.parquet"
+    columns = review_columns(pq.read_schema(path).names)
+    if "sample_id" not in columns:
+        return None
+    labels = [c for c in columns if c in REVIEW_LABEL_COLUMNS]
+    return pd.read_parquet(path, columns=columns, read_dictionary=labels)  # dictionary -> categorical
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _scores_by_id(project_dir: str, stamp: tuple, _scores: pd.DataFrame, _index: pd.Index) -> pd.DataFrame:
     rows = _index.get_indexer(_scores["sample_id"]) if _index.is_unique else None
@@ -179,7 +221,8 @@ def _sample_tables(project_dir: str, stamp: tuple, _project) -> tuple[pd.Series,
         originals.index.get_loc(originals.index[0])  # builds the hash table once, here
     # Project.row_of would hash every sample id again (over a GB at 10M): give it this index (the same
     # positions by sample id it builds itself; dropped by the project when samples.parquet changes).
-    _project._cache.setdefault("row_of", pd.Series(np.arange(len(originals)), index=originals.index))
+    rows = np.arange(len(originals), dtype=np.int32 if len(originals) < 2**31 else np.int64)  # 40 MB less at 10M
+    _project._cache.setdefault("row_of", pd.Series(rows, index=originals.index))
     return originals, list(_project.labels)
 
 

@@ -120,3 +120,37 @@ def test_a_renamed_class_maps_the_given_labels_once(tmp_path, monkeypatch):
     assert not at.exception, at.exception
     assert "effective_labels" not in calls.counts
     assert {i["label"] for i in _grid(at)["items"]} == {"zero"}  # the first class, as renamed
+
+
+def test_the_page_reads_only_the_score_columns_it_shows_with_categorical_labels(tmp_path, monkeypatch):
+    folder = build_project(tmp_path, 2_000)
+    path = folder / "scores.parquet"
+    scores = pd.read_parquet(path)
+    scores.insert(1, "path", "img/0.png")  # as a real table: columns the page never reads
+    scores["flag_blur"], scores["reason_blur"] = False, "sharp enough"
+    scores.to_parquet(path, index=False)
+    read: list = []
+    real = pd.read_parquet
+    monkeypatch.setattr(pd, "read_parquet", lambda p, *a, **kw: read.append((Path(p).name, kw.get("columns")))
+                        or real(p, *a, **kw))
+    at = _page(folder)
+    wanted = ["sample_id", "label", "score", "suggested_label", "score_knn"]  # not path, flags, reasons
+    assert [r for r in read if r[0] == "scores.parquet"] == [("scores.parquet", wanted)]  # read once
+    table = review_data.review_scores(Project.open(folder))
+    assert table["label"].dtype == "category" and table["suggested_label"].dtype == "category"
+    assert table["sample_id"].tolist() == scores["sample_id"].tolist()  # most suspect first, as written
+    data = _grid(at)
+    assert data["panel"]["suggested"] == scores.set_index("sample_id").loc[data["panel"]["id"], "suggested_label"]
+
+
+def test_confusion_counts_of_categorical_labels_equal_those_of_strings():
+    from mlfix.ui import confusion
+
+    given, predicted = ["a", "a", "b", None, "c"], ["a", "b", "b", "a", None]
+    frame = pd.DataFrame({"sample_id": list("vwxyz"), "given": given, "predicted": predicted,
+                          "order": [0.1, 0.9, 0.5, 0.2, 0.3]})
+    as_categories = frame.astype({"given": "category", "predicted": "category"})
+    assert confusion.counts(as_categories).equals(confusion.counts(frame))
+    assert confusion.cell_ids(as_categories, "a", "b") == confusion.cell_ids(frame, "a", "b") == ["w"]
+    objects = confusion._objects(as_categories["given"])
+    assert objects[0] is objects[1] and objects[3] is None  # references to the names, not a str a row
