@@ -23,7 +23,8 @@ from mlfix.review import actions as review_actions
 from mlfix.review.store import StoreUnavailable
 from mlfix.ui import access, classes_panel, confusion_section, grid, scores_job, state, suggestions, team, text
 from mlfix.ui.review_data import (SIMILARITY_ORDERS, make_items, neighbours, ordering, page_runs, published_views,
-                                  review_scores, review_store, sample_tables, score_columns, scores_by_id, state_of)
+                                  review_scores, review_store, sample_tables, score_columns, scores_by_id,
+                                  similarity_options, state_of)
 
 GRID_KEY = "mlfix_review_grid"
 PAGE_KEY = "mlfix_review_page"
@@ -165,9 +166,11 @@ def main() -> None:
     label_options = [ALL_IMAGES] + labels if unlabeled else labels + [ALL_IMAGES]
     label = cols[0].selectbox("Class", label_options, key="mlfix_review_class", disabled=view is not None,
                               format_func=text.visible, help="Images whose given label is this class.")
-    sort = cols[1].selectbox("Sort by", list(SIMILARITY_ORDERS) + score_columns(scores), key="mlfix_review_sort",
-                             help="Similarity: similar images side by side, by the pooled embedding (the "
-                                  "default: more neighbours of the same class) or by shared visual words. "
+    sort = cols[1].selectbox("Sort by", similarity_options(project) + score_columns(scores), key="mlfix_review_sort",
+                             help="Similarity: similar images side by side, by the pooled embedding and the "
+                                  "visual words together (the default where the index has it: the most "
+                                  "neighbours of the same class, measured), the embedding alone or shared "
+                                  "visual words. "
                                   "A score: most likely mislabeled first. A confusion cell opens most "
                                   "suspicious first.")
     page_size = cols[2].selectbox("Per page", PAGE_SIZES, index=len(PAGE_SIZES) - 1, key="mlfix_review_size")

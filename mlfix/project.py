@@ -23,7 +23,7 @@ Example (a notebook; the demo's digits stand in for your images, small settings 
     >>> len(order), order[0]
     (3, 'three/0003.png')
     >>> project.orderings()                             # the default first; project.order(label, by="words")
-    ['embedding', 'words', 'combined']
+    ['combined', 'embedding', 'words']
 """
 
 from __future__ import annotations
@@ -256,20 +256,21 @@ class Project(ProjectLabels, ProjectPredictions):
         return self._array("codebook/bags.npy")
 
     def orderings(self) -> list[str]:
-        """The similarity orders the index holds, the default first: ``"embedding"`` (the greedy chain
-        over pooled embeddings, :mod:`mlfix.pipeline.ordering.embedding`) and ``"words"`` (over bags
-        of visual words). A project indexed before the embedding order existed has ``["words"]``
-        until its next :meth:`index` (which reuses the features)."""
-        from mlfix.pipeline.ordering import DEFAULT_ORDERING, ORDERINGS
+        """The similarity orders the index holds, the default first (``ORDER_PREFERENCE``):
+        ``"combined"`` (pooled embedding and words together; up to 100k images), ``"embedding"`` (the
+        greedy chain over pooled embeddings, :mod:`mlfix.pipeline.ordering.embedding`) and ``"words"``
+        (over bags of visual words). A project indexed before the embedding order existed has
+        ``["words"]`` until its next :meth:`index` (which reuses the features)."""
+        from mlfix.pipeline.ordering import ORDER_PREFERENCE, ORDERINGS
 
         held = [by for by, folder in ORDERINGS.items() if (self.dir / folder / "orders.key.json").is_file()]
-        return sorted(held, key=lambda by: by != DEFAULT_ORDERING)
+        return sorted(held, key=ORDER_PREFERENCE.index)
 
     def order_rows(self, label: str | None = None, by: str | None = None) -> np.ndarray:
         """Row positions in similarity order: one class, or the whole dataset when ``label`` is None.
 
-        ``by``: ``"embedding"`` or ``"words"`` (see :meth:`orderings`); None is the default, the first
-        of :meth:`orderings` (the embedding order; the words order on a project indexed before it).
+        ``by``: ``"combined"``, ``"embedding"`` or ``"words"`` (see :meth:`orderings`); None is the
+        default, the first of :meth:`orderings` (the combined order where the index has it).
         """
         from mlfix.pipeline.ordering import DEFAULT_ORDERING, ORDERINGS
 

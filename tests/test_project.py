@@ -58,16 +58,18 @@ def test_rerun_with_same_settings_reuses_every_artifact(indexed):
     assert mtimes(indexed, *files) == before
 
 
-def test_both_orders_are_written_and_the_embedding_order_is_the_default(indexed):
+def test_the_orders_are_written_and_the_combined_order_is_the_default(indexed):
     from mlfix.pipeline.ordering.embedding import embedding_order
 
-    assert indexed.orderings() == ["embedding", "words", "combined"]
-    assert list(indexed.order()) == list(indexed.order(by="embedding"))
+    assert indexed.orderings() == ["combined", "embedding", "words"]
+    assert list(indexed.order()) == list(indexed.order(by="combined"))
+    assert list(indexed.order()) != list(indexed.order(by="embedding"))
     assert list(indexed.order_rows(by="words")) == list(np.load(indexed.dir / "orders" / "all.npy"))
     samples = indexed.samples
     for label in indexed.labels:
         rows = np.flatnonzero((samples["label"] == label).to_numpy())
-        assert list(indexed.order_rows(label)) == list(rows[embedding_order(np.asarray(indexed.pooled()[rows]))])
+        embedding_rows = rows[embedding_order(np.asarray(indexed.pooled()[rows]))]
+        assert list(indexed.order_rows(label, by="embedding")) == list(embedding_rows)
         assert sorted(indexed.order(label, by="words")) == sorted(samples["sample_id"].to_numpy()[rows])
     with pytest.raises(ValueError, match="by must be one of"):
         indexed.order(by="colour")
@@ -114,7 +116,7 @@ def test_a_project_indexed_before_the_embedding_order_falls_back_then_gains_it(i
     before = mtimes(old, *files)
     project = Project.open(indexed_copy.dir).index()
     assert mtimes(project, *files) == before  # no pass over the images, the words orders kept
-    assert project.orderings() == ["embedding", "words", "combined"]
+    assert project.orderings() == ["combined", "embedding", "words"]
     assert sorted(project.order(by="embedding")) == sorted(project.samples["sample_id"])
 
 

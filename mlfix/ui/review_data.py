@@ -16,13 +16,21 @@ from mlfix.errors import MlfixError
 from mlfix.project import Project
 from mlfix.review.store import ReviewStore
 
-SIMILARITY = "Similarity (embedding)"  # the default order: its neighbour purity measured higher
+SIMILARITY = "Similarity (embedding)"
 SIMILARITY_WORDS = "Similarity (visual words)"
 SIMILARITY_COMBINED = "Similarity (embedding + words)"
-SIMILARITY_ORDERS = {SIMILARITY: "embedding", SIMILARITY_WORDS: "words",
-                     SIMILARITY_COMBINED: "combined"}  # sort option -> Project.order(by=)
+SIMILARITY_ORDERS = {SIMILARITY_COMBINED: "combined", SIMILARITY: "embedding",
+                     SIMILARITY_WORDS: "words"}  # sort option -> Project.order(by=)
 NO_EMBEDDING_ORDER = ("This project was indexed before the embedding order existed: showing the visual-word "
                       "order. Index it again (Training page, or `mlfix index`) to add it; the features are reused.")
+
+def similarity_options(project: Project) -> list[str]:
+    """The "Sort by" similarity options: the orders the project's index holds, its default first
+    (:meth:`Project.orderings`: the combined order where it was built); all of them before an index."""
+    held = project.orderings() if project.is_indexed else []
+    names = {by: name for name, by in SIMILARITY_ORDERS.items()}
+    return [names[by] for by in held if by in names] or list(SIMILARITY_ORDERS)
+
 
 def review_store(project: Project) -> ReviewStore:
     """The project's decisions store (one per open project: it holds a connection pool)."""
@@ -133,8 +141,8 @@ def ordered_ids(project: Project, label: str | None, view: dict | None, sort: st
     elif project.is_indexed:
         held = project.orderings()
         by = SIMILARITY_ORDERS.get(sort, held[0])  # a score sort breaks ties in the default order
-        if by not in held:
-            by, note = held[0], NO_EMBEDDING_ORDER
+        by = by if by in held else held[0]
+        note = None if "embedding" in held else NO_EMBEDDING_ORDER  # an index older than the embedding order
         ids = np.asarray(project.order(label, by=by), dtype=object)
     else:
         subset = samples if label is None else samples[samples["label"] == label]

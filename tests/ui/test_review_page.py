@@ -108,16 +108,21 @@ def test_paging_with_the_buttons(project):
     assert grid_data(at)["page"]["index"] == 0
 
 
-def test_the_embedding_order_is_the_default_and_visual_words_one_click_away(project):
+def test_the_combined_order_is_the_default_and_the_others_one_click_away(project):
     at = run_page(project.dir)
     sort = selectbox(at, "Sort by")
-    assert sort.value == "Similarity (embedding)"
-    assert sort.options[:2] == ["Similarity (embedding)", "Similarity (visual words)"]
+    assert sort.value == "Similarity (embedding + words)"
+    assert sort.options[:3] == ["Similarity (embedding + words)", "Similarity (embedding)",
+                                "Similarity (visual words)"]
     label = selectbox(at, "Class").value
+    by_combined = [str(s) for s in project.order(label, by="combined")][:200]
+    assert [item["id"] for item in grid_data(at)["items"]] == by_combined
+    assert grid_data(at)["show_suggested"] is False
+    sort.set_value("Similarity (embedding)")
+    at.run()
     by_embedding = [str(s) for s in project.order(label, by="embedding")][:200]
     assert [item["id"] for item in grid_data(at)["items"]] == by_embedding
-    assert grid_data(at)["show_suggested"] is False
-    sort.set_value("Similarity (visual words)")
+    selectbox(at, "Sort by").set_value("Similarity (visual words)")
     at.run()
     assert not at.exception, at.exception
     assert [item["id"] for item in grid_data(at)["items"]] == [str(s) for s in project.order(label, by="words")][:200]
@@ -127,7 +132,18 @@ def test_the_embedding_order_is_the_default_and_visual_words_one_click_away(proj
     assert list(project.order(None, by="embedding")) != list(project.order(None, by="words"))
 
 
+def test_without_the_combined_order_the_embedding_order_is_the_default_and_not_offered(project):
+    shutil.rmtree(project.dir / "orders" / "by-combined")  # as above 100k images
+    at = run_page(project.dir)
+    sort = selectbox(at, "Sort by")
+    assert sort.value == "Similarity (embedding)" and "Similarity (embedding + words)" not in sort.options
+    label = selectbox(at, "Class").value
+    assert [item["id"] for item in grid_data(at)["items"]] == [str(s) for s in project.order(label, by="embedding")][:200]
+    assert project.orderings() == ["embedding", "words"]
+
+
 def test_a_project_indexed_before_the_embedding_order_shows_the_words_order_with_a_note(project):
+    shutil.rmtree(project.dir / "orders" / "by-combined")
     shutil.rmtree(project.dir / "orders" / "by-embedding")
     at = run_page(project.dir)
     label = selectbox(at, "Class").value

@@ -19,7 +19,8 @@ Each ordering returns an int64 permutation of ``range(N)``. The package, one mod
   embedding chain's scan;
 - :mod:`~mlfix.pipeline.ordering.bags` — the input checks they share;
 - :mod:`~mlfix.pipeline.ordering.embedding` — ``embedding_order``, the same greedy chain over pooled
-  embeddings (cosine) instead of bags: the project's default order (:data:`DEFAULT_ORDERING`);
+  embeddings (cosine) instead of bags (and over the combined vectors: the project's default order,
+  :data:`DEFAULT_ORDERING`);
 - :mod:`~mlfix.pipeline.ordering.runs` — ``run_ids``: where an order's similarity drops, a run id per
   position (the review grid's breaks; one key labels a run);
 - :mod:`~mlfix.pipeline.ordering.weighted` — :func:`weighted_bags`: counts or tf-idf bags from the word
@@ -53,15 +54,17 @@ from mlfix.progress import ProgressFn
 METHODS = ("auto", "exact", "approximate")
 EXACT_MAX = 50_000  # "auto" uses the exact chain up to this many images (O(N^2): seconds on one core)
 # The similarity orders of a project and the folder (in the project) that holds each one's files
-# (all.npy, class-NNNN.npy, orders.json, orders.key.json). The default comes first: the embedding
-# chain keeps more neighbours in the same true class (CIFAR-10N, `python -m bench.detect`:
-# purity.greedy_embedding vs purity.greedy_words).
-# "combined": the same chain over the pooled embedding beside the sublinear tf-idf bag of words with a
-# centre prior (mlfix.pipeline.ordering.weighted): higher purity than either alone on CIFAR-10N,
-# flowers17 and GTSRB (`python -m bench.words`), but measured at 112 px on CIFAR, not the index's
-# 224 px default, so it is offered beside the default rather than made it.
+# (all.npy, class-NNNN.npy, orders.json, orders.key.json).
 ORDERINGS = {"embedding": "orders/by-embedding", "words": "orders", "combined": "orders/by-combined"}
-DEFAULT_ORDERING = "embedding"
+# Which order a project offers first, of those its index holds. "combined" (the embedding chain over the
+# pooled embedding beside the sublinear tf-idf bag of words with a centre prior,
+# mlfix.pipeline.ordering.weighted) kept more neighbours in the same true class than the embedding
+# chain on every set and size measured (`python -m bench.words`: CIFAR-10N 10k at 112 px 0.613 vs 0.582
+# and 3k at 224 px 0.611 vs 0.606, flowers17 0.868 vs 0.811, GTSRB 0.836 vs 0.747), and the embedding
+# chain more than the words (`python -m bench.detect`). The index builds the combined order up to
+# 100,000 images (mlfix.pipeline.index.COMBINED_MAX); above, the embedding order comes first.
+ORDER_PREFERENCE = ("combined", "embedding", "words")
+DEFAULT_ORDERING = ORDER_PREFERENCE[0]
 
 
 def order(bags: np.ndarray, method: str = "auto", start: int = 0, exact_max: int = EXACT_MAX,
