@@ -4,6 +4,7 @@
     python -m bench.scale --quick                  # small sizes: a smoke test (about a minute without engine)
     python -m bench.scale --only stages --rows 1000000 --dim 256
     python -m bench.scale --only engine --engine-sizes 10000
+    python -m bench.scale --only engine --engine-sizes 10000 100000 --engine-image-size 32 --no-flowers
     python -m bench.scale --out /tmp/mlfix-scale   # where generated images and memory maps go (reused)
 
 Sections (JSON lines via bench.common.emit, metric ``<section>.<...>``):
@@ -273,6 +274,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rows", type=int, nargs="+", help="stages: rows (default 1,000,000; --quick 2,000)")
     p.add_argument("--dim", type=int, help="stages: embedding dims (default 256; --quick 32)")
     p.add_argument("--engine-sizes", type=int, nargs="+", help="engine: generated images (default 10k 100k)")
+    p.add_argument("--engine-image-size", type=int, default=64, help="engine: the index's image size (default 64)")
+    p.add_argument("--engine-only", choices=("local", "ray"), help="engine: run one engine (no ratio)")
+    p.add_argument("--no-flowers", action="store_true", help="engine: skip the flowers17 comparison")
     p.add_argument("--keep", action="store_true", help="keep the stages' memory maps in --out")
     args = p.parse_args(argv)
     sections = args.only or SECTIONS
@@ -280,7 +284,9 @@ def main(argv: list[str] | None = None) -> None:
     if "engine" in sections:
         from bench.scale_engine import engine
 
-        engine(args.engine_sizes or ([2000] if args.quick else [10_000, 100_000]), args.out, setup)
+        engine(args.engine_sizes or ([2000] if args.quick else [10_000, 100_000]), args.out, setup,
+               args.engine_image_size, not args.no_flowers,
+               (args.engine_only,) if args.engine_only else ("local", "ray"))
     if "stages" in sections:
         for n in args.rows or ([QUICK_ROWS] if args.quick else [1_000_000]):
             stages(n, args.dim or (QUICK_DIM if args.quick else 256), args.out, setup, args.keep)

@@ -58,7 +58,7 @@ def synthetic_images(n: int, folder: Path, size: int = 64, seed: int = SEED, chu
     return labels_csv
 
 
-def engine_child(engine: str, images: str, labels: str) -> None:
+def engine_child(engine: str, images: str, labels: str, image_size: str = "64") -> None:
     """In a subprocess: index ``images`` with ``engine``; print one JSON line (seconds, driver peak)."""
     from bench.index_e2e import stage_seconds
     from mlfix.project import Project
@@ -70,7 +70,8 @@ def engine_child(engine: str, images: str, labels: str) -> None:
     options = {} if engine == "local" else {"engine": engine}
     with tempfile.TemporaryDirectory() as tmp:
         project = Project.create(Path(tmp) / "project", images=images, labels=labels, backbone=LITE0,
-                                 weights="offline", image_size=64, words=64, seed=SEED, cell_cache_gb=0, **options)
+                                 weights="offline", image_size=int(image_size), words=64, seed=SEED, cell_cache_gb=0,
+                                 **options)
         with timer() as took:
             project.index()
         record = json.loads((project.dir / "features" / "engine.json").read_text()) \
@@ -81,8 +82,8 @@ def engine_child(engine: str, images: str, labels: str) -> None:
                       "driver_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
 
 
-def run_engine(engine: str, images: Path, labels: Path) -> dict | None:
-    command = [sys.executable, "-m", "bench.scale_engine", engine, str(images), str(labels)]
+def run_engine(engine: str, images: Path, labels: Path, image_size: int = 64) -> dict | None:
+    command = [sys.executable, "-m", "bench.scale_engine", engine, str(images), str(labels), str(image_size)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
@@ -101,11 +102,12 @@ def engine_rates(run: dict) -> dict[str, float]:
     return rates
 
 
-def compare_engines(name: str, images: Path, labels: Path, setup: dict) -> dict:
+def compare_engines(name: str, images: Path, labels: Path, setup: dict, image_size: int = 64,
+                    engines: tuple[str, ...] = ENGINES) -> dict:
     """Index the same images with each engine (one subprocess each); emit images/s, ray / local and the
     driver's peak; return ``{engine: driver peak MiB}``."""
-    runs = {engine: run_engine(engine, images, labels) for engine in ENGINES}
-    setup = {**setup, "data": name, "backbone": f"{LITE0} offline", "image_size": 64, "words": 64,
+    runs = {engine: run_engine(engine, images, labels, image_size) for engine in engines}
+    setup = {**setup, "data": name, "backbone": f"{LITE0} offline", "image_size": image_size, "words": 64,
              "cell_cache_gb": 0, "ray": "ray.init(num_cpus=2), same machine"}
     rates = {}
     for engine, run in runs.items():
@@ -124,15 +126,19 @@ def compare_engines(name: str, images: Path, labels: Path, setup: dict) -> dict:
     return {engine: run and run["driver_peak_mb"] for engine, run in runs.items()}
 
 
-def engine(sizes: list[int], out: Path, setup: dict) -> None:
-    flowers = require_shared("flowers17")
-    if flowers is not None:
-        compare_engines("flowers17", flowers / "images.zip", flowers / "labels.csv", setup)
+def engine(sizes: list[int], out: Path, setup: dict, image_size: int = 64, flowers: bool = True,
+           engines: tuple[str, ...] = ENGINES) -> None:
+    """Flowers17 (unless ``flowers`` is False), then ``sizes`` generated 64 px JPEGs, indexed at
+    ``image_size`` by each of ``engines``; the driver's peak growth from the smallest to the largest size."""
+    folder = require_shared("flowers17") if flowers else None
+    if folder is not None:
+        compare_engines("flowers17", folder / "images.zip", folder / "labels.csv", setup, image_size, engines)
     peaks = {}
     for n in sizes:
         log(f"engine: {n:,} generated images")
         labels = synthetic_images(n, out / f"images_{n}")
-        peaks[n] = compare_engines(f"generated 64 px JPEG, {n:,}", out / f"images_{n}", labels, setup)
+        peaks[n] = compare_engines(f"generated 64 px JPEG, {n:,}", out / f"images_{n}", labels, setup,
+                                   image_size, engines)
     if len(sizes) >= 2:
         small, large = min(sizes), max(sizes)
         for name in ENGINES:
@@ -142,7 +148,7 @@ def engine(sizes: list[int], out: Path, setup: dict) -> None:
 
 
 def main() -> None:
-    engine_child(*sys.argv[1:4])
+    engine_child(*sys.argv[1:5])
 
 
 if __name__ == "__main__":
