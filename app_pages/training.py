@@ -141,8 +141,15 @@ def _train_controls(project: Project, running: bool) -> None:
     flip = c6.checkbox("Flips", value=bool(saved.get("flip", True)), key="tr_flip",
                        help="Random horizontal flips. Turn off where a mirror image means another class "
                        "(digits, text, signs).")
+    vq = st.number_input("Visual words learned with the backbone (0: off)", 0, 65_528,
+                         int(saved.get("vq_words", 0)), 64, key="tr_vq",
+                         help="mlfix train --vq-words: a VQ codebook trained beside Barlow Twins on the cells; "
+                              "index with codebook 'vq' and the same number of words to use it. Rounded down "
+                              "to a multiple of 8.")
+    vq_words = int(vq) // 8 * 8
     args = ["--epochs", str(int(epochs)), "--batch-size", str(int(batch)), "--image-size", str(int(size)),
-            "--init", init, "--head-dim", str(int(head))] + ([] if flip else ["--no-flip"])
+            "--init", init, "--head-dim", str(int(head))] + ([] if flip else ["--no-flip"]) \
+        + (["--vq-words", str(vq_words)] if vq_words else [])
     b1, b2 = st.columns(2)
     label = "Resume training" if checkpoint is not None else "Start training"
     if b1.button(label, type="primary", disabled=running, key="tr_start"):

@@ -67,11 +67,13 @@ def test_training_buttons_start_a_background_job_with_the_chosen_settings(projec
     at = app_on(project_copy.dir, "app_pages/training.py")
     at.number_input(key="tr_epochs").set_value(3)
     at.checkbox(key="tr_flip").uncheck()
+    at.number_input(key="tr_vq").set_value(70)  # rounded down to a multiple of 8, as --vq-words needs
     at.button(key="tr_start").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     record = jobs.current_job(project_copy.dir)
     assert record["kind"] == "train"
     assert record["args"][:2] == ["--epochs", "3"] and "--no-flip" in record["args"]
+    assert record["args"][-2:] == ["--vq-words", "64"]
     status = jobs.wait_job(project_copy.dir, timeout=60)
     assert status.state == "finished" and "pretend train" in status.log_tail
     at.run()
