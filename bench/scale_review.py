@@ -27,10 +27,9 @@ neighbour index, built and tuned once), peak 3.5 GB. Since the page reads only t
 shows (label columns as categoricals: not path, flags, reasons) and counts the confusion table
 without a str per row (2026-12-02): **5M: rerun 0.160 s median (max 0.163 s), next page 0.166 s,
 first load 300 s, peak 3,008 MiB**; **7.5M: rerun 0.170 s median (max 0.193 s), next page 0.117 s,
-first load 527 s, peak 4,257 MiB**; 10M: the tables, the first page and the id hash held 4,926 MiB
-and the process peaked at 5,397 MiB (ps, while the neighbour index was being built), but the first load
-passed AppTest's 1,800 s timeout (load 10-17, a test suite beside it; the timeout is 7,200 s now),
-so 10M reruns are not measured yet. A rerun reads no table, order or neighbour index again and looks
+first load 527 s, peak 4,257 MiB**; **10M: rerun 0.179 s median (max 0.186 s), next page 0.134 s,
+first load 665 s, peak 5,362 MiB** (load 4-5, a test suite beside it; an earlier try at load 10-17
+passed AppTest's 1,800 s timeout, which is 7,200 s now). A rerun reads no table, order or neighbour index again and looks
 up only the page's ids (tests/ui/test_review_scale.py), so its cost does not grow with N; the first
 load (sample, score and confusion tables, one hash of every sample id, the neighbour index) does,
 about 0.55 GiB per million samples. Per million (a 1M project, the page's loaders called in turn):
