@@ -54,8 +54,6 @@ def build_project(folder: Path, limit: int | None):
 def bench_apptest(project, repeats: int) -> None:
     from streamlit.testing.v1 import AppTest
 
-    from mlfix.review.store import ReviewStore
-
     at = AppTest.from_file(PAGE, default_timeout=300)
     at.session_state["mlfix_project_dir"] = str(project.dir)
     at.session_state["mlfix_reviewer"] = "bench"
@@ -73,25 +71,39 @@ def bench_apptest(project, repeats: int) -> None:
          thumbnails="url" if data["items"][0]["url"].startswith("app/") else "data-url")
 
     ids = [item["id"] for item in data["items"]]
-    decision_times, flip_times = [], []
-    with ReviewStore.for_project(project.dir) as store:
-        for i in range(repeats):
-            store.decide([ids[i % len(ids)]], "ok", reviewer="bench")
-            start = time.perf_counter()
-            at.run()
-            decision_times.append(time.perf_counter() - start)
-    for i in range(repeats):
-        label = "Next" if i % 2 == 0 else "Prev"
-        button = next(b for b in at.button if b.label == label)
-        start = time.perf_counter()
-        button.click().run()
-        flip_times.append(time.perf_counter() - start)
+    decision_times, flip_times = time_reruns_and_flips(at, project.dir, ids, repeats)
     assert not at.exception, at.exception
     for metric, values in (("apptest_rerun_after_decision_s", decision_times),
                            ("apptest_page_flip_s", flip_times)):
         median, p90 = stats(values)
         emit("review_page", metric + "_median", round(median, 4), "s", n=n_items, repeats=repeats)
         emit("review_page", metric + "_p90", round(p90, 4), "s", n=n_items, repeats=repeats)
+
+
+def time_reruns(at, project_dir, ids: list[str], repeats: int) -> list[float]:
+    """Seconds of ``repeats`` Review page reruns on AppTest ``at``, each after a decision stored on one
+    of ``ids``: what a key press in the grid costs."""
+    from mlfix.review.store import ReviewStore
+
+    reruns = []
+    with ReviewStore.for_project(project_dir) as store:
+        for i in range(repeats):
+            store.decide([ids[i % len(ids)]], "ok", reviewer="bench")
+            start = time.perf_counter()
+            at.run()
+            reruns.append(time.perf_counter() - start)
+    return reruns
+
+
+def time_reruns_and_flips(at, project_dir, ids: list[str], repeats: int) -> tuple[list[float], list[float]]:
+    """:func:`time_reruns`, then the seconds of ``repeats`` page flips (Next, Prev, ...)."""
+    reruns, flips = time_reruns(at, project_dir, ids, repeats), []
+    for i in range(repeats):
+        button = next(b for b in at.button if b.label == ("Next" if i % 2 == 0 else "Prev"))
+        start = time.perf_counter()
+        button.click().run()
+        flips.append(time.perf_counter() - start)
+    return reruns, flips
 
 
 def large_project(folder: Path, n: int, classes: int = 10):
@@ -130,8 +142,6 @@ def large_project(folder: Path, n: int, classes: int = 10):
 def bench_large(n: int, repeats: int) -> None:
     from streamlit.testing.v1 import AppTest
 
-    from mlfix.review.store import ReviewStore
-
     with tempfile.TemporaryDirectory(prefix="mlfix-bench-large-") as tmp:
         start = time.perf_counter()
         project = large_project(Path(tmp), n)
@@ -145,14 +155,7 @@ def bench_large(n: int, repeats: int) -> None:
         assert not at.exception, at.exception
         [element] = at.get("bidi_component")
         ids = [item["id"] for item in json.loads(element.proto.json)["items"]]
-        times = []
-        with ReviewStore.for_project(project.dir) as store:
-            for i in range(repeats):
-                store.decide([ids[i]], "ok", reviewer="bench")
-                start = time.perf_counter()
-                at.run()
-                times.append(time.perf_counter() - start)
-        median, p90 = stats(times)
+        median, p90 = stats(time_reruns(at, project.dir, ids, repeats))
         per_class = n // 10
         emit("review_page", "large_first_run_s", round(first, 3), "s", n=n, per_class=per_class,
              includes="open project, first 200 thumbnails", setup_s=round(setup_s, 1))

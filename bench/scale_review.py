@@ -134,7 +134,7 @@ def measure_review(n: int, seed: int, folder: Path, repeats: int = 5) -> dict:
     from streamlit.testing.v1 import AppTest
 
     from bench.common import machine, peak_rss_mb
-    from mlfix.review.store import ReviewStore
+    from bench.review_page import time_reruns_and_flips
 
     start = time.perf_counter()  # built in a child process: the peak below is the page's alone
     code = f"from bench.scale_review import build_project; build_project({str(folder)!r}, {n}, {seed})"
@@ -149,19 +149,7 @@ def measure_review(n: int, seed: int, folder: Path, repeats: int = 5) -> dict:
     first = time.perf_counter() - start
     if at.exception:
         raise RuntimeError(f"the Review page failed: {at.exception[0].message}")
-    ids = _items(at)
-    reruns, flips = [], []
-    with ReviewStore.for_project(project) as store:
-        for i in range(repeats):
-            store.decide([ids[i % len(ids)]], "ok", reviewer="bench")
-            start = time.perf_counter()
-            at.run()
-            reruns.append(time.perf_counter() - start)
-    for i in range(repeats):
-        button = next(b for b in at.button if b.label == ("Next" if i % 2 == 0 else "Prev"))
-        start = time.perf_counter()
-        button.click().run()
-        flips.append(time.perf_counter() - start)
+    reruns, flips = time_reruns_and_flips(at, project, _items(at), repeats)
     if at.exception:
         raise RuntimeError(f"the Review page failed: {at.exception[0].message}")
     return {"bench": "scale_review", "n": n, "build_s": round(build_s, 2), "first_run_s": round(first, 3),
