@@ -144,8 +144,8 @@ def variants(data: dict[str, np.ndarray], k: int, only: set[str] | None = None) 
         "tfidf_sublinear+centre": (SUBLINEAR, "centre", lambda: tfidf(centre, sublinear=True)),
         "tfidf_sublinear+centre+saliency": (SUBLINEAR, "centre x saliency", best_words),
         # what an index can build today (words.npy and pooled.npy; no cell norms stored)
-        "combined_centre_w1": (f"pooled + 1 x {SUBLINEAR}", "centre", lambda: weighted.combined_vectors(
-            pooled, tfidf(centre, sublinear=True), 1.0)),
+        "combined_centre_w1": (f"pooled + 1 x {SUBLINEAR}", "centre",
+                               lambda: weighted.index_combined_vectors(pooled, words, k, ok)),
     }
     for weight in COMBINED_WEIGHTS:
         out[f"combined_w{weight:g}"] = (f"pooled + {weight:g} x tfidf", "none", lambda weight=weight:

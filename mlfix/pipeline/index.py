@@ -313,16 +313,13 @@ def _embedding_orders(run: IndexRun, key: dict) -> None:
 
 def _combined_orders(run: IndexRun, key: dict) -> None:
     """The chain over the pooled embedding beside the weighted bag of words (sublinear tf-idf, centre
-    prior), each unit length and weighted alike (:func:`~mlfix.pipeline.ordering.weighted.combined_vectors`)."""
+    prior), each unit length and weighted alike (:func:`~mlfix.pipeline.ordering.weighted.index_combined_vectors`)."""
     from mlfix.pipeline.ordering.embedding import embedding_order
-    from mlfix.pipeline.ordering.weighted import centre_weights, combined_vectors, weighted_bags
+    from mlfix.pipeline.ordering.weighted import index_combined_vectors
 
     features_dir = run.dir / "features"
     words, ok = np.load(features_dir / "words.npy", mmap_mode="r"), np.load(features_dir / "ok.npy")
-    bags = weighted_bags(words, run.settings.words, "tfidf", focus=centre_weights(*words.shape[1:]), ok=ok,
-                         sublinear=True)
-    vectors = combined_vectors(np.load(features_dir / "pooled.npy").astype(np.float32), bags)
-    del bags
+    vectors = index_combined_vectors(np.load(features_dir / "pooled.npy"), words, run.settings.words, ok)
     _write_orders(run, run.dir / ORDERINGS["combined"], lambda rows: embedding_order(vectors[rows]), key,
                   "orders (combined)")
 

@@ -72,7 +72,8 @@ function init(parentElement) {
     "<kbd>f</kbd> wrong <kbd>o</kbd> ok <kbd>z</kbd> undo <kbd>n</kbd>/<kbd>p</kbd> page <kbd>esc</kbd> clear" +
     "<span class='suggesthelp'> <kbd>enter</kbd> take suggestion</span>" +
     "<span class='runhelp' title='A bar marks where the similarity drops: a new run. r selects the run around " +
-    "the focused image (shift+r adds it), [ and ] go to the previous or next run, click-drag selects a span; " +
+    "the focused image (shift+r adds it), [ and ] go to the previous or next run, click-drag selects a span, " +
+    "shift-click selects from the focused image to the one clicked; " +
     "then one key labels the whole selection.'> <kbd>r</kbd> run <kbd>[</kbd><kbd>]</kbd> runs</span>" +
     "<span class='nofocus'> · click the grid to use the keys</span>";
   const message = el("div", "message");

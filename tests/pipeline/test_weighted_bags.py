@@ -183,3 +183,16 @@ def test_tfidf_orders_a_planted_set_better_than_bits(seed):
     by_tfidf = purity(embedding_order(weighted_bags(words, 32, "tfidf")), classes)
     assert by_tfidf >= 0.95
     assert by_bits <= 0.87
+
+
+def test_index_combined_vectors_are_the_pooled_embedding_beside_the_sublinear_centred_bag():
+    from mlfix.pipeline.ordering.weighted import index_combined_vectors
+
+    rng = np.random.default_rng(1)
+    words, pooled = rng.integers(0, 16, (20, 3, 3)).astype(np.uint16), rng.normal(size=(20, 4)).astype(np.float16)
+    ok = np.arange(20) != 5
+    bags = weighted_bags(words, 16, "tfidf", focus=centre_weights(3, 3), ok=ok, sublinear=True)
+    expected = combined_vectors(pooled.astype(np.float32), bags)
+    assert np.array_equal(index_combined_vectors(pooled, words, 16, ok), expected)
+    with pytest.raises(ValueError, match=r"\(N, h, w\) word grid"):
+        index_combined_vectors(pooled, words.reshape(20, 9), 16, ok)

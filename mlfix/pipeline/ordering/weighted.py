@@ -217,3 +217,21 @@ def combined_vectors(embeddings: np.ndarray, bags: np.ndarray, weight: float = 1
     if not np.isfinite(weight) or weight < 0:
         raise ValueError(f"weight must be a finite number >= 0, got {weight}")
     return np.hstack([unit_rows(embeddings), np.float32(weight) * unit_rows(bags)])
+
+
+def index_combined_vectors(pooled: np.ndarray, words: np.ndarray, k: int, ok: np.ndarray | None = None) -> np.ndarray:
+    """The vectors the index's combined order chains (``orders/combined``, the Review page's default):
+    the pooled embedding beside the sublinear tf-idf bag with the centre prior, weight 1 (the best
+    variant an index can build from ``pooled.npy`` and ``words.npy``: bench/words.py, README).
+
+    Shapes: ``pooled`` (N, D), ``words`` (N, h, w) below ``k``, ``ok`` (N,) bool; out (N, D + k) float32.
+
+    >>> words = np.array([[[0, 1], [1, 1]], [[2, 2], [2, 0]]], dtype=np.uint16)
+    >>> index_combined_vectors(np.eye(2, 3), words, 3).shape
+    (2, 6)
+    """
+    words = check_words(words, k)
+    if words.ndim != 3:
+        raise ValueError(f"words must be the (N, h, w) word grid, got shape {words.shape}")
+    bags = weighted_bags(words, k, "tfidf", focus=centre_weights(*words.shape[1:]), ok=ok, sublinear=True)
+    return combined_vectors(np.asarray(pooled, dtype=np.float32), bags)
