@@ -229,3 +229,31 @@ def test_labelling_a_run_with_one_key_stores_one_decision_per_image_and_survives
         poll(lambda: page.locator(".tile img").first.evaluate("img => img.complete && img.naturalWidth > 0"))
         page.screenshot(path=str(OUTPUT / "grid-runs-all-images.png"))
     store.close()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_a_stretch_from_the_focused_image_costs_a_shift_click_and_a_key():
+    """The presses bench/label_effort.py's ``spans`` reviewer is charged: after a decision the focus is
+    on the next image, a shift-click selects from it to the tile clicked, a click takes one image back
+    out, and one class key labels the rest as one action."""
+    need_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser, page = grid_page(p)
+        page.evaluate("data => window.render(data)", grid_data(RUNS))
+        tiles = page.locator(".tile")
+        page.locator(".wrap").focus()
+        page.keyboard.press("1")  # the focused image alone: one press, and the focus moves on
+        assert decisions_sent(page)[-1]["ids"] == ["s0"] and focused(page) == "s1"
+        tiles.nth(5).click(modifiers=["Shift"])  # press 1: s1..s5, across a run break
+        assert selected(page) == ["s1", "s2", "s3", "s4", "s5"]
+        tiles.nth(3).click()  # one image already right: clicked out of the selection
+        assert selected(page) == ["s1", "s2", "s4", "s5"]
+        page.keyboard.press("2")  # press 2 (3 with the click out)
+        assert [(a["ids"], a.get("label")) for a in decisions_sent(page)][-1] == (["s1", "s2", "s4", "s5"], "dog")
+        assert selected(page) == [] and focused(page) == "s6"
+        tiles.nth(8).click(modifiers=["Shift"])  # the next stretch starts at the focus again
+        assert selected(page) == ["s6", "s7", "s8"]
+        browser.close()
