@@ -166,9 +166,7 @@ def _train(vq: VQCodebook, x, dim: int, generator, rng: np.random.Generator) -> 
         loss.backward()
         optimiser.step()
         with torch.no_grad():
-            codes, ema_count, ema_sum, dead = _ema_update(vq.decay, z.detach(), nearest, codes, ema_count,
-                                                          ema_sum, generator)
-        restarts += dead
+            restarts += ema_step(codes, ema_count, ema_sum, z.detach(), nearest, vq.decay, generator)
         loss_value = loss.item()
     with torch.no_grad():
         vq.codes_ = codes.numpy().astype(np.float32)
@@ -179,21 +177,37 @@ def _train(vq: VQCodebook, x, dim: int, generator, rng: np.random.Generator) -> 
     return {"words_used": used, "restarts": int(restarts), "reconstruction": round(loss_value, 5)}
 
 
-def _ema_update(decay: float, z, nearest, codes, ema_count, ema_sum, generator):
-    """One EMA step of the code vectors, then dead codes restarted at random encodings of the batch."""
+def ema_step(codes, ema_count, ema_sum, z, nearest, decay: float, generator) -> int:
+    """One EMA step of the code vectors, in place, then dead codes restarted at random encodings of
+    the batch; returns how many were restarted. The one update of :class:`VQCodebook` and of
+    ``mlfix train --vq-words`` (:class:`mlfix.training.vq_head.VQHead`), on any device.
+
+    Shapes: ``codes`` and ``ema_sum`` (k, dim), ``ema_count`` (k,), ``z`` (B, dim) the batch's
+    encodings, ``nearest`` (B,) int64 their codes; ``generator`` a CPU ``torch.Generator``.
+    The counts are Laplace-smoothed (van den Oord et al. 2017, appendix) so that a rarely used code
+    does not divide by ~0; a code whose count falls under ``DEAD_AFTER`` of its fair share of a
+    batch is dead.
+
+    >>> import torch
+    >>> codes, count, total = torch.zeros(2, 1), torch.ones(2), torch.zeros(2, 1)
+    >>> ema_step(codes, count, total, torch.tensor([[1.0], [3.0]]), torch.tensor([0, 0]), 0.5,
+    ...          torch.Generator().manual_seed(0))
+    0
+    >>> count.tolist(), codes[0].item()
+    ([1.5, 0.5], 1.3333...)
+    """
     import torch
 
     k = len(codes)
-    onehot = torch.zeros(len(z), k).scatter_(1, nearest[:, None], 1.0)
-    ema_count = decay * ema_count + (1 - decay) * onehot.sum(0)
-    ema_sum = decay * ema_sum + (1 - decay) * onehot.T @ z
-    # Laplace smoothing keeps a rarely used code from dividing by ~0 (the paper's appendix)
+    ema_count.mul_(decay).add_(torch.bincount(nearest, minlength=k).to(z.dtype), alpha=1 - decay)
+    ema_sum.mul_(decay).add_(torch.zeros_like(ema_sum).index_add_(0, nearest, z), alpha=1 - decay)
     total = ema_count.sum()
     smoothed = (ema_count + 1e-5) / (total + k * 1e-5) * total
-    codes = ema_sum / smoothed[:, None]
+    codes.copy_(ema_sum / smoothed[:, None])
     fair = len(z) / k
     dead = ema_count < DEAD_AFTER * fair
-    if dead.any():
-        picks = z[torch.randint(0, len(z), (int(dead.sum()),), generator=generator)]
+    count = int(dead.sum())
+    if count:
+        picks = z[torch.randint(0, len(z), (count,), generator=generator).to(z.device)]
         codes[dead], ema_sum[dead], ema_count[dead] = picks, picks * fair, fair
-    return codes, ema_count, ema_sum, int(dead.sum())
+    return count

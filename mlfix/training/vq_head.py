@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mlfix.pipeline.vq import DEAD_AFTER
+from mlfix.pipeline.vq import ema_step
 
 VQ_WEIGHT = 1.0  # of the VQ losses beside the Barlow Twins loss
 BETA = 0.25      # commitment weight (the paper's value, as VQCodebook)
@@ -124,20 +124,8 @@ class VQHead(nn.Module):
         self.ema_sum.copy_(self.codes * fair), self.ema_count.fill_(fair)
 
     def _ema(self, z: torch.Tensor, nearest: torch.Tensor) -> None:
-        """One EMA step of the codes (Laplace-smoothed counts), then dead codes restarted."""
-        k, keep = self.k, self.decay
-        self.ema_count.mul_(keep).add_(torch.bincount(nearest, minlength=k).to(z.dtype), alpha=1 - keep)
-        self.ema_sum.mul_(keep).add_(torch.zeros_like(self.ema_sum).index_add_(0, nearest, z), alpha=1 - keep)
-        total = self.ema_count.sum()
-        smoothed = (self.ema_count + 1e-5) / (total + k * 1e-5) * total
-        self.codes.copy_(self.ema_sum / smoothed[:, None])
-        fair = len(z) / k
-        dead = self.ema_count < DEAD_AFTER * fair
-        count = int(dead.sum())
-        if count:
-            picks = z[torch.randint(0, len(z), (count,), generator=self._generator()).to(z.device)]
-            self.codes[dead], self.ema_sum[dead], self.ema_count[dead] = picks, picks * fair, fair
-            self.restarts += count
+        """One EMA step of the codes, dead codes restarted (:func:`mlfix.pipeline.vq.ema_step`)."""
+        self.restarts += ema_step(self.codes, self.ema_count, self.ema_sum, z, nearest, self.decay, self._generator())
 
     def encode(self, cells: torch.Tensor) -> torch.Tensor:
         """(..., C) cells -> (..., dim) encodings, standardised by the running statistics."""

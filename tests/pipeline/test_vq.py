@@ -54,13 +54,13 @@ def test_a_saved_state_assigns_the_same_words():
 def test_an_unused_code_is_restarted_at_an_encoding_of_the_batch():
     import torch
 
-    from mlfix.pipeline.vq import _ema_update
+    from mlfix.pipeline.vq import ema_step
 
     z = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
     codes = torch.tensor([[0.0, 0.0], [5.0, 5.0], [-50.0, -50.0]])  # the third is far from everything
     nearest = torch.tensor([0, 0, 1, 1])
     count, total = torch.tensor([2.0, 2.0, 0.0]), codes.clone()
-    codes, count, _, dead = _ema_update(0.9, z, nearest, codes, count, total, torch.Generator().manual_seed(0))
+    dead = ema_step(codes, count, total, z, nearest, 0.9, torch.Generator().manual_seed(0))  # in place
     assert dead == 1 and any(torch.equal(codes[2], row) for row in z)  # now on the data
     assert torch.allclose(codes[0], torch.tensor([0.0, 0.0]), atol=0.02)  # the used ones moved towards theirs
 
