@@ -65,23 +65,48 @@ def current_labels(project: Project) -> pd.Series:
 
 
 def summary(labels: pd.Series) -> str:
-    """What a cluster's members are labelled now: ``mostly cat (80%)``, or ``unlabeled``.
+    """What a cluster's members are labelled now: ``all cat (100%)``, ``mostly cat (80%)`` (more than
+    half), else how many carry the most common label (``3 labelled daisy (7%)``: "mostly" would be
+    wrong), and how many have none.
 
-    >>> summary(pd.Series(["cat", "cat", "dog", None])), summary(pd.Series([None, None]))
-    ('mostly cat (50%), 1 unlabeled', 'unlabeled')
+    >>> summary(pd.Series(["cat", "cat", "cat", None])), summary(pd.Series([None, None]))
+    ('mostly cat (75%), 1 unlabeled', 'unlabeled')
+    >>> summary(pd.Series(["cat", "cat", "dog", None]))
+    '2 labelled cat (50%), 1 unlabeled'
     """
     named = labels.dropna()
     if named.empty:
         return "unlabeled"
     top = named.value_counts()
-    text = f"{'all' if top.iloc[0] == len(labels) else 'mostly'} {top.index[0]} ({top.iloc[0] / len(labels):.0%})"
+    count, share = int(top.iloc[0]), f"{top.iloc[0] / len(labels):.0%}"
+    text = (f"all {top.index[0]} ({share})" if count == len(labels) else
+            f"mostly {top.index[0]} ({share})" if 2 * count > len(labels) else
+            f"{count:,} labelled {top.index[0]} ({share})")
     missing = len(labels) - len(named)
-    return text + (f", {missing} unlabeled" if missing else "")
+    return text + (f", {missing:,} unlabeled" if missing else "")
+
+
+NAMING_CLIENT = "cluster-"  # the client id prefix of the decisions that naming a cluster makes
+
+
+def undecided(project: Project, ids: list[str]) -> list[str]:
+    """The members of ``ids`` (in order) that naming a cluster may label: those without a decision in
+    force, or whose decision came from naming a cluster (so that a misnamed cluster can be named
+    again). A decision a person made one by one (often on the cluster's odd ones out) is kept."""
+    from mlfix.review.log import effective_mask
+
+    log = project.reviews.decisions()
+    log = log[log["sample_id"].isin(ids)]  # an undo names the same sample as the row it undoes
+    live = log[effective_mask(log) & (log["kind"].to_numpy() != "undo")]
+    latest = live.sort_values("id", kind="stable").drop_duplicates("sample_id", keep="last")
+    by_hand = set(latest.loc[~latest["client_id"].fillna("").str.startswith(NAMING_CLIENT), "sample_id"])
+    return [sample for sample in ids if sample not in by_hand]
 
 
 def name_cluster(project: Project, cluster: int, ids: list[str], name: str, reviewer: str) -> str:
-    """Label every member of ``cluster`` as ``name`` (adding the class when it is new and allowed):
-    one relabel decision per member, in one transaction. Returns what happened, for the page."""
+    """Label every member of ``cluster`` that no reviewer decided on yet as ``name`` (adding the class
+    when it is new and allowed): one relabel decision per member, in one transaction. Members already
+    decided keep their decision (the grid changes them one by one). Returns what happened, for the page."""
     from mlfix.review.classes import check_name
 
     name = check_name(name)
@@ -91,9 +116,13 @@ def name_cluster(project: Project, cluster: int, ids: list[str], name: str, revi
             return f"'{text.plain(name)}' is not a class yet, and only an admin adds classes: pick one of the list."
         project.classes.add(name, reviewer=reviewer)
         classes = classes + [name]
-    project.reviews.decide(ids, "relabel", name, reviewer=reviewer, labels=classes,
-                           client_id=f"cluster-{cluster}-{uuid.uuid4().hex}", view=f"cluster {cluster}")
-    return f"Cluster {cluster}: {len(ids)} images labelled **{text.plain(name)}**."
+    todo = undecided(project, ids)
+    if todo:
+        project.reviews.decide(todo, "relabel", name, reviewer=reviewer, labels=classes,
+                               client_id=f"{NAMING_CLIENT}{cluster}-{uuid.uuid4().hex}", view=f"cluster {cluster}")
+    kept = len(ids) - len(todo)
+    return (f"Cluster {cluster}: {len(todo)} images labelled **{text.plain(name)}**." +
+            (f" {kept} labelled one by one by a reviewer kept that label (**Review** shows them)." if kept else ""))
 
 
 def _on_name(project: Project, cluster: int, ids: list[str]) -> None:

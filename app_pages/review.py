@@ -245,7 +245,8 @@ def main() -> None:
                 counter={"reviewed": reviewed, "total": len(ids), "title": title},
                 page={"index": page, "count": pages}, acks=dict(_applier().last_seq), panel=panel,
                 errors=errors, show_labels=view is not None or label == ALL_IMAGES,
-                show_suggested=sort not in SIMILARITY_ORDERS or cell is not None or hint is not None,
+                # label mode: the suggestions for the unlabelled images are the point, whatever made them
+                show_suggested=sort not in SIMILARITY_ORDERS or cell is not None or hint is not None or unlabeled > 0,
                 batches=st.session_state.get(BATCHES_KEY, 0), reviewer_tag=team.reviewer_tag(),
                 on_actions=lambda: _apply_actions(project, store, classes,
                                                   view_name if view is not None else None))

@@ -138,7 +138,9 @@ def derive_state(log: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
     decided = at >= 0
     relabel_at = pd.Index(relabels["sample_id"]).get_indexer(sample_ids)
     relabeled = relabel_at >= 0
-    labels = samples["label"].to_numpy(dtype=object).copy()
+    given = samples["label"].to_numpy(dtype=object).copy()
+    given[pd.isna(given)] = None  # pd.NA of a string column would make every comparison below ambiguous
+    labels = given.copy()
     labels[relabeled] = relabels["label"].to_numpy(dtype=object)[relabel_at[relabeled]]
     status = np.full(len(sample_ids), "unreviewed", dtype=object)
     status[decided] = latest["kind"].map(STATUS_OF_KIND).to_numpy(dtype=object)[at[decided]]
@@ -146,7 +148,7 @@ def derive_state(log: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
     reviewer[decided] = latest["reviewer"].to_numpy(dtype=object)[at[decided]]
     decided_at = pd.Series(pd.NaT, index=range(len(sample_ids)), dtype="datetime64[us, UTC]")
     decided_at[decided] = pd.to_datetime(latest["created_at"], utc=True).to_numpy()[at[decided]]
-    return pd.DataFrame({"sample_id": sample_ids, "original_label": samples["label"].to_numpy(dtype=object),
+    return pd.DataFrame({"sample_id": sample_ids, "original_label": given,
                          "label": labels, "status": status,
                          # object, so that "no reviewer" is None (a NaN in a str column is truthy)
                          "reviewer": pd.Series(reviewer, dtype=object), "decided_at": decided_at})
@@ -262,7 +264,7 @@ def final_labels(log: pd.DataFrame, samples: pd.DataFrame, rule: str = "latest",
     n = len(state)
     sample_ids = state["sample_id"].to_numpy()
     position = pd.Index(sample_ids)
-    final = state["label"].to_numpy(dtype=object).copy()
+    final = _none_for_missing(state["label"])
     basis = np.where(state["status"].to_numpy() == "unreviewed", "unreviewed", "latest").astype(object)
     tie = np.zeros(n, bool)
     n_reviewers = np.zeros(n, np.int64)
@@ -302,10 +304,22 @@ def final_labels(log: pd.DataFrame, samples: pd.DataFrame, rule: str = "latest",
             basis[where] = "admin"
             tie[where] = False
         basis[(n_reviewers > 0) & ~conflict & ~flag_only] = "agreed"
-    original = state["original_label"].to_numpy(dtype=object)
-    return pd.DataFrame({"sample_id": sample_ids, "original_label": original, "label": final,
-                         "changed": final != original, "basis": basis, "n_reviewers": n_reviewers,
+    original = _none_for_missing(state["original_label"])
+    # object columns, so that "no label" stays None (a str column would make it NaN, and NaN != NaN)
+    return pd.DataFrame({"sample_id": sample_ids, "original_label": pd.Series(original, dtype=object),
+                         "label": pd.Series(final, dtype=object), "changed": final != original, "basis": basis, "n_reviewers": n_reviewers,
                          "conflict": conflict, "tie": tie, "votes": votes})[FINAL_COLUMNS]
+
+
+def _none_for_missing(labels: pd.Series) -> np.ndarray:
+    """Labels as an object array with None for every kind of missing (None, NaN, pd.NA).
+
+    >>> _none_for_missing(pd.Series(["a", None, float("nan")])).tolist()
+    ['a', None, None]
+    """
+    out = labels.to_numpy(dtype=object).copy()
+    out[pd.isna(out)] = None
+    return out
 
 
 def final_state(log: pd.DataFrame, samples: pd.DataFrame, rule: str = "latest",

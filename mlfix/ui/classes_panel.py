@@ -149,5 +149,6 @@ def section(store, labels: list[str], classes: list[str], unlabeled: int, total:
     if not classes:
         right.info(NO_CLASSES if can_edit else NO_CLASSES_REVIEWER)
     elif unlabeled:
-        right.caption(f"Label mode: {unlabeled:,} of {total:,} images have no label. All images are in "
+        # "given": decisions do not change this count, so "have no label" read wrong once labelled
+        right.caption(f"Label mode: {unlabeled:,} of {total:,} images came without a label. All images are in "
                       f"similarity order: select a run of similar ones and press a class key.")

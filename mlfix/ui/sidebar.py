@@ -90,4 +90,14 @@ def _project_summary(folder: Path | None) -> None:
         return
     indexed = "indexed" if project.is_indexed else "not indexed yet"
     st.caption(f"**{text.plain(Path(project.dir).name)}** · {len(project.samples):,} samples · "
-               f"{len(project.labels)} classes · {indexed}")
+               f"{class_count(project)} classes · {indexed}")
+
+
+def class_count(project) -> int:
+    """The classes reviewers label with: the given labels plus those added on the Review page (a
+    project made from unlabeled images has none given); the given labels alone when the decisions
+    store cannot be read."""
+    try:
+        return len(project.classes.names)
+    except Exception:  # the store down must not take the sidebar with it
+        return len(project.labels)

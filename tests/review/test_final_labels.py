@@ -152,3 +152,19 @@ def test_a_single_reviewer_gets_the_same_label_under_every_rule(ops):
     latest = derive_state(log, SAMPLES)["label"].tolist()
     for rule in ("majority", "admin_wins", "latest"):
         assert final_labels(log, SAMPLES, rule, admins=["ann"])["label"].tolist() == latest
+
+
+@pytest.mark.parametrize("missing", [pd.NA, None, float("nan")])
+def test_images_that_came_without_a_label_in_a_string_column(missing):
+    """A project made from unlabeled images: its labels are a string column with NA (the Export page's
+    conflicts table crashed with "boolean value of NA is ambiguous")."""
+    samples = pd.DataFrame({"sample_id": ["a", "b", "c"],
+                            "label": pd.array(["cat", missing, missing], dtype="string")})
+    log = make_log([("ann", "b", "relabel", "dog")])
+    for rule in ("latest", "majority", "admin_wins"):
+        final = final_labels(log, samples, rule, admins=["ann"]).set_index("sample_id")
+        assert final["label"].tolist() == ["cat", "dog", None]
+        assert final["changed"].tolist() == [False, True, False]
+        assert final["original_label"].tolist() == ["cat", None, None]
+    state = derive_state(log, samples)["label"]
+    assert state[:2].tolist() == ["cat", "dog"] and state.isna().tolist() == [False, False, True]

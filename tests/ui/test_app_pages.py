@@ -127,6 +127,9 @@ def test_the_sidebar_shows_the_project_and_the_reviewer(project_with_problems, t
     assert at.sidebar.text_input(key="mlfix_project_input").value == str(project_with_problems.dir)
     captions = " ".join(c.value for c in at.sidebar.caption)
     assert "40 samples" in captions and "4 classes" in captions and "not indexed yet" in captions
+    project_with_problems.classes.add("zebra", reviewer="admin")  # added on the Review page: counted too
+    captions = " ".join(c.value for c in app_on(project_with_problems.dir).sidebar.caption)
+    assert "5 classes" in captions
     # AppTest reruns only the page after the first run, so drive the sidebar on its own.
     side = AppTest.from_string("from mlfix.ui import access, sidebar, state\nimport streamlit as st\n"
                                "sidebar.render()\nst.write(access.reviewer())\n"

@@ -127,3 +127,42 @@ def test_the_app_lists_the_page_and_review_opens_the_cluster_in_the_grid(demo_pr
     [grid] = at.get("bidi_component")
     ids = [item["id"] for item in json.loads(grid.proto.json)["items"]]
     assert ids == project.clusters().query("cluster == 0")["sample_id"].tolist()[:len(ids)]
+
+
+def test_naming_a_cluster_keeps_what_a_reviewer_already_decided(demo_project, tmp_path):
+    """A member a person labelled (an odd one out, fixed in the grid) is not overwritten by the name."""
+    project = private_copy(demo_project, tmp_path)
+    members = project.clusters().query("cluster == 1")["sample_id"].tolist()
+    name, other = project.labels[0], project.labels[1]
+    project.reviews.decide([members[-1]], "relabel", other, reviewer="ann", labels=project.labels)
+    at = run_page(project.dir)
+    at.selectbox(key="mlfix_cluster_name_1").set_value(name)
+    at.button(key="mlfix_cluster_apply_1").click()
+    at = run_page(project.dir, at)
+    state = project.corrected_labels().set_index("sample_id").loc[members, "corrected_label"]
+    assert state[members[-1]] == other  # ann's decision stands
+    assert set(state[members[:-1]]) == {name}
+    assert sorted(project.decisions().query("reviewer == 'tester'")["sample_id"]) == sorted(members[:-1])
+    assert any(s.value.replace("\\", "") == f"Cluster 1: {len(members) - 1} images labelled **{name}**. 1 labelled "
+               "one by one by a reviewer kept that label (**Review** shows them)." for s in at.success)
+    # a misnamed cluster can be named again: the naming's own decisions give way, ann's still stands
+    at.selectbox(key="mlfix_cluster_name_1").set_value(project.labels[2])
+    at.button(key="mlfix_cluster_apply_1").click()
+    run_page(project.dir, at)
+    state = project.corrected_labels().set_index("sample_id").loc[members, "corrected_label"]
+    assert state[members[-1]] == other and set(state[members[:-1]]) == {project.labels[2]}
+
+
+def test_the_summary_says_mostly_only_for_more_than_half():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("clusters_page", PAGE)
+    page = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(page)
+    import pandas as pd
+
+    labels = pd.Series(["daisy"] * 3 + [None] * 38)
+    assert page.summary(labels) == "3 labelled daisy (7%), 38 unlabeled"  # not "mostly daisy (7%)"
+    assert page.summary(pd.Series(["cat"] * 3 + ["dog"])) == "mostly cat (75%)"
+    assert page.summary(pd.Series(["cat", "dog"])) == "1 labelled cat (50%)"
+    assert page.summary(pd.Series(["cat"] * 2)) == "all cat (100%)"

@@ -116,7 +116,7 @@ def test_a_partly_labelled_project_opens_on_all_images_with_a_label_mode_line(pa
     assert selectbox(at, "Class").options == ["(all images)", "blue", "red"]
     assert selectbox(at, "Class").value == "(all images)"
     assert palette(at) == [("blue", "1"), ("red", "2")]
-    assert any(c.value.startswith("Label mode: 8 of 12 images have no label.") for c in at.caption)
+    assert any(c.value.startswith("Label mode: 8 of 12 images came without a label.") for c in at.caption)
     labels = {i["id"]: i["label"] for i in grid_data(at)["items"]}
     assert sorted(v for v in labels.values() if v) == ["blue", "blue", "red", "red"]
 

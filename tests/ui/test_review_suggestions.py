@@ -52,3 +52,18 @@ def test_untrusted_labels_get_a_warning(demo_project, tmp_path):
                                            "message": "Label-based scores are not to be trusted: see why."})
     at = run_page(project.dir)
     assert any("Label-based scores are not to be trusted" in w.value.replace("\\", "") for w in at.warning)
+
+
+def test_in_label_mode_the_scores_suggestions_show_in_the_similarity_order(unlabeled_project, tmp_path):
+    """Once scores exist the Suggest button gives way to the scores' suggested labels: in label mode
+    the grid must still show them on the tiles (Enter takes them; unseen, it would take them blind)."""
+    project = private_copy(unlabeled_project, tmp_path)
+    ids = project.samples["sample_id"].tolist()
+    for i, sample_id in enumerate(ids[:8]):
+        project.reviews.decide([sample_id], "relabel", ["red", "green"][i % 2], reviewer="ann",
+                               labels=["red", "green"])
+    scores = project.scores()
+    assert scores["suggested_label"].notna().all()
+    data = grid_data(run_page(project.dir))
+    assert data["show_suggested"] is True
+    assert {item["id"] for item in data["items"] if item["suggested"]} == set(ids)
