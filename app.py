@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from mlfix.ui import access, grid, sidebar
+from mlfix.ui import access, grid, sidebar, state
 
 HERE = Path(__file__).resolve().parent
 
@@ -43,9 +43,16 @@ if pages:
     # Streamlit serves its default page at "/" only (its own /dataset would be "Page not found"), so
     # the default is a hidden "/" that moves on to the first page (a reviewer's: Review), keeping
     # the URL's query (?project=). Every page keeps its own URL for deep links and reloads.
-    first = next((p for p in pages if p.url_path == "review" and "dataset" not in allowed), pages[0])
-    home = st.Page(lambda: st.switch_page(first, query_params=st.query_params.to_dict()), title=first.title,
-                   icon=first.icon, url_path="", default=True, visibility="hidden")
+    # A project whose images came without labels opens on Review too: label mode is where work starts.
+    review = next((p for p in pages if p.url_path == "review"), None)
+
+    def first_page() -> st.Page:
+        wants_review = "dataset" not in allowed or state.project_without_labels()
+        return review if review is not None and wants_review else pages[0]
+
+    first = review if review is not None and "dataset" not in allowed else pages[0]  # its menu title and icon
+    home = st.Page(lambda: st.switch_page(first_page(), query_params=st.query_params.to_dict()),
+                   title=first.title, icon=first.icon, url_path="", default=True, visibility="hidden")
 else:
     # Same URL as the hidden "/" above, so signing in here goes on to the first page.
     home = st.Page(access.sign_in_page, title="Sign in", icon=":material/login:", url_path="", default=True)

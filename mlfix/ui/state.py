@@ -104,6 +104,16 @@ def current_project():
     return loaders.open_project(str(folder))
 
 
+def project_without_labels() -> bool:
+    """Whether the open project is indexed and its images came without labels: the app then opens on
+    the Review page, in label mode (labelling from scratch). False when no project opens."""
+    try:
+        project = current_project()
+    except Exception:  # not a project, or a damaged one: the pages say so
+        return False
+    return project is not None and project.is_indexed and not project.labels
+
+
 def require_project():
     """The open project, else a message in the page and ``st.stop()``.
 

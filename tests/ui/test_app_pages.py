@@ -170,6 +170,15 @@ def test_no_project_open_sends_the_user_to_the_dataset_page(page, monkeypatch):
     assert any("No project is open" in i.value for i in at.info)
 
 
+def test_a_project_whose_images_came_without_labels_opens_on_the_review_page(unlabeled_project, project_copy,
+                                                                              tmp_path):
+    at = app_on(copy_project(unlabeled_project, tmp_path / "unlabeled"))
+    assert any(i.value.startswith("No classes yet") for i in at.info)  # Review, in label mode
+    assert not at.metric  # not the Dataset page
+    labelled = app_on(project_copy.dir)  # a labelled project still opens on the Dataset page
+    assert {m.label for m in labelled.metric} >= {"Samples", "Classes"}
+
+
 # ------------------------------------------------------------------------------------ dataset
 
 
