@@ -176,7 +176,7 @@ def main() -> None:
     page_size = cols[2].selectbox("Per page", PAGE_SIZES, index=len(PAGE_SIZES) - 1, key="mlfix_review_size")
     scores_job.offer(project, scores)  # no scores yet: compute them in the background
     suggestions.trust_warning(project)  # the probe near chance: label-based scores are not to be trusted
-    suggestions.offer(project, scores)  # labelling from scratch: suggested labels for the rest
+    suggestions.offer(project, scores, unlabeled > 0)  # labelling from scratch: suggested labels for the rest
     confusion_section.section(project, scores, conf, cell)
     classes_panel.section(store, labels, classes, unlabeled, len(originals))
 
@@ -221,7 +221,7 @@ def main() -> None:
     suggested = None
     if indexed_scores is not None and "suggested_label" in indexed_scores.columns:
         suggested = indexed_scores["suggested_label"]
-    hint = suggestions.for_grid(project, scores)  # (label, confidence) by id; None: the scores' own
+    hint = suggestions.for_grid(project, scores, unlabeled > 0)  # (label, confidence) by id; None: the scores' own
     if hint is not None:
         suggested = hint[0]
     items = make_items(page_ids, urls, current, originals, suggested)

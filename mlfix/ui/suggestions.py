@@ -40,9 +40,13 @@ def trust_warning(project: Project) -> None:
         st.warning(text.plain(found["message"]), icon=":material/report:")
 
 
-def wanted(project: Project, scores: pd.DataFrame | None) -> bool:
-    """Whether the grid should show these suggestions: no scores, or scores learned from untrusted labels."""
-    return project.is_indexed and (scores is None or (trust(project) or {}).get("verdict") == "untrusted")
+def wanted(project: Project, scores: pd.DataFrame | None, label_mode: bool = False) -> bool:
+    """Whether the grid should show these suggestions: no scores, scores learned from untrusted labels,
+    or ``label_mode`` (images came without labels: the suggestions from what reviewers have labelled
+    so far, refreshed by the button, say more than scores computed earlier)."""
+    if not project.is_indexed:
+        return False
+    return scores is None or label_mode or (trust(project) or {}).get("verdict") == "untrusted"
 
 
 def _suggest(project: Project) -> None:
@@ -56,9 +60,9 @@ def _suggest(project: Project) -> None:
         f"{len(table):,} suggestions from {table.attrs.get('learned_from', 'the labels')}: Enter takes them."
 
 
-def offer(project: Project, scores: pd.DataFrame | None) -> None:
+def offer(project: Project, scores: pd.DataFrame | None, label_mode: bool = False) -> None:
     """The **Suggest labels** button (and its last message) while :func:`wanted`."""
-    if not wanted(project, scores):
+    if not wanted(project, scores, label_mode):
         return
     left, right = st.columns([1, 4], vertical_alignment="center")
     left.button("Suggest labels", key=BUTTON_KEY, icon=":material/auto_awesome:", on_click=_suggest,
@@ -81,12 +85,13 @@ def _cached(project_dir: str, stamp: tuple) -> tuple[pd.Series, pd.Series] | Non
     return by_id["suggested_label"], by_id["confidence"]
 
 
-def for_grid(project: Project, scores: pd.DataFrame | None) -> tuple[pd.Series, pd.Series] | None:
+def for_grid(project: Project, scores: pd.DataFrame | None,
+             label_mode: bool = False) -> tuple[pd.Series, pd.Series] | None:
     """(suggested label, confidence) by sample id for the grid, or None (see :func:`wanted`)."""
     from mlfix.scoring.suggest import CACHE_FILE
     from mlfix.ui import loaders
 
-    if not wanted(project, scores):
+    if not wanted(project, scores, label_mode):
         return None
     return _cached(str(project.dir), loaders.stamp(project.dir, (CACHE_FILE,)))
 

@@ -67,3 +67,14 @@ def test_in_label_mode_the_scores_suggestions_show_in_the_similarity_order(unlab
     data = grid_data(run_page(project.dir))
     assert data["show_suggested"] is True
     assert {item["id"] for item in data["items"] if item["suggested"]} == set(ids)
+
+    # the Suggest button stays in label mode: its suggestions follow what reviewers label next
+    at = run_page(project.dir)
+    assert at.button(key="mlfix_review_suggest")
+    at.button(key="mlfix_review_suggest").click()
+    at = run_page(project.dir, at)
+    assert any("suggestions from given and reviewed labels" in c.value.replace("\\", "") for c in at.caption)
+    table = project.suggest().set_index("sample_id")
+    for item in grid_data(at)["items"]:  # the tiles now show the button's suggestions, not the scores'
+        if item["id"] in table.index:
+            assert item["suggested"] == table.loc[item["id"], "suggested_label"]
