@@ -92,7 +92,8 @@ NAMING_CLIENT = "cluster-"  # the client id prefix of the decisions that naming 
 def undecided(project: Project, ids: list[str]) -> list[str]:
     """The members of ``ids`` (in order) that naming a cluster may label: those without a decision in
     force, or whose decision came from naming a cluster (so that a misnamed cluster can be named
-    again). A decision a person made one by one (often on the cluster's odd ones out) is kept."""
+    again). A decision a person made one by one (often on the cluster's odd ones out) is kept, a flag,
+    an ok or a duplicate included."""
     from mlfix.review.log import effective_mask
 
     log = project.reviews.decisions()
@@ -169,7 +170,8 @@ def _row(project: Project, cluster: int, members: pd.DataFrame, labels: pd.Serie
                        label_visibility="collapsed")
         name_col.button("Name", key=f"mlfix_cluster_apply_{cluster}", type="primary", width="stretch",
                         on_click=_on_name, args=(project, cluster, ids),
-                        help="Label every image of this cluster with this class (one decision per image).")
+                        help="Label the images of this cluster with this class (one decision per image); an image a "
+                             "reviewer decided on one by one keeps that decision.")
         review_col.button("Review", key=f"mlfix_cluster_review_{cluster}", width="stretch",
                           on_click=_review, args=(project, cluster, ids),
                           help="Open this cluster in the Review grid, most typical first: the odd ones out "

@@ -222,8 +222,9 @@ def main() -> None:
     if indexed_scores is not None and "suggested_label" in indexed_scores.columns:
         suggested = indexed_scores["suggested_label"]
     hint = suggestions.for_grid(project, scores, unlabeled > 0)  # (label, confidence) by id; None: the scores' own
-    if hint is not None:
-        suggested = hint[0]
+    if hint is not None:  # the button's suggestions first; the scores' where it made none (e.g. labelled images)
+        page_hint = hint[0].reindex(page_ids)  # this page only: a whole-table union would cost seconds at 10M
+        suggested = page_hint if suggested is None else page_hint.fillna(suggested.reindex(page_ids))
     items = make_items(page_ids, urls, current, originals, suggested)
     if hint is not None:
         suggestions.add_confidence(items, hint[1])

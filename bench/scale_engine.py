@@ -70,8 +70,9 @@ def engine_child(engine: str, images: str, labels: str, image_size: str = "64") 
 
     def extract_and_note_the_peak(*args, **kwargs):
         # the orders and bags built after it grow with N whichever engine extracted the features
-        extract(*args, **kwargs)
+        result = extract(*args, **kwargs)
         extraction["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return result
 
     index_module._features_and_words = extract_and_note_the_peak
 

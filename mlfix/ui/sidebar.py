@@ -7,10 +7,14 @@ is not a project is reported in the sidebar (and the page says it again, in its 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
 from mlfix.ui import access, state, text
+
+if TYPE_CHECKING:
+    from mlfix.project import Project
 
 INPUT_KEY = "mlfix_project_input"
 SYNCED_KEY = "mlfix_project_input_synced"
@@ -93,7 +97,7 @@ def _project_summary(folder: Path | None) -> None:
                f"{class_count(project)} classes · {indexed}")
 
 
-def class_count(project) -> int:
+def class_count(project: Project) -> int:
     """The classes reviewers label with: the given labels plus those added on the Review page (a
     project made from unlabeled images has none given); the given labels alone when the decisions
     store cannot be read."""

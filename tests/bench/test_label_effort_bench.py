@@ -1,4 +1,4 @@
-"""bench/label_effort.py: the simulated reviewers' accounting (pure functions of class codes)."""
+"""bench/label_effort_sim.py: the simulated reviewers' accounting (pure functions of class codes)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench import label_effort as le
+from bench import label_effort_sim as le
 
 grids = st.integers(2, 120).flatmap(lambda n: st.tuples(
     st.lists(st.integers(0, 4), min_size=n, max_size=n),          # true classes
@@ -59,3 +59,33 @@ def test_page_flips_cost_a_press_each():
     one_page = le.simulate_spans(np.arange(10), truth, np.full(10, -1), page=None)
     pages = le.simulate_spans(np.arange(10), truth, np.full(10, -1), page=4)
     assert one_page.presses[-1] == 2 and pages.presses[-1] == 2 + (1 + 2) + (1 + 2)
+
+
+def test_a_run_over_page_breaks_pays_a_flip_a_shift_click_and_a_key_per_further_page():
+    truth = np.zeros(10, int)
+    curve = le.simulate_runs(np.arange(10), np.zeros(10, int), truth, np.full(10, -1), page=4)
+    assert curve.presses == [0, 2 + 3 + 3]  # r + key, then (n, shift-click, key) on each of two pages
+
+
+def test_a_run_away_from_the_focus_needs_a_click_first():
+    truth = np.array([0, 0, 0, 1, 1, 1])
+    labels = np.array([0, 0, 0, -1, -1, -1])  # the first run is right already: the focus stays on it
+    curve = le.simulate_runs(np.arange(6), np.array([0, 0, 0, 1, 1, 1]), truth, labels, page=None)
+    assert curve.presses == [0, 3] and curve.correct == [3, 6]
+
+
+def test_suggestions_reach_only_the_images_nobody_decided_on():
+    rng = np.random.default_rng(0)
+    x = np.repeat(np.eye(2, 8) * 5, 20, axis=0) + rng.normal(0, 0.3, (40, 8))
+    truth = np.repeat([0, 1], 20)
+    labels = np.full(40, -1)
+    pager = le.Pager(None, 40)
+    current, curve = labels.copy(), le.Curve([0], [0])
+    current[[0, 1, 20, 21]], pager.reviewed[[0, 1, 20, 21]] = truth[[0, 1, 20, 21]], True
+    le.take_suggestions(x, np.arange(40), [(0, 20, 0, 1), (20, 40, 1, 1)], truth, current, curve, k=3, pager=pager)
+    assert (current == truth).all() and pager.reviewed.all()
+    assert curve.presses == [0, 1, 3, 5]  # the button; shift-click + Enter on each span (the focus moves on)
+    pager.reviewed[:] = True  # all decided: the grid shows no suggestion, the button gives nothing to take
+    current[5] = 1
+    le.take_suggestions(x, np.arange(40), [(0, 20, 0, 1)], truth, current, curve, k=3, pager=pager)
+    assert current[5] == 1 and curve.presses[-1] == 6

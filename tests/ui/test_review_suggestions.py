@@ -75,6 +75,9 @@ def test_in_label_mode_the_scores_suggestions_show_in_the_similarity_order(unlab
     at = run_page(project.dir, at)
     assert any("suggestions from given and reviewed labels" in c.value.replace("\\", "") for c in at.caption)
     table = project.suggest().set_index("sample_id")
-    for item in grid_data(at)["items"]:  # the tiles now show the button's suggestions, not the scores'
-        if item["id"] in table.index:
-            assert item["suggested"] == table.loc[item["id"], "suggested_label"]
+    from_scores = scores.set_index("sample_id")["suggested_label"]
+    items = grid_data(at)["items"]
+    for item in items:  # the button's suggestions first, the scores' where it made none (labelled images)
+        source = table["suggested_label"] if item["id"] in table.index else from_scores
+        assert item["suggested"] == source[item["id"]]
+    assert {item["id"] for item in items if item["suggested"]} == set(ids)
