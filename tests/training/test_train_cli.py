@@ -95,7 +95,10 @@ def test_sigint_during_mlfix_train_saves_says_stopped_and_resumes(tmp_path):
     command = [sys.executable, "-m", "mlfix.cli", "train", "--project", str(project_dir), "--epochs", "40",
                "--batch-size", "8", "--image-size", "32", "--head-dim", "32", "--workers", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # A terminal delivers Ctrl-C; a shell running these tests in the background ignores SIGINT, and a
+    # child Python would inherit that and never see the signal: give the child the default back.
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = project_dir / "progress" / "train.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and run.poll() is None:
