@@ -43,14 +43,13 @@ if pages:
     # Streamlit serves its default page at "/" only (its own /dataset would be "Page not found"), so
     # the default is a hidden "/" that moves on to the first page (a reviewer's: Review), keeping
     # the URL's query (?project=). Every page keeps its own URL for deep links and reloads.
-    # A project whose images came without labels opens on Review too: label mode is where work starts.
     review = next((p for p in pages if p.url_path == "review"), None)
+    first = review if review is not None and "dataset" not in allowed else pages[0]
 
     def first_page() -> st.Page:
-        wants_review = "dataset" not in allowed or state.project_without_labels()
-        return review if review is not None and wants_review else pages[0]
+        # A project whose images came without labels opens on Review too: label mode is where work starts.
+        return review if review is not None and state.project_without_labels() else first
 
-    first = review if review is not None and "dataset" not in allowed else pages[0]  # its menu title and icon
     home = st.Page(lambda: st.switch_page(first_page(), query_params=st.query_params.to_dict()),
                    title=first.title, icon=first.icon, url_path="", default=True, visibility="hidden")
 else:

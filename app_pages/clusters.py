@@ -94,12 +94,11 @@ def undecided(project: Project, ids: list[str]) -> list[str]:
     force, or whose decision came from naming a cluster (so that a misnamed cluster can be named
     again). A decision a person made one by one (often on the cluster's odd ones out) is kept, a flag,
     an ok or a duplicate included."""
-    from mlfix.review.log import effective_mask
+    from mlfix.review.log import live_decisions
 
     log = project.reviews.decisions()
-    log = log[log["sample_id"].isin(ids)]  # an undo names the same sample as the row it undoes
-    live = log[effective_mask(log) & (log["kind"].to_numpy() != "undo")]
-    latest = live.sort_values("id", kind="stable").drop_duplicates("sample_id", keep="last")
+    live = live_decisions(log[log["sample_id"].isin(ids)])  # an undo names the sample of the row it undoes
+    latest = live.drop_duplicates("sample_id", keep="last")
     by_hand = set(latest.loc[~latest["client_id"].fillna("").str.startswith(NAMING_CLIENT), "sample_id"])
     return [sample for sample in ids if sample not in by_hand]
 

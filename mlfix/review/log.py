@@ -113,8 +113,8 @@ def _check_samples(samples: pd.DataFrame) -> None:
         raise ValueError(f"samples has duplicate sample_id values (e.g. {dup!r}): one row per sample")
 
 
-def _live(log: pd.DataFrame) -> pd.DataFrame:
-    """Effective non-undo decisions, by id."""
+def live_decisions(log: pd.DataFrame) -> pd.DataFrame:
+    """Effective non-undo decisions, by id (the decisions in force)."""
     keep = effective_mask(log) & (log["kind"].to_numpy() != "undo")
     return log[keep].sort_values("id", kind="stable")
 
@@ -128,7 +128,7 @@ def derive_state(log: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
     unreviewed). Decisions about sample ids not in ``samples`` are ignored.
     """
     _check_samples(samples)
-    live = _live(log)
+    live = live_decisions(log)
     sample_ids = samples["sample_id"].to_numpy()
     latest = live[~live["sample_id"].duplicated(keep="last").to_numpy()]
     relabels = live[(live["kind"] == "relabel").to_numpy()]
@@ -138,8 +138,7 @@ def derive_state(log: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
     decided = at >= 0
     relabel_at = pd.Index(relabels["sample_id"]).get_indexer(sample_ids)
     relabeled = relabel_at >= 0
-    given = samples["label"].to_numpy(dtype=object).copy()
-    given[pd.isna(given)] = None  # pd.NA of a string column would make every comparison below ambiguous
+    given = _none_for_missing(samples["label"])  # pd.NA of a string column: every comparison ambiguous
     labels = given.copy()
     labels[relabeled] = relabels["label"].to_numpy(dtype=object)[relabel_at[relabeled]]
     status = np.full(len(sample_ids), "unreviewed", dtype=object)
@@ -213,7 +212,7 @@ def reviewer_verdicts(log: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
     samples not in ``samples`` are left out. The same verdicts as :func:`find_conflicts`.
     """
     _check_samples(samples)
-    live = _live(log)
+    live = live_decisions(log)
     live = live[live["sample_id"].isin(samples["sample_id"])]
     per = live.drop_duplicates(["sample_id", "reviewer"], keep="last")
     columns = ["id", "sample_id", "reviewer", "kind", "verdict"]
