@@ -5,13 +5,16 @@
     python -m bench.finetune --only gtsrb35 --n 5000 --size 96
     python -m bench.finetune --n 2000 --train last last2 --epochs 2 4 --folds 3 5 --size 96 128   # a sweep
     python -m bench.finetune --max-train 5000       # the sample-based mode: cross-validate on 5,000
+    python -m bench.finetune --only cifar10n --size 224 --ensemble   # the issue's goal run, with the ensemble
 
 Setup: the data as bench/detect.py (CIFAR-10N: ``label`` = random_label1, truth = clean_label;
 GTSRB: a seeded subset with 5% of labels flipped, seed 0). Each setting fine-tunes the offline
 EfficientNet-Lite0 (:func:`mlfix.training.finetune.finetune`) and scores with the same registry as
-``mlfix scores``: the kNN vote on the frozen pooled features (as an index makes them) and the
+``mlfix scores``: the kNN vote on the frozen pooled features (as an index at the setting's size
+makes them; taken from the fine-tuning's own trunk cache, see :func:`frozen_from_trunk`) and the
 probe-based checks on (a) the frozen linear probe (the baseline), (b) the fine-tuned out-of-fold
-probabilities, (c) their mean. Figures per setting and variant: AUROC, AP, precision at 1/2/5%, the
+probabilities, (c) their mean; with ``--ensemble`` also (d) the offline three-backbone ensemble's
+probe (bench/detect.py's best setting) and (e) its mean with the fine-tuned probabilities. Figures per setting and variant: AUROC, AP, precision at 1/2/5%, the
 errors in the first 2,000 of the queue (a reviewer's static pass), and CPU minutes of the
 fine-tuning (this process and its decoding workers; the trunk cache is counted once per setting, as
 a user's first run pays it).
@@ -56,11 +59,34 @@ def queue_figures(x, labels, truth, probabilities) -> dict:
     return out
 
 
-def run_setting(dataset: str, table, labels, truth, x, frozen, size: int, train: str, epochs: int, folds: int,
-                max_train: int | None, quick: bool, base_setup: dict, flip: bool = True) -> None:
+def frozen_from_trunk(views: np.ndarray, train: str, flip_average: bool = False) -> np.ndarray:
+    """(N, D) the frozen backbone's pooled features from the cached trunk maps: the pretrained tail
+    on the image's map (the mean with the mirror image's with ``flip_average``). The same network on
+    the same pixels as an index at that size, up to the float16 rounding of the cached maps, for the
+    cost of the tail alone."""
+    import torch
+
+    from mlfix.pipeline.backbone import create_backbone
+    from mlfix.training.finetune_model import TRAIN_CHOICES, split_backbone
+
+    tail = split_backbone(create_backbone("efficientnet_lite0", weights="offline"), TRAIN_CHOICES[train]).tail.eval()
+    used = views.shape[1] if flip_average else 1
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(views), 256):
+            chunk = torch.from_numpy(np.asarray(views[start:start + 256, :used], dtype=np.float32))
+            b = chunk.shape[0]
+            pooled = tail(chunk.reshape(b * used, *chunk.shape[2:])).reshape(b, used, -1).mean(dim=1)
+            out.append(pooled.numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def run_setting(dataset: str, table, labels, truth, size: int, train: str, epochs: int, folds: int,
+                max_train: int | None, quick: bool, base_setup: dict, flip: bool = True,
+                ensemble: tuple | None = None) -> None:
     from mlfix.data.images import DataRoot
     from mlfix.pipeline.backbone import create_backbone
-    from mlfix.scoring.probe import OutOfFold, aligned_out_of_fold
+    from mlfix.scoring.probe import OutOfFold, aligned_out_of_fold, out_of_fold_probabilities
     from mlfix.training.finetune import FinetuneSettings, finetune
 
     settings = FinetuneSettings(folds=folds, epochs=epochs, image_size=size, train=train, max_train=max_train,
@@ -73,40 +99,60 @@ def run_setting(dataset: str, table, labels, truth, x, frozen, size: int, train:
         folder = cache_dir if not quick else Path(scratch)
         result = finetune(DataRoot(SHARED_DATA / dataset / "images.zip"), samples, labels,
                           lambda: create_backbone("efficientnet_lite0", weights="offline"), folder, settings)
-    cpu_min, wall_min = (cpu_seconds() - cpu0) / 60, (time.perf_counter() - wall0) / 60
+        cpu_min, wall_min = (cpu_seconds() - cpu0) / 60, (time.perf_counter() - wall0) / 60
+        views = np.load(folder / "trunk.npy", mmap_mode="r")
+        if max_train is None:  # every image is cached: the frozen features come from the same maps
+            x = frozen_from_trunk(views, train)
+        else:
+            x, _ = features(dataset, table, size, False, "efficientnet_lite0")
+    frozen = out_of_fold_probabilities(x, labels, seed=0)
     tuned = aligned_out_of_fold(result.probs, result.classes, result.fold, labels)
-    blend = OutOfFold((tuned.probs + frozen.probs) / 2, tuned.classes, tuned.fold)
-    setup = {**base_setup, "finetune": {k: v for k, v in result.summary["settings"].items()},
+    setup = {**base_setup, "frozen": f"offline Lite0 pooled at {size} px, 5-fold probe (the kNN vote uses them too)",
+             "finetune": {k: v for k, v in result.summary["settings"].items()},
              "oof_accuracy_vs_given": result.summary["oof_accuracy"],
-             "oof_accuracy_vs_truth": round(float((np.array(tuned.classes, dtype=object)[
-                 tuned.probs.argmax(1)] == truth).mean()), 4)}
+             "oof_accuracy_vs_truth": accuracy_vs_truth(tuned, truth),
+             "frozen_probe_accuracy_vs_truth": accuracy_vs_truth(frozen, truth)}
     n = len(labels)
     emit(BENCH, f"{dataset}.finetune.cpu_minutes", round(cpu_min, 2), "min", n, wall_minutes=round(wall_min, 2),
          resumed_from_cache=(cache_dir / "trunk.json").exists() and not quick, **setup)
-    for variant, probabilities in (("finetuned", tuned), ("blend", blend)):
+    variants = [("frozen", frozen), ("finetuned", tuned),
+                ("blend", OutOfFold((tuned.probs + frozen.probs) / 2, tuned.classes, tuned.fold))]
+    if ensemble is not None:  # the offline ensemble's probe, alone and with the fine-tuned probabilities
+        ensemble_oof, ensemble_setup = ensemble
+        setup = {**setup, **ensemble_setup}
+        variants += [("ensemble", ensemble_oof),
+                     ("ensemble_blend", OutOfFold((tuned.probs + ensemble_oof.probs) / 2, tuned.classes, tuned.fold))]
+    for variant, probabilities in variants:
         for method, figures in queue_figures(x, labels, truth, probabilities).items():
             emit(BENCH, f"{dataset}.{variant}.{method}", figures, "figures", n, **setup)
 
 
-FROZEN_SIZE = {"cifar10n": 224, "gtsrb35": 96}  # as bench/detect.py measures the frozen backbone
+def accuracy_vs_truth(oof, truth) -> float:
+    return round(float((np.array(oof.classes, dtype=object)[oof.probs.argmax(1)] == truth).mean()), 4)
+
+
+ENSEMBLE = "efficientnet_lite0+efficientnet_lite1+efficientnet_lite2"
+ENSEMBLE_SIZE = 260  # as bench/detect.py measures the ensemble (the ``best`` preset's size), with mirror images
+
+
+def ensemble_probe(dataset: str, table, labels, truth) -> tuple:
+    """The offline ensemble's out-of-fold probe (features from bench/detect.py's cache, or extracted)."""
+    from mlfix.scoring.probe import out_of_fold_probabilities
+
+    x, seconds = features(dataset, table, ENSEMBLE_SIZE, True, ENSEMBLE)
+    oof = out_of_fold_probabilities(x, labels, seed=0)
+    return oof, {"ensemble": f"{ENSEMBLE} at {ENSEMBLE_SIZE} px with mirror images, 5-fold probe",
+                 "ensemble_extraction_s": round(seconds, 1), "ensemble_accuracy_vs_truth": accuracy_vs_truth(oof, truth)}
 
 
 def run_set(dataset: str, n: int, sizes, trains, epochs_list, folds_list, max_train, quick: bool,
-            flip: bool = True) -> None:
-    from mlfix.scoring.probe import out_of_fold_probabilities
-
+            flip: bool = True, with_ensemble: bool = False) -> None:
     table = subset(dataset, n)
     labels, truth, noise = labels_and_truth(dataset, table)
-    frozen_size = 64 if quick else FROZEN_SIZE[dataset]
-    x, _ = features(dataset, table, frozen_size, False, "efficientnet_lite0")
-    frozen = out_of_fold_probabilities(x, labels, seed=0)
-    base = {"data": f"{dataset} {n} ({noise})", "errors": int((labels != truth).sum()),
-            "frozen": f"offline Lite0 pooled at {frozen_size} px, 5-fold probe (the kNN vote uses them too)"}
-    for method, figures in queue_figures(x, labels, truth, frozen).items():
-        emit(BENCH, f"{dataset}.frozen.{method}", figures, "figures", n, **base)
+    base = {"data": f"{dataset} {n} ({noise})", "errors": int((labels != truth).sum())}
+    ensemble = ensemble_probe(dataset, table, labels, truth) if with_ensemble else None
     for size, train, epochs, folds in itertools.product(sizes, trains, epochs_list, folds_list):
-        run_setting(dataset, table, labels, truth, x, frozen, size, train, epochs, folds, max_train, quick, base,
-                    flip)
+        run_setting(dataset, table, labels, truth, size, train, epochs, folds, max_train, quick, base, flip, ensemble)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", type=int, nargs="+", default=[3])
     p.add_argument("--max-train", type=int)
     p.add_argument("--no-flip", action="store_true", help="no mirror images (signs: a mirror is another class)")
+    p.add_argument("--ensemble", action="store_true",
+                   help=f"also the offline ensemble's probe ({ENSEMBLE_SIZE} px, mirror images), alone and blended")
     args = p.parse_args(argv)
     if not (SHARED_DATA / "cifar10n").exists():
         print(f"shared data not found at {SHARED_DATA}; nothing to measure")
@@ -127,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     for dataset in sets:
         n = args.n or (300 if args.quick else 10000 if dataset == "cifar10n" else 5000)
         sizes, epochs = ([64], [1]) if args.quick else (args.size, args.epochs)
-        run_set(dataset, n, sizes, args.train, epochs, args.folds, args.max_train, args.quick, not args.no_flip)
+        run_set(dataset, n, sizes, args.train, epochs, args.folds, args.max_train, args.quick, not args.no_flip,
+                args.ensemble)
     return 0
 
 

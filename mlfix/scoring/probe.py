@@ -246,13 +246,22 @@ def _fit_probe(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, max_iter
 
 
 def _fit_lbfgs(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, max_iter: int, seed: int):
-    """Multinomial logistic regression by scipy's L-BFGS on numpy BLAS (no torch, no sklearn overhead).
+    """Multinomial logistic regression by scipy's L-BFGS on numpy BLAS (no torch, no sklearn overhead):
+    :func:`lbfgs_weights`, as ``predict(z) -> (n, n_classes)``."""
+    from scipy.special import softmax
+
+    w, b = lbfgs_weights(x, y, n_classes, l2, max_iter)
+    return lambda z: softmax((np.asarray(z, dtype=np.float32) @ w + b).astype(np.float64), axis=1)
+
+
+def lbfgs_weights(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float = DEFAULT_L2,
+                  max_iter: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """``(W (D, C), b (C,))`` float32 of the multinomial logistic regression of ``y`` on ``x``.
 
     Objective: mean cross-entropy + 0.5 * l2 * ||W||^2 (bias not penalised); zero start, so the result
     is deterministic (the problem is convex: the start does not change the optimum).
     """
     from scipy.optimize import minimize
-    from scipy.special import softmax
     from threadpoolctl import threadpool_limits
 
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -279,7 +288,7 @@ def _fit_lbfgs(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, max_iter
                           options={"maxiter": max_iter, "gtol": 1e-5})
     w = result.x[: d * n_classes].reshape(d, n_classes).astype(np.float32)
     b = result.x[d * n_classes:].astype(np.float32)
-    return lambda z: softmax((np.asarray(z, dtype=np.float32) @ w + b).astype(np.float64), axis=1)
+    return w, b
 
 
 def _fit_sklearn(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, max_iter: int, seed: int):

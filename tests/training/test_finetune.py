@@ -218,3 +218,18 @@ def test_an_image_that_fails_to_decode_is_reported_and_left_out(tmp_path):
     assert list(result.summary["failed"]) == [samples["sample_id"].iloc[5]]
     assert result.fold[5] == -1 and (np.delete(result.fold, 5) >= 0).all()
     np.testing.assert_allclose(result.probs.sum(axis=1), 1, atol=1e-5)
+
+
+def test_training_keeps_pretrained_batch_norm_statistics_and_learns_fresh_ones():
+    import torch
+
+    from mlfix.training.finetune_fold import train_keeping_batch_norm_statistics
+
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3))
+    model[0].running_mean.fill_(2.0)  # learned statistics, as in pretrained weights
+    train_keeping_batch_norm_statistics(model)
+    model(torch.randn(8, 3) * 5 + 1).sum().backward()
+    assert torch.all(model[0].running_mean == 2.0)
+    assert not model[0].training and model[1].training and model.training
+    assert not torch.all(model[1].running_mean == 0)  # a layer that never saw data learns them
+    assert model[0].weight.grad is not None  # scale and shift still train
