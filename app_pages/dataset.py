@@ -14,7 +14,7 @@ import streamlit as st
 from mlfix.project import Project
 from mlfix.service import jobs
 from mlfix.settings import IndexSettings
-from mlfix.ui import access, background, health_section, loaders, state, text
+from mlfix.ui import access, background, health_section, loaders, sidebar, state, text
 
 access.require("create_project")  # not only the menu: a page file run directly is checked too
 
@@ -161,12 +161,17 @@ def _create(target: str, images: str, source: str, labels_path: str | None, uplo
         state.set_project_dir(previous)
 
 
+NO_LABELS = ("No labels yet: these images came without labels. Label them on the **Review** page, where "
+             "similar images sit side by side: add the classes under **Classes**, then select a stretch of one "
+             "class and press its number key.")
+
+
 def _overview(project: Project) -> None:
     samples, problems = project.samples, project.problems
     counts = loaders.class_counts(project)
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Samples", f"{len(samples):,}")
-    c2.metric("Classes", f"{len(project.labels):,}")
+    c2.metric("Classes", f"{sidebar.class_count(project):,}")  # with those added on Review
     c3.metric("Problems", f"{len(problems):,}")
     c4.metric("Index", "ready" if project.is_indexed else "not built")
     job = jobs.job_status(project.dir)
@@ -177,7 +182,20 @@ def _overview(project: Project) -> None:
         st.info("This project is not indexed yet: start indexing on the **Training** page.")
     if job.running or not project.is_indexed:
         st.page_link("app_pages/training.py", label="Go to Training", icon=":material/model_training:")
+    if project.labels:
+        _class_chart(counts)
+    else:  # images that came without labels: nothing per class to show yet
+        st.info(NO_LABELS)
+        if project.is_indexed:
+            st.page_link("app_pages/review.py", label="Go to Review", icon=":material/grid_view:")
 
+    health_section.show(project)  # splits, leaks, and the health summary with examples
+    if project.labels:
+        _examples(project, counts)
+    _problems(project)
+
+
+def _class_chart(counts: pd.DataFrame) -> None:
     st.subheader("Samples per class")
     height = 320 if len(counts) <= 40 else min(1600, 14 * len(counts))
     horizontal = len(counts) > 40  # many classes read better as rows
@@ -192,9 +210,9 @@ def _overview(project: Project) -> None:
         fig.update_xaxes(type="category")
     st.plotly_chart(fig, key="ds_class_counts", width="stretch")
 
-    health_section.show(project)  # splits, leaks, and the health summary with examples
-    _examples(project, counts)
 
+def _problems(project: Project) -> None:
+    problems = project.problems
     st.subheader(f"Problems ({len(problems):,})")
     if problems.empty:
         st.success("No problems: every file listed was read.")

@@ -88,6 +88,8 @@ def test_an_unlabeled_project_runs_the_checks_that_need_no_labels_and_says_which
     assert "knn" not in set(health["check"]) and "duplicates" in set(health["check"])
     assert any(c.value.startswith("No splits") for c in at.caption)
     assert (project.dir / "health.parquet").is_file()  # computed once, then read back
+    assert any(i.value.startswith("No labels yet") for i in at.info)  # instead of empty per-class views
+    assert not any(h.value in ("Samples per class", "Examples per class") for h in at.subheader)
 
 
 def test_a_project_not_indexed_yet_says_the_checks_need_the_index(tiny_image_folder, tmp_path):
