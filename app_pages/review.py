@@ -174,10 +174,12 @@ def main() -> None:
                                   "A score: most likely mislabeled first. A confusion cell opens most "
                                   "suspicious first.")
     page_size = cols[2].selectbox("Per page", PAGE_SIZES, index=len(PAGE_SIZES) - 1, key="mlfix_review_size")
-    scores_job.offer(project, scores)  # no scores yet: compute them in the background
+    mostly_unlabeled = unlabeled > len(originals) / 2  # labelling from scratch
+    scores_job.offer(project, scores, mostly_unlabeled)  # no scores yet: compute them in the background
     suggestions.trust_warning(project)  # the probe near chance: label-based scores are not to be trusted
     suggestions.offer(project, scores, unlabeled > 0)  # labelling from scratch: suggested labels for the rest
-    confusion_section.section(project, scores, conf, cell)
+    if conf is not None or not mostly_unlabeled:  # no confusion to show before there are labels
+        confusion_section.section(project, scores, conf, cell)
     classes_panel.section(store, labels, classes, unlabeled, len(originals))
 
     ids, id_index, note, rows = ordering(project, None if label == ALL_IMAGES else label, view_name, view,

@@ -24,12 +24,15 @@ if TYPE_CHECKING:
 
 REFRESH_S = 2.0
 BUTTON_KEY = "mlfix_review_compute_scores"
+MOSTLY_UNLABELED = ("Most images have no label yet: label them first (the similarity order and **Suggest labels** "
+                    "work without scores). Scores rank label errors once most images are labelled.")
 RUNNING = {"scores": "Computing the scores", "index": "Indexing (it ends with the scores)",
            "train": "Training"}
 
 
-def offer(project: Project, scores: pd.DataFrame | None) -> None:
-    """Nothing when there are scores; else the button, the job's progress, or why there are none."""
+def offer(project: Project, scores: pd.DataFrame | None, mostly_unlabeled: bool = False) -> None:
+    """Nothing when there are scores; else the button, the job's progress, or why there are none.
+    ``mostly_unlabeled`` (labelling from scratch): the button is offered, not urged; labelling comes first."""
     if scores is not None or not project.is_indexed:
         return  # an unindexed project: the page's note says to index it first
     reason = project.scores_unavailable()
@@ -46,11 +49,13 @@ def offer(project: Project, scores: pd.DataFrame | None) -> None:
     if not access.can("index"):
         right.caption("No scores yet, so the grid is in similarity order: an admin can compute them here.")
         return
-    if left.button("Compute scores", key=BUTTON_KEY, icon=":material/calculate:", type="primary",
+    if left.button("Compute scores", key=BUTTON_KEY, icon=":material/calculate:",
+                   type="secondary" if mostly_unlabeled else "primary",
                    help="Runs `mlfix scores` in the background; this page picks the scores up when "
                         "they are ready."):
         background.start_job(project.dir, "scores")
-    right.caption("No scores yet, so **Sort by** offers the similarity order only. Computing them runs "
+    right.caption(MOSTLY_UNLABELED if mostly_unlabeled else
+                  "No scores yet, so **Sort by** offers the similarity order only. Computing them runs "
                   "in the background: you can keep reviewing meanwhile.")
 
 

@@ -162,3 +162,20 @@ def test_in_chromium_an_admin_adds_classes_and_key_1_labels_the_focused_image(pr
         page.reload()  # the label survives a reload: the first tile carries the new label
         page.locator(".tile").first.wait_for(timeout=60_000)
         assert poll(lambda: "cat" in page.locator(".tile").first.inner_text())
+
+
+def test_while_most_images_are_unlabelled_scores_are_offered_not_urged_and_no_confusion_shows(project):
+    from mlfix.ui import scores_job
+
+    project.classes.add("cat", reviewer="ann")
+    project.classes.add("dog", reviewer="ann")
+    ids = list(project.order(None))
+    payload = {"session": "s", "actions": [
+        {"seq": 1, "client_id": "c1", "kind": "relabel", "ids": ids[:2], "label": "cat"},
+        {"seq": 2, "client_id": "c2", "kind": "relabel", "ids": ids[2:4], "label": "dog"}]}
+    assert not actions.BatchApplier().apply(payload, project.reviews, ["cat", "dog"], "ann").errors
+    at = run_page(project.dir)
+    [button] = [b for b in at.button if b.label == "Compute scores"]  # two classes now: scores can run
+    assert button.proto.type == "secondary"
+    assert any(c.value == scores_job.MOSTLY_UNLABELED for c in at.caption)
+    assert not any(e.label.startswith("Confusion") for e in at.expander)
