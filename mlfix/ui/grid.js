@@ -69,7 +69,7 @@ function init(parentElement) {
   const help = el("div", "help");
   help.innerHTML =
     "<kbd>←↑↓→</kbd> move <kbd>space</kbd> select <kbd>shift</kbd> range " +
-    "<kbd>f</kbd> wrong <kbd>o</kbd> ok <kbd>z</kbd> undo <kbd>n</kbd>/<kbd>p</kbd> page <kbd>esc</kbd> clear" +
+    "<span class='reviewhelp'><kbd>f</kbd> wrong <kbd>o</kbd> ok </span><kbd>z</kbd> undo <kbd>n</kbd>/<kbd>p</kbd> page <kbd>esc</kbd> clear" +
     "<span class='suggesthelp'> <kbd>enter</kbd> take suggestion</span>" +
     "<span class='runhelp' title='A bar marks where the similarity drops: a new run. r selects the run around " +
     "the focused image (shift+r adds it), [ and ] go to the previous or next run, click-drag selects a span, " +
@@ -149,6 +149,8 @@ function update(s, data) {
   paintPanel(s);
   paintMessage(s);
   s.help.querySelector(".suggesthelp").style.display = s.items.some((it) => it.suggested) ? "" : "none";
+  // f/o judge a given label: on a page of images that came without one (labelling from scratch) they mean nothing.
+  s.help.querySelector(".reviewhelp").style.display = s.items.some((it) => it.label != null) ? "" : "none";
   s.help.querySelector(".runhelp").style.display = hasRuns(s) ? "" : "none";
   fitHeight(s);
 }

@@ -310,8 +310,12 @@ def test_an_unlabeled_sample_shows_no_null_in_its_tile_title_or_panel():
         titles = [page.locator(".tile").nth(i).get_attribute("title") for i in range(2)]
         panel = page.locator(".panel").inner_text()
         neighbour = page.locator(".nb").first.get_attribute("title")
+        judged = page.locator(".reviewhelp").is_visible()
+        page.evaluate("data => window.render(data)", {**data, "view": "w", "items": items[1:]})
+        help_shown = (judged, page.locator(".reviewhelp").is_visible())
         browser.close()
     assert captions == ["cat", ""]
     assert titles[1] == "b.png\nlabel: unlabeled\nsuggested: cat"
     assert "null" not in panel and "unlabeled" in panel
     assert neighbour.endswith("label: unlabeled")
+    assert help_shown == (True, False)  # f/o (wrong/ok) only where a page has a given label to judge
