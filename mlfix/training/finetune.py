@@ -55,6 +55,7 @@ from mlfix.training.finetune_fold import FoldTrainer, predict_views, softmax_mea
 from mlfix.training.finetune_model import TRAIN_CHOICES, split_backbone
 
 RESULT_FILE = "result.npz"
+RECIPE = 2  # how a fold trains (2: batch norm at its pretrained statistics); a run of another recipe starts over
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ def finetune(root, samples: pd.DataFrame, labels: Sequence, backbone_factory: Ca
     failed = np.zeros(len(cached), dtype=bool)
     failed[list(cache.failed)] = True
     run_key = {"trunk": trunk_key, "labels": _digest(codes), "trusted": _digest(np.flatnonzero(trusted)),
-               **asdict(settings)}
+               "recipe": RECIPE, **asdict(settings)}
     _forget_other_runs(folder, run_key)
     cv_pos, always_pos = (_readable_positions(cached, rows, failed) for rows in (cv_rows, always))
     cached_codes = codes[cached]
