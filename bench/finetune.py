@@ -59,25 +59,22 @@ def queue_figures(x, labels, truth, probabilities) -> dict:
     return out
 
 
-def frozen_from_trunk(views: np.ndarray, train: str, flip_average: bool = False) -> np.ndarray:
-    """(N, D) the frozen backbone's pooled features from the cached trunk maps: the pretrained tail
-    on the image's map (the mean with the mirror image's with ``flip_average``). The same network on
-    the same pixels as an index at that size, up to the float16 rounding of the cached maps, for the
-    cost of the tail alone."""
+def frozen_from_trunk(views: np.ndarray, train: str) -> np.ndarray:
+    """(N, V, D) the frozen backbone's pooled features of each cached trunk map (V views: image, mirror
+    image): the pretrained tail on the map. The same network on the same pixels as an index at that
+    size, up to the float16 rounding of the cached maps, for the cost of the tail alone."""
     import torch
 
     from mlfix.pipeline.backbone import create_backbone
     from mlfix.training.finetune_model import TRAIN_CHOICES, split_backbone
 
     tail = split_backbone(create_backbone("efficientnet_lite0", weights="offline"), TRAIN_CHOICES[train]).tail.eval()
-    used = views.shape[1] if flip_average else 1
     out = []
     with torch.no_grad():
         for start in range(0, len(views), 256):
-            chunk = torch.from_numpy(np.asarray(views[start:start + 256, :used], dtype=np.float32))
-            b = chunk.shape[0]
-            pooled = tail(chunk.reshape(b * used, *chunk.shape[2:])).reshape(b, used, -1).mean(dim=1)
-            out.append(pooled.numpy())
+            chunk = torch.from_numpy(np.asarray(views[start:start + 256], dtype=np.float32))
+            b, v = chunk.shape[:2]
+            out.append(tail(chunk.reshape(b * v, *chunk.shape[2:])).reshape(b, v, -1).numpy())
     return np.concatenate(out).astype(np.float32)
 
 
@@ -102,7 +99,7 @@ def run_setting(dataset: str, table, labels, truth, size: int, train: str, epoch
         cpu_min, wall_min = (cpu_seconds() - cpu0) / 60, (time.perf_counter() - wall0) / 60
         views = np.load(folder / "trunk.npy", mmap_mode="r")
         if max_train is None:  # every image is cached: the frozen features come from the same maps
-            x = frozen_from_trunk(views, train)
+            x = frozen_from_trunk(views[:, :1], train)[:, 0]  # the image's view, as an index
         else:
             x, _ = features(dataset, table, size, False, "efficientnet_lite0")
     frozen = out_of_fold_probabilities(x, labels, seed=0)
@@ -110,8 +107,8 @@ def run_setting(dataset: str, table, labels, truth, size: int, train: str, epoch
     setup = {**base_setup, "frozen": f"offline Lite0 pooled at {size} px, 5-fold probe (the kNN vote uses them too)",
              "finetune": {k: v for k, v in result.summary["settings"].items()},
              "oof_accuracy_vs_given": result.summary["oof_accuracy"],
-             "oof_accuracy_vs_truth": accuracy_vs_truth(tuned, truth),
-             "frozen_probe_accuracy_vs_truth": accuracy_vs_truth(frozen, truth)}
+             "oof_accuracy_vs_truth": accuracy_vs_truth(tuned.probs, tuned.classes, truth),
+             "frozen_probe_accuracy_vs_truth": accuracy_vs_truth(frozen.probs, frozen.classes, truth)}
     n = len(labels)
     emit(BENCH, f"{dataset}.finetune.cpu_minutes", round(cpu_min, 2), "min", n, wall_minutes=round(wall_min, 2),
          resumed_from_cache=(cache_dir / "trunk.json").exists() and not quick, **setup)
@@ -127,8 +124,9 @@ def run_setting(dataset: str, table, labels, truth, size: int, train: str, epoch
             emit(BENCH, f"{dataset}.{variant}.{method}", figures, "figures", n, **setup)
 
 
-def accuracy_vs_truth(oof, truth) -> float:
-    return round(float((np.array(oof.classes, dtype=object)[oof.probs.argmax(1)] == truth).mean()), 4)
+def accuracy_vs_truth(probs: np.ndarray, classes, truth: np.ndarray) -> float:
+    """The share of rows whose most probable class (columns follow ``classes``) is the true label."""
+    return round(float((np.array(classes, dtype=object)[probs.argmax(1)] == truth).mean()), 4)
 
 
 ENSEMBLE = "efficientnet_lite0+efficientnet_lite1+efficientnet_lite2"
@@ -148,7 +146,7 @@ def ensemble_probe(dataset: str, table, labels, truth, views: str = "both") -> t
     oof = out_of_fold_probabilities(x, labels, seed=0)
     return oof, {"ensemble": f"{ENSEMBLE} at {ENSEMBLE_SIZE} px, features of the {views} image(s), 5-fold probe",
                  "ensemble_extraction_s": round(sum(p[1] for p in parts), 1),
-                 "ensemble_accuracy_vs_truth": accuracy_vs_truth(oof, truth)}
+                 "ensemble_accuracy_vs_truth": accuracy_vs_truth(oof.probs, oof.classes, truth)}
 
 
 def run_set(dataset: str, n: int, sizes, trains, epochs_list, folds_list, max_train, quick: bool,

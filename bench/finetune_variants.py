@@ -43,10 +43,11 @@ VARIANTS = {
 
 def probe_head(x: np.ndarray, y: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
     """(W (D, C), b (C,)) of mlfix's L-BFGS probe on standardized ``x``, folded back to raw features."""
-    from mlfix.scoring.probe import lbfgs_weights
+    from mlfix.scoring.probe import DEFAULT_L2
+    from mlfix.scoring.probe_fit import lbfgs_weights
 
     mean, std = x.mean(0), x.std(0) + 1e-6
-    w, b = lbfgs_weights((x - mean) / std, y, classes)
+    w, b = lbfgs_weights((x - mean) / std, y, classes, DEFAULT_L2)
     return (w / std[:, None]).astype(np.float32), (b - (mean / std) @ w).astype(np.float32)
 
 
@@ -57,7 +58,7 @@ def train_fold(tail, dim: int, views: np.ndarray, codes: np.ndarray, train: np.n
     """(len(held), C): one fold trained as the variant says, its held-out softmax (mean of both views)."""
     import torch
 
-    from mlfix.training.finetune_fold import _one_cycle, train_keeping_batch_norm_statistics
+    from mlfix.training.finetune_fold import _one_cycle, predict_views, train_keeping_batch_norm_statistics
     from mlfix.training.finetune_model import Classifier, random_shift
 
     torch.manual_seed(fold)
@@ -88,15 +89,13 @@ def train_fold(tail, dim: int, views: np.ndarray, codes: np.ndarray, train: np.n
             loss.backward()
             optimizer.step()
             scheduler.step()
-    from mlfix.training.finetune_fold import predict_views
-
     return predict_views(model, views, held, torch.device("cpu"))
 
 
 def main(argv: list[str] | None = None) -> int:
     from sklearn.metrics import roc_auc_score
 
-    from bench.finetune import frozen_from_trunk
+    from bench.finetune import accuracy_vs_truth, frozen_from_trunk
     from mlfix.data.folds import fold_splits
     from mlfix.data.labels import encode_labels
     from mlfix.pipeline.backbone import create_backbone
@@ -116,16 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     classes = len(coded.classes)
     wrong = labels != truth
     parts = split_backbone(create_backbone("efficientnet_lite0", weights="offline"), TRAIN_CHOICES["last"])
-    pooled = np.stack([frozen_from_trunk(views[:, [v]], "last") for v in range(views.shape[1])], axis=1)
+    pooled = frozen_from_trunk(views, "last")  # (N, V, D): the probe head of lp-ft
     for name in args.variants:
         started, probs = time.perf_counter(), np.zeros((args.n, classes))
         for fold, (train, held) in enumerate(fold_splits(coded.codes, 3, 0)):
             probs[held] = train_fold(parts.tail, parts.dim, views, coded.codes, train, held, classes, fold, pooled,
                                      **VARIANTS[name])
         given = probs[np.arange(args.n), coded.codes]
-        accuracy = float((np.asarray(coded.classes, dtype=object)[probs.argmax(1)] == truth).mean())
         emit(BENCH, f"cifar10n.{name}", {"auroc": round(float(roc_auc_score(wrong, 1 - given)), 4),
-                                         "accuracy_vs_truth": round(accuracy, 4),
+                                         "accuracy_vs_truth": accuracy_vs_truth(probs, coded.classes, truth),
                                          "seconds": round(time.perf_counter() - started, 1)}, "figures", args.n,
              data=f"cifar10n {args.n} ({noise})", variant=VARIANTS[name])
     return 0
