@@ -11,6 +11,9 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from mlfix.data.images import DataRoot
+from mlfix.data.object_store import is_remote
+from mlfix.errors import ImageError
 from mlfix.project import Project
 from mlfix.service import jobs
 from mlfix.settings import IndexSettings
@@ -83,7 +86,8 @@ def _create_form() -> None:
     st.caption("Scans the images (headers only) in the background and writes the project folder; "
                "indexing follows there too (on the Training page).")
     target = st.text_input("New project folder", key="ds_new_dir", placeholder="/path/to/new-project")
-    images = st.text_input("Images: a folder or a .zip", key="ds_images", placeholder="/path/to/images")
+    images = st.text_input("Images: a folder, a .zip, or an s3:// (gs://, hdfs://) prefix", key="ds_images",
+                           placeholder="/path/to/images")
     source = st.radio("Labels from", list(SOURCES), format_func=SOURCES.get, key="ds_source",
                       horizontal=True)
     labels_path = upload = None
@@ -121,14 +125,27 @@ def _create_form() -> None:
         _create(target, images, source, labels_path, upload, padding, settings, start_index)
 
 
+def _images_problem(images: str) -> str | None:
+    """Why ``images`` cannot be scanned (None when it can be tried): a local path must exist; a URI is
+    opened (one request), so a typo or missing credentials show here, not in the job's log."""
+    if not is_remote(images):
+        return None if Path(images).expanduser().exists() else f"The images were not found at {text.code(images)}."
+    try:
+        DataRoot(images)
+    except (ValueError, FileNotFoundError, ImageError) as err:
+        return f"The images at {text.code(images)} cannot be read: {err}"
+    return None
+
+
 def _create(target: str, images: str, source: str, labels_path: str | None, upload, padding: float,
             settings: dict, start_index: bool) -> None:
     target, images = (target or "").strip(), (images or "").strip()
     if not target or not images:
         st.error("Give both the new project folder and the images (a folder or a .zip).")
         return
-    if not Path(images).expanduser().exists():
-        st.error(f"The images were not found at {text.code(images)}.")
+    problem = _images_problem(images)
+    if problem:
+        st.error(problem)
         return
     labels = None
     if source in ("csv", "coco"):

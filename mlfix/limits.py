@@ -84,3 +84,19 @@ class Limits:
 def current() -> Limits:
     """The limits of this process, from the environment (cheap: read on each call, so tests can set it)."""
     return Limits.from_env()
+
+
+def megabytes(size: int) -> str:
+    """``megabytes(3 * 2**20) == '3.0 MB'``; under 1 MB, in bytes: ``megabytes(2000) == '2,000 bytes'``."""
+    return f"{size / 2**20:,.1f} MB" if size >= 2**20 else f"{size:,} bytes"
+
+
+def too_big(name: str, size: int, verb: str) -> str:
+    """Why a file of ``size`` bytes is not read: over ``zip_member_bytes``, and which variable raises it.
+
+    >>> too_big("a.png", 2000, "is").startswith("a.png is 2,000 bytes, over the limit of")
+    True
+    """
+    limit = current().zip_member_bytes
+    return (f"{name} {verb} {megabytes(size)}, over the limit of {megabytes(limit)} per image "
+            f"({Limits.env_name('zip_member_bytes')}); not read")

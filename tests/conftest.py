@@ -15,6 +15,12 @@ COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "
 FAST_SETTINGS = {"backbone": "resnet18", "weights": "random", "image_size": 64, "words": 32, "batch_size": 32}
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Dummy credentials for the S3 tests' local endpoint (tests/s3.py), set before anything starts (Ray's
+# workers inherit them): no test can sign a request to a real bucket, nor wait on a metadata service.
+os.environ.update(AWS_ACCESS_KEY_ID="mlfix-tests", AWS_SECRET_ACCESS_KEY="mlfix-tests",
+                  AWS_EC2_METADATA_DISABLED="true")
+os.environ.pop("AWS_SESSION_TOKEN", None)
+os.environ.pop("AWS_PROFILE", None)
 
 
 def shape_image(color: tuple[int, int, int], seed: int, size: int = 48) -> Image.Image:

@@ -11,7 +11,8 @@ from mlfix.settings import AUTO, CODEBOOKS, ENGINES, QUALITIES
 def add_parser(commands) -> None:
     p = commands.add_parser("index", help="scan images and build features, visual words and orderings")
     p.add_argument("--project", required=True, help="project folder (created if missing)")
-    p.add_argument("--images", help="folder or .zip of images (required for a new project)")
+    p.add_argument("--images", help="folder or .zip of images, or an object-storage prefix pyarrow reads "
+                   "(s3://bucket/photos, gs://, hdfs://; credentials from the environment) (required for a new project)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--labels", help="CSV with path,label columns (paths relative to --images)")
     source.add_argument("--coco", help="COCO JSON: every box becomes a crop sample")

@@ -31,12 +31,14 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from mlfix import limits
+from mlfix.data.object_store import ObjectStore, is_remote
 from mlfix.errors import ImageError, UnsafePathError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -76,26 +78,35 @@ def safe_relative_path(path: str) -> str:
 
 
 class DataRoot:
-    """Read-only access to the files under a folder or inside a zip, confined to that root.
+    """Read-only access to the files under a folder, inside a zip, or under an object-storage URI
+    (``s3://bucket/prefix``: :class:`~mlfix.data.object_store.ObjectStore`), confined to that root.
 
-    Safe to use from several threads and, after pickling, from DataLoader worker processes (each
-    process opens its own zip handle).
+    Safe to use from several threads and, after pickling, from DataLoader worker processes and Ray
+    workers (each process opens its own zip handle or store connection). ``location`` is the
+    resolved folder or zip path, or the URI as given.
     """
 
     def __init__(self, location: str | os.PathLike):
-        self.location = Path(location).expanduser().resolve()
+        self.store = ObjectStore(str(location)) if is_remote(location) else None
+        self.is_zip = False
+        self._local = threading.local()
+        if self.store is not None:
+            self.location = self.store.uri
+            return
+        text = str(location)
+        self.location = Path(unquote(urlsplit(text).path) if text.lower().startswith("file://") else text)
+        self.location = self.location.expanduser().resolve()
         if not self.location.exists():
             raise FileNotFoundError(f"image source not found: {self.location}")
         self.is_zip = self.location.is_file() and zipfile.is_zipfile(self.location)
         if self.location.is_file() and not self.is_zip:
             raise ValueError(f"image source must be a folder or a .zip file: {self.location}")
-        self._local = threading.local()
 
     def __getstate__(self):
-        return {"location": self.location, "is_zip": self.is_zip}
+        return {"location": self.location, "is_zip": self.is_zip, "store": self.store}
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        self.__dict__.update({"store": None, **state})
         self._local = threading.local()
 
     def _zip(self) -> zipfile.ZipFile:
@@ -107,7 +118,9 @@ class DataRoot:
 
     def list_images(self) -> list[str]:
         """Relative posix paths of every image file under the root, sorted."""
-        if self.is_zip:
+        if self.store is not None:
+            names = self.store.list_files()
+        elif self.is_zip:
             names = [n for n in self._zip().namelist() if not n.endswith("/")]
         else:
             names = [
@@ -129,6 +142,8 @@ class DataRoot:
         """A binary file object of one file, after the checks that need no reading (in a zip: the
         declared size and ratio, links; in a folder: links out of the root, the file's kind and size)."""
         rel = safe_relative_path(path)
+        if self.store is not None:
+            return self.store.open(rel)
         if self.is_zip:
             try:
                 info = self._zip().getinfo(rel)
@@ -155,19 +170,8 @@ class DataRoot:
             handle.close()
             if not stat.S_ISREG(info.st_mode):
                 raise ImageError(f"not a regular file (a device, pipe or socket): {rel}")
-            raise ImageError(_too_big(rel, info.st_size, "is"))
+            raise ImageError(limits.too_big(rel, info.st_size, "is"))
         return handle
-
-
-def _mb(size: int) -> str:
-    """``_mb(3 * 2**20) == '3.0 MB'``; under 1 MB, in bytes: ``_mb(2000) == '2,000 bytes'``."""
-    return f"{size / 2**20:,.1f} MB" if size >= 2**20 else f"{size:,} bytes"
-
-
-def _too_big(name: str, size: int, verb: str) -> str:
-    limit = limits.current().zip_member_bytes
-    return (f"{name} {verb} {_mb(size)}, over the limit of {_mb(limit)} per image "
-            f"({limits.Limits.env_name('zip_member_bytes')}); not read")
 
 
 def check_zip_member(info: zipfile.ZipInfo) -> None:
@@ -181,12 +185,12 @@ def check_zip_member(info: zipfile.ZipInfo) -> None:
     if info.flag_bits & 0x1:
         raise ImageError(f"zip member is encrypted: {name}")
     if info.file_size > limits.current().zip_member_bytes:
-        raise ImageError(_too_big(f"zip member {name}", info.file_size, "declares"))
+        raise ImageError(limits.too_big(f"zip member {name}", info.file_size, "declares"))
     ratio = info.file_size / max(1, info.compress_size)
     most = limits.current().zip_member_ratio
     if info.file_size > RATIO_FLOOR and ratio > most:
-        raise ImageError(f"zip member {name} expands {ratio:,.0f} times ({_mb(info.compress_size)} to "
-                         f"{_mb(info.file_size)}), over the limit of {most:,} "
+        raise ImageError(f"zip member {name} expands {ratio:,.0f} times ({limits.megabytes(info.compress_size)} to "
+                         f"{limits.megabytes(info.file_size)}), over the limit of {most:,} "
                          f"({limits.Limits.env_name('zip_member_ratio')}): a zip bomb? not read")
 
 
@@ -202,7 +206,7 @@ def read_bounded(handle: BinaryIO, limit: int, name: str) -> bytes:
             chunks.append(chunk)
             total += len(chunk)
             if total > limit:
-                raise ImageError(f"{name} holds more than the limit of {_mb(limit)} per image "
+                raise ImageError(f"{name} holds more than the limit of {limits.megabytes(limit)} per image "
                                  f"({limits.Limits.env_name('zip_member_bytes')}); reading stopped")
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
         raise ImageError(f"cannot read {name}: {err}") from None

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import streamlit as st
 
+from mlfix.data.object_store import is_remote
 from mlfix.service import jobs
 from mlfix.ui import text
 
@@ -39,8 +40,11 @@ def create_args(images: str | os.PathLike, labels: str | os.PathLike | None = No
     >>> create_args("/data/img", labels="/data/l.csv", settings={"words": 512, "image_size": None,
     ...             "tta_flip": True}, start_index=False)
     ['--images', '/data/img', '--padding', '0.0', '--labels', '/data/l.csv', '--words', '512', '--tta-flip', '--scan-only']
+    >>> create_args("s3://bucket/photos?region=eu-west-1")[:2]
+    ['--images', 's3://bucket/photos?region=eu-west-1']
     """
-    args = ["--images", str(Path(images).expanduser()), "--padding", str(float(padding))]
+    location = str(images) if is_remote(images) else str(Path(images).expanduser())
+    args = ["--images", location, "--padding", str(float(padding))]
     if labels is not None:
         args += ["--labels", str(labels)]
     if coco is not None:

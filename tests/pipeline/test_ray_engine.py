@@ -28,6 +28,7 @@ from mlfix.pipeline.ordering import ORDERINGS  # noqa: E402
 from mlfix.pipeline.ray_shards import finished_chunks  # noqa: E402
 from mlfix.progress import Progress  # noqa: E402
 from mlfix.project import Project  # noqa: E402
+from tests.s3 import s3_server  # noqa: E402, F401  (a session fixture)
 
 SETTINGS = {"weights": "random", "image_size": 64, "words": 16, "batch_size": 8}
 BROKEN = ["bad-1.png", "bad-2.png"]  # their header reads (the scan keeps them), their pixels do not
@@ -162,6 +163,15 @@ def test_an_actor_killed_mid_run_still_ends_in_the_same_project(ray_project, ima
     assert_same_project(artifacts(project), artifacts(ray_project))
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # it is dead: a new actor finished the run
+
+
+def test_images_on_object_storage_make_the_same_project(ray_project, images, s3_server, tmp_path):  # noqa: F811
+    """The decode tasks read an s3:// prefix (each worker connects with its own credentials: the
+    environment's), as the nodes of a cluster without a shared filesystem would."""
+    uri = s3_server.upload(images, "ray-images/digits")
+    project = index(tmp_path / "p", uri, engine="ray")
+    assert project.source["images"] == uri
+    assert_same_project(artifacts(project), artifacts(ray_project))
 
 
 def in_process_pipeline(calls: list, fail_after: int | None = None):

@@ -23,6 +23,7 @@ from mlfix.project import Project
 from mlfix.review.store import ReviewStore
 from mlfix.ui import access
 from mlfix.ui import state as ui_state
+from tests.s3 import s3_server  # noqa: F401  (a session fixture)
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 TIMEOUT = 120  # generous: the CI machine is small and shared
@@ -202,12 +203,13 @@ def test_dataset_page_shows_counts_examples_and_problems(project_with_problems):
     assert all(len(i.value) == 3 for i in at.get("image"))
 
 
-@pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
-def test_no_project_offers_to_create_one_from_a_folder_or_a_zip(tiny_image_folder, tmp_path, monkeypatch,
-                                                                 as_zip):
+@pytest.mark.parametrize("kind", ["folder", "zip", "s3"])
+def test_no_project_offers_to_create_one_from_a_folder_a_zip_or_a_bucket(tiny_image_folder, tmp_path, monkeypatch,
+                                                                         kind, s3_server):  # noqa: F811
     monkeypatch.delenv("MLFIX_PROJECT", raising=False)
-    images = shutil.make_archive(str(tmp_path / "images"), "zip", tiny_image_folder) if as_zip \
-        else tiny_image_folder
+    images = {"folder": lambda: tiny_image_folder,
+              "zip": lambda: shutil.make_archive(str(tmp_path / "images"), "zip", tiny_image_folder),
+              "s3": lambda: s3_server.upload(tiny_image_folder, f"app-{tmp_path.name}/images")}[kind]()
     at = app_on(None)
     assert any("Open an existing project" in i.value for i in at.info)
     target = tmp_path / "new-project"
@@ -226,6 +228,19 @@ def test_no_project_offers_to_create_one_from_a_folder_or_a_zip(tiny_image_folde
     assert Project.open(target).settings.tta_flip is True
     assert at.session_state[ui_state.PROJECT_KEY] == str(target.resolve())
     assert {m.label: m.value for m in at.metric}["Samples"] == "40"
+
+
+def test_images_that_cannot_be_read_are_refused_before_the_job_starts(tmp_path, monkeypatch, s3_server):  # noqa: F811
+    monkeypatch.delenv("MLFIX_PROJECT", raising=False)
+    for images, message in ((str(tmp_path / "nowhere"), "were not found at"),
+                            (s3_server.uri("app-images/no-such-prefix"), "nothing is stored under"),
+                            ("s3://KEY:SECRET@bucket/photos", "carries credentials")):
+        at = app_on(None)
+        at.text_input(key="ds_new_dir").input(str(tmp_path / "p"))
+        at.text_input(key="ds_images").input(images)
+        at.button(key="ds_create").click().run()
+        assert not at.exception and any(message in e.value for e in at.error), [e.value for e in at.error]
+        assert jobs.current_job(tmp_path / "p") is None and not Project.is_project(tmp_path / "p")
 
 
 def _create_with_csv(at: AppTest, images: Path, target: Path, content: bytes) -> AppTest:
