@@ -3,6 +3,7 @@
     python -m bench.scale                          # engine, stages, recall, review (hours on 2 cores)
     python -m bench.scale --quick                  # small sizes: a smoke test (about a minute without engine)
     python -m bench.scale --only stages --rows 1000000 --dim 256
+    python -m bench.scale --only stages --rows 10000000 --stages bags orders.bags health neighbours probe
     python -m bench.scale --only engine --engine-sizes 10000
     python -m bench.scale --only engine --engine-sizes 10000 100000 --engine-image-size 32 --no-flowers
     python -m bench.scale --out /tmp/mlfix-scale   # where generated images and memory maps go (reused)
@@ -208,7 +209,11 @@ def health_stage(x: np.ndarray, labels: np.ndarray, n: int, setup: dict) -> None
              checks=len(QUALITY_CHECKS))
 
 
-def stages(n: int, dim: int, out: Path, setup: dict, keep: bool) -> None:
+STAGES = ("orders.embedding", "bags", "orders.bags", "health", "neighbours", "probe")
+
+
+def stages(n: int, dim: int, out: Path, setup: dict, keep: bool, only: tuple[str, ...] = STAGES) -> None:
+    """The later stages at ``n`` x ``dim`` (``only``: those of :data:`STAGES`, e.g. the cheap ones at 10M)."""
     from mlfix.pipeline.codebook import pack_bags
     from mlfix.pipeline.ordering import order
     from mlfix.pipeline.ordering.embedding import embedding_order
@@ -218,22 +223,28 @@ def stages(n: int, dim: int, out: Path, setup: dict, keep: bool) -> None:
     with timer() as made:
         path, labels = synthetic_embeddings(n, dim, out)
     emit(BENCH, "stages.generate.seconds", round(made(), 1), "s", n, path=str(path), **setup)
-    embeddings = np.load(path, mmap_mode="r")
-    measured("orders.embedding", n, setup, lambda: embedding_order(embeddings))
-    del embeddings
-    words = synthetic_words(labels)
-    bags = measured("bags", n, setup, lambda: pack_bags(words, WORDS), words=WORDS, grid=GRID)
-    del words
-    measured("orders.bags", n, setup, lambda: order(bags), words=WORDS)  # approximate above EXACT_MAX
-    del bags
-    x = np.load(path, mmap_mode="r")
-    health_stage(x, labels, n, setup)
-    del x
+    if "orders.embedding" in only:
+        embeddings = np.load(path, mmap_mode="r")
+        measured("orders.embedding", n, setup, lambda: embedding_order(embeddings))
+        del embeddings
+    if "bags" in only or "orders.bags" in only:
+        words = synthetic_words(labels)
+        bags = measured("bags", n, setup, lambda: pack_bags(words, WORDS), words=WORDS, grid=GRID)
+        del words
+        if "orders.bags" in only:
+            measured("orders.bags", n, setup, lambda: order(bags), words=WORDS)  # approximate above EXACT_MAX
+        del bags
+    if "health" in only:
+        x = np.load(path, mmap_mode="r")
+        health_stage(x, labels, n, setup)
+        del x
     # the helpers last: each runs in its own process on its own generated data
-    helper_stage("neighbours", helper("bench.scale_neighbours", "measure_neighbours"), n, setup,
-                 {"queries": SEARCHED} if n > SEARCHED else None, dim=dim, k=K)
-    helper_stage("probe", helper("bench.scale_probe", "measure_probe"), n, setup, {"directory": out / "probe"},
-                 dim=dim, classes=classes_for(n))
+    if "neighbours" in only:
+        helper_stage("neighbours", helper("bench.scale_neighbours", "measure_neighbours"), n, setup,
+                     {"queries": SEARCHED} if n > SEARCHED else None, dim=dim, k=K)
+    if "probe" in only:
+        helper_stage("probe", helper("bench.scale_probe", "measure_probe"), n, setup, {"directory": out / "probe"},
+                     dim=dim, classes=classes_for(n))
     if not keep:
         path.unlink(missing_ok=True)
         shutil.rmtree(out / "probe", ignore_errors=True)
@@ -278,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--engine-only", choices=("local", "ray"), help="engine: run one engine (no ratio)")
     p.add_argument("--no-flowers", action="store_true", help="engine: skip the flowers17 comparison")
     p.add_argument("--keep", action="store_true", help="keep the stages' memory maps in --out")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=STAGES, help="stages: which (default all)")
     args = p.parse_args(argv)
     sections = args.only or SECTIONS
     setup = {"quick": args.quick, "omp_threads": os.environ.get("OMP_NUM_THREADS")}
@@ -289,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
                (args.engine_only,) if args.engine_only else ("local", "ray"))
     if "stages" in sections:
         for n in args.rows or ([QUICK_ROWS] if args.quick else [1_000_000]):
-            stages(n, args.dim or (QUICK_DIM if args.quick else 256), args.out, setup, args.keep)
+            stages(n, args.dim or (QUICK_DIM if args.quick else 256), args.out, setup, args.keep, tuple(args.stages))
     if "recall" in sections:
         recall(*((QUICK_ROWS, QUICK_DIM, 200) if args.quick else (100_000, 1280, 1000)), args.out, setup)
         if not args.keep:

@@ -34,6 +34,11 @@ class UnsafePathError(ImageError):
     """A path that would leave the data root."""
 
 
+class ImageSourceUnavailable(ImageError):
+    """The image source (object storage) could not be reached or refused the credentials: the image
+    itself may be fine, so nothing about it is remembered; the next read tries again."""
+
+
 class CheckpointError(MlfixError, ValueError):
     """A checkpoint that cannot be read or does not fit the requested run; the message says why."""
 

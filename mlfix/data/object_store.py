@@ -1,24 +1,31 @@
 """Images on object storage: a data root that is a URI pyarrow reads (``s3://bucket/prefix``, ``gs://``,
 ``hdfs://``, ``abfs://``), for a Ray cluster whose nodes share no filesystem.
 
-:class:`ObjectStore` lists the files under the URI and fetches one object whole (one request; the
-size is checked against ``limits.zip_member_bytes`` before anything is read), behind the same
+:class:`ObjectStore` lists the objects under the URI and reads one behind the same
 :class:`~mlfix.data.images.DataRoot` as a folder or a zip: scanning, indexing on either engine,
-thumbnails and the app read it unaware. Paths are relative to the URI and go through
-:func:`~mlfix.data.images.safe_relative_path` first, so nothing outside the prefix is read.
+thumbnails and the app read it unaware. Reads are ranged and buffered (:class:`RangeReader`): the
+scan's header check fetches the first 64 KiB of an image, not the whole object; the size is checked
+against ``limits.zip_member_bytes`` before anything is read. Paths are relative to the URI and go
+through :func:`~mlfix.data.images.safe_relative_path` first, so nothing outside the prefix is read.
 
 Credentials come from the environment the way pyarrow looks for them (for S3: ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``~/.aws``, an instance role), never from the URI: the URI is saved in the
-project and shown in the app, so one that carries a key (``s3://KEY:SECRET@bucket``) is refused.
+project and shown in the app, so one that carries a password or a secret in its query is refused.
 Other options ride in its query, as pyarrow reads them (``?region=eu-west-1``,
-``?endpoint_override=minio:9000&scheme=http`` for MinIO or another S3-compatible store).
+``?endpoint_override=minio:9000&scheme=http`` for MinIO or another S3-compatible store). A store that
+cannot be reached raises :class:`~mlfix.errors.ImageSourceUnavailable`: the image may be fine, so the
+thumbnails do not remember it as broken.
 
     >>> is_remote("s3://bucket/photos"), is_remote("photos/"), is_remote("C:/photos")
     (True, False, False)
     >>> ObjectStore("s3://KEY:SECRET@bucket/photos")
     Traceback (most recent call last):
     ...
-    ValueError: the image URI carries credentials (s3://KEY:...@...); ... (for S3: AWS_ACCESS_KEY_ID ...
+    ValueError: the image URI carries credentials (a password); ... (for S3: AWS_ACCESS_KEY_ID ...
+    >>> ObjectStore("local:///etc")
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot read images from local:///etc: give a folder or a .zip, or a URI of s3, gs, ...
 """
 
 from __future__ import annotations
@@ -26,13 +33,22 @@ from __future__ import annotations
 import io
 import re
 from typing import BinaryIO
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from mlfix import limits
-from mlfix.errors import ImageError
+from mlfix.errors import ImageError, ImageSourceUnavailable
 
 # A scheme of two letters or more: "C:/photos" is a Windows path, not a URI.
 URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+://")
+# Object stores pyarrow reads. Not its local:// or mock:// filesystems: a local folder goes through
+# DataRoot's own checks (links out of the root), never through pyarrow.
+SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+# Query options that hold a secret (pyarrow reads some of them: S3's access_key, Azure's client_secret).
+SECRET_OPTION = re.compile(r"secret|password|token|(^|_)key$|sas|credential", re.IGNORECASE)
+BLOCK = 64 * 1024  # a read fetches at least this much: an image header is in the first block
+HINT = ("check the network, the endpoint and region in the URI's query (?endpoint_override=HOST:PORT, "
+        "?region=...), and the credentials in the environment (for S3: AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY)")
 
 
 def is_remote(location) -> bool:
@@ -41,21 +57,42 @@ def is_remote(location) -> bool:
     return bool(URI.match(text)) and not text.lower().startswith("file://")
 
 
+def normal_uri(uri: str) -> str:
+    """``uri`` checked and written one way (no trailing slash on its path, whatever the query):
+    ``ValueError`` for a scheme that is not object storage, credentials, a fragment or no bucket.
+
+    >>> normal_uri("s3://bucket/photos/?region=eu-west-1")
+    's3://bucket/photos?region=eu-west-1'
+    """
+    parts = urlsplit(str(uri).strip())
+    if parts.scheme.lower() not in SCHEMES:
+        raise ValueError(f"cannot read images from {uri}: give a folder or a .zip, or a URI of "
+                         f"{', '.join(SCHEMES)} (object storage pyarrow reads)")
+    secrets = [name for name, _ in parse_qsl(parts.query) if SECRET_OPTION.search(name)]
+    if parts.password or secrets:
+        what = "a password" if parts.password else ", ".join(secrets)
+        raise ValueError(f"the image URI carries credentials ({what}); it is saved in the project and shown "
+                         "in the app. Give them in the environment instead (for S3: AWS_ACCESS_KEY_ID and "
+                         "AWS_SECRET_ACCESS_KEY, or ~/.aws)")
+    if parts.fragment:
+        raise ValueError(f"the image URI has a '#' part ({parts.fragment!r}), which would drop what follows: "
+                         "percent-encode '#' in a name as %23")
+    if not parts.netloc:
+        raise ValueError(f"the image URI names no bucket or host: {uri}")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), parts.query, ""))
+
+
 class ObjectStore:
     """Read-only access to the objects under one URI prefix (pyarrow's filesystems).
 
     Pickles as its URI (each Ray worker or DataLoader process opens its own connection, with its own
-    credentials from its environment). Raises ``ValueError`` for a URI pyarrow cannot read or one
-    with credentials in it, ``FileNotFoundError`` when nothing is stored under the prefix.
+    credentials from its environment). Raises ``ValueError`` for a URI it will not read (see
+    :func:`normal_uri`), ``FileNotFoundError`` when nothing is stored under the prefix, and
+    :class:`~mlfix.errors.ImageSourceUnavailable` when the store cannot be reached.
     """
 
     def __init__(self, uri: str):
-        self.uri = str(uri).rstrip("/")
-        parts = urlsplit(self.uri)
-        if parts.username or parts.password:
-            raise ValueError(f"the image URI carries credentials ({parts.scheme}://{parts.username}:...@...); it is "
-                             "saved in the project and shown in the app. Give them in the environment instead (for "
-                             "S3: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ~/.aws)")
+        self.uri = normal_uri(uri)
         self._filesystem, self.base = _connect(self.uri)
         from pyarrow.fs import FileType
 
@@ -82,51 +119,94 @@ class ObjectStore:
         """Every object under the prefix, as a path relative to it (unsorted)."""
         from pyarrow.fs import FileSelector, FileType
 
-        try:
-            found = self.filesystem.get_file_info(FileSelector(self.base, recursive=True))
-        except OSError as err:
-            raise ImageError(f"cannot list {self.uri}: {err}") from None
+        found = _call(self.uri, lambda: self.filesystem.get_file_info(FileSelector(self.base, recursive=True)))
         start = len(self.base) + 1
         return [info.path[start:] for info in found if info.type == FileType.File]
 
     def open(self, rel: str) -> BinaryIO:
-        """One object (``rel`` already made safe by the caller), fetched whole after its size is checked:
-        :class:`ImageError` when it is missing, a prefix, over the limit, or the store fails."""
+        """One object (``rel`` already made safe by the caller) as a seekable, buffered file: ranged
+        reads of at least :data:`BLOCK` bytes. :class:`ImageError` when it is missing, a prefix or over
+        the limit; :class:`ImageSourceUnavailable` when the store fails."""
         from pyarrow.fs import FileType
 
-        key = f"{self.base}/{rel}"
-        info = self._info(key)
+        info = self._info(f"{self.base}/{rel}")
         if info.type == FileType.NotFound:
             raise ImageError(f"file not found: {rel}")
-        if info.type != FileType.File:
+        if info.type == FileType.Directory:
             raise ImageError(f"is a folder, not an image: {rel}")
+        if info.type != FileType.File:
+            raise ImageError(f"not a plain object: {rel}")
         if info.size is not None and info.size > limits.current().zip_member_bytes:
             raise ImageError(limits.too_big(rel, info.size, "is"))
-        try:
-            with self.filesystem.open_input_stream(key) as stream:
-                data = stream.read(limits.current().zip_member_bytes + 1)
-        except OSError as err:
-            raise ImageError(f"cannot read {rel}: {err}") from None
-        if len(data) > limits.current().zip_member_bytes:  # the object grew since its size was read
-            raise ImageError(limits.too_big(rel, len(data), "is"))
-        return io.BytesIO(data)
+        handle = _call(self.uri, lambda: self.filesystem.open_input_file(info.path))
+        return io.BufferedReader(RangeReader(handle, self.uri), buffer_size=BLOCK)
 
     def _info(self, key: str):
-        try:
-            return self.filesystem.get_file_info(key)
-        except OSError as err:
-            raise ImageError(f"cannot reach {self.uri}: {err}") from None
+        return _call(self.uri, lambda: self.filesystem.get_file_info(key))
+
+
+class RangeReader(io.RawIOBase):
+    """A pyarrow random-access file as a raw, seekable Python file (``read_at`` per read); wrap it in
+    ``io.BufferedReader`` so small reads (an image header's) share one request."""
+
+    def __init__(self, handle, uri: str):
+        super().__init__()
+        self.handle, self.uri, self.position = handle, uri, 0
+        self.size = handle.size()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        start = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, start + offset)
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        wanted = min(len(buffer), self.size - self.position)
+        if wanted <= 0:
+            return 0
+        data = _call(self.uri, lambda: self.handle.read_at(wanted, self.position))
+        buffer[:len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.handle.close()
+        super().close()
+
+
+def _call(uri: str, request):
+    """``request()``, a failure of the store (network, credentials, any pyarrow error) as
+    :class:`ImageSourceUnavailable` with what to check."""
+    import pyarrow as pa
+
+    try:
+        return request()
+    except (OSError, pa.ArrowException) as err:
+        raise ImageSourceUnavailable(f"cannot reach {uri}: {str(err).strip()[:300]}. {HINT[0].upper()}{HINT[1:]}") \
+            from None
 
 
 def _connect(uri: str):
     """pyarrow's filesystem and base path for ``uri``; ``ValueError`` that says what is accepted."""
     try:
+        import pyarrow as pa
         from pyarrow.fs import FileSystem
     except ImportError as err:
         raise ValueError(f"reading images from {uri} needs pyarrow (`pip install pyarrow`)") from err
     try:
         filesystem, base = FileSystem.from_uri(uri)
-    except (OSError, ValueError) as err:  # ArrowInvalid is a ValueError
-        raise ValueError(f"cannot open the image source {uri}: {err}. Give a folder, a .zip, or a URI "
-                         "pyarrow reads (s3://bucket/prefix, gs://, hdfs://, abfs://)") from None
+    except (OSError, ValueError, pa.ArrowException) as err:  # ArrowInvalid is a ValueError
+        raise ValueError(f"cannot open the image source {uri}: {str(err).strip()[:300]}. Give a folder, a .zip, "
+                         f"or a URI of {', '.join(SCHEMES)} (object storage pyarrow reads)") from None
+    if not base.strip("/"):
+        raise ValueError(f"the image URI names no bucket: {uri}")
     return filesystem, base.rstrip("/")

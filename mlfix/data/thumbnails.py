@@ -30,14 +30,17 @@ import hashlib
 import logging
 import os
 import stat
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
 from PIL import Image, ImageDraw
 from mlfix.atomic import atomic_path, write_text_atomic
+from mlfix.errors import ImageSourceUnavailable
 
 DEFAULT_SIZE = 128
+SOURCE_RETRY_S = 30.0  # after the image source failed, seconds before a thumbnail asks it again
 JPEG_QUALITY = 85
 PLACEHOLDER_GREY = (200, 200, 200)
 
@@ -107,6 +110,7 @@ class ThumbnailCache:
         self.size = int(size)
         self.workers = max(1, int(workers))
         self.errors: dict[str, str] = {}  # sample_id -> why its placeholder was made (this process)
+        self._source_down_until = 0.0  # while the image source is down, no sample waits on its timeouts
         self._on_disk: set[str] = set()  # seen on disk by this object: no stat at the next page view
 
     def path(self, sample_id: str) -> Path:
@@ -123,9 +127,15 @@ class ThumbnailCache:
             return target
         _own_folder(self.folder)
         _own_folder(target.parent)
+        if time.monotonic() < self._source_down_until:  # each try costs seconds of the store's timeouts
+            return self._unavailable()
         try:
             thumb = make_thumbnail(self.load(sample_id), self.size)
             bad = None
+        except ImageSourceUnavailable as err:  # the store is down, not the image: nothing kept, retried later
+            self.errors[sample_id] = f"{type(err).__name__}: {err}"
+            self._source_down_until = time.monotonic() + SOURCE_RETRY_S
+            return self._unavailable()
         except Exception as err:  # a broken image must not break the page
             thumb, bad = placeholder(self.size), f"{type(err).__name__}: {err}"
             self.errors[sample_id] = bad
@@ -135,6 +145,18 @@ class ThumbnailCache:
             write_text_atomic(target.with_suffix(".bad"), bad)
         return target
 
+    @property
+    def unavailable_path(self) -> Path:
+        """The placeholder shown while the image source cannot be reached (one file for all samples;
+        a sample's own thumbnail is made once the source answers again)."""
+        return self.folder / f"unavailable-{self.size}.jpg"
+
+    def _unavailable(self) -> Path:
+        target = self.unavailable_path
+        if not is_plain_file(target):
+            _write_atomic(placeholder(self.size), target)
+        return target
+
     def ensure_many(self, sample_ids: Iterable[str]) -> list[Path]:
         """Paths of the thumbnails of ``sample_ids`` (same order), making the missing ones in threads.
 
@@ -142,14 +164,17 @@ class ThumbnailCache:
         """
         ids = list(sample_ids)
         paths = [self.path(s) for s in ids]
-        missing = [s for s, p in zip(ids, paths) if s not in self._on_disk and not is_plain_file(p)]
+        missing = [i for i, (s, p) in enumerate(zip(ids, paths)) if s not in self._on_disk and not is_plain_file(p)]
         if len(missing) == 1 or self.workers == 1:
-            for s in missing:
-                self.ensure(s)
+            made = [self.ensure(ids[i]) for i in missing]
         elif missing:
             with ThreadPoolExecutor(min(self.workers, len(missing))) as pool:
-                list(pool.map(self.ensure, missing))
-        self._on_disk.update(ids)
+                made = list(pool.map(self.ensure, [ids[i] for i in missing]))
+        else:
+            made = []
+        for i, path in zip(missing, made):
+            paths[i] = path
+        self._on_disk.update(s for s, p in zip(ids, paths) if p != self.unavailable_path)
         return paths
 
     def is_placeholder(self, sample_id: str) -> bool:

@@ -90,7 +90,7 @@ def embedding_neighbours(embeddings: np.ndarray, k: int = DEFAULT_K, approximate
     n = _rows(embeddings, "embeddings")
     if not _approximate(n, approximate):
         index, x = cosine_index(check_embeddings(embeddings))
-        return _search_without_self(index, x, k)
+        return search_without_self(index, x, k)
     k, read = _capped(n, k), unit_reader(embeddings)
     index = approximate_index(embeddings, k, seed, read)
     similarity, found = ann.search_all(index, read, n, k)
@@ -249,7 +249,9 @@ def unpack(bags: np.ndarray, n_words: int | None = None) -> np.ndarray:
                      f"{bags.dtype} with values other than 0/1")
 
 
-def _search_without_self(index, x: np.ndarray, k: int) -> Neighbours:
+def search_without_self(index, x: np.ndarray, k: int) -> Neighbours:
+    """Each row of ``x`` (the vectors ``index`` holds, in its order) searched for its ``k`` nearest
+    rows other than itself (``k + 1`` found, the row dropped wherever it ranks)."""
     k = _capped(x.shape[0], k)
     similarity, found = index.search(x, k + 1)
     similarity, found = ann.drop_self(similarity, found, np.arange(x.shape[0]), k)

@@ -50,7 +50,7 @@ import pandas as pd
 from mlfix.scoring import ann
 from mlfix.scoring.contract import (TRUSTED_SCORE, check_embeddings, check_ids, check_trusted,
                                     encode_labels)
-from mlfix.scoring.neighbours import (Neighbours, _search_without_self, approximate_index, approximate_min,
+from mlfix.scoring.neighbours import (Neighbours, search_without_self, approximate_index, approximate_min,
                                       cosine_index, unit_reader)
 
 OUTLIER_K = 10  # neighbours averaged: the closest few, so a small cluster of odd images is still odd
@@ -216,7 +216,7 @@ def _same_class_distance(x: np.ndarray, members: list, k: int, folder: Path) -> 
         else:
             index, unit = cosine_index(x[rows])
             directions[code] = unit.sum(axis=0)
-            similarity = _search_without_self(index, unit, k).similarity if len(rows) >= MIN_CLASS else None
+            similarity = search_without_self(index, unit, k).similarity if len(rows) >= MIN_CLASS else None
         if len(rows) >= MIN_CLASS:
             distance[rows] = 1.0 - similarity.mean(axis=1)
     directions /= np.clip(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12, None)

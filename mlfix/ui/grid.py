@@ -122,6 +122,9 @@ def thumbnail_urls(cache, sample_ids: Sequence[str], static_dir: Path | None = N
     liveness.hold(base)  # another server on this app folder leaves it alone while this one runs
     urls = []
     for sample_id, path in zip(sample_ids, paths):
+        if path == cache.unavailable_path:  # the image source is down: not mirrored, retried next time
+            urls.append(_data_url(path))
+            continue
         rel = cache.relpath(sample_id)
         target = base / rel
         if str(target) not in _LINKED:

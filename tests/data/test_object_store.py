@@ -3,6 +3,7 @@ same project, the same refusals (a local S3 endpoint: moto's server, tests/s3.py
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 
@@ -11,9 +12,14 @@ import pandas as pd
 import pytest
 
 from mlfix import limits
-from mlfix.data.images import DataRoot, load_image
+from PIL import Image
+
+from mlfix.data.images import DataRoot, load_image, open_image_header
+from mlfix.data.object_store import BLOCK, RangeReader, normal_uri
 from mlfix.data.scan import scan
-from mlfix.errors import ImageError, UnsafePathError
+from mlfix.data import thumbnails
+from mlfix.data.thumbnails import ThumbnailCache
+from mlfix.errors import ImageError, ImageSourceUnavailable, UnsafePathError
 from mlfix.project import Project
 from tests.conftest import FAST_SETTINGS, shape_image, write_image_folder
 from tests.s3 import s3_server  # noqa: F401  (a session fixture)
@@ -74,13 +80,80 @@ def test_an_object_over_the_size_limit_is_refused_before_it_is_read(uri, monkeyp
 def test_bad_sources_say_what_to_give(s3_server):  # noqa: F811
     with pytest.raises(ValueError, match="carries credentials.*AWS_ACCESS_KEY_ID"):
         DataRoot("s3://AKIA123:secret@photos/set-1")
-    with pytest.raises(ValueError, match="URI pyarrow reads"):
-        DataRoot("nosuchfs://photos/set-1")
+    for uri in ("nosuchfs://photos/set-1", "local:///etc", "mock:///x"):  # local:// would skip the link checks
+        with pytest.raises(ValueError, match="give a folder or a .zip, or a URI of s3, gs"):
+            DataRoot(uri)
+    for uri in ("s3://photos/set-1?access_key=AKIA&region=x", "abfs://c@acct.dfs.core.windows.net/p?client_secret=s",
+                "s3://photos/set-1?session_token=t"):
+        with pytest.raises(ValueError, match="carries credentials"):
+            DataRoot(uri)
+    with pytest.raises(ValueError, match="'#' part"):
+        DataRoot("s3://photos/set#1?region=x")
+    with pytest.raises(ValueError, match="names no bucket"):
+        DataRoot(s3_server.uri(""))
     with pytest.raises(FileNotFoundError, match="nothing is stored under"):
         DataRoot(s3_server.uri("photos/no-such-prefix"))
     s3_server.put("photos/one.png", b"x")
     with pytest.raises(ValueError, match="a folder \\(a prefix\\) of images, not one object"):
         DataRoot(s3_server.uri("photos/one.png"))
+
+
+def test_a_uri_is_written_one_way_and_a_user_at_a_host_is_no_credential():
+    assert normal_uri("s3://photos/set-1/?region=us-east-1") == "s3://photos/set-1?region=us-east-1"
+    assert normal_uri("abfs://container@account.dfs.core.windows.net/photos/") == \
+        "abfs://container@account.dfs.core.windows.net/photos"
+
+
+def test_a_store_that_cannot_be_reached_says_what_to_check_and_thumbnails_retry(uri, tmp_path, monkeypatch):
+    down = uri.replace(uri.split("endpoint_override=")[1].split("&")[0], "127.0.0.1:1")
+    with pytest.raises(ImageSourceUnavailable, match="cannot reach s3://photos/set-1.*Check the network.*AWS_ACCESS"):
+        DataRoot(down)
+    root, answering = DataRoot(uri), [False]
+
+    def load(sample_id):
+        if not answering[0]:
+            raise ImageSourceUnavailable("cannot reach the store")
+        return load_image(root, {"path": sample_id})
+
+    cache = ThumbnailCache(tmp_path / "thumbs", load, 32, workers=1)
+    calls = []
+    cache.load = lambda sample_id: calls.append(sample_id) or load(sample_id)
+    assert cache.ensure_many(["red/000.png", "red/001.png"]) == [cache.unavailable_path] * 2
+    assert calls == ["red/000.png"]  # the second does not wait on the store's timeouts too
+    assert not cache.is_placeholder("red/000.png") and not cache.path("red/000.png").exists()
+    answering[0] = True  # the store is back: the thumbnail is made, not the placeholder remembered
+    monkeypatch.setattr(thumbnails, "SOURCE_RETRY_S", 0.0)
+    cache._source_down_until = 0.0
+    assert cache.ensure_many(["red/000.png"]) == [cache.path("red/000.png")] and cache.path("red/000.png").exists()
+
+
+class CountingFile:
+    """A pyarrow random-access file stand-in that counts the bytes asked for."""
+
+    def __init__(self, data: bytes):
+        self.data, self.fetched = data, 0
+
+    def size(self) -> int:
+        return len(self.data)
+
+    def read_at(self, n: int, offset: int) -> bytes:
+        self.fetched += n
+        return self.data[offset:offset + n]
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_header_check_fetches_one_block_not_the_whole_object():
+    image = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (900, 900, 3), dtype=np.uint8)).save(image, "PNG")
+    raw = CountingFile(image.getvalue())
+    assert len(raw.data) > 2_000_000
+    handle = io.BufferedReader(RangeReader(raw, "s3://b/p"), buffer_size=BLOCK)
+    assert open_image_header(handle).size == (900, 900)
+    assert raw.fetched <= 2 * BLOCK
+    handle.seek(0)
+    assert handle.read() == raw.data  # and the whole object reads back unchanged
 
 
 def test_a_file_uri_is_the_local_folder(folder):
