@@ -47,7 +47,6 @@ def encode_labels(labels: Sequence | np.ndarray | pd.Series, n: int | None = Non
         classes = sorted(present.unique().tolist(), key=str)
     # Plain Python values (np.str_ -> str), so suggested labels look like the labels users gave.
     classes = [c.item() if isinstance(c, np.generic) else c for c in classes]
-    index = {c: i for i, c in enumerate(classes)}
     codes = np.full(len(series), -1, dtype=np.int64)
-    codes[~missing] = [index[v] for v in present]
+    codes[~missing] = pd.Index(classes, dtype=object).get_indexer(present.to_numpy())  # a hash join, no row loop
     return Labels(codes, classes)
