@@ -31,11 +31,11 @@ def confusion(labels: Sequence, predicted: Sequence) -> pd.DataFrame:
     [1, 1, 0, 1]
     """
     given, pred = _pairs(labels, predicted)
-    classes = encode_labels(list(given) + list(pred)).classes
+    both = encode_labels(np.concatenate([given, pred]))
+    classes, m = both.classes, len(both.classes)
+    counts = np.bincount(both.codes[:len(given)] * m + both.codes[len(given):], minlength=m * m)
     full = pd.MultiIndex.from_product([classes, classes], names=["given", "predicted"])
-    counts = pd.Series(1, index=pd.MultiIndex.from_arrays([given, pred], names=["given", "predicted"]))
-    counts = counts.groupby(level=[0, 1]).sum().reindex(full, fill_value=0)
-    return counts.rename("count").reset_index().astype({"count": np.int64})
+    return pd.DataFrame({"count": counts.astype(np.int64)}, index=full).reset_index()
 
 
 def model_confusion(probabilities: OutOfFold, labels: Sequence) -> pd.DataFrame:
@@ -63,7 +63,7 @@ def confusion_samples(labels: Sequence, predicted: Sequence, sample_ids: Sequenc
     """
     n = len(labels)
     ids = check_ids(sample_ids, n)
-    given_arr, pred_arr = np.asarray(list(labels), dtype=object), np.asarray(list(predicted), dtype=object)
+    given_arr, pred_arr = _objects(labels).to_numpy(), _objects(predicted).to_numpy()
     if len(pred_arr) != n:
         raise ValueError(f"predicted has {len(pred_arr)} entries, labels {n}; pass one prediction per sample")
     rows = np.flatnonzero((given_arr == given) & (pred_arr == predicted_label))
@@ -74,10 +74,16 @@ def confusion_samples(labels: Sequence, predicted: Sequence, sample_ids: Sequenc
 
 
 def _pairs(labels: Sequence, predicted: Sequence) -> tuple[np.ndarray, np.ndarray]:
-    given = pd.Series(list(labels), dtype=object)
-    pred = pd.Series(list(predicted), dtype=object)
+    given, pred = _objects(labels), _objects(predicted)
     if len(given) != len(pred):
         raise ValueError(f"labels has {len(given)} entries but predicted has {len(pred)}; "
                          "pass one prediction per label")
     keep = ~(given.isna() | pred.isna()).to_numpy()
     return given[keep].to_numpy(), pred[keep].to_numpy()
+
+
+def _objects(values: Sequence) -> pd.Series:
+    """``values`` as an object Series without a Python list of every row (arrays and Series as they are)."""
+    if isinstance(values, (pd.Series, pd.Index, np.ndarray, pd.Categorical)):
+        return pd.Series(np.asarray(values, dtype=object), dtype=object)
+    return pd.Series(list(values), dtype=object)
