@@ -152,6 +152,9 @@ def out_of_fold_probabilities(embeddings: np.ndarray, labels: Sequence, folds: i
     if not suspects.any():
         return OutOfFold(first.probs, first.classes, first.fold, flags)
     unflagged = Labels(np.where(suspects, -1, coded.codes), coded.classes)
+    if minibatch:  # (N, C) float64 is gigabytes at millions of rows: the refit is averaged into the first's
+        second = _one_fit(unflagged, mask, *fit, blend_into=first.probs)
+        return OutOfFold(first.probs, first.classes, second.fold, flags)
     second = _one_fit(unflagged, mask, *fit)
     return OutOfFold((first.probs + second.probs) / 2, first.classes, second.fold, flags)
 
@@ -162,7 +165,8 @@ def _flags(oof: OutOfFold, coded: Labels, trusted: np.ndarray) -> np.ndarray:
     rows = np.flatnonzero(coded.labeled & ~trusted)
     flags = np.zeros(len(coded.codes), dtype=bool)
     if len(rows) >= 2 and len(oof.classes) >= 2:
-        flags[rows] = _present_class_flags(coded.codes[rows], oof.probs[rows])
+        every = len(rows) == len(coded.codes)  # no (N, C) copy when every row counts (the usual case)
+        flags[rows] = _present_class_flags(coded.codes[rows], oof.probs if every else oof.probs[rows])
     return flags
 
 
@@ -173,6 +177,8 @@ def _present_class_flags(codes: np.ndarray, probs: np.ndarray) -> np.ndarray:
     present = np.unique(codes)
     if len(present) < 2:
         return np.zeros(len(codes), dtype=bool)
+    if len(present) == probs.shape[1]:  # every class: the rows already sum to 1, no (N, C) copy
+        return find_label_issues(codes, probs)
     sub = probs[:, present]
     sub = sub / np.clip(sub.sum(axis=1, keepdims=True), 1e-12, None)
     return find_label_issues(np.searchsorted(present, codes), sub)
@@ -190,14 +196,16 @@ def _suspects(flags: np.ndarray, coded: Labels) -> np.ndarray:
 
 
 def _one_fit(coded: Labels, mask: np.ndarray, x: np.ndarray, folds: int, seed: int, l2: float,
-             max_iter: int, probe: str, minibatch: bool = False) -> OutOfFold:
+             max_iter: int, probe: str, minibatch: bool = False, blend_into: np.ndarray | None = None) -> OutOfFold:
+    """One cross-validated fit. ``blend_into`` (minibatch only, every class present): an earlier fit's
+    (N, C) probabilities, replaced in place by their mean with this fit's; returned as this fit's."""
     n = x.shape[0]
     if folds < 2:
         raise ValueError(f"folds must be >= 2, got {folds}")
     if probe not in ("lbfgs", "sklearn"):
         raise ValueError(f"probe must be 'lbfgs' or 'sklearn', got {probe!r}")
     n_classes = len(coded.classes)
-    probs = np.zeros((n, max(n_classes, 1)), dtype=np.float64)
+    probs = np.zeros((n, max(n_classes, 1)), dtype=np.float64) if blend_into is None else blend_into
     fold_of = np.full(n, -1, dtype=np.int64)
     if n_classes <= 1:  # nothing to tell apart: every sample is the one class
         probs[:, 0] = 1.0
@@ -210,7 +218,7 @@ def _one_fit(coded: Labels, mask: np.ndarray, x: np.ndarray, folds: int, seed: i
     # one model on all labeled rows); rows held out nowhere (trusted, unlabeled) get the models' mean.
     models, rest = max(len(splits), 1), np.flatnonzero(fold_of < 0)
     if minibatch:  # every fold model in one pass per epoch over the data
-        fit_folds(x, coded.codes, fold_of, models, n_classes, l2, seed, probs)
+        fit_folds(x, coded.codes, fold_of, models, n_classes, l2, seed, probs, blend=blend_into is not None)
         return OutOfFold(probs, coded.classes, fold_of)
     for f in range(models):
         train, test = np.flatnonzero(coded.labeled & (fold_of != f)), np.flatnonzero(fold_of == f)

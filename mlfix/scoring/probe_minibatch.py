@@ -49,8 +49,10 @@ def check_rows(embeddings) -> np.ndarray:
 
 
 def fit_folds(x: np.ndarray, codes: np.ndarray, fold_of: np.ndarray, n_models: int, n_classes: int,
-              l2: float, seed: int, out: np.ndarray) -> np.ndarray:
-    """Fit ``n_models`` fold probes by minibatches and write the out-of-fold probabilities into ``out``.
+              l2: float, seed: int, out: np.ndarray, blend: bool = False) -> np.ndarray:
+    """Fit ``n_models`` fold probes by minibatches and write the out-of-fold probabilities into ``out``
+    (with ``blend``: their mean with what ``out`` holds, chunk by chunk, so a refit needs no second
+    (N, C) array).
 
     Args:
         x: (N, D) features, any float dtype (a float16 memmap is read chunk by chunk).
@@ -63,6 +65,7 @@ def fit_folds(x: np.ndarray, codes: np.ndarray, fold_of: np.ndarray, n_models: i
         l2: weight decay on the standardized weights (the full fit's ``l2``).
         seed: shuffling seed.
         out: (N, C) float64, filled with the probabilities (rows sum to 1).
+        blend: average into ``out`` instead of overwriting it.
 
     Returns:
         ``out``.
@@ -84,26 +87,32 @@ def fit_folds(x: np.ndarray, codes: np.ndarray, fold_of: np.ndarray, n_models: i
     torch.set_num_threads(1)
     try:
         w, b = _train(torch, x, rows, codes, fold_of, (center, mean, std, present), l2, seed)
-        _predict(torch, x, fold_of, (w, b, center, mean, std, present), out)
+        _predict(torch, x, fold_of, (w, b, center, mean, std, present), out, blend)
     finally:
         torch.set_num_threads(threads)
     return out
 
 
-def _predict(torch, x: np.ndarray, fold_of: np.ndarray, model, out: np.ndarray) -> None:
-    """Out-of-fold probabilities chunk by chunk into ``out``."""
+def _predict(torch, x: np.ndarray, fold_of: np.ndarray, model, out: np.ndarray, blend: bool = False) -> None:
+    """Out-of-fold probabilities chunk by chunk into ``out`` (``blend``: averaged with what it holds)."""
     with torch.no_grad():
         for start in range(0, len(x), CHUNK):
             stop = min(start + CHUNK, len(x))
             p = torch.softmax(_logits(torch, x[start:stop], *model).double(), dim=2)  # rows sum to 1 in float64
-            _place(p.numpy(), fold_of[start:stop], out[start:stop])
+            placed = _place(p.numpy(), fold_of[start:stop])
+            if blend:  # (a + b) / 2, as the full fit averages its two fits
+                placed += out[start:stop]
+                placed /= 2
+            out[start:stop] = placed
 
 
-def _place(p: np.ndarray, fold_of: np.ndarray, out: np.ndarray) -> None:
+def _place(p: np.ndarray, fold_of: np.ndarray) -> np.ndarray:
     """A held-out row's probabilities from its fold's model, the others' the mean of the models."""
     held = fold_of >= 0
-    out[held] = p[np.flatnonzero(held), fold_of[held]]
-    out[~held] = p[~held].mean(axis=1)
+    placed = np.empty((len(p), p.shape[2]), dtype=np.float64)
+    placed[held] = p[np.flatnonzero(held), fold_of[held]]
+    placed[~held] = p[~held].mean(axis=1)
+    return placed
 
 
 def _fold_stats(x: np.ndarray, rows: np.ndarray, codes: np.ndarray, fold_of: np.ndarray, n_models: int,

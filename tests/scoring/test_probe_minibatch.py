@@ -149,3 +149,36 @@ def test_each_pass_reads_every_row_once_in_sorted_chunks(n, seed):
     chunks = list(probe_minibatch._chunks(rows, np.random.default_rng(seed)))
     assert all(len(c) <= probe_minibatch.CHUNK and (np.diff(c) > 0).all() for c in chunks)
     np.testing.assert_array_equal(np.sort(np.concatenate(chunks)), rows)
+
+
+def test_the_refit_is_averaged_in_place_exactly_as_two_separate_fits(few_steps):
+    """At millions of rows an (N, C) float64 array is gigabytes: the refit without the flagged samples
+    is averaged into the first fit's array chunk by chunk, with the same result as (first + second) / 2."""
+    x, labels, _, _ = overlapping(n=400, classes=5)
+    oof = probe.out_of_fold_probabilities(x, labels, minibatch=True)
+    coded, mask = probe.encode_labels(labels), np.zeros(len(labels), dtype=bool)
+    fit = (x, 5, 0, probe.DEFAULT_L2, 100, "lbfgs", True)
+    first = probe._one_fit(coded, mask, *fit)
+    suspects = probe._suspects(probe._flags(first, coded, mask), coded)
+    second = probe._one_fit(probe.Labels(np.where(suspects, -1, coded.codes), coded.classes), mask, *fit)
+    assert suspects.any() and np.array_equal(oof.probs, (first.probs + second.probs) / 2)
+    assert np.array_equal(oof.fold, second.fold)
+
+
+def test_the_minibatch_probe_allocates_about_two_probability_arrays_not_four(few_steps):
+    """Its numpy allocations peak near the (N, C) result plus one array of that size for confident
+    learning's flags (before: the flags copied the probabilities twice and the refit made a second)."""
+    import tracemalloc
+
+    rng, n, classes = np.random.default_rng(1), 30_000, 50
+    truth = rng.integers(0, classes, n)
+    x = (rng.normal(0, 1, (classes, 8))[truth] + rng.normal(0, 1, (n, 8))).astype(np.float16)
+    labels = np.where(rng.random(n) < 0.1, rng.integers(0, classes, n), truth)
+    probe.out_of_fold_probabilities(x[:500], labels[:500], minibatch=True)  # imports outside the measure
+    tracemalloc.start()
+    try:
+        oof = probe.out_of_fold_probabilities(x, labels, minibatch=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert oof.flags.any() and peak < 3 * oof.probs.nbytes
