@@ -28,14 +28,25 @@ class Labels:
         return table[np.where(codes >= 0, codes, len(self.classes))]
 
 
+def object_series(values: Sequence | np.ndarray | pd.Series) -> pd.Series:
+    """``values`` as an object Series on a fresh index; arrays, Series and Categoricals without a Python
+    list of every row.
+
+    >>> object_series(np.array(["a", "b"])).tolist(), object_series(("x", None)).tolist()
+    (['a', 'b'], ['x', None])
+    """
+    if isinstance(values, (pd.Series, pd.Index, np.ndarray, pd.Categorical)):
+        return pd.Series(np.asarray(values, dtype=object), dtype=object)
+    return pd.Series(list(values), dtype=object)
+
+
 def encode_labels(labels: Sequence | np.ndarray | pd.Series, n: int | None = None) -> Labels:
     """Encode labels (strings or numbers; None/NaN = unlabeled) as indices into sorted classes.
 
     >>> encode_labels(["b", None, "a", "b"]).codes.tolist()
     [1, -1, 0, 1]
     """
-    series = pd.Series(list(labels) if not isinstance(labels, pd.Series) else labels.to_numpy(),
-                       dtype=object)
+    series = object_series(labels)
     if n is not None and len(series) != n:
         raise ValueError(f"labels has {len(series)} entries but there are {n} samples; "
                          "pass one label per embedding row (None for unlabeled)")

@@ -46,7 +46,7 @@ SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 # Query options that hold a secret (pyarrow reads some of them: S3's access_key, Azure's client_secret).
 SECRET_OPTION = re.compile(r"secret|password|token|(^|_)key$|sas|credential", re.IGNORECASE)
 BLOCK = 64 * 1024  # a read fetches at least this much: an image header is in the first block
-HINT = ("check the network, the endpoint and region in the URI's query (?endpoint_override=HOST:PORT, "
+HINT = ("Check the network, the endpoint and region in the URI's query (?endpoint_override=HOST:PORT, "
         "?region=...), and the credentials in the environment (for S3: AWS_ACCESS_KEY_ID and "
         "AWS_SECRET_ACCESS_KEY)")
 
@@ -191,8 +191,7 @@ def _call(uri: str, request):
     try:
         return request()
     except (OSError, pa.ArrowException) as err:
-        raise ImageSourceUnavailable(f"cannot reach {uri}: {str(err).strip()[:300]}. {HINT[0].upper()}{HINT[1:]}") \
-            from None
+        raise ImageSourceUnavailable(f"cannot reach {uri}: {str(err).strip()[:300]}. {HINT}") from None
 
 
 def _connect(uri: str):

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from mlfix.scoring.contract import check_ids, encode_labels
+from mlfix.scoring.contract import check_ids, encode_labels, object_series
 from mlfix.scoring.probe import OutOfFold
 
 
@@ -63,7 +63,7 @@ def confusion_samples(labels: Sequence, predicted: Sequence, sample_ids: Sequenc
     """
     n = len(labels)
     ids = check_ids(sample_ids, n)
-    given_arr, pred_arr = _objects(labels).to_numpy(), _objects(predicted).to_numpy()
+    given_arr, pred_arr = object_series(labels).to_numpy(), object_series(predicted).to_numpy()
     if len(pred_arr) != n:
         raise ValueError(f"predicted has {len(pred_arr)} entries, labels {n}; pass one prediction per sample")
     rows = np.flatnonzero((given_arr == given) & (pred_arr == predicted_label))
@@ -74,16 +74,9 @@ def confusion_samples(labels: Sequence, predicted: Sequence, sample_ids: Sequenc
 
 
 def _pairs(labels: Sequence, predicted: Sequence) -> tuple[np.ndarray, np.ndarray]:
-    given, pred = _objects(labels), _objects(predicted)
+    given, pred = object_series(labels), object_series(predicted)
     if len(given) != len(pred):
         raise ValueError(f"labels has {len(given)} entries but predicted has {len(pred)}; "
                          "pass one prediction per label")
     keep = ~(given.isna() | pred.isna()).to_numpy()
     return given[keep].to_numpy(), pred[keep].to_numpy()
-
-
-def _objects(values: Sequence) -> pd.Series:
-    """``values`` as an object Series without a Python list of every row (arrays and Series as they are)."""
-    if isinstance(values, (pd.Series, pd.Index, np.ndarray, pd.Categorical)):
-        return pd.Series(np.asarray(values, dtype=object), dtype=object)
-    return pd.Series(list(values), dtype=object)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mlfix.data.labels import Labels, encode_labels  # noqa: F401  (part of the contract)
+from mlfix.data.labels import Labels, encode_labels, object_series  # noqa: F401  (part of the contract)
 
 SCORE_COLUMNS = ["sample_id", "score", "suggested_label"]
 TRUSTED_SCORE = 0.0  # every method's lowest score: a reviewed sample leaves the queue
