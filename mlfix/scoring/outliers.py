@@ -24,10 +24,12 @@ OUTLIER_K 5, 20 and 50 did no better). With 2% of those GTSRB labels flipped, ``
 flags 74 (precision 0.60, recall 0.80).
 
 At scale (a float16 memory map of millions of rows): ``class_outlier`` reads the vectors one class at
-a time, a class of :data:`~mlfix.scoring.neighbours.APPROXIMATE_MIN` rows or more through an IVF
-index read in chunks (as the neighbour graph), and from APPROXIMATE_MIN labeled rows a flagged
-sample's closest class is sought among the :data:`CLOSEST_CANDIDATES` classes of nearest mean
-direction, not all (``python -m bench.scale_checks``; figures in docs/scale.md).
+a time, the queries in chunks. A class of more than :data:`REFERENCE_MAX` samples is compared with a
+seeded random :data:`REFERENCE_MAX` of its members, not all: every member is still scored, but a
+class costs m x REFERENCE_MAX x D, not m^2 x D, so the check grows linearly with N whatever the class
+sizes. From APPROXIMATE_MIN labeled rows a flagged sample's closest class is sought among the
+:data:`CLOSEST_CANDIDATES` classes of nearest mean direction, not all (``python -m bench.scale_checks``;
+figures in docs/scale.md).
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -40,8 +42,6 @@ Example:
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -50,8 +50,7 @@ import pandas as pd
 from mlfix.scoring import ann
 from mlfix.scoring.contract import (TRUSTED_SCORE, check_embeddings, check_ids, check_trusted,
                                     encode_labels)
-from mlfix.scoring.neighbours import (Neighbours, search_without_self, approximate_index, approximate_min,
-                                      cosine_index, unit_reader)
+from mlfix.scoring.neighbours import Neighbours, approximate_min, cosine_index, search_without_self
 
 OUTLIER_K = 10  # neighbours averaged: the closest few, so a small cluster of odd images is still odd
 CLASS_K = 5  # same-class neighbours averaged (5 beat 10, 20 and the class centre on GTSRB)
@@ -64,6 +63,19 @@ MIN_CLASS = 3  # a class needs this many labeled samples to judge one of them
 # docs/scale.md measured). On bench.scale's 200k x 256 vectors (100 classes of 2k, 9,911 flagged) it
 # named the same class as the search of all classes for every flagged row, in 17 instead of 46 CPU s.
 CLOSEST_CANDIDATES = 10
+# A class of more than this many samples is compared with a seeded random subset of this many of its
+# members. Exact search of a class costs m^2 x D: 38 s for one class of 100k x 256 on 2 cores, ~65 min
+# for the 100 such classes of 10M rows. The IVF index that served large classes before is no help
+# here: within a class there is little structure for its lists, so its nprobe was tuned to scan
+# nearly all of them (186 s for that class). Detection did not suffer at a cap of 1/4 of the class
+# (python -m bench.class_reference): on CIFAR-10N 50k (one annotator's labels, classes of 5k) AUROC
+# 0.718 capped at 1,250 vs 0.718 uncapped, precision of the flags 0.89 vs 0.83; on 2 synthetic
+# classes of 100k x 256 (200 modes of Zipf sizes, 2% planted from the other) capped at 25k: AUROC
+# 0.864 vs 0.835, precision 0.992 vs 0.999, recall 0.40 vs 0.19, 22 s instead of 85. Planted rows
+# find each other among all members; fewer of them are in a subset. At 1/10 precision fell to 0.85
+# there (members of rare modes flagged).
+REFERENCE_MAX = 25_000
+REFERENCE_SEED = 0
 THRESHOLDS = {"outlier": ROBUST_Z, "class_outlier": ROBUST_Z}
 
 
@@ -126,7 +138,8 @@ def class_outlier_check(embeddings: np.ndarray, labels: Sequence, sample_ids: Se
 
     Args:
         embeddings: (N, D) pooled vectors, e.g. the float16 memory map ``features/pooled.npy``: read one
-            class at a time, a large class (APPROXIMATE_MIN rows) in chunks, never copied whole.
+            class at a time (at most REFERENCE_MAX rows of it held, the queries read in chunks), never
+            copied whole.
         labels: (N,) labels, None/NaN = unlabeled (score NaN).
         sample_ids: (N,) ids.
         trusted: (N,) bool, reviewed samples: their label is right, so score 0 and no flag (they still
@@ -135,7 +148,8 @@ def class_outlier_check(embeddings: np.ndarray, labels: Sequence, sample_ids: Se
 
     Returns:
         ``DataFrame[sample_id, score, suggested_label, flag, reason, distance]``: distance = mean cosine
-        distance to the ``k`` closest other samples of its class; score = its robust z within the class
+        distance to the ``k`` closest other samples of its class (of its REFERENCE_MAX subset when the
+        class is larger); score = its robust z within the class
         (NaN for unlabeled samples and classes of fewer than :data:`MIN_CLASS`); the reason names the
         class whose samples are closest (by the same measure) when it is another.
 
@@ -153,13 +167,12 @@ def class_outlier_check(embeddings: np.ndarray, labels: Sequence, sample_ids: Se
     ids, mask = check_ids(sample_ids, n), check_trusted(trusted, n)
     coded = encode_labels(labels, n)
     members = _class_members(coded.codes)
-    with tempfile.TemporaryDirectory(prefix="mlfix-class-outliers-") as folder:
-        distance, directions = _same_class_distance(x, members, k, Path(folder))
-        score, median = robust_z(distance, coded.codes)
-        score = np.where(mask & ~np.isnan(score), TRUSTED_SCORE, score)
-        flag = (score >= THRESHOLDS["class_outlier"]) & ~mask
-        near = coded.decode(_closest_class(x, coded.codes, members, np.flatnonzero(flag), distance[flag], k,
-                                           directions, Path(folder)))
+    distance, directions = _same_class_distance(x, members, k)
+    score, median = robust_z(distance, coded.codes)
+    score = np.where(mask & ~np.isnan(score), TRUSTED_SCORE, score)
+    flag = (score >= THRESHOLDS["class_outlier"]) & ~mask
+    near = coded.decode(_closest_class(x, coded.codes, members, np.flatnonzero(flag), distance[flag], k,
+                                       directions))
     rank, of = _rank(distance, coded.codes)
     names = coded.decode(coded.codes)
     text = pd.Series([f"mean cosine distance {d:.3f} to the {k} closest of class {name} (rank {r:.0f} of "
@@ -182,74 +195,66 @@ def _class_members(codes: np.ndarray) -> list[tuple[int, np.ndarray]]:
     return list(zip(classes.tolist(), np.split(order, starts[1:])))
 
 
-class _Rows:
-    """The rows ``rows`` (ascending) of ``x`` (a float16 memory map, say), read only when indexed: what
-    the approximate index of one class reads, :data:`mlfix.scoring.ann.CHUNK_ROWS` rows at a time."""
+def _reference(rows: np.ndarray, code: int) -> np.ndarray:
+    """The members a class's samples are compared with: all its ``rows`` up to REFERENCE_MAX, else a
+    random REFERENCE_MAX of them (ascending), seeded by the class code so that a rerun is the same.
 
-    def __init__(self, x: np.ndarray, rows: np.ndarray):
-        self.x, self.rows = x, rows
-        self.shape = (len(rows), x.shape[1])
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, part) -> np.ndarray:
-        return np.asarray(self.x[self.rows[part]])
+    >>> len(_reference(np.arange(10), 3)), len(_reference(np.arange(REFERENCE_MAX + 10), 3)) == REFERENCE_MAX
+    (10, True)
+    """
+    if len(rows) <= REFERENCE_MAX:
+        return rows
+    rng = np.random.default_rng([REFERENCE_SEED, code])
+    return np.sort(rng.choice(rows, REFERENCE_MAX, replace=False))
 
 
-def _same_class_distance(x: np.ndarray, members: list, k: int, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+def _same_class_distance(x: np.ndarray, members: list, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``(distance, directions)``: (N,) mean cosine distance of each labeled sample to the ``k`` closest
-    others of its class (NaN when unlabeled or its class has fewer than MIN_CLASS samples), and (C, D)
-    each class's mean unit vector.
+    others of its class's reference (:func:`_reference`; NaN when unlabeled or its class has fewer than
+    MIN_CLASS samples), and (C, D) each class's mean unit vector (over its reference).
 
-    One index per class, as :func:`~mlfix.scoring.neighbours.embedding_neighbours` would build it for
-    that class alone: exact (faiss flat; the class's rows gathered, at most APPROXIMATE_MIN of them)
-    under :data:`~mlfix.scoring.neighbours.APPROXIMATE_MIN` rows, else an IVF index
-    (:mod:`mlfix.scoring.ann`) reading the class chunk by chunk, kept in ``folder`` for
-    :func:`_closest_class`. Never the whole (N, D) array as float32."""
+    An exact faiss index per class over its reference (at most REFERENCE_MAX rows gathered); the
+    class's rows are its queries, read a chunk at a time. Never the whole (N, D) array as float32."""
     distance = np.full(len(x), np.nan)
     directions = np.zeros((max((code for code, _ in members), default=-1) + 1, x.shape[1]), np.float32)
     for code, rows in members:
-        if len(rows) >= approximate_min():
-            index, similarity, directions[code] = _approximate_class(x, rows, k)
-            _write_index(index, folder / f"{code}.faiss")
+        reference = _reference(rows, code)
+        index, unit = cosine_index(x[reference])
+        directions[code] = unit.sum(axis=0)
+        if len(rows) < MIN_CLASS:
+            continue
+        if len(reference) == len(rows):
+            similarity = search_without_self(index, unit, k).similarity
         else:
-            index, unit = cosine_index(x[rows])
-            directions[code] = unit.sum(axis=0)
-            similarity = search_without_self(index, unit, k).similarity if len(rows) >= MIN_CLASS else None
-        if len(rows) >= MIN_CLASS:
-            distance[rows] = 1.0 - similarity.mean(axis=1)
+            similarity = _search_reference(index, x, rows, reference, k)
+        distance[rows] = 1.0 - similarity.mean(axis=1)
     directions /= np.clip(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12, None)
     return distance, directions
 
 
-def _approximate_class(x: np.ndarray, rows: np.ndarray, k: int):
-    """``(IVF index, (m, k) similarities, mean unit vector)`` of one large class (seed 0, as
-    embedding_neighbours does), reading its rows a chunk at a time."""
-    view = _Rows(x, rows)
-    read, k = unit_reader(view), min(k, len(rows) - 1)
-    index = approximate_index(view, k, 0, read)
-    similarity, _ = ann.search_all(index, read, len(rows), k)
-    direction = sum(read(part).sum(axis=0) for part in ann.chunks(len(rows)))
-    return index, similarity, direction
-
-
-def _write_index(index, path: Path) -> None:
-    import faiss
-
-    faiss.write_index(index, str(path))
+def _search_reference(index, x: np.ndarray, rows: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
+    """(len(rows), k) similarities of each row of a class to its ``k`` closest reference members other
+    than itself (``k + 1`` found; a row in the reference drops itself, any other its last), a chunk of
+    rows at a time."""
+    k = min(k, len(reference) - 1)
+    similarity = np.empty((len(rows), k), np.float32)
+    for part in ann.chunks(len(rows)):
+        query = rows[part]
+        at = np.minimum(np.searchsorted(reference, query), len(reference) - 1)
+        own = np.where(reference[at] == query, at, -2)  # -2: not in the reference (-1 is faiss's "none")
+        similarity[part] = ann.drop_self(*index.search(_unit(x[query]), k + 1), own, k)[0]
+    return similarity
 
 
 def _closest_class(x: np.ndarray, codes: np.ndarray, members: list, rows: np.ndarray, own: np.ndarray,
-                   k: int, directions: np.ndarray, folder: Path) -> np.ndarray:
+                   k: int, directions: np.ndarray) -> np.ndarray:
     """For ``rows`` (the flagged): the class whose ``k`` closest samples are nearest on average;
     ``own`` is their distance to their own class (which must not count them as their own neighbour).
 
     Under APPROXIMATE_MIN labeled rows, every class is searched exactly for every flagged row. From
     there, each flagged row searches only the :data:`CLOSEST_CANDIDATES` other classes whose mean
-    direction is nearest its own (:func:`_asked`), a chunk of flagged rows at a time, and a class of
-    APPROXIMATE_MIN rows or more is searched in the IVF index :func:`_same_class_distance` kept in
-    ``folder``."""
+    direction is nearest its own (:func:`_asked`), a chunk of flagged rows at a time. A class is
+    searched in its reference (:func:`_reference`), as its own samples were."""
     if len(rows) == 0:
         return np.zeros(0, np.int64)
     distance = np.full((len(rows), len(directions)), np.inf)
@@ -258,7 +263,7 @@ def _closest_class(x: np.ndarray, codes: np.ndarray, members: list, rows: np.nda
         which = np.arange(len(rows)) if asked is None else asked.get(code, np.zeros(0, np.int64))
         if len(which) == 0:
             continue
-        index = _class_index(x, code, class_rows, folder)
+        index = cosine_index(x[_reference(class_rows, code)])[0]
         for part in ann.chunks(len(which)):  # the flagged rows that search this class, read a chunk at a time
             similarity, _ = index.search(_unit(x[rows[which[part]]]), min(k, index.ntotal))
             distance[which[part], code] = 1.0 - similarity.mean(axis=1)
@@ -292,14 +297,6 @@ def _asked(x: np.ndarray, rows: np.ndarray, directions: np.ndarray, own: np.ndar
     order = np.argsort(picked.ravel(), kind="stable")
     classes, starts = np.unique(picked.ravel()[order], return_index=True)
     return dict(zip(classes.tolist(), np.split(query[order], starts[1:])))
-
-
-def _class_index(x: np.ndarray, code: int, rows: np.ndarray, folder: Path):
-    """The class's index: the IVF index kept in ``folder`` when there is one, else an exact one."""
-    import faiss
-
-    path = folder / f"{code}.faiss"
-    return faiss.read_index(str(path)) if path.is_file() else cosine_index(x[rows])[0]
 
 
 def _table(ids: np.ndarray, score: np.ndarray, flag: np.ndarray, text: pd.Series,

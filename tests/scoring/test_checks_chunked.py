@@ -1,6 +1,7 @@
 """The duplicates and class-outlier checks read the embeddings as given (a float16 memory map stays
 one, read in row chunks or one class at a time) and give exactly what the whole-array float32
-implementation gave; class outliers search few classes per flagged sample from APPROXIMATE_MIN rows."""
+implementation gave; a class over REFERENCE_MAX samples is compared with a seeded subset of its members;
+class outliers search few classes per flagged sample from APPROXIMATE_MIN rows."""
 
 from __future__ import annotations
 
@@ -126,17 +127,59 @@ def test_class_outliers_read_one_class_at_a_time_and_never_copy_the_whole_array(
     assert rows.log["whole copies"] == 0 and 0 < rows.log["rows"] <= largest < len(x)
 
 
-def test_large_classes_use_the_approximate_index_with_the_same_distances(monkeypatch):
+def subset_distance(x, labels, k: int = CLASS_K) -> np.ndarray:
+    """Brute force in numpy: each labeled row's mean cosine distance to the k most similar members of
+    its class's reference (outliers._reference), itself left out."""
+    unit = np.asarray(x, np.float64) / np.linalg.norm(np.asarray(x, np.float64), axis=1, keepdims=True)
+    codes = encode_labels(labels).codes
+    distance = np.full(len(x), np.nan)
+    for code in np.unique(codes[codes >= 0]):
+        rows = np.flatnonzero(codes == code)
+        if len(rows) < MIN_CLASS:
+            continue
+        reference = outliers._reference(rows, int(code))
+        similarity = unit[rows] @ unit[reference].T
+        similarity[rows[:, None] == reference[None, :]] = -np.inf  # not itself
+        top = -np.sort(-similarity, axis=1)[:, :min(k, len(reference) - 1)]
+        distance[rows] = 1.0 - top.mean(axis=1)
+    return distance
+
+
+def test_a_class_over_reference_max_is_compared_with_a_seeded_subset_of_its_members(monkeypatch):
     x, labels = clustered(1200, 4, flipped=0.03)
-    monkeypatch.setattr(neighbours, "APPROXIMATE_MIN", 250)  # every class (~300 rows) takes an IVF index
-    built = []
-    original = neighbours.ann.build_ivf
-    monkeypatch.setattr(neighbours.ann, "build_ivf", lambda *a, **kw: built.append(a[1]) or original(*a, **kw))
+    monkeypatch.setattr(outliers, "REFERENCE_MAX", 120)  # every class (~300 rows) is subsampled
     table = class_outlier_check(x, labels, range(len(x)))
-    reference = reference_class_outliers(x, labels, range(len(x)))  # its closest class: exact search
-    assert len(built) == 8  # 4 classes, each also built once by the reference; never rebuilt to name a class
-    pd.testing.assert_frame_equal(table.drop(columns="reason"), reference.drop(columns="reason"))
-    assert table["flag"].sum() >= 10 and table["reason"].tolist() == reference["reason"].tolist()
+    assert table["distance"].notna().all()  # every member is still scored
+    np.testing.assert_allclose(table["distance"], subset_distance(x, labels), atol=2e-6)
+    pd.testing.assert_frame_equal(class_outlier_check(x, labels, range(len(x))), table)  # seeded
+    exact = reference_class_outliers(x, labels, range(len(x)))
+    flagged, exact_flagged = set(np.flatnonzero(table["flag"])), set(np.flatnonzero(exact["flag"]))
+    assert len(exact_flagged) >= 10 and len(flagged & exact_flagged) >= 0.9 * len(exact_flagged | flagged)
+    both = sorted(flagged & exact_flagged)
+    assert table["reason"][both].str.contains("closest class").sum() >= 10
+    assert table["reason"][both].str.extract("closest class: (c\\d+)")[0].tolist() == \
+        exact["reason"][both].str.extract("closest class: (c\\d+)")[0].tolist()
+
+
+def test_the_reference_is_a_sorted_seeded_subset_of_the_class(monkeypatch):
+    monkeypatch.setattr(outliers, "REFERENCE_MAX", 50)
+    rows = np.arange(0, 3000, 7)
+    picked = outliers._reference(rows, 4)
+    assert len(picked) == 50 and np.all(np.diff(picked) > 0) and np.isin(picked, rows).all()
+    assert np.array_equal(picked, outliers._reference(rows, 4)) and not np.array_equal(picked, outliers._reference(rows, 5))
+    assert np.array_equal(outliers._reference(rows[:50], 4), rows[:50])  # a class within the limit: all of it
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**16), st.integers(1, 4), st.integers(12, 120), st.integers(1, 6), st.integers(3, 30))
+def test_class_distances_are_the_mean_over_the_k_closest_of_the_reference(seed, classes, n, k, most):
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(0, 1, (n, 8)) + 0.05).astype(np.float16)  # no zero rows: a cosine needs a direction
+    labels = rng.choice(np.array([f"c{i}" for i in range(classes)] + [None], dtype=object), n)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(outliers, "REFERENCE_MAX", most)
+        distance = class_outlier_check(x, labels, range(n), k=k)["distance"].to_numpy()
+        np.testing.assert_allclose(distance, subset_distance(x, labels, k), atol=1e-5)
 
 
 def test_from_approximate_min_rows_the_closest_class_is_sought_among_the_nearest_classes(monkeypatch):
