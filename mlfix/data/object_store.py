@@ -46,6 +46,11 @@ SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 # Query options that hold a secret (pyarrow reads some of them: S3's access_key, Azure's client_secret).
 SECRET_OPTION = re.compile(r"secret|password|token|(^|_)key$|sas|credential", re.IGNORECASE)
 BLOCK = 64 * 1024  # a read fetches at least this much: an image header is in the first block
+# S3 seconds to connect, and to wait for a reply that has stopped coming (the AWS SDK's socket read
+# timeout, not a whole transfer's): unset, an endpoint that accepts the connection and never answers
+# held a call for ~100 s. A ranged read of one BLOCK answers well within either.
+S3_CONNECT_TIMEOUT_S = 10.0
+S3_REQUEST_TIMEOUT_S = 30.0
 HINT = ("Check the network, the endpoint and region in the URI's query (?endpoint_override=HOST:PORT, "
         "?region=...), and the credentials in the environment (for S3: AWS_ACCESS_KEY_ID and "
         "AWS_SECRET_ACCESS_KEY)")
@@ -208,4 +213,16 @@ def _connect(uri: str):
                          f"or a URI of {', '.join(SCHEMES)} (object storage pyarrow reads)") from None
     if not base.strip("/"):
         raise ValueError(f"the image URI names no bucket: {uri}")
-    return filesystem, base.rstrip("/")
+    return _with_timeouts(filesystem), base.rstrip("/")
+
+
+def _with_timeouts(filesystem):
+    """An S3 filesystem rebuilt with :data:`S3_CONNECT_TIMEOUT_S` and :data:`S3_REQUEST_TIMEOUT_S`
+    (pyarrow's ``from_uri`` takes no timeout, in its arguments or the URI's query; the filesystem's
+    pickled options are its constructor's, so every other option is kept). Others as they are."""
+    from pyarrow.fs import S3FileSystem
+
+    if not isinstance(filesystem, S3FileSystem):
+        return filesystem
+    rebuild, (options,) = filesystem.__reduce__()
+    return rebuild({**options, "connect_timeout": S3_CONNECT_TIMEOUT_S, "request_timeout": S3_REQUEST_TIMEOUT_S})

@@ -127,6 +127,26 @@ def test_a_store_that_cannot_be_reached_says_what_to_check_and_thumbnails_retry(
     assert cache.ensure_many(["red/000.png"]) == [cache.path("red/000.png")] and cache.path("red/000.png").exists()
 
 
+def test_an_endpoint_that_accepts_and_never_answers_fails_within_the_timeouts(monkeypatch):
+    import socket
+    import time
+
+    from mlfix.data import object_store
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes connections into the backlog; nothing ever reads or replies
+    monkeypatch.setattr(object_store, "S3_CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(object_store, "S3_REQUEST_TIMEOUT_S", 1.0)
+    start = time.monotonic()
+    try:
+        with pytest.raises(ImageSourceUnavailable, match="cannot reach"):
+            DataRoot(f"s3://photos/set-1?endpoint_override=127.0.0.1:{silent.getsockname()[1]}&scheme=http")
+    finally:
+        silent.close()
+    assert time.monotonic() - start < 30  # 3 attempts of 1 s and back-off; ~100 s without the timeouts
+
+
 class CountingFile:
     """A pyarrow random-access file stand-in that counts the bytes asked for."""
 
