@@ -48,9 +48,14 @@ SECRET_OPTION = re.compile(r"secret|password|token|(^|_)key$|sas|credential", re
 BLOCK = 64 * 1024  # a read fetches at least this much: an image header is in the first block
 # S3 seconds to connect, and to wait for a reply that has stopped coming (the AWS SDK's socket read
 # timeout, not a whole transfer's): unset, an endpoint that accepts the connection and never answers
-# held a call for ~100 s. A ranged read of one BLOCK answers well within either.
+# held a call for ~90 s. A ranged read of one BLOCK answers well within either.
 S3_CONNECT_TIMEOUT_S = 10.0
 S3_REQUEST_TIMEOUT_S = 30.0
+# The URI query options an S3 filesystem rebuilt with the timeouts keeps (pyarrow's constructor takes
+# them). With any other (tls_verify_certificates, tls_ca_dir_path, smart_defaults) the filesystem is
+# left as from_uri made it, without the timeouts, rather than silently without that option.
+S3_KEPT_OPTIONS = frozenset({"region", "scheme", "endpoint_override", "allow_bucket_creation",
+                             "allow_bucket_deletion", "tls_ca_file_path"})
 HINT = ("Check the network, the endpoint and region in the URI's query (?endpoint_override=HOST:PORT, "
         "?region=...), and the credentials in the environment (for S3: AWS_ACCESS_KEY_ID and "
         "AWS_SECRET_ACCESS_KEY)")
@@ -213,16 +218,19 @@ def _connect(uri: str):
                          f"or a URI of {', '.join(SCHEMES)} (object storage pyarrow reads)") from None
     if not base.strip("/"):
         raise ValueError(f"the image URI names no bucket: {uri}")
-    return _with_timeouts(filesystem), base.rstrip("/")
+    return _with_timeouts(filesystem, uri), base.rstrip("/")
 
 
-def _with_timeouts(filesystem):
+def _with_timeouts(filesystem, uri: str):
     """An S3 filesystem rebuilt with :data:`S3_CONNECT_TIMEOUT_S` and :data:`S3_REQUEST_TIMEOUT_S`
-    (pyarrow's ``from_uri`` takes no timeout, in its arguments or the URI's query; the filesystem's
-    pickled options are its constructor's, so every other option is kept). Others as they are."""
+    (pyarrow's ``from_uri`` takes no timeout, in its arguments or the URI's query). The filesystem's
+    pickled options are its constructor's, so the URI's options in :data:`S3_KEPT_OPTIONS` are kept;
+    the retries become the constructor's default (AWS standard, 3 attempts). Other filesystems, and an
+    S3 URI with another option, as they are."""
     from pyarrow.fs import S3FileSystem
 
-    if not isinstance(filesystem, S3FileSystem):
+    options_in_uri = {name for name, _ in parse_qsl(urlsplit(uri).query)}
+    if not isinstance(filesystem, S3FileSystem) or not options_in_uri <= S3_KEPT_OPTIONS:
         return filesystem
     rebuild, (options,) = filesystem.__reduce__()
     return rebuild({**options, "connect_timeout": S3_CONNECT_TIMEOUT_S, "request_timeout": S3_REQUEST_TIMEOUT_S})

@@ -136,15 +136,30 @@ def test_an_endpoint_that_accepts_and_never_answers_fails_within_the_timeouts(mo
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)  # the kernel completes connections into the backlog; nothing ever reads or replies
-    monkeypatch.setattr(object_store, "S3_CONNECT_TIMEOUT_S", 1.0)
-    monkeypatch.setattr(object_store, "S3_REQUEST_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(object_store, "S3_REQUEST_TIMEOUT_S", 1.0)  # the connection itself succeeds
     start = time.monotonic()
     try:
         with pytest.raises(ImageSourceUnavailable, match="cannot reach"):
             DataRoot(f"s3://photos/set-1?endpoint_override=127.0.0.1:{silent.getsockname()[1]}&scheme=http")
     finally:
         silent.close()
-    assert time.monotonic() - start < 30  # 3 attempts of 1 s and back-off; ~100 s without the timeouts
+    assert time.monotonic() - start < 30  # 3 attempts of 1 s and back-off (~5 s); ~90 s without the timeout
+
+
+def test_the_timeouts_keep_every_option_of_the_uri_and_survive_pickling(uri):
+    from pyarrow.fs import FileSystem
+
+    from mlfix.data import object_store
+
+    given = FileSystem.from_uri(uri)[0].__reduce__()[1][0]
+    root = pickle.loads(pickle.dumps(DataRoot(uri)))  # as a Ray worker gets it: reconnected from the URI
+    kept = root.store.filesystem.__reduce__()[1][0]
+    assert kept["connect_timeout"] == object_store.S3_CONNECT_TIMEOUT_S
+    assert kept["request_timeout"] == object_store.S3_REQUEST_TIMEOUT_S
+    assert {**kept, "connect_timeout": -1.0, "request_timeout": -1.0} == given
+    assert (given["region"], given["scheme"]) == ("us-east-1", "http") and given["endpoint_override"].startswith("127.0.0.1:")
+    unverified = object_store._connect(uri + "&tls_verify_certificates=false")[0]  # an option the rebuild would drop
+    assert unverified.__reduce__()[1][0]["request_timeout"] == -1.0  # left as pyarrow made it
 
 
 class CountingFile:
