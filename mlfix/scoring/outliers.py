@@ -25,7 +25,7 @@ flags 74 (precision 0.60, recall 0.80).
 
 At scale (a float16 memory map of millions of rows): ``class_outlier`` reads the vectors one class at
 a time, the queries in chunks. A class of more than :data:`REFERENCE_MAX` samples is compared with a
-seeded random :data:`REFERENCE_MAX` of its members, not all: every member is still scored, but a
+fixed :data:`REFERENCE_MAX` of its members (those whose sample ids hash lowest), not all: every member is still scored, but a
 class costs m x REFERENCE_MAX x D, not m^2 x D, so the check grows linearly with N whatever the class
 sizes. From APPROXIMATE_MIN labeled rows a flagged sample's closest class is sought among the
 :data:`CLOSEST_CANDIDATES` classes of nearest mean direction, not all (``python -m bench.scale_checks``;
@@ -63,9 +63,9 @@ MIN_CLASS = 3  # a class needs this many labeled samples to judge one of them
 # docs/scale.md measured). On bench.scale's 200k x 256 vectors (100 classes of 2k, 9,911 flagged) it
 # named the same class as the search of all classes for every flagged row, in 17 instead of 46 CPU s.
 CLOSEST_CANDIDATES = 10
-# A class of more than this many samples is compared with a seeded random subset of this many of its
-# members. Exact search of a class costs m^2 x D: 38 s for one class of 100k x 256 on 2 cores, ~65 min
-# for the 100 such classes of 10M rows. The IVF index that served large classes before is no help
+# A class of more than this many samples is compared with a fixed subset of this many of its members
+# (:func:`_reference`). Exact search of a class costs m^2 x D: 38 s for one class of 100k x 256 on 2
+# cores, ~65 min for the 100 such classes of 10M rows. The IVF index that served large classes before is no help
 # here: within a class there is little structure for its lists, so its nprobe was tuned to scan
 # nearly all of them (186 s for that class). Detection did not suffer at a cap of 1/4 of the class
 # (python -m bench.class_reference): on CIFAR-10N 50k (one annotator's labels, classes of 5k) AUROC
@@ -75,7 +75,6 @@ CLOSEST_CANDIDATES = 10
 # find each other among all members; fewer of them are in a subset. At 1/10 precision fell to 0.85
 # there (members of rare modes flagged).
 REFERENCE_MAX = 25_000
-REFERENCE_SEED = 0
 THRESHOLDS = {"outlier": ROBUST_Z, "class_outlier": ROBUST_Z}
 
 
@@ -167,12 +166,13 @@ def class_outlier_check(embeddings: np.ndarray, labels: Sequence, sample_ids: Se
     ids, mask = check_ids(sample_ids, n), check_trusted(trusted, n)
     coded = encode_labels(labels, n)
     members = _class_members(coded.codes)
-    distance, directions = _same_class_distance(x, members, k)
+    references = {code: _reference(rows, ids) for code, rows in members}
+    distance, directions = _same_class_distance(x, members, references, k)
     score, median = robust_z(distance, coded.codes)
     score = np.where(mask & ~np.isnan(score), TRUSTED_SCORE, score)
     flag = (score >= THRESHOLDS["class_outlier"]) & ~mask
-    near = coded.decode(_closest_class(x, coded.codes, members, np.flatnonzero(flag), distance[flag], k,
-                                       directions))
+    near = coded.decode(_closest_class(x, coded.codes, members, references, np.flatnonzero(flag), distance[flag],
+                                       k, directions))
     rank, of = _rank(distance, coded.codes)
     names = coded.decode(coded.codes)
     text = pd.Series([f"mean cosine distance {d:.3f} to the {k} closest of class {name} (rank {r:.0f} of "
@@ -195,20 +195,23 @@ def _class_members(codes: np.ndarray) -> list[tuple[int, np.ndarray]]:
     return list(zip(classes.tolist(), np.split(order, starts[1:])))
 
 
-def _reference(rows: np.ndarray, code: int) -> np.ndarray:
-    """The members a class's samples are compared with: all its ``rows`` up to REFERENCE_MAX, else a
-    random REFERENCE_MAX of them (ascending), seeded by the class code so that a rerun is the same.
+def _reference(rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The members a class's samples are compared with: all its ``rows`` up to REFERENCE_MAX, else the
+    REFERENCE_MAX whose sample ids hash lowest (ascending). A hash of each id, not a random draw from
+    the class: a relabelled sample changes a class's reference by at most one member, and a rerun
+    (or a class that sorts elsewhere) picks the same ones.
 
-    >>> len(_reference(np.arange(10), 3)), len(_reference(np.arange(REFERENCE_MAX + 10), 3)) == REFERENCE_MAX
+    >>> ids = np.array([f"img{i}" for i in range(REFERENCE_MAX + 10)], dtype=object)
+    >>> len(_reference(np.arange(10), ids)), len(_reference(np.arange(len(ids)), ids)) == REFERENCE_MAX
     (10, True)
     """
     if len(rows) <= REFERENCE_MAX:
         return rows
-    rng = np.random.default_rng([REFERENCE_SEED, code])
-    return np.sort(rng.choice(rows, REFERENCE_MAX, replace=False))
+    key = pd.util.hash_array(np.asarray(ids[rows], dtype=object))
+    return np.sort(rows[np.argpartition(key, REFERENCE_MAX - 1)[:REFERENCE_MAX]])
 
 
-def _same_class_distance(x: np.ndarray, members: list, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _same_class_distance(x: np.ndarray, members: list, references: dict, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``(distance, directions)``: (N,) mean cosine distance of each labeled sample to the ``k`` closest
     others of its class's reference (:func:`_reference`; NaN when unlabeled or its class has fewer than
     MIN_CLASS samples), and (C, D) each class's mean unit vector (over its reference).
@@ -218,7 +221,7 @@ def _same_class_distance(x: np.ndarray, members: list, k: int) -> tuple[np.ndarr
     distance = np.full(len(x), np.nan)
     directions = np.zeros((max((code for code, _ in members), default=-1) + 1, x.shape[1]), np.float32)
     for code, rows in members:
-        reference = _reference(rows, code)
+        reference = references[code]
         index, unit = cosine_index(x[reference])
         directions[code] = unit.sum(axis=0)
         if len(rows) < MIN_CLASS:
@@ -246,15 +249,15 @@ def _search_reference(index, x: np.ndarray, rows: np.ndarray, reference: np.ndar
     return similarity
 
 
-def _closest_class(x: np.ndarray, codes: np.ndarray, members: list, rows: np.ndarray, own: np.ndarray,
-                   k: int, directions: np.ndarray) -> np.ndarray:
+def _closest_class(x: np.ndarray, codes: np.ndarray, members: list, references: dict, rows: np.ndarray,
+                   own: np.ndarray, k: int, directions: np.ndarray) -> np.ndarray:
     """For ``rows`` (the flagged): the class whose ``k`` closest samples are nearest on average;
     ``own`` is their distance to their own class (which must not count them as their own neighbour).
 
     Under APPROXIMATE_MIN labeled rows, every class is searched exactly for every flagged row. From
     there, each flagged row searches only the :data:`CLOSEST_CANDIDATES` other classes whose mean
     direction is nearest its own (:func:`_asked`), a chunk of flagged rows at a time. A class is
-    searched in its reference (:func:`_reference`), as its own samples were."""
+    searched in its reference (``references``, :func:`_reference`), as its own samples were."""
     if len(rows) == 0:
         return np.zeros(0, np.int64)
     distance = np.full((len(rows), len(directions)), np.inf)
@@ -263,7 +266,7 @@ def _closest_class(x: np.ndarray, codes: np.ndarray, members: list, rows: np.nda
         which = np.arange(len(rows)) if asked is None else asked.get(code, np.zeros(0, np.int64))
         if len(which) == 0:
             continue
-        index = cosine_index(x[_reference(class_rows, code)])[0]
+        index = cosine_index(x[references[code]])[0]  # gathered again: C indexes kept would be C x 25k x D
         for part in ann.chunks(len(which)):  # the flagged rows that search this class, read a chunk at a time
             similarity, _ = index.search(_unit(x[rows[which[part]]]), min(k, index.ntotal))
             distance[which[part], code] = 1.0 - similarity.mean(axis=1)

@@ -1,6 +1,6 @@
 """The duplicates and class-outlier checks read the embeddings as given (a float16 memory map stays
 one, read in row chunks or one class at a time) and give exactly what the whole-array float32
-implementation gave; a class over REFERENCE_MAX samples is compared with a seeded subset of its members;
+implementation gave; a class over REFERENCE_MAX samples is compared with a fixed subset of its members;
 class outliers search few classes per flagged sample from APPROXIMATE_MIN rows."""
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def test_class_outliers_read_one_class_at_a_time_and_never_copy_the_whole_array(
     assert rows.log["whole copies"] == 0 and 0 < rows.log["rows"] <= largest < len(x)
 
 
-def subset_distance(x, labels, k: int = CLASS_K) -> np.ndarray:
+def subset_distance(x, labels, k: int = CLASS_K) -> np.ndarray:  # sample ids: range(len(x))
     """Brute force in numpy: each labeled row's mean cosine distance to the k most similar members of
     its class's reference (outliers._reference), itself left out."""
     unit = np.asarray(x, np.float64) / np.linalg.norm(np.asarray(x, np.float64), axis=1, keepdims=True)
@@ -137,7 +137,7 @@ def subset_distance(x, labels, k: int = CLASS_K) -> np.ndarray:
         rows = np.flatnonzero(codes == code)
         if len(rows) < MIN_CLASS:
             continue
-        reference = outliers._reference(rows, int(code))
+        reference = outliers._reference(rows, np.arange(len(x)))
         similarity = unit[rows] @ unit[reference].T
         similarity[rows[:, None] == reference[None, :]] = -np.inf  # not itself
         top = -np.sort(-similarity, axis=1)[:, :min(k, len(reference) - 1)]
@@ -145,13 +145,13 @@ def subset_distance(x, labels, k: int = CLASS_K) -> np.ndarray:
     return distance
 
 
-def test_a_class_over_reference_max_is_compared_with_a_seeded_subset_of_its_members(monkeypatch):
+def test_a_class_over_reference_max_is_compared_with_a_fixed_subset_of_its_members(monkeypatch):
     x, labels = clustered(1200, 4, flipped=0.03)
     monkeypatch.setattr(outliers, "REFERENCE_MAX", 120)  # every class (~300 rows) is subsampled
     table = class_outlier_check(x, labels, range(len(x)))
     assert table["distance"].notna().all()  # every member is still scored
     np.testing.assert_allclose(table["distance"], subset_distance(x, labels), atol=2e-6)
-    pd.testing.assert_frame_equal(class_outlier_check(x, labels, range(len(x))), table)  # seeded
+    pd.testing.assert_frame_equal(class_outlier_check(x, labels, range(len(x))), table)  # a rerun: the same
     exact = reference_class_outliers(x, labels, range(len(x)))
     flagged, exact_flagged = set(np.flatnonzero(table["flag"])), set(np.flatnonzero(exact["flag"]))
     assert len(exact_flagged) >= 10 and len(flagged & exact_flagged) >= 0.9 * len(exact_flagged | flagged)
@@ -161,13 +161,29 @@ def test_a_class_over_reference_max_is_compared_with_a_seeded_subset_of_its_memb
         exact["reason"][both].str.extract("closest class: (c\\d+)")[0].tolist()
 
 
-def test_the_reference_is_a_sorted_seeded_subset_of_the_class(monkeypatch):
+def test_the_reference_is_a_sorted_subset_that_one_relabel_changes_by_one_member_at_most(monkeypatch):
     monkeypatch.setattr(outliers, "REFERENCE_MAX", 50)
+    ids = np.array([f"img-{i:05d}" for i in range(3000)], dtype=object)
     rows = np.arange(0, 3000, 7)
-    picked = outliers._reference(rows, 4)
+    picked = outliers._reference(rows, ids)
     assert len(picked) == 50 and np.all(np.diff(picked) > 0) and np.isin(picked, rows).all()
-    assert np.array_equal(picked, outliers._reference(rows, 4)) and not np.array_equal(picked, outliers._reference(rows, 5))
-    assert np.array_equal(outliers._reference(rows[:50], 4), rows[:50])  # a class within the limit: all of it
+    assert np.array_equal(picked, outliers._reference(rows, ids))
+    assert np.array_equal(outliers._reference(rows[:50], ids), rows[:50])  # a class within the limit: all of it
+    for changed in (np.union1d(rows, [1]), np.setdiff1d(rows, picked[:1]), np.setdiff1d(rows, rows[:1])):
+        assert len(np.setdiff1d(picked, outliers._reference(changed, ids))) <= 1  # one sample in or out
+    other_ids = np.array([f"photo-{i:05d}" for i in range(3000)], dtype=object)
+    assert not np.array_equal(picked, outliers._reference(rows, other_ids))  # chosen by id, not by position
+
+
+def test_a_new_class_or_a_relabel_elsewhere_keeps_a_large_class_s_scores(monkeypatch):
+    x, labels = clustered(900, 3, flipped=0.0)
+    monkeypatch.setattr(outliers, "REFERENCE_MAX", 100)
+    before = class_outlier_check(x, labels, range(len(x)))
+    changed = labels.copy()
+    changed[np.flatnonzero(labels == "c2")[:5]] = "a-new-class"  # sorts first: every class's code moves
+    after = class_outlier_check(x, changed, range(len(x)))
+    same = np.flatnonzero(np.isin(labels, ["c0", "c1"]))
+    np.testing.assert_array_equal(after["distance"].to_numpy()[same], before["distance"].to_numpy()[same])
 
 
 @settings(max_examples=25, deadline=None)
