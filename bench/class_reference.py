@@ -3,9 +3,10 @@
     python -m bench.class_reference                  # CIFAR-10N 50k (real noise) and 2 synthetic classes of 100k
     python -m bench.class_reference --quick          # CIFAR-10N 5k, 2 synthetic classes of 10k
 
-A class of more than REFERENCE_MAX samples is compared with a fixed REFERENCE_MAX of its
-members (those whose sample ids hash lowest). This measures what that costs in detection, as the ratio m / REFERENCE_MAX a class of m
-samples sees (25k of 100k is 4; the cap is reached first by classes of 100k at 10M rows x 100 classes):
+A class of more than REFERENCE_MAX samples is compared with a fixed REFERENCE_MAX of its members
+(those whose sample ids hash lowest). This measures what that costs in detection, as the ratio
+m / REFERENCE_MAX a class of m samples sees (25k of 100k is 4; the cap is reached first by classes
+of 100k at 10M rows x 100 classes):
 
 - **cifar10n**: pooled efficientnet_lite0 features (offline weights, 64 px; cached by
   ``bench.detect_features``) of the first N CIFAR-10N images, labels = one human annotator (17% wrong).

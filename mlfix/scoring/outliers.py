@@ -69,10 +69,10 @@ CLOSEST_CANDIDATES = 10
 # here: within a class there is little structure for its lists, so its nprobe was tuned to scan
 # nearly all of them (186 s for that class). Detection did not suffer at a cap of 1/4 of the class
 # (python -m bench.class_reference): on CIFAR-10N 50k (one annotator's labels, classes of 5k) AUROC
-# 0.718 capped at 1,250 vs 0.718 uncapped, precision of the flags 0.89 vs 0.83; on 2 synthetic
+# 0.716 capped at 1,250 vs 0.718 uncapped, precision of the flags 0.85 vs 0.83; on 2 synthetic
 # classes of 100k x 256 (200 modes of Zipf sizes, 2% planted from the other) capped at 25k: AUROC
-# 0.864 vs 0.835, precision 0.992 vs 0.999, recall 0.40 vs 0.19, 22 s instead of 85. Planted rows
-# find each other among all members; fewer of them are in a subset. At 1/10 precision fell to 0.85
+# 0.875 vs 0.835, precision 0.991 vs 0.999, recall 0.41 vs 0.19, 19 s instead of 82. Planted rows
+# find each other among all members; fewer of them are in a subset. At 1/10 precision fell to 0.87
 # there (members of rare modes flagged).
 REFERENCE_MAX = 25_000
 THRESHOLDS = {"outlier": ROBUST_Z, "class_outlier": ROBUST_Z}
