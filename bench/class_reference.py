@@ -15,7 +15,7 @@ of 100k at 10M rows x 100 classes):
   uncapped run.
 - **synthetic**: classes of ``--class-rows`` 256-d vectors made of 200 modes of Zipf-distributed sizes
   (the rare modes are what a cap might take for outliers), 2% of each class planted from the other
-  class. The same figures against the planted rows, and seconds per class.
+  class. The same figures against the planted rows, and the seconds of each run (both classes).
 
 Figures: JSON lines via bench.common.emit (``class_reference.<data>.<cap>.<figure>``).
 """

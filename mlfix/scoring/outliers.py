@@ -25,9 +25,9 @@ flags 74 (precision 0.60, recall 0.80).
 
 At scale (a float16 memory map of millions of rows): ``class_outlier`` reads the vectors one class at
 a time, the queries in chunks. A class of more than :data:`REFERENCE_MAX` samples is compared with a
-fixed :data:`REFERENCE_MAX` of its members (those whose sample ids hash lowest), not all: every member is still scored, but a
-class costs m x REFERENCE_MAX x D, not m^2 x D, so the check grows linearly with N whatever the class
-sizes. From APPROXIMATE_MIN labeled rows a flagged sample's closest class is sought among the
+fixed :data:`REFERENCE_MAX` of its members (those whose sample ids hash lowest), not all: every member
+is still scored, but a class costs m x REFERENCE_MAX x D, not m^2 x D, so the check grows linearly
+with N whatever the class sizes. From APPROXIMATE_MIN labeled rows a flagged sample's closest class is sought among the
 :data:`CLOSEST_CANDIDATES` classes of nearest mean direction, not all (``python -m bench.scale_checks``;
 figures in docs/scale.md).
 
@@ -65,9 +65,9 @@ MIN_CLASS = 3  # a class needs this many labeled samples to judge one of them
 CLOSEST_CANDIDATES = 10
 # A class of more than this many samples is compared with a fixed subset of this many of its members
 # (:func:`_reference`). Exact search of a class costs m^2 x D: 38 s for one class of 100k x 256 on 2
-# cores, ~65 min for the 100 such classes of 10M rows. The IVF index that served large classes before is no help
-# here: within a class there is little structure for its lists, so its nprobe was tuned to scan
-# nearly all of them (186 s for that class). Detection did not suffer at a cap of 1/4 of the class
+# cores, ~65 min for the 100 such classes of 10M rows. The IVF index that served large classes before
+# is no help here: within a class there is little structure for its lists, so its nprobe was tuned to
+# scan nearly all of them (186 s for that class). Detection did not suffer at a cap of 1/4 of the class
 # (python -m bench.class_reference): on CIFAR-10N 50k (one annotator's labels, classes of 5k) AUROC
 # 0.716 capped at 1,250 vs 0.718 uncapped, precision of the flags 0.85 vs 0.83; on 2 synthetic
 # classes of 100k x 256 (200 modes of Zipf sizes, 2% planted from the other) capped at 25k: AUROC

@@ -21,4 +21,3 @@ def test_quick_synthetic_run_prints_each_cap_and_leaves_the_cap_as_it_was(tmp_pa
         assert 0.5 <= figures[f"synthetic.{cap}.auroc"]["value"] <= 1  # planted rows score higher
     assert figures["synthetic.all.jaccard_with_all"]["value"] == 1.0
     assert figures["synthetic.1/4.jaccard_with_all"]["setup"]["cap"] == 2_500
-
