@@ -13,8 +13,10 @@ EfficientNet-Lite0 (:func:`mlfix.training.finetune.finetune`) and scores with th
 ``mlfix scores``: the kNN vote on the frozen pooled features (as an index at the setting's size
 makes them; taken from the fine-tuning's own trunk cache, see :func:`frozen_from_trunk`) and the
 probe-based checks on (a) the frozen linear probe (the baseline), (b) the fine-tuned out-of-fold
-probabilities, (c) their mean; with ``--ensemble`` also (d) the offline three-backbone ensemble's
-probe (bench/detect.py's best setting) and (e) its mean with the fine-tuned probabilities. Figures per setting and variant: AUROC, AP, precision at 1/2/5%, the
+probabilities, (c) their blend as ``mlfix scores`` makes it (weighted by fit to the given labels:
+:func:`mlfix.scoring.registry.blend`; the weight is emitted) and their plain mean; with
+``--ensemble`` also (d) the offline three-backbone ensemble's probe (bench/detect.py's best setting)
+and (e) its blend with the fine-tuned probabilities. Figures per setting and variant: AUROC, AP, precision at 1/2/5%, the
 errors in the first 2,000 of the queue (a reviewer's static pass), and CPU minutes of the
 fine-tuning (this process and its decoding workers; the trunk cache is counted once per setting, as
 a user's first run pays it).
@@ -83,7 +85,9 @@ def run_setting(dataset: str, table, labels, truth, size: int, train: str, epoch
                 ensemble: tuple | None = None) -> None:
     from mlfix.data.images import DataRoot
     from mlfix.pipeline.backbone import create_backbone
+    from mlfix.scoring.contract import encode_labels
     from mlfix.scoring.probe import OutOfFold, aligned_out_of_fold, out_of_fold_probabilities
+    from mlfix.scoring.registry import blend, blend_weight
     from mlfix.training.finetune import FinetuneSettings, finetune
 
     settings = FinetuneSettings(folds=folds, epochs=epochs, image_size=size, train=train, max_train=max_train,
@@ -91,6 +95,7 @@ def run_setting(dataset: str, table, labels, truth, size: int, train: str, epoch
     samples = table.assign(box_x=np.nan, box_y=np.nan, box_w=np.nan, box_h=np.nan)
     cache_dir = RESULTS_DIR / "finetune" / (f"{dataset}_{len(table)}_{size}_{train}{'' if flip else '_noflip'}"
                                             f"{f'_max{max_train}' if max_train else ''}")
+    trunk_cached = (cache_dir / "trunk.json").exists() and not quick  # else this run pays the trunk passes
     cpu0, wall0 = cpu_seconds(), time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         folder = cache_dir if not quick else Path(scratch)
@@ -111,14 +116,15 @@ def run_setting(dataset: str, table, labels, truth, size: int, train: str, epoch
              "frozen_probe_accuracy_vs_truth": accuracy_vs_truth(frozen.probs, frozen.classes, truth)}
     n = len(labels)
     emit(BENCH, f"{dataset}.finetune.cpu_minutes", round(cpu_min, 2), "min", n, wall_minutes=round(wall_min, 2),
-         resumed_from_cache=(cache_dir / "trunk.json").exists() and not quick, **setup)
-    variants = [("frozen", frozen), ("finetuned", tuned),
-                ("blend", OutOfFold((tuned.probs + frozen.probs) / 2, tuned.classes, tuned.fold))]
+         trunk_cache_reused=trunk_cached, **setup)
+    codes = encode_labels(labels, n).codes
+    setup["blend_weight"] = blend_weight(frozen, tuned, codes)  # the fine-tuned share (what mlfix scores uses)
+    variants = [("frozen", frozen), ("finetuned", tuned), ("blend", blend(frozen, tuned, codes)),
+                ("mean", OutOfFold((tuned.probs + frozen.probs) / 2, tuned.classes, tuned.fold))]
     if ensemble is not None:  # the offline ensemble's probe, alone and with the fine-tuned probabilities
         ensemble_oof, ensemble_setup = ensemble
-        setup = {**setup, **ensemble_setup}
-        variants += [("ensemble", ensemble_oof),
-                     ("ensemble_blend", OutOfFold((tuned.probs + ensemble_oof.probs) / 2, tuned.classes, tuned.fold))]
+        setup = {**setup, **ensemble_setup, "ensemble_blend_weight": blend_weight(ensemble_oof, tuned, codes)}
+        variants += [("ensemble", ensemble_oof), ("ensemble_blend", blend(ensemble_oof, tuned, codes))]
     for variant, probabilities in variants:
         for method, figures in queue_figures(x, labels, truth, probabilities).items():
             emit(BENCH, f"{dataset}.{variant}.{method}", figures, "figures", n, **setup)

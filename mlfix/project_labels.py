@@ -171,11 +171,14 @@ class ProjectLabels:
     # ---- fine-tuning (mlfix.training.finetune) ---------------------------------------------------
 
     def finetune(self, progress: Progress | None = None, device: str | None = None, workers: int | None = None,
-                 **options) -> "FinetuneResult":
+                 quality: str | None = None, **options) -> "FinetuneResult":
         """Cross-validated fine-tuning of the backbone on the current labels (reviewed ones trusted);
         from then on :meth:`scores` takes the probe-based checks from its out-of-fold probabilities.
-        ``options``: ``folds``, ``epochs``, ``image_size``, ``train``, ``max_train``... (see
-        :class:`~mlfix.training.finetune.FinetuneSettings`). A rerun resumes an unfinished run."""
+        ``quality``: ``fast``, ``default`` or ``best`` (:data:`~mlfix.training.finetune.FINETUNE_QUALITIES`);
+        ``options`` given explicitly win over it: ``folds``, ``epochs``, ``image_size``, ``train``,
+        ``max_train``... (see :class:`~mlfix.training.finetune.FinetuneSettings`). A rerun resumes an
+        unfinished run."""
+        from mlfix.training.finetune import quality_options
         from mlfix.training.finetune_project import finetune_project
 
         self._require_index()
@@ -183,7 +186,8 @@ class ProjectLabels:
         state, trusted = self._label_state()
         return finetune_project(self.dir, self.settings, self.root, self.samples.iloc[rows],
                                 state["label"].to_numpy()[rows], trusted[rows], self.image_size,
-                                progress or Progress("finetune", self.dir / "progress"), device, workers, options)
+                                progress or Progress("finetune", self.dir / "progress"), device, workers,
+                                quality_options(quality, **options))
 
     def _label_state(self) -> tuple[pd.DataFrame, np.ndarray]:
         """(the review's current state of every sample: label, status..., the trusted mask: samples a

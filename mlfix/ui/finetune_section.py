@@ -62,7 +62,7 @@ def progress_view(project_dir) -> None:
 
 def finetune_controls(project: Project, running: bool) -> None:
     """The section: the last result, the settings and the start button (progress: :func:`progress_view`)."""
-    from mlfix.training.finetune import FinetuneSettings
+    from mlfix.training.finetune import FINETUNE_QUALITIES, FinetuneSettings, quality_options
     from mlfix.training.finetune_model import TRAIN_CHOICES
 
     st.subheader("Fine-tune for the scores")
@@ -70,13 +70,18 @@ def finetune_controls(project: Project, running: bool) -> None:
                "saw it. Finds subtler errors than the frozen backbone. Reviewed images count as trusted labels "
                "on the next run. Stop keeps what is done; starting again resumes.")
     _result_line(project)
-    d = FinetuneSettings()
-    c1, c2, c3, c4 = st.columns(4)
-    folds = c1.number_input("Folds", 2, 10, d.folds, key="ft_folds")
-    epochs = c2.number_input("Epochs", 1, 100, d.epochs, key="ft_epochs")
+    quality = st.radio("Preset", list(FINETUNE_QUALITIES), index=list(FINETUNE_QUALITIES).index("default"),
+                       horizontal=True, key="ft_quality",
+                       help="fast: the last stage trains; default: the last two stages; best: the same on 5 folds "
+                            "(slower). The fields below start from the preset")
+    d = FinetuneSettings(**quality_options(quality))
+    c1, c2, c3, c4 = st.columns(4)  # keyed by the preset: choosing another one resets them to its values
+    folds = c1.number_input("Folds", 2, 10, d.folds, key=f"ft_folds_{quality}")
+    epochs = c2.number_input("Epochs", 1, 100, d.epochs, key=f"ft_epochs_{quality}")
     size = c3.number_input("Image size (px)", 32, 512, project.image_size if project.is_indexed else 224, 16,
                            key="ft_size")
-    train = c4.selectbox("Train", list(TRAIN_CHOICES), index=list(TRAIN_CHOICES).index(d.train), key="ft_train",
+    train = c4.selectbox("Train", list(TRAIN_CHOICES), index=list(TRAIN_CHOICES).index(d.train),
+                         key=f"ft_train_{quality}",
                          help="head: the linear layer only; last..last3: the last stages too; all: everything "
                               "(slowest)")
     args = ["--folds", str(int(folds)), "--epochs", str(int(epochs)), "--image-size", str(int(size)),

@@ -7,12 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import hypothesis
+from hypothesis import strategies as st
 from PIL import Image
 
 from mlfix.data.images import DataRoot
 from mlfix.data.scan import scan
 from mlfix.errors import SettingsError
-from mlfix.training.finetune import FinetuneResult, FinetuneSettings, finetune, training_plan
+from mlfix.training.finetune import (FINETUNE_QUALITIES, FinetuneResult, FinetuneSettings, finetune, quality_options,
+                                    training_plan)
+from mlfix.training.finetune_model import TRAIN_CHOICES
 from mlfix.training.loop import TrainingStopped
 
 SIZE = 64
@@ -164,6 +168,37 @@ def test_bad_settings_say_what_is_allowed(changes, message):
         FinetuneSettings(**changes)
 
 
+@pytest.mark.parametrize("quality", sorted(FINETUNE_QUALITIES))
+def test_each_quality_preset_is_valid_settings_and_explicit_options_win(quality):
+    preset = FinetuneSettings(**quality_options(quality))
+    assert preset.train in ("last", "last2") and preset.folds in (3, 5)
+    assert FinetuneSettings(**quality_options(quality, folds=4, train="head", epochs=None)).folds == 4
+    assert quality_options(quality, train="head")["train"] == "head"
+
+
+def test_the_presets_order_cost_fast_default_best():
+    fast, default, best = (FinetuneSettings(**quality_options(q)) for q in ("fast", "default", "best"))
+    assert TRAIN_CHOICES[fast.train] < TRAIN_CHOICES[default.train] == TRAIN_CHOICES[best.train]
+    assert default.folds < best.folds and FinetuneSettings() == default
+
+
+def test_an_unknown_preset_is_refused_with_the_choices():
+    with pytest.raises(SettingsError, match="fast, default, best"):
+        quality_options("great")
+
+
+def test_mlfix_finetune_passes_the_preset_and_the_options_over_it(monkeypatch):
+    from mlfix.cli import main
+    from mlfix.project import Project
+
+    seen = {}
+    monkeypatch.setattr(Project, "open", classmethod(lambda cls, path: Project.__new__(Project)))
+    monkeypatch.setattr(Project, "finetune", lambda self, **kw: seen.update(kw) or (_ for _ in ()).throw(
+        KeyboardInterrupt))
+    assert main(["finetune", "--project", "p", "--quality", "best", "--epochs", "2", "--image-size", "224"]) == 130
+    assert seen["quality"] == "best" and seen["epochs"] == 2 and seen["folds"] is None
+
+
 def test_the_sample_based_mode_cross_validates_a_stratified_subset():
     codes = np.repeat([0, 1], [80, 20])
     cv, always, notes = training_plan(codes, np.zeros(100, dtype=bool), folds=5, max_train=50, seed=0)
@@ -189,23 +224,66 @@ def test_project_scores_use_the_fine_tuned_probabilities(demo_project, tmp_path)
     assert any(line.startswith("finetune  out-of-fold accuracy") for line in status_lines(project))
 
 
-def test_scores_take_the_mean_of_the_probe_and_the_fine_tuned_probabilities():
+def test_scores_take_the_weighted_mean_of_the_probe_and_the_fine_tuned_probabilities():
     from mlfix.scoring.probe import OutOfFold, out_of_fold_probabilities
-    from mlfix.scoring.registry import compute_scores
+    from mlfix.scoring.registry import blend_weight, compute_scores
 
     rng = np.random.default_rng(0)
-    x = np.r_[rng.normal(0, 1, (30, 4)), rng.normal(3, 1, (30, 4))].astype(np.float32)
+    x = np.r_[rng.normal(0, 1, (30, 4)), rng.normal(1.5, 1, (30, 4))].astype(np.float32)
     labels = np.array(["a"] * 30 + ["b"] * 30, dtype=object)
     labels[[3, 40]] = ["b", "a"]
-    probe = out_of_fold_probabilities(x, labels)
-    tuned = OutOfFold(np.tile([0.9, 0.1], (60, 1)), ["a", "b"], np.zeros(60, dtype=np.int64))
-    table = compute_scores(x, labels, range(60), methods=["loss"], finetuned=tuned)
     given = (labels == "b").astype(int)
-    expected = -np.log(((probe.probs + tuned.probs) / 2)[np.arange(60), given])
-    np.testing.assert_allclose(table["score_loss"], expected, rtol=1e-6)
+    probe = out_of_fold_probabilities(x, labels)
+    truth = np.repeat([0, 1], 30)
+    sure = OutOfFold(np.where(truth[:, None] == [0, 1], 0.95, 0.05), ["a", "b"], np.zeros(60, dtype=np.int64))
+    useless = OutOfFold(np.tile([0.9, 0.1], (60, 1)), ["a", "b"], np.zeros(60, dtype=np.int64))
+    assert blend_weight(probe, sure, given) > 0.5 > blend_weight(probe, useless, given)
+    for tuned in (sure, useless):
+        w = blend_weight(probe, tuned, given)
+        table = compute_scores(x, labels, range(60), methods=["loss"], finetuned=tuned)
+        expected = -np.log((w * tuned.probs + (1 - w) * probe.probs)[np.arange(60), given])
+        np.testing.assert_allclose(table["score_loss"], expected, rtol=1e-6)
     with pytest.raises(ValueError, match="same samples and classes"):
-        compute_scores(x, labels, range(60), methods=["loss"], finetuned=OutOfFold(tuned.probs[:10], ["a", "b"],
-                                                                                  tuned.fold[:10]))
+        compute_scores(x, labels, range(60), methods=["loss"], finetuned=OutOfFold(sure.probs[:10], ["a", "b"],
+                                                                                  sure.fold[:10]))
+
+
+def test_trusted_samples_do_not_sway_the_blend_weight():
+    """Every fold trains on trusted (reviewed) samples: a network that memorised them looks perfect
+    there, and must not win the blend for that."""
+    from mlfix.scoring.probe import OutOfFold
+    from mlfix.scoring.registry import Inputs
+
+    rng = np.random.default_rng(1)
+    labels = np.array(["a", "b"] * 40, dtype=object)
+    x = (np.c_[(labels == "b") * 2.0, np.zeros(80)] + rng.normal(0, 1, (80, 2))).astype(np.float32)
+    trusted = np.zeros(80, dtype=bool)
+    trusted[:40] = True
+    probs = np.full((80, 2), 0.5)
+    probs[:40] = np.where((labels[:40] == "b")[:, None] == [False, True], 0.999, 0.001)  # memorised
+    tuned = OutOfFold(probs, ["a", "b"], np.r_[np.full(40, -1), np.zeros(40, dtype=int)])
+    with_trust = Inputs(x, labels, range(80), trusted=trusted, finetuned=tuned).probe.probs
+    without = Inputs(x, labels, range(80), finetuned=tuned).probe.probs
+    assert not np.allclose(with_trust, without)
+    assert np.abs(with_trust[40:] - 0.5).mean() > np.abs(without[40:] - 0.5).mean()  # the probe kept its say
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(st.integers(0, 2**31 - 1), st.integers(2, 5))
+def test_a_blend_is_a_distribution_between_its_sources(seed, classes):
+    from mlfix.scoring.probe import OutOfFold
+    from mlfix.scoring.registry import BLEND_WEIGHTS, blend, blend_weight
+
+    rng = np.random.default_rng(seed)
+    probs = [rng.dirichlet(np.ones(classes), 50) for _ in range(2)]
+    fold = rng.integers(-1, 3, 50)
+    codes = rng.integers(-1, classes, 50)
+    a, b = (OutOfFold(p, list("abcde"[:classes]), fold) for p in probs)
+    mixed = blend(a, b, codes)
+    w = blend_weight(a, b, codes)
+    assert w in BLEND_WEIGHTS
+    np.testing.assert_allclose(mixed.probs.sum(1), 1)
+    np.testing.assert_allclose(mixed.probs, w * b.probs + (1 - w) * a.probs)
 
 
 def test_an_image_that_fails_to_decode_is_reported_and_left_out(tmp_path):

@@ -25,13 +25,16 @@ def test_the_button_starts_a_finetune_job_with_the_chosen_settings(project_copy,
         sys.executable, "-c", f"print('pretend {kind}', {list(map(str, args))!r})"])
     at = app_on(project_copy.dir, "app_pages/training.py")
     assert any("Not fine-tuned yet" in c.value for c in at.caption)
-    at.number_input(key="ft_folds").set_value(3)
-    at.selectbox(key="ft_train").set_value("last2")
+    assert at.number_input(key="ft_folds_default").value == 3  # the default preset's fields
+    at.radio(key="ft_quality").set_value("best").run()
+    assert at.number_input(key="ft_folds_best").value == 5 and at.selectbox(key="ft_train_best").value == "last2"
+    at.number_input(key="ft_folds_best").set_value(4)
+    at.selectbox(key="ft_train_best").set_value("last3")
     at.button(key="ft_start").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     record = jobs.current_job(project_copy.dir)
     assert record["kind"] == "finetune"
-    assert record["args"][:2] == ["--folds", "3"] and record["args"][-2:] == ["--train", "last2"]
+    assert record["args"][:2] == ["--folds", "4"] and record["args"][-2:] == ["--train", "last3"]
     assert jobs.wait_job(project_copy.dir, timeout=60).state == "finished"
 
 
