@@ -85,6 +85,7 @@ def run_setting(dataset: str, table, labels, truth, size: int, train: str, epoch
                 ensemble: tuple | None = None) -> None:
     from mlfix.data.images import DataRoot
     from mlfix.pipeline.backbone import create_backbone
+    from mlfix.progress import Progress
     from mlfix.scoring.contract import encode_labels
     from mlfix.scoring.probe import OutOfFold, aligned_out_of_fold, out_of_fold_probabilities
     from mlfix.scoring.registry import blend, blend_weight
@@ -100,7 +101,8 @@ def run_setting(dataset: str, table, labels, truth, size: int, train: str, epoch
     with tempfile.TemporaryDirectory() as scratch:
         folder = cache_dir if not quick else Path(scratch)
         result = finetune(DataRoot(SHARED_DATA / dataset / "images.zip"), samples, labels,
-                          lambda: create_backbone("efficientnet_lite0", weights="offline"), folder, settings)
+                          lambda: create_backbone("efficientnet_lite0", weights="offline"), folder, settings,
+                          progress=Progress("finetune", None, terminal=False))  # for the time estimate
         cpu_min, wall_min = (cpu_seconds() - cpu0) / 60, (time.perf_counter() - wall0) / 60
         views = np.load(folder / "trunk.npy", mmap_mode="r")
         if max_train is None:  # every image is cached: the frozen features come from the same maps
@@ -116,6 +118,7 @@ def run_setting(dataset: str, table, labels, truth, size: int, train: str, epoch
              "frozen_probe_accuracy_vs_truth": accuracy_vs_truth(frozen.probs, frozen.classes, truth)}
     n = len(labels)
     emit(BENCH, f"{dataset}.finetune.cpu_minutes", round(cpu_min, 2), "min", n, wall_minutes=round(wall_min, 2),
+         estimate_minutes=round(result.summary.get("estimate_s", 0) / 60, 2),  # said before it started
          trunk_cache_reused=trunk_cached, **setup)
     codes = encode_labels(labels, n).codes
     setup["blend_weight"] = blend_weight(frozen, tuned, codes)  # the fine-tuned share (what mlfix scores uses)

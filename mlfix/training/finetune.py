@@ -51,6 +51,7 @@ from mlfix.data.folds import fold_splits
 from mlfix.data.labels import encode_labels
 from mlfix.errors import SettingsError
 from mlfix.training.finetune_cache import TrunkCache, remove_folder_files, stream_trunk
+from mlfix.training.finetune_estimate import FinetunePlan, estimate_finetune
 from mlfix.training.finetune_fold import FoldTrainer, predict_views, softmax_mean
 from mlfix.training.finetune_model import TRAIN_CHOICES, split_backbone
 
@@ -235,14 +236,20 @@ def finetune(root, samples: pd.DataFrame, labels: Sequence, backbone_factory: Ca
     ids = samples["sample_id"].to_numpy()
     trunk_key = {"weights": cache_key or {}, "image_size": image_size, "train": settings.train,
                  "flip": settings.flip, "rows": _digest(ids[cached])}
-    cache = TrunkCache(folder, trunk_key).fill(
-        parts.trunk, root, samples.iloc[cached], image_size, dev, workers=workers, channels_last=channels_last,
-        progress=progress.stage("finetune cache") if progress else None, flip=settings.flip)
-    failed = np.zeros(len(cached), dtype=bool)
-    failed[list(cache.failed)] = True
     run_key = {"trunk": trunk_key, "labels": _digest(codes), "trusted": _digest(np.flatnonzero(trusted)),
                "recipe": RECIPE, **asdict(settings)}
     _forget_other_runs(folder, run_key)
+    cache = TrunkCache(folder, trunk_key)
+    guess = None
+    if progress is not None:  # said before the long work starts
+        plan = _plan(cache.missing(len(cached)) + n - len(cached), settings, len(cv_rows), len(always), folder)
+        guess = estimate_finetune(parts, len(classes), image_size, plan, dev, channels_last)
+        _note(progress, str(guess))
+    cache.fill(parts.trunk, root, samples.iloc[cached], image_size, dev, workers=workers,
+               channels_last=channels_last, progress=progress.stage("finetune cache") if progress else None,
+               flip=settings.flip)
+    failed = np.zeros(len(cached), dtype=bool)
+    failed[list(cache.failed)] = True
     cv_pos, always_pos = (_readable_positions(cached, rows, failed) for rows in (cv_rows, always))
     cached_codes = codes[cached]
     splits = fold_splits(cached_codes[cv_pos], settings.folds, settings.seed) if len(cv_pos) else []
@@ -267,9 +274,21 @@ def finetune(root, samples: pd.DataFrame, labels: Sequence, backbone_factory: Ca
                       settings.flip)
     summary = _summary(settings, image_size, codes, full, fold, cv_rows, notes, cache.failed, started, cpu0,
                        dev, ids, cached)
+    if guess is not None:
+        summary["estimate_s"] = round(guess.seconds, 1)
     result = FinetuneResult(ids.astype(object), full.astype(np.float32), classes, fold, summary)
     result.save(folder)
     return result
+
+
+def _plan(images_to_cache: int, settings: FinetuneSettings, cross_validated: int, always: int,
+          folder: Path) -> FinetunePlan:
+    """What the run still has to do: the trunk passes, and the folds without a finished result."""
+    left = [k for k in range(settings.folds) if not (folder / f"fold{k}.done.pt").exists()] if cross_validated else []
+    held = cross_validated / settings.folds
+    return FinetunePlan(images_to_cache=images_to_cache, views=2 if settings.flip else 1,
+                        train_images=[round(cross_validated - held + always)] * len(left), epochs=settings.epochs,
+                        predict_images=round(held * len(left)))
 
 
 def _readable_positions(cached: np.ndarray, rows: np.ndarray, failed: np.ndarray) -> np.ndarray:

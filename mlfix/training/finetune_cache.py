@@ -100,6 +100,12 @@ class TrunkCache:
         self.views = np.load(self.path, mmap_mode="r")
         return self
 
+    def missing(self, n: int) -> int:
+        """How many of ``n`` rows :meth:`fill` would still compute (all of them when the key changed)."""
+        meta = self._read_meta()
+        done = meta["done"] if meta and meta.get("key") == self.key and self.path.exists() else 0
+        return n - done if done and self._shape_ok(n) else n
+
     def _map_shape(self, trunk, image_size: int, device, channels_last: bool, flip: bool) -> tuple[int, ...]:
         """(V, *map) of one image."""
         import torch

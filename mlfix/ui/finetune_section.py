@@ -49,9 +49,13 @@ def progress_view(project_dir) -> None:
 
     from mlfix.ui.loaders import progress_records
 
-    records = last_records(progress_records(Path(project_dir) / "progress" / f"{JOB}.jsonl"))
+    everything = progress_records(Path(project_dir) / "progress" / f"{JOB}.jsonl")
+    records = last_records(everything)
     if records:
         st.markdown("**Fine-tuning**")
+    estimate = next((r["note"] for r in reversed(everything) if str(r.get("note", "")).startswith("estimate:")), None)
+    if estimate:  # the last run's, said before it started (mlfix.training.finetune_estimate)
+        st.caption(text.plain(estimate))
     for record in records:
         total = max(1, int(record.get("total") or 1))
         extra = ", ".join(f"{k.replace('_', ' ')} {record[k]}" for k in ("epoch", "loss", "images_per_s")

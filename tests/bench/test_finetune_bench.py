@@ -23,4 +23,5 @@ def test_quick_run_prints_every_variant_and_the_blend_weight(tmp_path, monkeypat
         assert 0 <= loss["value"]["auroc"] <= 1 and loss["n"] == 200
     weight = figures["cifar10n.blend.loss"]["setup"]["blend_weight"]
     assert 0 <= weight <= 1
-    assert figures["cifar10n.finetune.cpu_minutes"]["value"] > 0
+    cost = figures["cifar10n.finetune.cpu_minutes"]
+    assert cost["value"] > 0 and cost["setup"]["estimate_minutes"] > 0 and not cost["setup"]["trunk_cache_reused"]

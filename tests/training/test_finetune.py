@@ -136,6 +136,27 @@ def test_a_run_stopped_mid_fold_resumes_to_the_uninterrupted_result(blobs_set, t
     np.testing.assert_allclose(resumed.probs, whole.probs, atol=1e-6)
 
 
+def test_a_time_estimate_is_said_before_the_work_and_shrinks_with_what_is_done(blobs_set, tmp_path):
+    import json
+
+    from mlfix.progress import Progress
+
+    root, samples, given, _ = blobs_set
+    progress = Progress("finetune", tmp_path / "progress", terminal=False)
+    result = finetune(root, samples, given, backbone, tmp_path / "run", small_settings(epochs=1), workers=0,
+                      progress=progress)
+    records = [json.loads(line) for line in (tmp_path / "progress" / "finetune.jsonl").read_text().splitlines()]
+    first_note = next(i for i, r in enumerate(records) if str(r.get("note", "")).startswith("estimate: about"))
+    first_cache = next(i for i, r in enumerate(records) if r.get("stage") == "finetune cache")
+    assert first_note < first_cache
+    assert "trunk cache" in records[first_note]["note"] and "3 fold(s) left" in records[first_note]["note"]
+    assert result.summary["estimate_s"] > 0
+    again = finetune(root, samples, given, backbone, tmp_path / "run", small_settings(epochs=1), workers=0,
+                     progress=Progress("finetune", tmp_path / "again", terminal=False))
+    assert again.summary["estimate_s"] == 0
+    assert "nothing left to do" in (tmp_path / "again" / "finetune.jsonl").read_text()
+
+
 def test_a_class_smaller_than_the_folds_is_trained_on_by_every_fold(blobs_set, tmp_path):
     labels = blobs_set[2].copy()
     labels[:2] = "rare"

@@ -41,7 +41,8 @@ def test_the_button_starts_a_finetune_job_with_the_chosen_settings(project_copy,
 def test_the_folds_progress_and_the_last_result_are_shown(project_copy):
     log = project_copy.dir / "progress" / "finetune.jsonl"
     log.parent.mkdir(exist_ok=True)
-    records = [{"stage": "finetune cache", "done": 200, "total": 200},
+    records = [{"note": "estimate: about 12 min (trunk cache 2 min, training 10 min; 3 fold(s) left x 4 epochs)"},
+               {"stage": "finetune cache", "done": 200, "total": 200},
                {"stage": "fold 1/3", "done": 10, "total": 10, "epoch": 4, "loss": 0.3},
                {"stage": "fold 2/3", "done": 5, "total": 10, "epoch": 2, "loss": 0.5, "images_per_s": 80.0}]
     log.write_text("".join(json.dumps({"job": "finetune", "time": 1.0, **r}) + "\n" for r in records))
@@ -54,5 +55,6 @@ def test_the_folds_progress_and_the_last_result_are_shown(project_copy):
     bars = {p.proto.text: p.proto.value for p in at.get("progress")}
     assert bars["fold 2/3: 5 of 10 (epoch 2, loss 0.5, images per s 80.0)"] == 50
     assert bars["fold 1/3: 10 of 10 (epoch 4, loss 0.3)"] == 100
+    assert any(c.value.startswith("estimate: about 12 min") for c in at.caption)
     assert any("out-of-fold accuracy 52.0%" in m.value for m in at.markdown)
     assert any("barely beats chance" in w.value for w in at.warning)
