@@ -17,7 +17,7 @@ def add_parser(commands) -> None:
     p.add_argument("--project", required=True)
     p.add_argument("--quality", choices=list(FINETUNE_QUALITIES),
                    help="a preset (explicit options win): fast = the last stage trained; default = the last two "
-                        f"stages, {d.folds} folds; best = the same on 5 folds (slower by about half)")
+                        f"stages, {d.folds} folds; best = the same on 5 folds (about a quarter slower)")
     p.add_argument("--folds", type=int, help=f"cross-validation folds (default {d.folds})")
     p.add_argument("--epochs", type=int, help=f"epochs per fold (default {d.epochs})")
     p.add_argument("--image-size", type=int, help="input size in px (default: the project's index size)")

@@ -56,6 +56,10 @@ from mlfix.training.finetune_fold import FoldTrainer, predict_views, softmax_mea
 from mlfix.training.finetune_model import TRAIN_CHOICES, split_backbone
 
 RESULT_FILE = "result.npz"
+# Images per timed batch of the estimate: small batches ran faster per image at 224 px and slower at
+# 96 px than training's 128 (CIFAR-10N 10,000, 224 px, last2, 3 folds: 42 min taken, 22 min estimated
+# on 8 images, 38 on 64); 64 costs about 15 s on 2 CPU cores at 224 px.
+ESTIMATE_BATCH = 64
 RECIPE = 2  # how a fold trains (2: batch norm at its pretrained statistics); a run of another recipe starts over
 
 
@@ -94,9 +98,10 @@ class FinetuneSettings:
 
 
 # What ``--quality`` means for fine-tuning; the default preset is FinetuneSettings' defaults. Measured on
-# CIFAR-10N's first 10,000 at 224 px with 4 epochs (README, "Figures"; python -m bench.finetune): the
-# last stage trained (``fast``), loss AUROC 0.939; the last two (``default``), 0.958 for 80 CPU
-# minutes; the same on 5 folds (``best``): each fold model trains on 4/5 of the images, not 2/3.
+# CIFAR-10N's first 10,000 at 224 px with 4 epochs, loss AUROC of the blend ``mlfix scores`` uses
+# (README, "Figures"; python -m bench.finetune): the last stage trained (``fast``), 0.940; the last
+# two (``default``), 0.959 for about 80 CPU minutes with the trunk cache; the same on 5 folds
+# (``best``, each fold model trains on 4/5 of the images, not 2/3), 0.960 for about 101.
 FINETUNE_QUALITIES: dict[str, dict] = {"fast": {"train": "last"}, "default": {}, "best": {"folds": 5}}
 
 
@@ -243,7 +248,8 @@ def finetune(root, samples: pd.DataFrame, labels: Sequence, backbone_factory: Ca
     guess = None
     if progress is not None:  # said before the long work starts
         plan = _plan(cache.missing(len(cached)) + n - len(cached), settings, len(cv_rows), len(always), folder)
-        guess = estimate_finetune(parts, len(classes), image_size, plan, dev, channels_last)
+        guess = estimate_finetune(parts, len(classes), image_size, plan, dev, channels_last,
+                                  batch=min(settings.batch_size, ESTIMATE_BATCH))
         _note(progress, str(guess))
     cache.fill(parts.trunk, root, samples.iloc[cached], image_size, dev, workers=workers,
                channels_last=channels_last, progress=progress.stage("finetune cache") if progress else None,
