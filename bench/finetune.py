@@ -14,7 +14,7 @@ EfficientNet-Lite0 (:func:`mlfix.training.finetune.finetune`) and scores with th
 makes them; taken from the fine-tuning's own trunk cache, see :func:`frozen_from_trunk`) and the
 probe-based checks on (a) the frozen linear probe (the baseline), (b) the fine-tuned out-of-fold
 probabilities, (c) their blend as ``mlfix scores`` makes it (weighted by fit to the given labels:
-:func:`mlfix.scoring.registry.blend`; the weight is emitted) and their plain mean; with
+:func:`mlfix.scoring.blend.blend`; the weight is emitted) and their plain mean; with
 ``--ensemble`` also (d) the offline three-backbone ensemble's probe (bench/detect.py's best setting)
 and (e) its blend with the fine-tuned probabilities. Figures per setting and variant: AUROC, AP, precision at 1/2/5%, the
 errors in the first 2,000 of the queue (a reviewer's static pass), and CPU minutes of the
@@ -88,7 +88,7 @@ def run_setting(dataset: str, table, labels, truth, size: int, train: str, epoch
     from mlfix.progress import Progress
     from mlfix.scoring.contract import encode_labels
     from mlfix.scoring.probe import OutOfFold, aligned_out_of_fold, out_of_fold_probabilities
-    from mlfix.scoring.registry import blend, blend_weight
+    from mlfix.scoring.blend import blend, blend_weight
     from mlfix.training.finetune import FinetuneSettings, finetune
 
     settings = FinetuneSettings(folds=folds, epochs=epochs, image_size=size, train=train, max_train=max_train,

@@ -67,6 +67,17 @@ def describe(settings: IndexSettings, weights_text: str, side: float | None, aut
             f"{passes} forward pass{'es' if passes != 1 else ''} per image")
 
 
+def duration_text(seconds: float) -> str:
+    """A time estimate in words: ``"40 s"``, ``"12 min"``, ``"2.5 h"``.
+
+    >>> duration_text(40), duration_text(720), duration_text(9000)
+    ('40 s', '12 min', '2.5 h')
+    """
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 @dataclass(frozen=True)
 class Estimate:
     """How long extracting the features will take: images x passes x seconds per pass."""
@@ -80,10 +91,7 @@ class Estimate:
         return self.images * self.passes * self.seconds_per_pass
 
     def __str__(self) -> str:
-        total = self.seconds
-        when = f"{total:.0f} s" if total < 120 else (f"{total / 60:.0f} min" if total < 7200
-                                                      else f"{total / 3600:.1f} h")
-        return (f"estimate: about {when} for the features ({self.images:,} images x {self.passes} forward "
+        return (f"estimate: about {duration_text(self.seconds)} for the features ({self.images:,} images x {self.passes} forward "
                 f"passes x {self.seconds_per_pass:.3f} s, timed on one batch here; decoding and the "
                 f"codebook come on top)")
 

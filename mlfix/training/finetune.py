@@ -52,7 +52,7 @@ from mlfix.data.labels import encode_labels
 from mlfix.errors import SettingsError
 from mlfix.training.finetune_cache import TrunkCache, remove_folder_files, stream_trunk
 from mlfix.training.finetune_estimate import FinetunePlan, estimate_finetune
-from mlfix.training.finetune_fold import FoldTrainer, predict_views, softmax_mean
+from mlfix.training.finetune_fold import FoldTrainer, fold_result_path, predict_views, softmax_mean
 from mlfix.training.finetune_model import TRAIN_CHOICES, split_backbone
 
 RESULT_FILE = "result.npz"
@@ -290,7 +290,7 @@ def finetune(root, samples: pd.DataFrame, labels: Sequence, backbone_factory: Ca
 def _plan(images_to_cache: int, settings: FinetuneSettings, cross_validated: int, always: int,
           folder: Path) -> FinetunePlan:
     """What the run still has to do: the trunk passes, and the folds without a finished result."""
-    left = [k for k in range(settings.folds) if not (folder / f"fold{k}.done.pt").exists()] if cross_validated else []
+    left = [k for k in range(settings.folds) if not fold_result_path(folder, k).exists()] if cross_validated else []
     held = cross_validated / settings.folds
     return FinetunePlan(images_to_cache=images_to_cache, views=2 if settings.flip else 1,
                         train_images=[round(cross_validated - held + always)] * len(left), epochs=settings.epochs,

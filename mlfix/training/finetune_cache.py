@@ -74,14 +74,13 @@ class TrunkCache:
              workers: int | None = None, progress: ProgressFn | None = None,
              channels_last: bool = False, flip: bool = True) -> "TrunkCache":
         """Compute the rows not cached yet (all of them when the key changed); returns self."""
-        meta = self._read_meta()
-        done = meta["done"] if meta and meta.get("key") == self.key and self.path.exists() else 0
+        meta, n = self._read_meta(), len(samples)
+        done = self._done(meta, n)
         self.failed = {int(k): v for k, v in (meta or {}).get("failed", {}).items()} if done else {}
-        n = len(samples)
-        if done and self._shape_ok(n):
+        if done:
             self.views = np.load(self.path, mmap_mode="r+")
         else:
-            done, shape = 0, self._map_shape(trunk, image_size, device, channels_last, flip)
+            shape = self._map_shape(trunk, image_size, device, channels_last, flip)
             self.folder.mkdir(parents=True, exist_ok=True)
             self.views = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float16, shape=(n, *shape))
         if progress:
@@ -102,9 +101,12 @@ class TrunkCache:
 
     def missing(self, n: int) -> int:
         """How many of ``n`` rows :meth:`fill` would still compute (all of them when the key changed)."""
-        meta = self._read_meta()
+        return n - self._done(self._read_meta(), n)
+
+    def _done(self, meta: dict | None, n: int) -> int:
+        """Rows of ``n`` already cached under this key (0 when the key, the file or its shape differ)."""
         done = meta["done"] if meta and meta.get("key") == self.key and self.path.exists() else 0
-        return n - done if done and self._shape_ok(n) else n
+        return done if done and self._shape_ok(n) else 0
 
     def _map_shape(self, trunk, image_size: int, device, channels_last: bool, flip: bool) -> tuple[int, ...]:
         """(V, *map) of one image."""

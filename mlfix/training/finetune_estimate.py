@@ -1,8 +1,8 @@
 """How long a fine-tuning run will take, said before it starts (``mlfix finetune``, the Training page).
 
 Three parts, each timed here on one batch after a warm-up batch (so the figure is this machine's,
-CPU or GPU, and costs seconds: about 15 on 2 CPU cores at 224 px with 64 images): the trunk pass of every image (and its mirror
-image) still missing from the cache, the training steps of every fold still to run (images x
+CPU or GPU, and costs seconds: about 15 on 2 CPU cores at 224 px with 64 images): the trunk pass
+of every image (and its mirror image) still missing from the cache, the training steps of every fold still to run (images x
 epochs), and the prediction of the held-out images. Decoding the images comes on top of the trunk
 pass; on a CPU busy with other work every part takes longer.
 
@@ -21,6 +21,8 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+
+from mlfix.pipeline.defaults import duration_text
 
 
 @dataclass(frozen=True)
@@ -57,22 +59,11 @@ class FinetuneEstimate:
         return sum(self.parts.values())
 
     def __str__(self) -> str:
-        parts = ", ".join(f"{name} {_duration(s)}" for name, s in self.parts.items() if s > 0)
+        parts = ", ".join(f"{name} {duration_text(s)}" for name, s in self.parts.items() if s > 0)
         folds = len(self.plan.train_images)
-        return (f"estimate: about {_duration(self.seconds)} ({parts or 'nothing left to do'}; "
+        return (f"estimate: about {duration_text(self.seconds)} ({parts or 'nothing left to do'}; "
                 f"{folds} fold(s) left x {self.plan.epochs} epochs; timed on one batch here, image decoding "
                 "on top)")
-
-
-def _duration(seconds: float) -> str:
-    """``"40 s"``, ``"12 min"``, ``"2.5 h"``.
-
-    >>> _duration(40), _duration(720), _duration(9000)
-    ('40 s', '12 min', '2.5 h')
-    """
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def estimate_finetune(parts, classes: int, image_size: int, plan: FinetunePlan, device=None,
@@ -88,7 +79,7 @@ def estimate_finetune(parts, classes: int, image_size: int, plan: FinetunePlan, 
     device = torch.device(device or "cpu")
     images = torch.zeros(batch, 3, image_size, image_size)
     flip = plan.views > 1
-    trunk_s, views = _timed(lambda: trunk_views(parts.trunk, images, device, channels_last, flip))
+    trunk_s, views = _timed(lambda: trunk_views(parts.trunk, images, device, channels_last, flip), device)
     model = Classifier(copy.deepcopy(parts.tail), parts.dim, classes).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     maps = views[:, 0].float().to(device)
@@ -101,12 +92,12 @@ def estimate_finetune(parts, classes: int, image_size: int, plan: FinetunePlan, 
         loss.backward()
         optimizer.step()
 
-    train_s, _ = _timed(step)
-    predict_s, _ = _timed(lambda: softmax_mean(model, views.to(device)))
+    train_s, _ = _timed(step, device)
+    predict_s, _ = _timed(lambda: softmax_mean(model, views.to(device)), device)
     return FinetuneEstimate(plan, trunk_s / batch, train_s / batch, predict_s / batch)
 
 
-def _timed(run, repeats: int = 3, enough_s: float = 2.0):
+def _timed(run, device, repeats: int = 3, enough_s: float = 2.0):
     """(the fastest of up to ``repeats`` timed calls of ``run``, its result) after a warm-up call (which
     allocates); stops early once ``enough_s`` seconds were spent. The fastest, because a single short
     call on a busy machine can take several times as long as the calls of a real run (seen at 96 px)."""
@@ -117,8 +108,8 @@ def _timed(run, repeats: int = 3, enough_s: float = 2.0):
     for _ in range(repeats):
         start = time.perf_counter()
         out = run()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         took = time.perf_counter() - start
         best, spent = min(best, took), spent + took
         if spent > enough_s:

@@ -74,6 +74,11 @@ def train_keeping_batch_norm_statistics(model) -> None:
                 module.eval()
 
 
+def fold_result_path(folder: Path, fold: int) -> Path:
+    """Where a finished fold keeps its model and held-out predictions."""
+    return Path(folder) / f"fold{fold}.done.pt"
+
+
 class FoldTrainer:
     """Train one fold (resuming its checkpoint) and predict its held-out rows."""
 
@@ -81,7 +86,7 @@ class FoldTrainer:
         self.parts, self.classes, self.settings = parts, classes, settings
         self.fold, self.folds, self.device = fold, folds, device
         self.checkpoint = Path(folder) / f"fold{fold}.pt"
-        self.result_path = Path(folder) / f"fold{fold}.done.pt"
+        self.result_path = fold_result_path(folder, fold)
         self.run_key = run_key
 
     def _model(self):

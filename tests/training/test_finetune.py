@@ -247,7 +247,8 @@ def test_project_scores_use_the_fine_tuned_probabilities(demo_project, tmp_path)
 
 def test_scores_take_the_weighted_mean_of_the_probe_and_the_fine_tuned_probabilities():
     from mlfix.scoring.probe import OutOfFold, out_of_fold_probabilities
-    from mlfix.scoring.registry import blend_weight, compute_scores
+    from mlfix.scoring.blend import blend_weight
+    from mlfix.scoring.registry import compute_scores
 
     rng = np.random.default_rng(0)
     x = np.r_[rng.normal(0, 1, (30, 4)), rng.normal(1.5, 1, (30, 4))].astype(np.float32)
@@ -293,7 +294,7 @@ def test_trusted_samples_do_not_sway_the_blend_weight():
 @hypothesis.given(st.integers(0, 2**31 - 1), st.integers(2, 5))
 def test_a_blend_is_a_distribution_between_its_sources(seed, classes):
     from mlfix.scoring.probe import OutOfFold
-    from mlfix.scoring.registry import BLEND_WEIGHTS, blend, blend_weight
+    from mlfix.scoring.blend import BLEND_WEIGHTS, blend, blend_weight
 
     rng = np.random.default_rng(seed)
     probs = [rng.dirichlet(np.ones(classes), 50) for _ in range(2)]
