@@ -6,12 +6,14 @@
     python -m bench.finetune --n 2000 --train last last2 --epochs 2 4 --folds 3 5 --size 96 128   # a sweep
     python -m bench.finetune --max-train 5000       # the sample-based mode: cross-validate on 5,000
     python -m bench.finetune --only cifar10n --size 224 --ensemble mirror   # with the ensemble (3 passes)
+    python -m bench.finetune --only cifar10n --size 224 --train last2 --backbone efficientnet_lite1
 
 Setup: the data as bench/detect.py (CIFAR-10N: ``label`` = random_label1, truth = clean_label;
 GTSRB: a seeded subset with 5% of labels flipped, seed 0). Each setting fine-tunes the offline
-EfficientNet-Lite0 (:func:`mlfix.training.finetune.finetune`) and scores with the same registry as
-``mlfix scores``: the kNN vote on the frozen pooled features (as an index at the setting's size
-makes them; taken from the fine-tuning's own trunk cache, see :func:`frozen_from_trunk`) and the
+``--backbone`` (EfficientNet-Lite0 unless told; :func:`mlfix.training.finetune.finetune`) and scores
+with the same registry as ``mlfix scores``: the kNN vote on the frozen Lite0 pooled features (as the
+default index at the setting's size makes them; taken from a Lite0 fine-tuning's trunk cache when
+there is one, see :func:`frozen_from_trunk`, else extracted) and the
 probe-based checks on (a) the frozen linear probe (the baseline), (b) the fine-tuned out-of-fold
 probabilities, (c) their blend as ``mlfix scores`` makes it (weighted by fit to the given labels:
 :func:`mlfix.scoring.blend.blend`; the weight is emitted) and their plain mean; with
@@ -37,6 +39,7 @@ from bench.defaults import features, labels_and_truth, subset
 from bench.detect import detection_metrics
 
 BENCH = "finetune"
+OFFLINE_BACKBONES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 REVIEWED = 2000
 
 
@@ -46,11 +49,14 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def queue_figures(x, labels, truth, probabilities) -> dict:
-    """The combined queue's detection figures with the given probe probabilities (None: the frozen probe)."""
+def queue_figures(x, labels, truth, probabilities=None, finetuned=None) -> dict:
+    """The queues' detection figures with the given probe ``probabilities`` (None: the frozen probe),
+    or, given the ``finetuned`` probabilities instead, exactly as ``mlfix scores`` makes them after
+    ``mlfix finetune`` (the blend, and the combined queue's vote discounted by its weight)."""
     from mlfix.scoring.registry import compute_scores
 
-    table = compute_scores(x, labels, np.arange(len(labels)), seed=0, probabilities=probabilities)
+    table = compute_scores(x, labels, np.arange(len(labels)), seed=0, probabilities=probabilities,
+                           finetuned=finetuned)
     is_error = labels != truth
     out = {}
     for column in ("score", "score_cleanlab", "score_loss"):
@@ -59,6 +65,9 @@ def queue_figures(x, labels, truth, probabilities) -> dict:
         figures["errors_in_first_2000"] = int(is_error[order[:REVIEWED]].sum())
         out["combined" if column == "score" else column.removeprefix("score_")] = figures
     return out
+
+
+FROZEN = "efficientnet_lite0"  # the frozen probe's backbone: the default index's
 
 
 def frozen_from_trunk(views: np.ndarray, train: str) -> np.ndarray:
@@ -70,7 +79,7 @@ def frozen_from_trunk(views: np.ndarray, train: str) -> np.ndarray:
     from mlfix.pipeline.backbone import create_backbone
     from mlfix.training.finetune_model import TRAIN_CHOICES, split_backbone
 
-    tail = split_backbone(create_backbone("efficientnet_lite0", weights="offline"), TRAIN_CHOICES[train]).tail.eval()
+    tail = split_backbone(create_backbone(FROZEN, weights="offline"), TRAIN_CHOICES[train]).tail.eval()
     out = []
     with torch.no_grad():
         for start in range(0, len(views), 256):
@@ -80,9 +89,29 @@ def frozen_from_trunk(views: np.ndarray, train: str) -> np.ndarray:
     return np.concatenate(out).astype(np.float32)
 
 
+def cache_folder(dataset: str, n: int, size: int, train: str, flip: bool, max_train: int | None,
+                 backbone: str = FROZEN) -> Path:
+    """Where a setting's fine-tuning lives (its trunk cache is reused by every rerun of the setting)."""
+    return RESULTS_DIR / "finetune" / (f"{dataset}_{n}_{size}_{train}{'' if flip else '_noflip'}"
+                                       f"{f'_max{max_train}' if max_train else ''}"
+                                       f"{'' if backbone == FROZEN else '_' + backbone}")
+
+
+def frozen_features(dataset: str, table, size: int, train: str, flip: bool, folder: Path, max_train, backbone: str):
+    """(N, D) the frozen Lite0 pooled features of every image: from a Lite0 trunk cache that covers
+    them all (this run's, or the same setting's Lite0 run's), else extracted."""
+    lite0 = folder if backbone == FROZEN else cache_folder(dataset, len(table), size, train, flip, None)
+    if max_train is None or backbone != FROZEN:
+        if (lite0 / "trunk.json").exists() and (lite0 / "trunk.npy").exists():
+            views = np.load(lite0 / "trunk.npy", mmap_mode="r")
+            if len(views) == len(table):
+                return frozen_from_trunk(views[:, :1], train)[:, 0]  # the image's view, as an index
+    return features(dataset, table, size, False, FROZEN)[0]
+
+
 def run_setting(dataset: str, table, labels, truth, size: int, train: str, epochs: int, folds: int,
                 max_train: int | None, quick: bool, base_setup: dict, flip: bool = True,
-                ensemble: tuple | None = None) -> None:
+                ensemble: tuple | None = None, backbone: str = FROZEN) -> None:
     from mlfix.data.images import DataRoot
     from mlfix.pipeline.backbone import create_backbone
     from mlfix.progress import Progress
@@ -94,24 +123,20 @@ def run_setting(dataset: str, table, labels, truth, size: int, train: str, epoch
     settings = FinetuneSettings(folds=folds, epochs=epochs, image_size=size, train=train, max_train=max_train,
                                 flip=flip)
     samples = table.assign(box_x=np.nan, box_y=np.nan, box_w=np.nan, box_h=np.nan)
-    cache_dir = RESULTS_DIR / "finetune" / (f"{dataset}_{len(table)}_{size}_{train}{'' if flip else '_noflip'}"
-                                            f"{f'_max{max_train}' if max_train else ''}")
+    cache_dir = cache_folder(dataset, len(table), size, train, flip, max_train, backbone)
     trunk_cached = (cache_dir / "trunk.json").exists() and not quick  # else this run pays the trunk passes
     cpu0, wall0 = cpu_seconds(), time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         folder = cache_dir if not quick else Path(scratch)
         result = finetune(DataRoot(SHARED_DATA / dataset / "images.zip"), samples, labels,
-                          lambda: create_backbone("efficientnet_lite0", weights="offline"), folder, settings,
+                          lambda: create_backbone(backbone, weights="offline"), folder, settings,
                           progress=Progress("finetune", None, terminal=False))  # for the time estimate
         cpu_min, wall_min = (cpu_seconds() - cpu0) / 60, (time.perf_counter() - wall0) / 60
-        views = np.load(folder / "trunk.npy", mmap_mode="r")
-        if max_train is None:  # every image is cached: the frozen features come from the same maps
-            x = frozen_from_trunk(views[:, :1], train)[:, 0]  # the image's view, as an index
-        else:
-            x, _ = features(dataset, table, size, False, "efficientnet_lite0")
+        x = frozen_features(dataset, table, size, train, flip, folder, max_train, backbone)
     frozen = out_of_fold_probabilities(x, labels, seed=0)
     tuned = aligned_out_of_fold(result.probs, result.classes, result.fold, labels)
-    setup = {**base_setup, "frozen": f"offline Lite0 pooled at {size} px, 5-fold probe (the kNN vote uses them too)",
+    setup = {**base_setup, "backbone": backbone,
+             "frozen": f"offline Lite0 pooled at {size} px, 5-fold probe (the kNN vote uses them too)",
              "finetune": {k: v for k, v in result.summary["settings"].items()},
              "oof_accuracy_vs_given": result.summary["oof_accuracy"],
              "oof_accuracy_vs_truth": accuracy_vs_truth(tuned.probs, tuned.classes, truth),
@@ -122,14 +147,15 @@ def run_setting(dataset: str, table, labels, truth, size: int, train: str, epoch
          trunk_cache_reused=trunk_cached, **setup)
     codes = encode_labels(labels, n).codes
     setup["blend_weight"] = blend_weight(frozen, tuned, codes)  # the fine-tuned share (what mlfix scores uses)
-    variants = [("frozen", frozen), ("finetuned", tuned), ("blend", blend(frozen, tuned, codes)),
+    variants = [("frozen", frozen), ("finetuned", tuned), ("blend", None),  # None: as mlfix scores does it
                 ("mean", OutOfFold((tuned.probs + frozen.probs) / 2, tuned.classes, tuned.fold))]
     if ensemble is not None:  # the offline ensemble's probe, alone and with the fine-tuned probabilities
         ensemble_oof, ensemble_setup = ensemble
         setup = {**setup, **ensemble_setup, "ensemble_blend_weight": blend_weight(ensemble_oof, tuned, codes)}
         variants += [("ensemble", ensemble_oof), ("ensemble_blend", blend(ensemble_oof, tuned, codes))]
     for variant, probabilities in variants:
-        for method, figures in queue_figures(x, labels, truth, probabilities).items():
+        by_mlfix = {"finetuned": tuned} if probabilities is None else {"probabilities": probabilities}
+        for method, figures in queue_figures(x, labels, truth, **by_mlfix).items():
             emit(BENCH, f"{dataset}.{variant}.{method}", figures, "figures", n, **setup)
 
 
@@ -159,13 +185,14 @@ def ensemble_probe(dataset: str, table, labels, truth, views: str = "both") -> t
 
 
 def run_set(dataset: str, n: int, sizes, trains, epochs_list, folds_list, max_train, quick: bool,
-            flip: bool = True, ensemble_views: str | None = None) -> None:
+            flip: bool = True, ensemble_views: str | None = None, backbone: str = FROZEN) -> None:
     table = subset(dataset, n)
     labels, truth, noise = labels_and_truth(dataset, table)
     base = {"data": f"{dataset} {n} ({noise})", "errors": int((labels != truth).sum())}
     ensemble = ensemble_probe(dataset, table, labels, truth, ensemble_views) if ensemble_views else None
     for size, train, epochs, folds in itertools.product(sizes, trains, epochs_list, folds_list):
-        run_setting(dataset, table, labels, truth, size, train, epochs, folds, max_train, quick, base, flip, ensemble)
+        run_setting(dataset, table, labels, truth, size, train, epochs, folds, max_train, quick, base, flip, ensemble,
+                    backbone)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, nargs="+", default=[4])
     p.add_argument("--folds", type=int, nargs="+", default=[3])
     p.add_argument("--max-train", type=int)
+    p.add_argument("--backbone", default=FROZEN, choices=OFFLINE_BACKBONES,
+                   help="the offline backbone to fine-tune (the frozen probe stays Lite0, the default index's)")
     p.add_argument("--no-flip", action="store_true", help="no mirror images (signs: a mirror is another class)")
     p.add_argument("--ensemble", nargs="?", const="both", choices=list(ENSEMBLE_VIEWS),
                    help=f"also the offline ensemble's probe at {ENSEMBLE_SIZE} px, alone and blended: on the image "
@@ -190,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         n = args.n or (300 if args.quick else 10000 if dataset == "cifar10n" else 5000)
         sizes, epochs = ([64], [1]) if args.quick else (args.size, args.epochs)
         run_set(dataset, n, sizes, args.train, epochs, args.folds, args.max_train, args.quick, not args.no_flip,
-                args.ensemble)
+                args.ensemble, args.backbone)
     return 0
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 # Part of the scores cache key: bump it when a check's results change for the same inputs (a new
 # default threshold, a fixed bug), so that a project scored by an older mlfix is scored again.
-SCORES_VERSION = 2
+SCORES_VERSION = 3
 
 
 class ProjectLabels:

@@ -18,6 +18,8 @@ def add_parser(commands) -> None:
     p.add_argument("--quality", choices=list(FINETUNE_QUALITIES),
                    help="a preset (explicit options win): fast = the last stage trained; default = the last two "
                         f"stages, {d.folds} folds; best = the same on 5 folds (about a quarter slower)")
+    p.add_argument("--backbone", help="the network to fine-tune, one timm name such as efficientnet_lite1 "
+                                      "(default: the index's backbone, an ensemble's first member)")
     p.add_argument("--folds", type=int, help=f"cross-validation folds (default {d.folds})")
     p.add_argument("--epochs", type=int, help=f"epochs per fold (default {d.epochs})")
     p.add_argument("--image-size", type=int, help="input size in px (default: the project's index size)")
@@ -42,7 +44,7 @@ def run(args) -> int:
     project = Project.open(args.project)
     options = {"folds": args.folds, "epochs": args.epochs, "image_size": args.image_size, "train": args.train,
                "batch_size": args.batch_size, "lr": args.lr, "max_train": args.max_train,
-               "flip": False if args.no_flip else None}
+               "flip": False if args.no_flip else None, "backbone": args.backbone}
     openmp_waits_for_training(args.image_size or project.image_size)
     try:
         result = project.finetune(device=args.device, workers=args.workers, quality=args.quality, **options)

@@ -13,11 +13,11 @@ from mlfix.scoring.probe import OutOfFold
 BLEND_WEIGHTS = np.linspace(0.0, 1.0, 21)  # the fine-tuned share tried, in steps of 0.05
 
 
-def blend(probe: OutOfFold, finetuned: OutOfFold | None, codes: np.ndarray) -> OutOfFold:
+def blend(probe: OutOfFold, finetuned: OutOfFold | None, codes: np.ndarray, weight: float | None = None) -> OutOfFold:
     """The weighted mean ``w * finetuned + (1 - w) * probe`` of the linear probe's and a fine-tuned
     network's out-of-fold probabilities (same classes; ``probe`` alone without the other). ``w`` is
-    :func:`blend_weight` on the given label ``codes``. The folds are the probe's; confident learning
-    flags the blend afresh.
+    ``weight`` when the caller has it already, else :func:`blend_weight` on the given label ``codes``.
+    The folds are the probe's; confident learning flags the blend afresh.
 
     Why weighted: the stronger source should count more, and which one is stronger depends on the
     data and the run (CIFAR-10N 10,000, 3 folds: fine-tuned loss AUROC 0.958, the frozen probe 0.934,
@@ -27,10 +27,8 @@ def blend(probe: OutOfFold, finetuned: OutOfFold | None, codes: np.ndarray) -> O
     """
     if finetuned is None:
         return probe
-    if list(finetuned.classes) != list(probe.classes) or finetuned.probs.shape != probe.probs.shape:
-        raise ValueError("fine-tuned probabilities must cover the same samples and classes as the labels; "
-                         "build them with mlfix.scoring.probe.aligned_out_of_fold")
-    w = blend_weight(probe, finetuned, codes)
+    _check_aligned(probe, finetuned)
+    w = blend_weight(probe, finetuned, codes) if weight is None else float(weight)
     return OutOfFold(w * finetuned.probs + (1 - w) * probe.probs, probe.classes, probe.fold)
 
 
@@ -48,6 +46,7 @@ def blend_weight(probe: OutOfFold, finetuned: OutOfFold, codes: np.ndarray) -> f
     >>> blend_weight(flat, sharp, codes), blend_weight(sharp, flat, codes)
     (1.0, 0.0)
     """
+    _check_aligned(probe, finetuned)
     codes = np.asarray(codes)
     rows = np.flatnonzero(codes >= 0)
     if not len(rows):
@@ -55,3 +54,9 @@ def blend_weight(probe: OutOfFold, finetuned: OutOfFold, codes: np.ndarray) -> f
     tuned, frozen = finetuned.probs[rows, codes[rows]], probe.probs[rows, codes[rows]]
     loss = [-np.log(np.clip(w * tuned + (1 - w) * frozen, 1e-12, None)).mean() for w in BLEND_WEIGHTS]
     return float(BLEND_WEIGHTS[int(np.argmin(loss))])
+
+
+def _check_aligned(probe: OutOfFold, finetuned: OutOfFold) -> None:
+    if list(finetuned.classes) != list(probe.classes) or finetuned.probs.shape != probe.probs.shape:
+        raise ValueError("fine-tuned probabilities must cover the same samples and classes as the labels; "
+                         "build them with mlfix.scoring.probe.aligned_out_of_fold")

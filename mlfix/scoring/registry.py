@@ -49,8 +49,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from mlfix.scoring.blend import blend
-from mlfix.scoring.combine import COMBINED_DEFAULT, COMBINED_WEIGHTS, combined
+from mlfix.scoring.blend import blend, blend_weight
+from mlfix.scoring.combine import COMBINED_DEFAULT, combined, default_weights
 from mlfix.scoring.contract import (SCORE_COLUMNS, check_embeddings, check_ids, check_meta, check_trusted,
                                     encode_labels)
 from mlfix.scoring.health_checks import HEALTH_CHECKS, queue_conflicts
@@ -153,6 +153,7 @@ class Inputs:
         self.meta = None if meta is None else check_meta(meta, n)
         given = {"probe": probabilities, "neighbours": neighbours}
         self._shared = {name: value for name, value in given.items() if value is not None}
+        self._probe_given = probabilities is not None  # then it is used as it is, blended with nothing
         self._tables: dict[str, pd.DataFrame] = {}
 
     def has(self, resource: str) -> bool:
@@ -161,10 +162,28 @@ class Inputs:
 
     @property
     def probe(self) -> OutOfFold:
-        """The out-of-fold probe fit, fitted on first use."""
-        return self._once("probe", lambda: blend(out_of_fold_probabilities(
-            self.embeddings, self.labels, self.folds, self.seed, self.trusted), self.finetuned,
-            np.where(self.trusted, -1, encode_labels(self.labels, self.n).codes)))  # trusted: trained on
+        """The out-of-fold probe fit (blended with the fine-tuned probabilities), fitted on first use."""
+        return self._once("probe", lambda: blend(self._frozen_probe, self.finetuned, self._judged_codes,
+                                                 self.finetuned_share))
+
+    @property
+    def finetuned_share(self) -> float:
+        """The fine-tuned probabilities' weight in :attr:`probe` (:func:`mlfix.scoring.blend.blend_weight`);
+        0 without them, or when the probe's probabilities were given."""
+        if self.finetuned is None or self._probe_given:
+            return 0.0
+        return self._once("finetuned_share", lambda: blend_weight(self._frozen_probe, self.finetuned,
+                                                                  self._judged_codes))
+
+    @property
+    def _frozen_probe(self) -> OutOfFold:
+        return self._once("frozen_probe", lambda: out_of_fold_probabilities(
+            self.embeddings, self.labels, self.folds, self.seed, self.trusted))
+
+    @property
+    def _judged_codes(self) -> np.ndarray:
+        """The label codes the blend weight is judged on: trusted samples (every fold trained on them) -1."""
+        return np.where(self.trusted, -1, encode_labels(self.labels, self.n).codes)
 
     @property
     def neighbours(self) -> Neighbours:
@@ -263,7 +282,7 @@ def _loss(inputs: Inputs) -> pd.DataFrame:
 @register("combined", needs=("scores",))
 def _combined(inputs: Inputs) -> pd.DataFrame:
     """Weighted rank average of the checks named by ``combine``: the default queue."""
-    weights = COMBINED_WEIGHTS if inputs.combine == COMBINED_DEFAULT else None
+    weights = default_weights(inputs.finetuned_share) if inputs.combine == COMBINED_DEFAULT else None
     return combined([inputs.scores(name) for name in inputs.combine], weights)
 
 

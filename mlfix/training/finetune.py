@@ -160,8 +160,9 @@ def summary_text(summary: dict) -> str:
     acc, chance = summary.get("oof_accuracy"), summary.get("chance_accuracy")
     text = (f"out-of-fold accuracy {acc:.1%} against the given labels (chance {chance:.1%}) on "
             f"{summary.get('cross_validated')} images" if acc is not None else "no image was cross-validated")
+    network = (summary.get("start") or {}).get("backbone")
     return (f"{text}; {summary.get('wall_s', 0) / 60:.1f} min ({summary.get('cpu_s', 0) / 60:.1f} CPU min) "
-            f"on {summary.get('device')}")
+            f"on {summary.get('device')}{f', {network} fine-tuned' if network else ''}")
 
 
 def near_chance(summary: dict, margin: float = 0.1) -> bool:
@@ -280,6 +281,7 @@ def finetune(root, samples: pd.DataFrame, labels: Sequence, backbone_factory: Ca
                       settings.flip)
     summary = _summary(settings, image_size, codes, full, fold, cv_rows, notes, cache.failed, started, cpu0,
                        dev, ids, cached)
+    summary["start"] = cache_key or {}  # the network and weights it started from
     if guess is not None:
         summary["estimate_s"] = round(guess.seconds, 1)
     result = FinetuneResult(ids.astype(object), full.astype(np.float32), classes, fold, summary)

@@ -1,9 +1,10 @@
 """Fine-tuning a project (``mlfix finetune``, :meth:`mlfix.project.Project.finetune`): which network
 it starts from, where the run lives, and the saved result for the scores.
 
-The run starts from the weights the project's index used (:func:`~mlfix.training.checkpoints.choose_weights`:
-the project's Barlow Twins checkpoint when it was trained for this backbone, else the offline ImageNet
-weights); an ensemble backbone fine-tunes its first member. It lives in ``<project>/finetune/``:
+Which network: the ``backbone`` option (one timm name, e.g. ``efficientnet_lite1``), else the index's
+backbone, else, for an ensemble, its first member. It starts from the weights the project's
+``weights`` setting gives it (:func:`finetune_weights`): the project's Barlow Twins checkpoint when
+it was trained for this network, else the offline ImageNet weights. The run lives in ``<project>/finetune/``:
 the trunk cache, one checkpoint per unfinished fold, and ``result.npz`` (the out-of-fold
 probabilities), which :meth:`~mlfix.project.Project.scores` uses for the probe-based checks from then
 on, on every image it covers.
@@ -18,7 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlfix.settings import IndexSettings
+from mlfix.errors import SettingsError
+from mlfix.settings import IndexSettings, Weights
 from mlfix.training.finetune import FinetuneResult, FinetuneSettings, finetune
 
 FOLDER = "finetune"
@@ -28,25 +30,59 @@ def finetune_project(project_dir: str | os.PathLike, settings: IndexSettings, ro
                      labels, trusted: np.ndarray, image_size: int, progress=None, device: str | None = None,
                      workers: int | None = None, options: dict[str, Any] | None = None) -> FinetuneResult:
     """Fine-tune the project's backbone on ``labels`` (the readable ``samples``' current labels);
-    ``options``: :class:`~mlfix.training.finetune.FinetuneSettings` fields (None: the default)."""
+    ``options``: :class:`~mlfix.training.finetune.FinetuneSettings` fields and ``backbone`` (the
+    network to fine-tune, see the module); None values mean the default."""
     from mlfix.pipeline.backbone import create_backbone
-    from mlfix.training.checkpoints import choose_weights
 
     chosen = {k: v for k, v in (options or {}).items() if v is not None}
+    name = finetuned_backbone(settings, chosen.pop("backbone", None))
     tune = FinetuneSettings(**{"image_size": image_size, "seed": settings.seed, **chosen})
-    choice = choose_weights(settings, project_dir)
-    first = settings.backbone.split("+")[0]
-    if first != settings.backbone and progress is not None:
-        progress.note(f"the backbone is an ensemble: fine-tuning its first member, {first}")
+    choice = finetune_weights(settings, project_dir, name)
     if progress is not None:
-        progress.note(f"fine-tuning {first} from {choice.text}: {tune.folds} folds x {tune.epochs} epochs at "
+        if name == settings.backbone.split("+")[0] != settings.backbone:
+            progress.note(f"the backbone is an ensemble: fine-tuning its first member, {name}")
+        progress.note(f"fine-tuning {name} from {choice.text}: {tune.folds} folds x {tune.epochs} epochs at "
                       f"{tune.image_size} px, training the {tune.train!r} layers")
-    weights = choice.weights if choice.weights in ("offline", "random", "imagenet") or first == settings.backbone \
-        else "offline"
-    key = {"backbone": first, "weights": choice.identity}
-    return finetune(root, samples, labels, lambda: create_backbone(first, weights, settings.cell_stride),
+    key = {"backbone": name, "weights": choice.identity}
+    return finetune(root, samples, labels, lambda: create_backbone(name, choice.weights, settings.cell_stride),
                     Path(project_dir) / FOLDER, tune, trusted=trusted, progress=progress, device=device,
                     workers=workers, cache_key=key)
+
+
+def finetuned_backbone(settings: IndexSettings, backbone: str | None = None) -> str:
+    """The one network fine-tuning trains: ``backbone`` when given, else the index's (an ensemble's
+    first member).
+
+    >>> finetuned_backbone(IndexSettings(backbone="efficientnet_lite0+efficientnet_lite2"))
+    'efficientnet_lite0'
+    >>> finetuned_backbone(IndexSettings(), "efficientnet_lite1")
+    'efficientnet_lite1'
+    """
+    from mlfix.pipeline.backbone import ENSEMBLE_SEPARATOR, check_backbone
+
+    if backbone is None:
+        return settings.backbone.split(ENSEMBLE_SEPARATOR)[0]
+    if not isinstance(backbone, str) or not backbone.strip() or ENSEMBLE_SEPARATOR in backbone:
+        raise SettingsError(f"fine-tuning trains one network: give one backbone name such as efficientnet_lite1, "
+                            f"got {backbone!r}")
+    check_backbone(backbone.strip())
+    return backbone.strip()
+
+
+def finetune_weights(settings: IndexSettings, project_dir: str | os.PathLike, name: str):
+    """The :class:`~mlfix.training.checkpoints.WeightsChoice` fine-tuning ``name`` starts from: the
+    index's when ``name`` is the index's backbone; for another network (an ensemble's member, or the
+    ``backbone`` option) the project's ``weights`` read for it, where a file or ``trained`` means
+    ``auto`` (a checkpoint fits the network it was trained for only)."""
+    from dataclasses import replace
+
+    from mlfix.training.checkpoints import choose_weights
+
+    if name == settings.backbone:
+        return choose_weights(settings, project_dir)
+    keep = settings.weights.kind in ("random", "imagenet", "offline")
+    return choose_weights(replace(settings, backbone=name, weights=settings.weights if keep else Weights("auto")),
+                          project_dir)
 
 
 def finetuned_result(project_dir: str | os.PathLike, sample_ids: np.ndarray) -> FinetuneResult | None:

@@ -66,8 +66,10 @@ def progress_view(project_dir) -> None:
 
 def finetune_controls(project: Project, running: bool) -> None:
     """The section: the last result, the settings and the start button (progress: :func:`progress_view`)."""
+    from mlfix.settings import OFFLINE_BACKBONES
     from mlfix.training.finetune import FINETUNE_QUALITIES, FinetuneSettings, quality_options
     from mlfix.training.finetune_model import TRAIN_CHOICES
+    from mlfix.training.finetune_project import finetuned_backbone
 
     st.subheader("Fine-tune for the scores")
     st.caption("Trains the backbone on your labels in K folds; each image is scored by a network that never "
@@ -78,8 +80,14 @@ def finetune_controls(project: Project, running: bool) -> None:
                        horizontal=True, key="ft_quality",
                        help="fast: the last stage trains; default: the last two stages; best: the same on 5 folds "
                             "(slower). The fields below start from the preset")
-    d = FinetuneSettings(**quality_options(quality))
-    c1, c2, c3, c4 = st.columns(4)  # keyed by the preset: choosing another one resets them to its values
+    preset = quality_options(quality)
+    network = preset.pop("backbone", None) or finetuned_backbone(project.settings)
+    d = FinetuneSettings(**preset)
+    c0, c1, c2, c3, c4 = st.columns(5)  # keyed by the preset: choosing another one resets them to its values
+    networks = list(dict.fromkeys([finetuned_backbone(project.settings), network, *OFFLINE_BACKBONES]))
+    backbone = c0.selectbox("Network", networks, index=networks.index(network), key=f"ft_backbone_{quality}",
+                            help="the network that is fine-tuned (the first one: the index's backbone; "
+                                 "EfficientNet-Lite weights ship with mlfix)")
     folds = c1.number_input("Folds", 2, 10, d.folds, key=f"ft_folds_{quality}")
     epochs = c2.number_input("Epochs", 1, 100, d.epochs, key=f"ft_epochs_{quality}")
     size = c3.number_input("Image size (px)", 32, 512, project.image_size if project.is_indexed else 224, 16,
@@ -88,8 +96,8 @@ def finetune_controls(project: Project, running: bool) -> None:
                          key=f"ft_train_{quality}",
                          help="head: the linear layer only; last..last3: the last stages too; all: everything "
                               "(slowest)")
-    args = ["--folds", str(int(folds)), "--epochs", str(int(epochs)), "--image-size", str(int(size)),
-            "--train", train]
+    args = ["--backbone", backbone, "--folds", str(int(folds)), "--epochs", str(int(epochs)),
+            "--image-size", str(int(size)), "--train", train]
     if st.button("Start fine-tuning", disabled=running or not project.is_indexed, key="ft_start",
                  help=None if project.is_indexed else "Index the project first"):
         background.start_job(project.dir, JOB, args)

@@ -216,8 +216,10 @@ def test_mlfix_finetune_passes_the_preset_and_the_options_over_it(monkeypatch):
     monkeypatch.setattr(Project, "open", classmethod(lambda cls, path: Project.__new__(Project)))
     monkeypatch.setattr(Project, "finetune", lambda self, **kw: seen.update(kw) or (_ for _ in ()).throw(
         KeyboardInterrupt))
-    assert main(["finetune", "--project", "p", "--quality", "best", "--epochs", "2", "--image-size", "224"]) == 130
+    assert main(["finetune", "--project", "p", "--quality", "best", "--epochs", "2", "--image-size", "224",
+                 "--backbone", "efficientnet_lite1"]) == 130
     assert seen["quality"] == "best" and seen["epochs"] == 2 and seen["folds"] is None
+    assert seen["backbone"] == "efficientnet_lite1"
 
 
 def test_the_sample_based_mode_cross_validates_a_stratified_subset():
@@ -268,6 +270,31 @@ def test_scores_take_the_weighted_mean_of_the_probe_and_the_fine_tuned_probabili
     with pytest.raises(ValueError, match="same samples and classes"):
         compute_scores(x, labels, range(60), methods=["loss"], finetuned=OutOfFold(sure.probs[:10], ["a", "b"],
                                                                                   sure.fold[:10]))
+
+
+def test_the_combined_queue_discounts_the_frozen_vote_by_the_fine_tuned_share():
+    """After fine-tuning the kNN vote (on the frozen features) counts 1 - w against the loss's 2."""
+    from mlfix.scoring.combine import combined
+    from mlfix.scoring.probe import OutOfFold, out_of_fold_probabilities
+    from mlfix.scoring.blend import blend_weight
+    from mlfix.scoring.registry import compute_scores
+
+    rng = np.random.default_rng(2)
+    truth = np.repeat([0, 1], 40)
+    x = (truth[:, None] * 1.2 + rng.normal(0, 1, (80, 3))).astype(np.float32)
+    labels = np.where(truth == 1, "b", "a").astype(object)
+    labels[[1, 5, 50, 70]] = ["b", "b", "a", "a"]
+    tuned = OutOfFold(np.where(truth[:, None] == [0, 1], 0.7, 0.3), ["a", "b"], np.zeros(80, dtype=np.int64))
+    w = blend_weight(out_of_fold_probabilities(x, labels), tuned, (labels == "b").astype(int))
+    assert 0 < w < 1
+    table = compute_scores(x, labels, range(80), methods=["loss", "knn", "combined"], finetuned=tuned)
+    frame = lambda column: table[["sample_id", "label"]].assign(score=table[column], suggested_label=table["label"])
+    expected = combined([frame("score_loss"), frame("score_knn")], (2.0, 1.0 - w))["score"]
+    np.testing.assert_allclose(table["score"], expected)
+    plain = compute_scores(x, labels, range(80), methods=["loss", "knn", "combined"])  # no fine-tuning: 2:1
+    np.testing.assert_allclose(plain["score"], combined([
+        plain[["sample_id"]].assign(score=plain[c], suggested_label=plain["label"]) for c in ("score_loss", "score_knn")],
+        (2.0, 1.0))["score"])
 
 
 def test_trusted_samples_do_not_sway_the_blend_weight():

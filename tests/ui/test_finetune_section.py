@@ -26,15 +26,18 @@ def test_the_button_starts_a_finetune_job_with_the_chosen_settings(project_copy,
     at = app_on(project_copy.dir, "app_pages/training.py")
     assert any("Not fine-tuned yet" in c.value for c in at.caption)
     assert at.number_input(key="ft_folds_default").value == 3  # the default preset's fields
+    assert at.selectbox(key="ft_backbone_default").value == project_copy.settings.backbone.split("+")[0]
     at.radio(key="ft_quality").set_value("best").run()
     assert at.number_input(key="ft_folds_best").value == 5 and at.selectbox(key="ft_train_best").value == "last2"
     at.number_input(key="ft_folds_best").set_value(4)
     at.selectbox(key="ft_train_best").set_value("last3")
+    at.selectbox(key="ft_backbone_best").set_value("efficientnet_lite2")
     at.button(key="ft_start").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     record = jobs.current_job(project_copy.dir)
     assert record["kind"] == "finetune"
-    assert record["args"][:2] == ["--folds", "4"] and record["args"][-2:] == ["--train", "last3"]
+    assert record["args"][:4] == ["--backbone", "efficientnet_lite2", "--folds", "4"]
+    assert record["args"][-2:] == ["--train", "last3"]
     assert jobs.wait_job(project_copy.dir, timeout=60).state == "finished"
 
 

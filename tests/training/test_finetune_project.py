@@ -1,0 +1,54 @@
+"""Which network a project fine-tunes and the weights it starts from (mlfix.training.finetune_project)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlfix.errors import SettingsError
+from mlfix.settings import IndexSettings, Weights
+from mlfix.training import finetune_project as module
+from mlfix.training.finetune_project import finetune_weights, finetuned_backbone
+
+ENSEMBLE = "efficientnet_lite0+efficientnet_lite2"
+
+
+def test_the_index_backbone_or_an_ensembles_first_member_is_fine_tuned_unless_told():
+    assert finetuned_backbone(IndexSettings()) == "efficientnet_lite0"
+    assert finetuned_backbone(IndexSettings(backbone=ENSEMBLE)) == "efficientnet_lite0"
+    assert finetuned_backbone(IndexSettings(backbone=ENSEMBLE), " efficientnet_lite1 ") == "efficientnet_lite1"
+
+
+@pytest.mark.parametrize("backbone, message", [(ENSEMBLE, "trains one network"), ("", "trains one network"),
+                                               ("resnet1800", "unknown backbone 'resnet1800'")])
+def test_a_backbone_that_is_not_one_known_network_is_refused_with_a_message(backbone, message):
+    with pytest.raises(SettingsError, match=message):
+        finetuned_backbone(IndexSettings(), backbone)
+
+
+def test_another_network_starts_from_its_own_weights_not_the_index_checkpoint(tmp_path):
+    checkpoint = tmp_path / "index.pt"
+    checkpoint.write_bytes(b"a checkpoint for the ensemble")
+    settings = IndexSettings(backbone=ENSEMBLE, weights=Weights.parse(str(checkpoint)))
+    assert finetune_weights(settings, tmp_path, ENSEMBLE).weights == str(checkpoint.resolve())  # the index's own
+    member = finetune_weights(settings, tmp_path, "efficientnet_lite0")  # a file fits one network: auto here
+    assert member.weights == "offline" and "offline ImageNet weights" in member.text
+    assert finetune_weights(IndexSettings(weights=Weights("random")), tmp_path, "efficientnet_lite1").weights == "random"
+
+
+def test_the_backbone_option_picks_the_network_and_its_weights(monkeypatch, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    seen = {}
+
+    def fake_finetune(root, samples, labels, factory, folder, settings, **kw):
+        seen.update(kw, factory=factory, settings=settings)
+
+    monkeypatch.setattr(module, "finetune", fake_finetune)
+    samples = pd.DataFrame({"sample_id": ["a", "b"], "path": ["a.png", "b.png"]})
+    module.finetune_project(tmp_path, IndexSettings(), None, samples, ["x", "y"], np.zeros(2, bool), 64,
+                            options={"backbone": "efficientnet_lite1", "folds": 2, "epochs": None})
+    assert seen["cache_key"] == {"backbone": "efficientnet_lite1", "weights": "offline"}
+    assert seen["settings"].folds == 2 and seen["settings"].image_size == 64
+    network = seen["factory"]()
+    assert (network.name, network.weights) == ("efficientnet_lite1", "offline")
