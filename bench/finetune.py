@@ -98,14 +98,19 @@ def cache_folder(dataset: str, n: int, size: int, train: str, flip: bool, max_tr
 
 
 def frozen_features(dataset: str, table, size: int, train: str, flip: bool, folder: Path, max_train, backbone: str):
-    """(N, D) the frozen Lite0 pooled features of every image: from a Lite0 trunk cache that covers
-    them all (this run's, or the same setting's Lite0 run's), else extracted."""
+    """(N, D) the frozen Lite0 pooled features of every image: from a finished Lite0 trunk cache that
+    covers them all (this run's, or the same setting's Lite0 run's), else extracted."""
+    import json
+
     lite0 = folder if backbone == FROZEN else cache_folder(dataset, len(table), size, train, flip, None)
     if max_train is None or backbone != FROZEN:
-        if (lite0 / "trunk.json").exists() and (lite0 / "trunk.npy").exists():
+        try:
+            done = json.loads((lite0 / "trunk.json").read_text()).get("done")
             views = np.load(lite0 / "trunk.npy", mmap_mode="r")
-            if len(views) == len(table):
-                return frozen_from_trunk(views[:, :1], train)[:, 0]  # the image's view, as an index
+        except (OSError, ValueError):
+            done = views = None
+        if views is not None and len(views) == len(table) == done:  # a killed fill leaves zero rows
+            return frozen_from_trunk(views[:, :1], train)[:, 0]  # the image's view, as an index
     return features(dataset, table, size, False, FROZEN)[0]
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from mlfix.errors import SettingsError
-from mlfix.settings import IndexSettings, Weights
+from mlfix.settings import OFFLINE_BACKBONES, IndexSettings, Weights
 from mlfix.training.finetune import FinetuneResult, FinetuneSettings, finetune
 
 FOLDER = "finetune"
@@ -80,9 +80,20 @@ def finetune_weights(settings: IndexSettings, project_dir: str | os.PathLike, na
 
     if name == settings.backbone:
         return choose_weights(settings, project_dir)
-    keep = settings.weights.kind in ("random", "imagenet", "offline")
-    return choose_weights(replace(settings, backbone=name, weights=settings.weights if keep else Weights("auto")),
-                          project_dir)
+    kind = settings.weights.kind
+    if kind == "offline" and name not in OFFLINE_BACKBONES:
+        raise SettingsError(f"the project's weights are 'offline', and no offline weights ship for {name}: "
+                            f"fine-tune one of {', '.join(OFFLINE_BACKBONES)}, or set weights = imagenet "
+                            "(needs the internet)")
+    keep = kind in ("random", "imagenet", "offline")
+    choice = choose_weights(replace(settings, backbone=name, weights=settings.weights if keep else Weights("auto")),
+                            project_dir)
+    if choice.weights == "random" and kind != "random":  # auto found nothing for it: a wasted run
+        raise SettingsError(f"no weights for {name} here (no offline weights ship for it and the project has no "
+                            f"checkpoint trained for it); fine-tuning from random weights learns little: "
+                            f"fine-tune one of {', '.join(OFFLINE_BACKBONES)}, or set weights = imagenet "
+                            "(needs the internet)")
+    return choice
 
 
 def finetuned_result(project_dir: str | os.PathLike, sample_ids: np.ndarray) -> FinetuneResult | None:

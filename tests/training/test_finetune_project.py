@@ -35,6 +35,12 @@ def test_another_network_starts_from_its_own_weights_not_the_index_checkpoint(tm
     assert finetune_weights(IndexSettings(weights=Weights("random")), tmp_path, "efficientnet_lite1").weights == "random"
 
 
+@pytest.mark.parametrize("weights", ["auto", "offline", "trained"])
+def test_another_network_without_weights_here_is_refused_before_any_work(tmp_path, weights):
+    with pytest.raises(SettingsError, match="efficientnet_lite0, efficientnet_lite1, efficientnet_lite2"):
+        finetune_weights(IndexSettings(weights=Weights(weights)), tmp_path, "resnet50")
+
+
 def test_the_backbone_option_picks_the_network_and_its_weights(monkeypatch, tmp_path):
     import numpy as np
     import pandas as pd
