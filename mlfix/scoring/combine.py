@@ -48,7 +48,7 @@ def combined(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = N
     """Rank average of several methods' scores; suggested label of the first frame.
 
     Each method's score becomes its percentile rank among the samples it scores (ties share the mean
-    rank), and the ranks are averaged (weighted). NaN (unlabeled) stays NaN; a sample at every
+    rank), and the ranks are averaged (weighted; a method of weight 0 is left out). NaN (unlabeled) stays NaN; a sample at every
     method's floor (trusted) stays at the floor.
 
     Example:
@@ -66,6 +66,7 @@ def combined(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = N
     weights = np.ones(len(frames)) if weights is None else np.asarray(weights, dtype=np.float64)
     if len(weights) != len(frames) or (weights < 0).any() or weights.sum() == 0:
         raise ValueError("weights must be one non-negative number per score table, not all zero")
+    frames, weights = [f for f, w in zip(frames, weights) if w > 0], weights[weights > 0]  # a 0 adds nothing, not its NaN
     ranks = np.stack([f["score"].rank(pct=True, method="average").to_numpy() for f in frames])
     floor = np.stack([f["score"].to_numpy() == TRUSTED_SCORE for f in frames]).all(axis=0)
     score = np.average(ranks, axis=0, weights=weights)

@@ -138,3 +138,16 @@ def test_fewer_than_two_classes_is_a_message_not_a_crash(labels, found):
     table = registry.compute_scores(x, labels, range(12), k=3, folds=3)
     assert [c for c in table.columns if c.startswith("score_")] == ["score_duplicates", "score_outlier"]
     assert table.attrs["skipped"]["knn"] == f"{found}: it needs labels of at least two classes".replace("\\", "")
+
+
+def test_a_method_of_weight_zero_leaves_the_combined_score_as_the_others_make_it():
+    """After fine-tuning the vote may weigh 0: its NaN (no labeled neighbour) must not blank a score."""
+    import pandas as pd
+
+    loss = pd.DataFrame({"sample_id": [1, 2, 3], "score": [0.1, 0.9, 0.5], "suggested_label": list("xyz")})
+    vote = loss.assign(score=[0.2, np.nan, 0.8])
+    alone = combine.combined([loss])["score"]
+    np.testing.assert_allclose(combine.combined([loss, vote], (2.0, 0.0))["score"], alone)
+    assert combine.combined([loss, vote], (2.0, 1.0))["score"].isna().tolist() == [False, True, False]
+    with pytest.raises(ValueError, match="not all zero"):
+        combine.combined([loss, vote], (0.0, 0.0))
