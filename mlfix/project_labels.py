@@ -175,10 +175,9 @@ class ProjectLabels:
         """Cross-validated fine-tuning of the backbone on the current labels (reviewed ones trusted);
         from then on :meth:`scores` takes the probe-based checks from its out-of-fold probabilities.
         ``quality``: ``fast``, ``default`` or ``best`` (:data:`~mlfix.training.finetune.FINETUNE_QUALITIES`);
-        ``options`` given explicitly win over it: ``folds``, ``epochs``, ``image_size``, ``train``,
-        ``max_train``... (see :class:`~mlfix.training.finetune.FinetuneSettings`). A rerun resumes an
-        unfinished run."""
-        from mlfix.training.finetune import quality_options
+        ``options`` given explicitly win over it: ``backbone`` (the network), ``folds``, ``epochs``,
+        ``image_size``, ``train``, ``max_train``... (see :class:`~mlfix.training.finetune.FinetuneSettings`
+        and :func:`~mlfix.training.finetune_project.preset_options`). A rerun resumes an unfinished run."""
         from mlfix.training.finetune_project import finetune_project
 
         self._require_index()
@@ -187,7 +186,7 @@ class ProjectLabels:
         return finetune_project(self.dir, self.settings, self.root, self.samples.iloc[rows],
                                 state["label"].to_numpy()[rows], trusted[rows], self.image_size,
                                 progress or Progress("finetune", self.dir / "progress"), device, workers,
-                                quality_options(quality, **options))
+                                options, quality)
 
     def _label_state(self) -> tuple[pd.DataFrame, np.ndarray]:
         """(the review's current state of every sample: label, status..., the trusted mask: samples a

@@ -17,7 +17,8 @@ def add_parser(commands) -> None:
     p.add_argument("--project", required=True)
     p.add_argument("--quality", choices=list(FINETUNE_QUALITIES),
                    help="a preset (explicit options win): fast = the last stage trained; default = the last two "
-                        f"stages, {d.folds} folds; best = the same on 5 folds (about a quarter slower)")
+                        f"stages, {d.folds} folds; best = the same with EfficientNet-Lite1 (about a fifth slower; "
+                        "a project with its own network or checkpoint keeps it)")
     p.add_argument("--backbone", help="the network to fine-tune, one timm name such as efficientnet_lite1 "
                                       "(default: the index's backbone, an ensemble's first member)")
     p.add_argument("--folds", type=int, help=f"cross-validation folds (default {d.folds})")

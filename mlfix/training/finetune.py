@@ -97,12 +97,16 @@ class FinetuneSettings:
              f"max_train must be at least twice the folds ({2 * self.folds}), got {self.max_train!r}")
 
 
-# What ``--quality`` means for fine-tuning; the default preset is FinetuneSettings' defaults. Measured on
+# What ``--quality`` means for fine-tuning; the default preset is FinetuneSettings' defaults, and
+# ``backbone`` (the network) is read by :mod:`mlfix.training.finetune_project`, which applies a
+# preset's network only to projects whose index starts from the offline ImageNet weights. Measured on
 # CIFAR-10N's first 10,000 at 224 px with 4 epochs, loss AUROC of the blend ``mlfix scores`` uses
-# (README, "Figures"; python -m bench.finetune): the last stage trained (``fast``), 0.940; the last
-# two (``default``), 0.959 for about 80 CPU minutes with the trunk cache; the same on 5 folds
-# (``best``, each fold model trains on 4/5 of the images, not 2/3), 0.960 for about 101.
-FINETUNE_QUALITIES: dict[str, dict] = {"fast": {"train": "last"}, "default": {}, "best": {"folds": 5}}
+# (README, "Figures"; python -m bench.finetune): Lite0's last stage trained (``fast``), 0.940; its
+# last two (``default``), 0.959 for about 80 CPU minutes with the trunk cache; the same on 5 folds,
+# 0.960 for about 101; Lite1's last two on 3 folds (``best``), 0.962 for about 98.
+BEST_BACKBONE = "efficientnet_lite1"
+FINETUNE_QUALITIES: dict[str, dict] = {"fast": {"train": "last"}, "default": {},
+                                       "best": {"backbone": BEST_BACKBONE}}
 
 
 def quality_options(quality: str | None, **options) -> dict:
@@ -110,7 +114,7 @@ def quality_options(quality: str | None, **options) -> dict:
     ``options`` given explicitly (not None) on top.
 
     >>> quality_options("fast"), quality_options("best", folds=4, epochs=None)
-    ({'train': 'last'}, {'folds': 4})
+    ({'train': 'last'}, {'backbone': 'efficientnet_lite1', 'folds': 4})
     """
     quality = quality or "default"
     if quality not in FINETUNE_QUALITIES:

@@ -28,13 +28,15 @@ FOLDER = "finetune"
 
 def finetune_project(project_dir: str | os.PathLike, settings: IndexSettings, root, samples: pd.DataFrame,
                      labels, trusted: np.ndarray, image_size: int, progress=None, device: str | None = None,
-                     workers: int | None = None, options: dict[str, Any] | None = None) -> FinetuneResult:
+                     workers: int | None = None, options: dict[str, Any] | None = None,
+                     quality: str | None = None) -> FinetuneResult:
     """Fine-tune the project's backbone on ``labels`` (the readable ``samples``' current labels);
     ``options``: :class:`~mlfix.training.finetune.FinetuneSettings` fields and ``backbone`` (the
-    network to fine-tune, see the module); None values mean the default."""
+    network to fine-tune, see the module), given explicitly (None: not given) over the ``quality``
+    preset (:func:`preset_options`)."""
     from mlfix.pipeline.backbone import create_backbone
 
-    chosen = {k: v for k, v in (options or {}).items() if v is not None}
+    chosen = preset_options(settings, project_dir, quality, **(options or {}))
     name = finetuned_backbone(settings, chosen.pop("backbone", None))
     tune = FinetuneSettings(**{"image_size": image_size, "seed": settings.seed, **chosen})
     choice = finetune_weights(settings, project_dir, name)
@@ -47,6 +49,26 @@ def finetune_project(project_dir: str | os.PathLike, settings: IndexSettings, ro
     return finetune(root, samples, labels, lambda: create_backbone(name, choice.weights, settings.cell_stride),
                     Path(project_dir) / FOLDER, tune, trusted=trusted, progress=progress, device=device,
                     workers=workers, cache_key=key)
+
+
+def preset_options(settings: IndexSettings, project_dir: str | os.PathLike, quality: str | None,
+                   **options) -> dict[str, Any]:
+    """The fine-tuning options of the ``quality`` preset with the explicit ``options`` (not None) on
+    top (:func:`~mlfix.training.finetune.quality_options`). A preset's network applies only where the
+    index starts from the offline ImageNet weights: a project's own network, or its Barlow Twins
+    checkpoint, is what it fine-tunes unless ``backbone`` is given."""
+    from mlfix.training.checkpoints import choose_weights
+    from mlfix.training.finetune import quality_options
+
+    chosen = quality_options(quality, **options)
+    if options.get("backbone") is None and "backbone" in chosen:
+        try:
+            shipped = choose_weights(settings, project_dir).weights == "offline"
+        except SettingsError:  # weights the index cannot use either: said when it runs
+            shipped = False
+        if not shipped:
+            chosen.pop("backbone")
+    return chosen
 
 
 def finetuned_backbone(settings: IndexSettings, backbone: str | None = None) -> str:

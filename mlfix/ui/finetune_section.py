@@ -67,9 +67,9 @@ def progress_view(project_dir) -> None:
 def finetune_controls(project: Project, running: bool) -> None:
     """The section: the last result, the settings and the start button (progress: :func:`progress_view`)."""
     from mlfix.settings import OFFLINE_BACKBONES
-    from mlfix.training.finetune import FINETUNE_QUALITIES, FinetuneSettings, quality_options
+    from mlfix.training.finetune import FINETUNE_QUALITIES, FinetuneSettings
     from mlfix.training.finetune_model import TRAIN_CHOICES
-    from mlfix.training.finetune_project import finetuned_backbone
+    from mlfix.training.finetune_project import finetuned_backbone, preset_options
 
     st.subheader("Fine-tune for the scores")
     st.caption("Trains the backbone on your labels in K folds; each image is scored by a network that never "
@@ -78,9 +78,10 @@ def finetune_controls(project: Project, running: bool) -> None:
     _result_line(project)
     quality = st.radio("Preset", list(FINETUNE_QUALITIES), index=list(FINETUNE_QUALITIES).index("default"),
                        horizontal=True, key="ft_quality",
-                       help="fast: the last stage trains; default: the last two stages; best: the same on 5 folds "
-                            "(slower). The fields below start from the preset")
-    preset = quality_options(quality)
+                       help="fast: the last stage trains; default: the last two stages; best: the last two stages "
+                            "of EfficientNet-Lite1 (a fifth slower; a project with its own network keeps it). "
+                            "The fields below start from the preset")
+    preset = preset_options(project.settings, project.dir, quality)
     network = preset.pop("backbone", None) or finetuned_backbone(project.settings)
     d = FinetuneSettings(**preset)
     c0, c1, c2, c3, c4 = st.columns(5)  # keyed by the preset: choosing another one resets them to its values

@@ -58,3 +58,18 @@ def test_the_backbone_option_picks_the_network_and_its_weights(monkeypatch, tmp_
     assert seen["settings"].folds == 2 and seen["settings"].image_size == 64
     network = seen["factory"]()
     assert (network.name, network.weights) == ("efficientnet_lite1", "offline")
+
+
+def test_the_best_presets_network_applies_to_projects_on_the_shipped_weights_only(tmp_path):
+    from mlfix.training.finetune_project import preset_options
+
+    shipped = IndexSettings()  # Lite0 from the offline ImageNet weights
+    assert preset_options(shipped, tmp_path, "best")["backbone"] == "efficientnet_lite1"
+    assert "backbone" not in preset_options(shipped, tmp_path, "default")
+    assert preset_options(shipped, tmp_path, "best", backbone="efficientnet_lite2", folds=None) == {
+        "backbone": "efficientnet_lite2"}  # explicit options win, None ones are not given
+    own = IndexSettings(backbone="resnet18", weights=Weights("random"))  # the user's own network
+    assert "backbone" not in preset_options(own, tmp_path, "best")
+    assert preset_options(own, tmp_path, "best", backbone="efficientnet_lite1")["backbone"] == "efficientnet_lite1"
+    missing = IndexSettings(weights=Weights("trained"))  # no checkpoint yet: the index's error comes later
+    assert "backbone" not in preset_options(missing, tmp_path, "best")

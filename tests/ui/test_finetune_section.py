@@ -28,7 +28,8 @@ def test_the_button_starts_a_finetune_job_with_the_chosen_settings(project_copy,
     assert at.number_input(key="ft_folds_default").value == 3  # the default preset's fields
     assert at.selectbox(key="ft_backbone_default").value == project_copy.settings.backbone.split("+")[0]
     at.radio(key="ft_quality").set_value("best").run()
-    assert at.number_input(key="ft_folds_best").value == 5 and at.selectbox(key="ft_train_best").value == "last2"
+    assert at.number_input(key="ft_folds_best").value == 3 and at.selectbox(key="ft_train_best").value == "last2"
+    assert at.selectbox(key="ft_backbone_best").value == "resnet18"  # the test project's own network stays
     at.number_input(key="ft_folds_best").set_value(4)
     at.selectbox(key="ft_train_best").set_value("last3")
     at.selectbox(key="ft_backbone_best").set_value("efficientnet_lite2")
