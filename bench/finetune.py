@@ -16,9 +16,10 @@ default index at the setting's size makes them; taken from a Lite0 fine-tuning's
 there is one, see :func:`frozen_from_trunk`, else extracted) and the
 probe-based checks on (a) the frozen linear probe (the baseline), (b) the fine-tuned out-of-fold
 probabilities, (c) their blend as ``mlfix scores`` makes it (weighted by fit to the given labels:
-:func:`mlfix.scoring.blend.blend`; the weight is emitted) and their plain mean; with
-``--ensemble`` also (d) the offline three-backbone ensemble's probe (bench/detect.py's best setting)
-and (e) its blend with the fine-tuned probabilities. Figures per setting and variant: AUROC, AP, precision at 1/2/5%, the
+:func:`mlfix.scoring.blend.blend`; the weight is emitted; the combined queue's vote discounted by
+it) and their plain mean; with ``--ensemble`` also (d) the offline three-backbone ensemble's probe
+(bench/detect.py's best setting) and (e) its blend with the fine-tuned probabilities, both scored
+as on an ensemble index (the vote on the ensemble's features). Figures per setting and variant: AUROC, AP, precision at 1/2/5%, the
 errors in the first 2,000 of the queue (a reviewer's static pass), and CPU minutes of the
 fine-tuning (this process and its decoding workers; the trunk cache is counted once per setting, as
 a user's first run pays it).
@@ -37,6 +38,8 @@ import numpy as np
 from bench.common import RESULTS_DIR, SHARED_DATA, emit, parser
 from bench.defaults import features, labels_and_truth, subset
 from bench.detect import detection_metrics
+# Imported now, not when the figures are made an hour later: an mlfix edited meanwhile cannot half-load.
+from mlfix.scoring.registry import compute_scores
 
 BENCH = "finetune"
 OFFLINE_BACKBONES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
@@ -53,8 +56,6 @@ def queue_figures(x, labels, truth, probabilities=None, finetuned=None) -> dict:
     """The queues' detection figures with the given probe ``probabilities`` (None: the frozen probe),
     or, given the ``finetuned`` probabilities instead, exactly as ``mlfix scores`` makes them after
     ``mlfix finetune`` (the blend, and the combined queue's vote discounted by its weight)."""
-    from mlfix.scoring.registry import compute_scores
-
     table = compute_scores(x, labels, np.arange(len(labels)), seed=0, probabilities=probabilities,
                            finetuned=finetuned)
     is_error = labels != truth
@@ -122,7 +123,7 @@ def run_setting(dataset: str, table, labels, truth, size: int, train: str, epoch
     from mlfix.progress import Progress
     from mlfix.scoring.contract import encode_labels
     from mlfix.scoring.probe import OutOfFold, aligned_out_of_fold, out_of_fold_probabilities
-    from mlfix.scoring.blend import blend, blend_weight
+    from mlfix.scoring.blend import blend_weight
     from mlfix.training.finetune import FinetuneSettings, finetune
 
     settings = FinetuneSettings(folds=folds, epochs=epochs, image_size=size, train=train, max_train=max_train,
@@ -152,15 +153,17 @@ def run_setting(dataset: str, table, labels, truth, size: int, train: str, epoch
          trunk_cache_reused=trunk_cached, **setup)
     codes = encode_labels(labels, n).codes
     setup["blend_weight"] = blend_weight(frozen, tuned, codes)  # the fine-tuned share (what mlfix scores uses)
-    variants = [("frozen", frozen), ("finetuned", tuned), ("blend", None),  # None: as mlfix scores does it
-                ("mean", OutOfFold((tuned.probs + frozen.probs) / 2, tuned.classes, tuned.fold))]
-    if ensemble is not None:  # the offline ensemble's probe, alone and with the fine-tuned probabilities
-        ensemble_oof, ensemble_setup = ensemble
+    # (name, the index's features, probe probabilities or the fine-tuned ones to blend as mlfix scores does)
+    variants = [("frozen", x, {"probabilities": frozen}), ("finetuned", x, {"probabilities": tuned}),
+                ("blend", x, {"finetuned": tuned}),
+                ("mean", x, {"probabilities": OutOfFold((tuned.probs + frozen.probs) / 2, tuned.classes, tuned.fold)})]
+    if ensemble is not None:  # an ensemble index's queue, alone and after fine-tuning (its vote on its features)
+        ensemble_oof, ensemble_setup, ensemble_x = ensemble
         setup = {**setup, **ensemble_setup, "ensemble_blend_weight": blend_weight(ensemble_oof, tuned, codes)}
-        variants += [("ensemble", ensemble_oof), ("ensemble_blend", blend(ensemble_oof, tuned, codes))]
-    for variant, probabilities in variants:
-        by_mlfix = {"finetuned": tuned} if probabilities is None else {"probabilities": probabilities}
-        for method, figures in queue_figures(x, labels, truth, **by_mlfix).items():
+        variants += [("ensemble", ensemble_x, {"probabilities": ensemble_oof}),
+                     ("ensemble_blend", ensemble_x, {"finetuned": tuned})]
+    for variant, features_x, probabilities in variants:
+        for method, figures in queue_figures(features_x, labels, truth, **probabilities).items():
             emit(BENCH, f"{dataset}.{variant}.{method}", figures, "figures", n, **setup)
 
 
@@ -178,7 +181,7 @@ def ensemble_probe(dataset: str, table, labels, truth, views: str = "both") -> t
     """The offline ensemble's out-of-fold probe on the features of the ``views``: ``both`` averages each
     image's with its mirror image's (bench/detect.py's best setting, 6 passes), ``plain`` or ``mirror``
     one of them (3 passes; a mirror photo is as likely as the photo). Features from bench/detect.py's
-    cache, or extracted."""
+    cache, or extracted. Returns (the probe, its setup lines, the features)."""
     from mlfix.scoring.probe import out_of_fold_probabilities
 
     parts = [features(dataset, table, ENSEMBLE_SIZE, flip, ENSEMBLE) for flip in ENSEMBLE_VIEWS[views]]
@@ -186,7 +189,7 @@ def ensemble_probe(dataset: str, table, labels, truth, views: str = "both") -> t
     oof = out_of_fold_probabilities(x, labels, seed=0)
     return oof, {"ensemble": f"{ENSEMBLE} at {ENSEMBLE_SIZE} px, features of the {views} image(s), 5-fold probe",
                  "ensemble_extraction_s": round(sum(p[1] for p in parts), 1),
-                 "ensemble_accuracy_vs_truth": accuracy_vs_truth(oof.probs, oof.classes, truth)}
+                 "ensemble_accuracy_vs_truth": accuracy_vs_truth(oof.probs, oof.classes, truth)}, x
 
 
 def run_set(dataset: str, n: int, sizes, trains, epochs_list, folds_list, max_train, quick: bool,
