@@ -305,6 +305,9 @@ def test_an_unlabeled_sample_shows_no_null_in_its_tile_title_or_panel():
         page.goto("http://grid.test/")
         page.wait_for_function("() => typeof window.render === 'function'")
         page.evaluate("data => window.render(data)", data)
+        # The grid takes the keyboard focus on the next animation frame: a key pressed before that is lost
+        # (a loaded machine delays the frame), so wait for it.
+        page.wait_for_function("() => document.activeElement && document.activeElement.classList.contains('wrap')")
         page.keyboard.press("ArrowRight")  # focus the unlabeled one: the panel names its label
         captions = page.locator(".tile .caption").all_text_contents()
         titles = [page.locator(".tile").nth(i).get_attribute("title") for i in range(2)]
