@@ -37,11 +37,12 @@ def finetune_project(project_dir: str | os.PathLike, settings: IndexSettings, ro
     from mlfix.pipeline.backbone import create_backbone
 
     chosen = preset_options(settings, project_dir, quality, **(options or {}))
-    name = finetuned_backbone(settings, chosen.pop("backbone", None))
+    given = chosen.pop("backbone", None)
+    name = finetuned_backbone(settings, given)
     tune = FinetuneSettings(**{"image_size": image_size, "seed": settings.seed, **chosen})
     choice = finetune_weights(settings, project_dir, name)
     if progress is not None:
-        if name == settings.backbone.split("+")[0] != settings.backbone:
+        if given is None and name != settings.backbone:  # the index is an ensemble: one member trains
             progress.note(f"the backbone is an ensemble: fine-tuning its first member, {name}")
         progress.note(f"fine-tuning {name} from {choice.text}: {tune.folds} folds x {tune.epochs} epochs at "
                       f"{tune.image_size} px, training the {tune.train!r} layers")

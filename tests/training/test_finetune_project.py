@@ -73,3 +73,23 @@ def test_the_best_presets_network_applies_to_projects_on_the_shipped_weights_onl
     assert preset_options(own, tmp_path, "best", backbone="efficientnet_lite1")["backbone"] == "efficientnet_lite1"
     missing = IndexSettings(weights=Weights("trained"))  # no checkpoint yet: the index's error comes later
     assert "backbone" not in preset_options(missing, tmp_path, "best")
+
+
+@pytest.mark.parametrize("options, says_first_member", [({}, True), ({"backbone": "efficientnet_lite0"}, False)])
+def test_an_ensemble_index_says_it_fine_tunes_its_first_member_unless_the_network_was_chosen(
+        monkeypatch, tmp_path, options, says_first_member):
+    import numpy as np
+    import pandas as pd
+
+    notes = []
+
+    class Notes:
+        def note(self, text):
+            notes.append(text)
+
+    monkeypatch.setattr(module, "finetune", lambda *a, **kw: None)
+    samples = pd.DataFrame({"sample_id": ["a", "b"], "path": ["a.png", "b.png"]})
+    module.finetune_project(tmp_path, IndexSettings(backbone=ENSEMBLE), None, samples, ["x", "y"], np.zeros(2, bool),
+                            64, progress=Notes(), options=options)
+    assert any("first member, efficientnet_lite0" in n for n in notes) == says_first_member
+    assert any(n.startswith("fine-tuning efficientnet_lite0 from") for n in notes)
