@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from mlfix.cli.train import INTERRUPTED, openmp_waits_for_training
@@ -30,8 +31,10 @@ def add_parser(commands) -> None:
     p.add_argument("--lr", type=float, help=f"AdamW peak learning rate of the head (default {d.lr:g})")
     p.add_argument("--max-train", type=int, help="sample-based mode for large sets: cross-validate on this many "
                                                  "labeled images (stratified) and predict the rest")
-    p.add_argument("--no-flip", action="store_true", help="no mirror images (where a mirror image is another "
-                                                          "class: digits, text, signs)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction,
+                   help="train and predict on mirror images too; --no-flip where a mirror image is another class "
+                        "(digits, text, signs). Default: on, off when the project's checkpoint was trained with "
+                        "--no-flip")
     p.add_argument("--workers", type=int, help="image decoding processes")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.set_defaults(run=run)
@@ -45,7 +48,7 @@ def run(args) -> int:
     project = Project.open(args.project)
     options = {"folds": args.folds, "epochs": args.epochs, "image_size": args.image_size, "train": args.train,
                "batch_size": args.batch_size, "lr": args.lr, "max_train": args.max_train,
-               "flip": False if args.no_flip else None, "backbone": args.backbone}
+               "flip": args.flip, "backbone": args.backbone}
     openmp_waits_for_training(args.image_size or project.image_size)
     try:
         result = project.finetune(device=args.device, workers=args.workers, quality=args.quality, **options)

@@ -4,7 +4,9 @@ it starts from, where the run lives, and the saved result for the scores.
 Which network: the ``backbone`` option (one timm name, e.g. ``efficientnet_lite1``), else the index's
 backbone, else, for an ensemble, its first member. It starts from the weights the project's
 ``weights`` setting gives it (:func:`finetune_weights`): the project's Barlow Twins checkpoint when
-it was trained for this network, else the offline ImageNet weights. The run lives in ``<project>/finetune/``:
+it was trained for this network, else the offline ImageNet weights. From a checkpoint trained without
+mirror images (``mlfix train --no-flip``) it fine-tunes without them too, unless told
+(:func:`checkpoint_flip`). The run lives in ``<project>/finetune/``:
 the trunk cache, one checkpoint per unfinished fold, and ``result.npz`` (the out-of-fold
 probabilities), which :meth:`~mlfix.project.Project.scores` uses for the probe-based checks from then
 on, on every image it covers.
@@ -39,9 +41,12 @@ def finetune_project(project_dir: str | os.PathLike, settings: IndexSettings, ro
     chosen = preset_options(settings, project_dir, quality, **(options or {}))
     given = chosen.pop("backbone", None)
     name = finetuned_backbone(settings, given)
-    tune = FinetuneSettings(**{"image_size": image_size, "seed": settings.seed, **chosen})
     choice = finetune_weights(settings, project_dir, name)
+    inherited = {} if "flip" in chosen else checkpoint_flip(choice, project_dir)
+    tune = FinetuneSettings(**{"image_size": image_size, "seed": settings.seed, **inherited, **chosen})
     if progress is not None:
+        if inherited:
+            progress.note("the project's checkpoint was trained without mirror images: fine-tuning without them too")
         if given is None and name != settings.backbone:  # the index is an ensemble: one member trains
             progress.note(f"the backbone is an ensemble: fine-tuning its first member, {name}")
         progress.note(f"fine-tuning {name} from {choice.text}: {tune.folds} folds x {tune.epochs} epochs at "
@@ -117,6 +122,28 @@ def finetune_weights(settings: IndexSettings, project_dir: str | os.PathLike, na
                             f"fine-tune one of {', '.join(OFFLINE_BACKBONES)}, or set weights = imagenet "
                             "(needs the internet)")
     return choice
+
+
+def checkpoint_flip(choice, project_dir: str | os.PathLike) -> dict[str, bool]:
+    """``{"flip": False}`` when fine-tuning starts from the project's Barlow Twins checkpoint and that was
+    trained without mirror images (``mlfix train --no-flip``: digits, signs, text, where a mirror image
+    is another class or none); else ``{}``, the fine-tuning default."""
+    from mlfix.training.checkpoints import checkpoint_summary, trained_weights_path
+
+    trained = trained_weights_path(project_dir)
+    if trained is None or choice.weights != str(trained.resolve()):
+        return {}
+    trained_with = (checkpoint_summary(trained.parent) or {}).get("settings") or {}
+    return {"flip": False} if trained_with.get("flip") is False else {}
+
+
+def mirror_by_default(settings: IndexSettings, project_dir: str | os.PathLike, name: str) -> bool:
+    """Whether fine-tuning ``name`` uses mirror images when not told (:func:`checkpoint_flip`); True
+    when its weights cannot be chosen (the run says why)."""
+    try:
+        return not checkpoint_flip(finetune_weights(settings, project_dir, name), project_dir)
+    except SettingsError:
+        return True
 
 
 def finetuned_result(project_dir: str | os.PathLike, sample_ids: np.ndarray) -> FinetuneResult | None:

@@ -69,7 +69,7 @@ def finetune_controls(project: Project, running: bool) -> None:
     from mlfix.settings import OFFLINE_BACKBONES
     from mlfix.training.finetune import FINETUNE_QUALITIES, FinetuneSettings
     from mlfix.training.finetune_model import TRAIN_CHOICES
-    from mlfix.training.finetune_project import finetuned_backbone, preset_options
+    from mlfix.training.finetune_project import finetuned_backbone, mirror_by_default, preset_options
 
     st.subheader("Fine-tune for the scores")
     st.caption("Trains the backbone on your labels in K folds; each image is scored by a network that never "
@@ -97,8 +97,12 @@ def finetune_controls(project: Project, running: bool) -> None:
                          key=f"ft_train_{quality}",
                          help="head: the linear layer only; last..last3: the last stages too; all: everything "
                               "(slowest)")
+    mirror = st.checkbox("Mirror images", value=d.flip and mirror_by_default(project.settings, project.dir, backbone),
+                         key=f"ft_flip_{quality}_{backbone}",
+                         help="train and predict on each image and its mirror image; off for digits, text and "
+                              "signs, where a mirror image is another class")
     args = ["--backbone", backbone, "--folds", str(int(folds)), "--epochs", str(int(epochs)),
-            "--image-size", str(int(size)), "--train", train]
+            "--image-size", str(int(size)), "--train", train, "--flip" if mirror else "--no-flip"]
     if st.button("Start fine-tuning", disabled=running or not project.is_indexed, key="ft_start",
                  help=None if project.is_indexed else "Index the project first"):
         background.start_job(project.dir, JOB, args)

@@ -221,7 +221,10 @@ def test_mlfix_finetune_passes_the_preset_and_the_options_over_it(monkeypatch):
     assert main(["finetune", "--project", "p", "--quality", "best", "--epochs", "2", "--image-size", "224",
                  "--backbone", "efficientnet_lite1"]) == 130
     assert seen["quality"] == "best" and seen["epochs"] == 2 and seen["folds"] is None
-    assert seen["backbone"] == "efficientnet_lite1"
+    assert seen["backbone"] == "efficientnet_lite1" and seen["flip"] is None  # not given: the project decides
+    for flag, flip in (("--no-flip", False), ("--flip", True)):
+        assert main(["finetune", "--project", "p", "--image-size", "224", flag]) == 130
+        assert seen["flip"] is flip
 
 
 def test_the_sample_based_mode_cross_validates_a_stratified_subset():

@@ -93,3 +93,32 @@ def test_an_ensemble_index_says_it_fine_tunes_its_first_member_unless_the_networ
                             64, progress=Notes(), options=options)
     assert any("first member, efficientnet_lite0" in n for n in notes) == says_first_member
     assert any(n.startswith("fine-tuning efficientnet_lite0 from") for n in notes)
+
+
+@pytest.mark.parametrize("trained_flip, options, expected", [(False, {}, False), (True, {}, True),
+                                                             (False, {"flip": True}, True)])
+def test_a_checkpoint_trained_without_mirror_images_fine_tunes_without_them_unless_told(
+        monkeypatch, tmp_path, trained_flip, options, expected):
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "last.pt").write_bytes(b"weights")
+    (models / "last.json").write_text(json.dumps({"settings": {"backbone": "efficientnet_lite0",
+                                                               "flip": trained_flip}}))
+    seen, notes = {}, []
+
+    class Notes:
+        def note(self, text):
+            notes.append(text)
+
+    monkeypatch.setattr(module, "finetune", lambda *a, **kw: seen.update(settings=a[5], key=kw["cache_key"]))
+    samples = pd.DataFrame({"sample_id": ["a", "b"], "path": ["a.png", "b.png"]})
+    module.finetune_project(tmp_path, IndexSettings(), None, samples, ["x", "y"], np.zeros(2, bool), 64,
+                            progress=Notes(), options=options)
+    assert seen["key"]["weights"]["file"] == str((models / "last.pt").resolve())  # it starts from the checkpoint
+    assert seen["settings"].flip is expected
+    assert any("without mirror images" in n for n in notes) == (not trained_flip and not options)

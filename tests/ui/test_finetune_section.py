@@ -33,12 +33,15 @@ def test_the_button_starts_a_finetune_job_with_the_chosen_settings(project_copy,
     at.number_input(key="ft_folds_best").set_value(4)
     at.selectbox(key="ft_train_best").set_value("last3")
     at.selectbox(key="ft_backbone_best").set_value("efficientnet_lite2")
+    at.run()
+    assert at.checkbox(key="ft_flip_best_efficientnet_lite2").value  # mirror images unless told
+    at.checkbox(key="ft_flip_best_efficientnet_lite2").uncheck()
     at.button(key="ft_start").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     record = jobs.current_job(project_copy.dir)
     assert record["kind"] == "finetune"
     assert record["args"][:4] == ["--backbone", "efficientnet_lite2", "--folds", "4"]
-    assert record["args"][-2:] == ["--train", "last3"]
+    assert record["args"][-3:] == ["--train", "last3", "--no-flip"]
     assert jobs.wait_job(project_copy.dir, timeout=60).state == "finished"
 
 
