@@ -137,7 +137,7 @@ class ProjectLabels:
         stamp = getattr(self, "predictions_stamp", None)
         return {"index": read_key(self.dir / "orders" / "orders.key.json"), "decisions": self.reviews.last_id(),
                 "checks": SCORES_VERSION,
-                "methods": sorted(methods) if methods else None, "finetune": self._finetune_stamp(),
+                "methods": sorted(methods) if methods else None, "finetune": self.finetune_stamp(),
                 "quality": read_key(self.dir / "features" / "quality.key.json"),
                 "predictions": stamp() if stamp is not None else None}
 
@@ -194,7 +194,30 @@ class ProjectLabels:
         state = self.reviews.current_state(self.samples[["sample_id", "label"]])
         return state, state["status"].isin(["ok", "relabeled"]).to_numpy()
 
-    def _finetune_stamp(self) -> str | None:
+    def finetune_use(self) -> str | None:
+        """How the scores use the saved fine-tuning result, for ``mlfix status`` and the Training page:
+        ``"the scores use it"``, with a warning when the labels changed since it trained (a review, a
+        new labels file: a rerun learns them), or why they cannot (images added since); None without
+        a result."""
+        from mlfix.data.labels import encode_labels
+        from mlfix.training.finetune import labels_digest
+        from mlfix.training.finetune_project import FOLDER, finetuned_result
+
+        if not (self.dir / FOLDER / "result.npz").exists():
+            return None
+        rows = np.flatnonzero(self.readable())
+        if finetuned_result(self.dir, self.samples["sample_id"].to_numpy()[rows]) is None:
+            return ("the scores do not use it: it does not cover every image (added since?); rerun "
+                    "`mlfix finetune`")
+        state, _ = self._label_state()
+        trained_on = read_key(self.dir / FOLDER / "run.json") or {}
+        if trained_on.get("labels") != labels_digest(encode_labels(state["label"].to_numpy()[rows]).codes):
+            return ("the scores use it, but the labels changed since it trained (reviews or a new labels file): "
+                    "rerun `mlfix finetune` to learn them")
+        return "the scores use it"
+
+    def finetune_stamp(self) -> str | None:
+        """What changes when a fine-tuning run saves a new result (None: there is none)."""
         path = self.dir / "finetune" / "result.json"
         return str(path.stat().st_mtime_ns) if path.exists() else None
 

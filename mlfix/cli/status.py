@@ -224,7 +224,8 @@ def _finetune_lines(project) -> list[str]:
     folder = project.dir / "finetune"
     result = FinetuneResult.load(folder)
     if result is not None:
-        return [f"finetune  {summary_text(result.summary)}, {_when(folder / 'result.json')}; the scores use it"]
+        return [f"finetune  {summary_text(result.summary)}, {_when(folder / 'result.json')}; "
+                f"{project.finetune_use()}"]
     if any(folder.glob("fold*.pt")):
         return ["finetune  unfinished: `mlfix finetune` resumes it"]
     return []

@@ -346,3 +346,29 @@ def image_transform(image_size: int):
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """The torch device for a ``--device`` option: None is :func:`default_device`; ``cpu``, ``cuda``
+    or ``cuda:N`` are checked here, so a wrong one fails before any work with a message, not deep in
+    torch (SettingsError).
+
+    >>> resolve_device("cpu").type
+    'cpu'
+    """
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise SettingsError(f"device must be cpu, cuda or cuda:N (or left out: cuda when there is one), "
+                            f"got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SettingsError(f"device {device!r} was asked for but no CUDA GPU is available here; leave the "
+                            "device out (automatic) or give cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise SettingsError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA GPU(s), "
+                            f"numbered from 0")
+    return dev

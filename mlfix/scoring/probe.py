@@ -84,7 +84,9 @@ class OutOfFold:
 def aligned_out_of_fold(probs: np.ndarray, classes: Sequence, fold: np.ndarray, labels: Sequence) -> OutOfFold:
     """Probabilities made elsewhere (a fine-tuned network's, a user's model's) as an :class:`OutOfFold`
     whose columns follow the classes of ``labels`` (:func:`encode_labels`): a class the model never
-    saw gets probability 0, a model class absent from the labels is dropped, rows are renormalised.
+    saw gets probability 0, a model class absent from the labels is dropped, rows are renormalised. A
+    row with a NaN (no prediction for that sample) stays NaN: :func:`mlfix.scoring.blend.blend` takes
+    the probe's there.
 
     >>> oof = aligned_out_of_fold(np.array([[0.9, 0.1], [0.2, 0.8]]), ["b", "a"], np.array([0, 1]), ["a", "b"])
     >>> oof.classes, oof.probs.round(2).tolist()
@@ -97,6 +99,7 @@ def aligned_out_of_fold(probs: np.ndarray, classes: Sequence, fold: np.ndarray, 
     out = np.where(columns >= 0, probs[:, np.maximum(columns, 0)], 0.0)
     total = out.sum(axis=1, keepdims=True)
     out = np.divide(out, total, out=np.full_like(out, 1.0 / max(1, len(wanted))), where=total > 0)
+    out[~np.isfinite(probs).all(axis=1)] = np.nan
     return OutOfFold(out, list(wanted), np.asarray(fold, dtype=np.int64))
 
 

@@ -267,11 +267,9 @@ def _pick_device(device: str | None) -> torch.device:
             return torch.device("cuda")
         torch.set_num_threads(os.cpu_count() or 1)
         return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use device=None "
-                         "(automatic) or 'cpu'")
-    return dev
+    from mlfix.pipeline.backbone import resolve_device
+
+    return resolve_device(device)
 
 
 def _build(settings: TrainSettings, dev: torch.device, channels_last: bool, from_checkpoint: bool):

@@ -12,9 +12,12 @@ What is trained, and why it is cheap enough for a CPU (:mod:`mlfix.training.fine
 early stages are frozen and run once per image and mirror image (:mod:`mlfix.training.finetune_cache`);
 the last stage(s) and a linear head train on the cached maps with random shifts and flips, AdamW,
 a warm-up then cosine schedule (no tuning), mixed precision and channels_last on CUDA. Trusted
-(reviewed) samples and samples of classes too small to split are in every training fold and get
-the fold models' mean prediction; so do unlabeled samples and, in the sample-based mode
-(``max_train``), the images outside the stratified training subset, which no fold model saw.
+(reviewed) samples are in every training fold and get the fold models' mean prediction; so do
+unlabeled samples and, in the sample-based mode (``max_train``), the images outside the stratified
+training subset, which no fold model saw. Samples of classes too small to split are in every
+training fold too, so no model that never saw them can judge them: they get no prediction (NaN),
+nor do unreadable images, and the scores keep the frozen probe's for them
+(:func:`mlfix.scoring.blend.blend`).
 
 Resuming: each fold saves a checkpoint every epoch, every minute and on Ctrl-C; a finished fold
 saves its predictions. A rerun with the same labels and settings continues the unfinished fold from
@@ -37,9 +40,10 @@ Example (one short epoch per fold on 16 of the demo's digits at 32 px):
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -86,15 +90,30 @@ class FinetuneSettings:
             if not ok:
                 raise SettingsError(text)
 
-        need(isinstance(self.folds, int) and 2 <= self.folds <= 20, f"folds must be 2 to 20, got {self.folds!r}")
-        need(isinstance(self.epochs, int) and 1 <= self.epochs <= 200, f"epochs must be 1 to 200, got {self.epochs!r}")
-        need(self.image_size is None or (isinstance(self.image_size, int) and 32 <= self.image_size <= 1024),
+        def whole(value) -> bool:
+            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+        def number(value) -> bool:
+            return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
+
+        need(whole(self.folds) and 2 <= self.folds <= 20, f"folds must be 2 to 20, got {self.folds!r}")
+        need(whole(self.epochs) and 1 <= self.epochs <= 200, f"epochs must be 1 to 200, got {self.epochs!r}")
+        need(self.image_size is None or (whole(self.image_size) and 32 <= self.image_size <= 1024),
              f"image size must be 32 to 1024 px, got {self.image_size!r}")
         need(self.train in TRAIN_CHOICES, f"train must be one of {list(TRAIN_CHOICES)}, got {self.train!r}")
-        need(isinstance(self.batch_size, int) and self.batch_size >= 2, "batch size must be at least 2")
-        need(self.lr > 0 and self.weight_decay >= 0, "lr must be positive and weight decay not negative")
-        need(self.max_train is None or self.max_train >= 2 * self.folds,
-             f"max_train must be at least twice the folds ({2 * self.folds}), got {self.max_train!r}")
+        need(whole(self.batch_size) and 2 <= self.batch_size <= 65536,
+             f"batch size must be 2 to 65536, got {self.batch_size!r}")
+        # Above 1, AdamW diverges: the loss turns NaN and every prediction with it.
+        need(number(self.lr) and 0 < self.lr <= 1,
+             f"lr must be above 0 and at most 1 (the default is {FinetuneSettings.lr:g}), got {self.lr!r}")
+        need(number(self.weight_decay) and 0 <= self.weight_decay <= 10,
+             f"weight decay must be 0 to 10 (the default is {FinetuneSettings.weight_decay:g}), "
+             f"got {self.weight_decay!r}")
+        need(self.max_train is None or (whole(self.max_train) and self.max_train >= 2 * self.folds),
+             f"max_train must be a whole number, at least twice the folds ({2 * self.folds}), "
+             f"got {self.max_train!r}")
+        need(isinstance(self.flip, (bool, np.bool_)), f"flip must be True or False, got {self.flip!r}")
+        need(whole(self.seed), f"seed must be a whole number, got {self.seed!r}")
 
 
 # What ``--quality`` means for fine-tuning; the default preset is FinetuneSettings' defaults, and
@@ -119,13 +138,18 @@ def quality_options(quality: str | None, **options) -> dict:
     quality = quality or "default"
     if quality not in FINETUNE_QUALITIES:
         raise SettingsError(f"quality must be one of {', '.join(FINETUNE_QUALITIES)}, got {quality!r}")
+    known = ["backbone", *(f.name for f in fields(FinetuneSettings))]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise SettingsError(f"unknown fine-tuning option(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     return {**FINETUNE_QUALITIES[quality], **{k: v for k, v in options.items() if v is not None}}
 
 
 @dataclass
 class FinetuneResult:
     """``probs`` (N, C) float32 rows sum to 1, columns follow ``classes``; ``fold`` (N,) the fold a
-    sample was held out in, -1 when no fold held it out (its row: the fold models' mean);
+    sample was held out in, -1 when no fold held it out (its row: the fold models' mean; NaN when
+    there is no prediction that never saw it, or its image could not be read);
     ``summary``: settings, timings and the out-of-fold accuracy against the given labels."""
 
     sample_ids: np.ndarray
@@ -165,8 +189,11 @@ def summary_text(summary: dict) -> str:
     text = (f"out-of-fold accuracy {acc:.1%} against the given labels (chance {chance:.1%}) on "
             f"{summary.get('cross_validated')} images" if acc is not None else "no image was cross-validated")
     network = (summary.get("start") or {}).get("backbone")
+    failed = len(summary.get("failed") or {})
+    unread = (f"; {failed} image(s) could not be read (listed in finetune/result.json): they keep the frozen "
+              "probe's scores" if failed else "")
     return (f"{text}; {summary.get('wall_s', 0) / 60:.1f} min ({summary.get('cpu_s', 0) / 60:.1f} CPU min) "
-            f"on {summary.get('device')}{f', {network} fine-tuned' if network else ''}")
+            f"on {summary.get('device')}{f', {network} fine-tuned' if network else ''}{unread}")
 
 
 def near_chance(summary: dict, margin: float = 0.1) -> bool:
@@ -182,6 +209,11 @@ def near_chance(summary: dict, margin: float = 0.1) -> bool:
 
 def _digest(values) -> str:
     return hashlib.sha256("\x1f".join(map(str, values)).encode()).hexdigest()[:16]
+
+
+def labels_digest(codes: np.ndarray) -> str:
+    """What identifies the label codes a run trained on (``run.json``'s ``labels``): a change starts a new run."""
+    return _digest(codes)
 
 
 def training_plan(codes: np.ndarray, trusted: np.ndarray, folds: int, max_train: int | None,
@@ -201,6 +233,11 @@ def training_plan(codes: np.ndarray, trusted: np.ndarray, folds: int, max_train:
     always, candidates = np.union1d(always, candidates[in_small]), candidates[~in_small]
     if max_train is not None and len(candidates) > max_train:
         from sklearn.model_selection import train_test_split
+
+        kinds = len(np.unique(codes[candidates]))
+        if max_train < kinds:
+            raise SettingsError(f"max_train ({max_train}) must be at least the number of classes to "
+                                f"cross-validate ({kinds}): every class needs an image in the sample")
 
         candidates = np.sort(train_test_split(candidates, train_size=max_train, random_state=seed,
                                               stratify=codes[candidates])[0])
@@ -223,7 +260,7 @@ def finetune(root, samples: pd.DataFrame, labels: Sequence, backbone_factory: Ca
         progress: a :class:`~mlfix.progress.Progress` (stages ``finetune cache``, ``fold k/K``).
         cache_key: what identifies the starting weights and images (the project's index key).
     """
-    import torch
+    from mlfix.pipeline.backbone import resolve_device
 
     folder, started, cpu0 = Path(folder), time.time(), time.process_time()
     folder.mkdir(parents=True, exist_ok=True)
@@ -234,10 +271,12 @@ def finetune(root, samples: pd.DataFrame, labels: Sequence, backbone_factory: Ca
     if len(classes) < 2:
         raise SettingsError(f"fine-tuning needs labels of at least two classes, found {classes or 'none'}")
     image_size = settings.image_size or 224
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise SettingsError(f"workers must be 0 or more (0: decode the images in this process), got {workers!r}")
     cv_rows, always, notes = training_plan(codes, trusted, settings.folds, settings.max_train, settings.seed)
     for text in notes:
         _note(progress, text)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     backbone = backbone_factory()
     parts = split_backbone(backbone, TRAIN_CHOICES[settings.train])
     parts.trunk.to(dev)
@@ -246,7 +285,7 @@ def finetune(root, samples: pd.DataFrame, labels: Sequence, backbone_factory: Ca
     ids = samples["sample_id"].to_numpy()
     trunk_key = {"weights": cache_key or {}, "image_size": image_size, "train": settings.train,
                  "flip": settings.flip, "rows": _digest(ids[cached])}
-    run_key = {"trunk": trunk_key, "labels": _digest(codes), "trusted": _digest(np.flatnonzero(trusted)),
+    run_key = {"trunk": trunk_key, "labels": labels_digest(codes), "trusted": _digest(np.flatnonzero(trusted)),
                "recipe": RECIPE, **asdict(settings)}
     _forget_other_runs(folder, run_key)
     cache = TrunkCache(folder, trunk_key)
@@ -277,13 +316,18 @@ def finetune(root, samples: pd.DataFrame, labels: Sequence, backbone_factory: Ca
     others = np.flatnonzero(fold[cached] < 0)  # cached but held out by no fold: the fold models' mean
     if len(others):
         probs[others] = np.mean([predict_views(m, cache.views, others, dev) for m in models], axis=0)
+    # No out-of-fold prediction: images every fold trained on (untrusted ones: a class smaller than the
+    # folds; their loss would hide their errors) and unreadable ones. NaN: the scores take the frozen
+    # probe's there (mlfix.scoring.blend).
+    probs[np.union1d(always_pos[~trusted[cached[always_pos]]], np.flatnonzero(failed))] = np.nan
     full = np.full((n, len(classes)), 1.0 / len(classes))
     full[cached] = probs
     rest = np.setdiff1d(np.arange(n), cached)
+    unreadable = {int(cached[k]): reason for k, reason in cache.failed.items()}
     if len(rest):
-        _predict_rest(parts.trunk, models, root, samples, rest, full, image_size, dev, workers, channels_last,
-                      settings.flip)
-    summary = _summary(settings, image_size, codes, full, fold, cv_rows, notes, cache.failed, started, cpu0,
+        unreadable.update(_predict_rest(parts.trunk, models, root, samples, rest, full, image_size, dev, workers,
+                                        channels_last, settings.flip))
+    summary = _summary(settings, image_size, codes, full, fold, cv_rows, notes, unreadable, started, cpu0,
                        dev, ids, cached)
     summary["start"] = cache_key or {}  # the network and weights it started from
     if guess is not None:
@@ -310,11 +354,17 @@ def _readable_positions(cached: np.ndarray, rows: np.ndarray, failed: np.ndarray
 
 
 def _predict_rest(trunk, models, root, samples, rest, out, image_size, dev, workers, channels_last,
-                  flip: bool) -> None:
-    """The fold models' mean prediction for images outside the cache (streamed through the trunk)."""
-    for rows, views, _errors in stream_trunk(trunk, root, samples.iloc[rest], image_size, dev,
-                                             workers=workers, channels_last=channels_last, flip=flip):
+                  flip: bool) -> dict[int, str]:
+    """The fold models' mean prediction for images outside the cache (streamed through the trunk), NaN
+    for the unreadable ones; returns {row: why it could not be read}."""
+    unreadable = {}
+    for rows, views, errors in stream_trunk(trunk, root, samples.iloc[rest], image_size, dev,
+                                            workers=workers, channels_last=channels_last, flip=flip):
         out[rest[rows]] = np.mean([softmax_mean(m, views.to(dev)) for m in models], axis=0)
+        found = {int(rest[r]): error for r, error in zip(np.asarray(rows), errors) if error}
+        out[list(found)] = np.nan
+        unreadable.update(found)
+    return unreadable
 
 
 def _forget_other_runs(folder: Path, run_key: dict) -> None:
@@ -342,6 +392,6 @@ def _summary(settings, image_size, codes, probs, fold, cv_rows, notes, failed, s
     return {"settings": {**asdict(settings), "image_size": image_size}, "device": dev.type,
             "images": int(len(ids)), "cross_validated": int(len(held)), "cached": int(len(cached)),
             "oof_accuracy": accuracy, "chance_accuracy": chance, "notes": notes,
-            "failed": {str(ids[cached[int(k)]]): v for k, v in failed.items()},
+            "failed": {str(ids[row]): reason for row, reason in failed.items()},
             "wall_s": round(time.time() - started, 1), "cpu_s": round(time.process_time() - cpu0, 1),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -109,6 +109,11 @@ class FoldTrainer:
             return model, done["held_probs"].numpy()
         self._train(model, views, train, codes, progress)
         held_probs = predict_views(model, views, held, self.device) if len(held) else np.zeros((0, self.classes))
+        if not np.isfinite(held_probs).all():  # diverged: saved, its NaN would pass for a prediction
+            from mlfix.errors import SettingsError
+
+            raise SettingsError(f"fine-tuning diverged in fold {self.fold + 1}/{self.folds}: its predictions are "
+                                f"not numbers (NaN); lower the learning rate (lr, {self.settings.lr:g} now)")
         with atomic_path(self.result_path) as tmp:
             torch.save({"key": self.run_key, "model": model.state_dict(),
                         "held_probs": torch.from_numpy(held_probs)}, tmp)
@@ -138,6 +143,9 @@ class FoldTrainer:
                                        {"params": head, "lr": s.lr}], weight_decay=s.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _one_cycle(step, total))
         epoch, step = self._resume(model, optimizer, scheduler)
+        if (epoch, step) != (0, 0) and progress is not None:
+            progress.note(f"resuming fold {self.fold + 1}/{self.folds} from its checkpoint: epoch {epoch + 1}, "
+                          f"step {step}")
         scaler = torch.amp.GradScaler("cuda") if self.device.type == "cuda" else None
         report = progress.stage(f"fold {self.fold + 1}/{self.folds}") if progress else None
         last_save, started, seen = time.time(), time.time(), 0

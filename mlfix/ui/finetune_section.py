@@ -30,6 +30,13 @@ def last_records(records: list[dict]) -> list[dict]:
     return list(last.values())
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def _finetune_use(project_dir: str, result_stamp: str | None, last_decision, index: str) -> str | None:
+    """:meth:`~mlfix.project.Project.finetune_use`, read again only when the result, the reviews or the
+    index change."""
+    return Project.open(project_dir).finetune_use()
+
+
 def _result_line(project: Project) -> None:
     from mlfix.training.finetune import FinetuneResult, near_chance, summary_text
 
@@ -37,7 +44,11 @@ def _result_line(project: Project) -> None:
     if result is None:
         st.caption("Not fine-tuned yet: the scores use the frozen backbone's linear probe.")
         return
-    st.markdown(f"Last run: {text.plain(summary_text(result.summary))}. The probe-based scores use it.")
+    from mlfix.pipeline.artifacts import read_key
+
+    index = str(read_key(project.dir / "orders" / "orders.key.json"))  # a rescan: new labels or images
+    use = _finetune_use(str(project.dir), project.finetune_stamp(), project.reviews.last_id(), index) or ""
+    st.markdown(f"Last run: {text.plain(summary_text(result.summary))}. {text.plain(use[:1].upper() + use[1:])}.")
     if near_chance(result.summary):
         st.warning("The fine-tuned network barely beats chance on these labels: the label-based scores "
                    "are not to be trusted here (mostly wrong labels, or classes the images cannot tell apart).")

@@ -122,6 +122,19 @@ class Interrupt:
         pass
 
 
+class Notes:
+    """A progress object that keeps the notes."""
+
+    def __init__(self):
+        self.notes = []
+
+    def stage(self, name: str):
+        return lambda done, total, **extra: None
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError], ids=["ctrl-c", "killed"])
 def test_a_run_stopped_mid_fold_resumes_to_the_uninterrupted_result(blobs_set, tmp_path, error):
     whole = run(blobs_set, tmp_path / "whole")
@@ -132,8 +145,10 @@ def test_a_run_stopped_mid_fold_resumes_to_the_uninterrupted_result(blobs_set, t
         finetune(root, samples, given, backbone, folder, small_settings(), workers=0,
                  progress=Interrupt("fold 2/3", 7, error))
     assert (folder / "fold0.done.pt").exists() and (folder / "fold1.pt").exists()
-    resumed = finetune(root, samples, given, backbone, folder, small_settings(), workers=0)
+    notes = Notes()
+    resumed = finetune(root, samples, given, backbone, folder, small_settings(), workers=0, progress=notes)
     np.testing.assert_allclose(resumed.probs, whole.probs, atol=1e-6)
+    assert any(n.startswith("resuming fold 2/3 from its checkpoint: epoch 2, step") for n in notes.notes)
 
 
 def test_a_time_estimate_is_said_before_the_work_and_shrinks_with_what_is_done(blobs_set, tmp_path):
@@ -164,6 +179,8 @@ def test_a_class_smaller_than_the_folds_is_trained_on_by_every_fold(blobs_set, t
     assert any("fewer labeled images than the 3 folds" in note for note in result.summary["notes"])
     assert (result.fold[:2] == -1).all() and (result.fold[2:] >= 0).all()
     assert "rare" in result.classes
+    # every fold trained on them, so no prediction is out-of-fold: none is given (the scores keep the probe's)
+    assert np.isnan(result.probs[:2]).all() and np.isfinite(result.probs[2:]).all()
 
 
 def test_unlabeled_samples_are_predicted_by_the_fold_models(blobs_set, tmp_path):
@@ -183,10 +200,49 @@ def test_one_class_is_refused_with_a_message(blobs_set, tmp_path):
 @pytest.mark.parametrize("changes, message", [({"folds": 1}, "folds must be 2 to 20"),
                                               ({"train": "middle"}, "train must be one of"),
                                               ({"image_size": 8}, "image size must be 32"),
-                                              ({"max_train": 3}, "max_train must be at least")])
+                                              ({"max_train": 3}, "max_train must be a whole number, at least"),
+                                              ({"max_train": 7.5}, "max_train must be a whole number"),
+                                              ({"lr": float("inf")}, "lr must be above 0 and at most 1"),
+                                              ({"lr": float("nan")}, "lr must be above 0 and at most 1"),
+                                              ({"lr": 2.0}, "lr must be above 0 and at most 1"),
+                                              ({"weight_decay": -1}, "weight decay must be 0 to 10"),
+                                              ({"flip": "false"}, "flip must be True or False"),
+                                              ({"epochs": True}, "epochs must be 1 to 200"),
+                                              ({"batch_size": 10 ** 9}, "batch size must be 2 to 65536")])
 def test_bad_settings_say_what_is_allowed(changes, message):
     with pytest.raises(SettingsError, match=message):
         FinetuneSettings(**changes)
+
+
+def test_an_unknown_option_is_refused_with_the_known_ones():
+    with pytest.raises(SettingsError, match="unknown fine-tuning option.* foo; choose from backbone, folds"):
+        quality_options("fast", foo=1)
+
+
+@pytest.mark.parametrize("workers, device, message", [(-1, None, "workers must be 0 or more"),
+                                                      (0, "tpu", "device must be cpu, cuda or cuda:N"),
+                                                      (0, "cuda:99", "cuda")])
+def test_bad_workers_or_device_are_refused_before_any_work(blobs_set, tmp_path, workers, device, message):
+    root, samples, given, _ = blobs_set
+    with pytest.raises(SettingsError, match=message):
+        finetune(root, samples, given, lambda: pytest.fail("a network was built"), tmp_path / "run",
+                 small_settings(), workers=workers, device=device)
+
+
+def test_a_sample_smaller_than_the_classes_is_refused():
+    codes = np.repeat(np.arange(10), 10)
+    with pytest.raises(SettingsError, match=r"max_train \(7\) must be at least the number of classes .* \(10\)"):
+        training_plan(codes, np.zeros(100, dtype=bool), folds=3, max_train=7, seed=0)
+
+
+def test_a_diverged_fold_stops_with_a_message_and_saves_no_result(blobs_set, tmp_path, monkeypatch):
+    from mlfix.training import finetune_fold
+
+    monkeypatch.setattr(finetune_fold, "predict_views", lambda model, views, rows, device: np.full((len(rows), 2),
+                                                                                                  np.nan))
+    with pytest.raises(SettingsError, match="diverged in fold 1/3.*lower the learning rate"):
+        run(blobs_set, tmp_path / "run", epochs=1)
+    assert not list((tmp_path / "run").glob("fold*.done.pt")) and not (tmp_path / "run" / "result.npz").exists()
 
 
 @pytest.mark.parametrize("quality", sorted(FINETUNE_QUALITIES))
@@ -249,7 +305,16 @@ def test_project_scores_use_the_fine_tuned_probabilities(demo_project, tmp_path)
     assert project.cached_scores() is not None
     from mlfix.cli.status import status_lines
 
-    assert any(line.startswith("finetune  out-of-fold accuracy") for line in status_lines(project))
+    line = next(line for line in status_lines(project) if line.startswith("finetune  out-of-fold accuracy"))
+    assert line.endswith("; the scores use it")
+    sample = before["sample_id"].iloc[0]
+    other = next(c for c in result.classes if c != before["label"].iloc[0])
+    project.reviews.decide([sample], "relabel", other, reviewer="ann")  # a label it did not train on
+    assert "the labels changed since it trained" in project.finetune_use()
+    covered = FinetuneResult.load(project.dir / "finetune")
+    FinetuneResult(covered.sample_ids[1:], covered.probs[1:], covered.classes, covered.fold[1:],
+                   covered.summary).save(project.dir / "finetune")  # as if an image was added since
+    assert project.finetune_use().startswith("the scores do not use it")
 
 
 def test_scores_take_the_weighted_mean_of_the_probe_and_the_fine_tuned_probabilities():
@@ -349,7 +414,28 @@ def test_an_image_that_fails_to_decode_is_reported_and_left_out(tmp_path):
                       tmp_path / "run", small_settings(epochs=1), workers=0)
     assert list(result.summary["failed"]) == [samples["sample_id"].iloc[5]]
     assert result.fold[5] == -1 and (np.delete(result.fold, 5) >= 0).all()
-    np.testing.assert_allclose(result.probs.sum(axis=1), 1, atol=1e-5)
+    assert np.isnan(result.probs[5]).all()  # no prediction: not one from a black image
+    np.testing.assert_allclose(np.delete(result.probs, 5, axis=0).sum(axis=1), 1, atol=1e-5)
+    from mlfix.training.finetune import summary_text
+
+    assert "1 image(s) could not be read" in summary_text(result.summary)
+
+
+def test_samples_without_a_fine_tuned_prediction_keep_the_probes_probabilities():
+    from mlfix.scoring.blend import blend, blend_weight
+    from mlfix.scoring.probe import OutOfFold, aligned_out_of_fold
+
+    probe = OutOfFold(np.array([[.6, .4], [.3, .7], [.5, .5], [.2, .8]]), ["a", "b"], np.zeros(4, int))
+    tuned = aligned_out_of_fold(np.array([[.9, .1], [np.nan, np.nan], [.2, .8], [.1, .9]]), ["a", "b"],
+                                np.array([0, -1, 1, 1]), ["a", "b", "a", "b"])
+    assert np.isnan(tuned.probs[1]).all()
+    codes = np.array([0, 1, 0, 1])
+    w = blend_weight(probe, tuned, codes)
+    assert w == blend_weight(OutOfFold(probe.probs[[0, 2, 3]], ["a", "b"], np.zeros(3, int)),
+                             OutOfFold(tuned.probs[[0, 2, 3]], ["a", "b"], np.zeros(3, int)), codes[[0, 2, 3]])
+    mixed = blend(probe, tuned, codes, weight=0.5)
+    np.testing.assert_allclose(mixed.probs[1], probe.probs[1])
+    np.testing.assert_allclose(mixed.probs[0], [.75, .25])
 
 
 def test_training_keeps_pretrained_batch_norm_statistics_and_learns_fresh_ones():
