@@ -86,14 +86,20 @@ class TrunkCache:
         if progress:
             progress(done, n)
         loader = _loader(root, samples.iloc[done:], image_size, batch_size, workers, device)
-        for batch_number, (index, images, errors) in enumerate(loader, start=1):
-            rows = index.numpy() + done
-            self.views[rows] = trunk_views(trunk, images, device, channels_last, flip).cpu().numpy()
-            self.failed.update({int(r): e for r, e in zip(rows, errors) if e})
-            if batch_number % SAVE_EVERY == 0:
-                self._save_meta(int(rows[-1]) + 1)
-            if progress:
-                progress(int(rows[-1]) + 1, n)
+        filled = done
+        try:
+            for batch_number, (index, images, errors) in enumerate(loader, start=1):
+                rows = index.numpy() + done
+                self.views[rows] = trunk_views(trunk, images, device, channels_last, flip).cpu().numpy()
+                self.failed.update({int(r): e for r, e in zip(rows, errors) if e})
+                filled = int(rows[-1]) + 1
+                if batch_number % SAVE_EVERY == 0:
+                    self._save_meta(filled)
+                if progress:
+                    progress(filled, n)
+        except KeyboardInterrupt:  # Ctrl-C: keep the rows filled so far, as said ("what was computed is kept")
+            self._save_meta(filled)
+            raise
         self.views.flush()
         self._save_meta(n)
         self.views = np.load(self.path, mmap_mode="r")

@@ -151,6 +151,22 @@ def test_a_run_stopped_mid_fold_resumes_to_the_uninterrupted_result(blobs_set, t
     assert any(n.startswith("resuming fold 2/3 from its checkpoint: epoch 2, step") for n in notes.notes)
 
 
+def test_ctrl_c_while_the_trunk_cache_fills_keeps_the_images_done(blobs_set, tmp_path):
+    import json
+
+    from mlfix.training.finetune_cache import TrunkCache
+
+    root, samples, given, _ = blobs_set
+    with pytest.raises(KeyboardInterrupt):  # after the first batch of 64
+        finetune(root, samples, given, backbone, tmp_path / "run", small_settings(), workers=0,
+                 progress=Interrupt("finetune cache", 32, KeyboardInterrupt))
+    key = json.loads((tmp_path / "run" / "trunk.json").read_text())["key"]
+    assert TrunkCache(tmp_path / "run", key).missing(len(samples)) <= len(samples) - 32
+    again = finetune(root, samples, given, backbone, tmp_path / "run", small_settings(), workers=0)
+    whole = run(blobs_set, tmp_path / "whole")
+    np.testing.assert_allclose(again.probs, whole.probs, atol=1e-6)
+
+
 def test_a_time_estimate_is_said_before_the_work_and_shrinks_with_what_is_done(blobs_set, tmp_path):
     import json
 
