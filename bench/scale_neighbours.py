@@ -16,6 +16,7 @@ import multiprocessing
 import resource
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -120,8 +121,9 @@ def measure_neighbours(n: int, dim: int = 1280, k: int = 50, seed: int = 0, samp
     """Seconds, peak RSS (MB) and recall@k vs exact (on ``sample`` queries) of the neighbour graph
     of ``n`` x ``dim`` clustered float16 embeddings; runs in a fresh process. ``queries``: search
     only that many rows (the index is still built over all n) and extrapolate the search time."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_measure, (n, dim, k, seed, sample, exact, queries))
+    # An executor, not a Pool: a worker that dies at start raises BrokenProcessPool, a Pool replaces it forever.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_measure, n, dim, k, seed, sample, exact, queries).result()
 
 
 def main(argv: list[str] | None = None) -> None:

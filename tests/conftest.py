@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +86,14 @@ def shared_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared data {path} is absent")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _main_module_kept():
+    """Streamlit's AppTest leaves ``sys.modules["__main__"]`` set to the app script; a process started
+    later with the ``spawn`` method then re-runs the app as its main module and dies at start, and a
+    ``multiprocessing.Pool`` replaces it forever (tests/bench/test_scale_bench.py hung after tests/cli)."""
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None and sys.modules.get("__main__") is not main:
+        sys.modules["__main__"] = main
