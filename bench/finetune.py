@@ -19,7 +19,8 @@ probabilities, (c) their blend as ``mlfix scores`` makes it (weighted by fit to 
 :func:`mlfix.scoring.blend.blend`; the weight is emitted; the combined queue's vote discounted by
 it) and their plain mean; with ``--ensemble`` also (d) the offline three-backbone ensemble's probe
 (bench/detect.py's best setting) and (e) its blend with the fine-tuned probabilities, both scored
-as on an ensemble index (the vote on the ensemble's features). Figures per setting and variant: AUROC, AP, precision at 1/2/5%, the
+as on an ensemble index (the vote on the ensemble's features); and (f) the kNN vote on the fold
+models' own embeddings (:func:`fold_model_vote`), alone and in the combined queue. Figures per setting and variant: AUROC, AP, precision at 1/2/5%, the
 errors in the first 2,000 of the queue (a reviewer's static pass), and CPU minutes of the
 fine-tuning (this process and its decoding workers; the trunk cache is counted once per setting, as
 a user's first run pays it).
@@ -59,13 +60,64 @@ def queue_figures(x, labels, truth, probabilities=None, finetuned=None) -> dict:
     table = compute_scores(x, labels, np.arange(len(labels)), seed=0, probabilities=probabilities,
                            finetuned=finetuned)
     is_error = labels != truth
-    out = {}
-    for column in ("score", "score_cleanlab", "score_loss"):
-        figures = detection_metrics(is_error, table[column].to_numpy())
-        order = np.argsort(-np.nan_to_num(table[column].to_numpy(), nan=-np.inf), kind="stable")
-        figures["errors_in_first_2000"] = int(is_error[order[:REVIEWED]].sum())
-        out["combined" if column == "score" else column.removeprefix("score_")] = figures
+    return {"combined" if column == "score" else column.removeprefix("score_"): figures_of(is_error, table[column])
+            for column in ("score", "score_cleanlab", "score_loss")}
+
+
+def figures_of(is_error: np.ndarray, score) -> dict:
+    """A queue's detection figures (:func:`bench.detect.detection_metrics`) and the errors in its first 2,000."""
+    score = np.asarray(score, dtype=np.float64)
+    figures = detection_metrics(is_error, score)
+    order = np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable")
+    figures["errors_in_first_2000"] = int(is_error[order[:REVIEWED]].sum())
+    return figures
+
+
+def fold_model_vote(folder: Path, backbone: str, train: str, labels, fold: np.ndarray) -> np.ndarray:
+    """(N,) the kNN vote of each cross-validated image on the embeddings of the fold model that never
+    saw it (that model's pooled features of every cached image, image and mirror image averaged;
+    neighbours among all images); NaN where no fold held the image out. What the fold models'
+    embeddings would add to the vote, which mlfix runs on the frozen features (issue #13)."""
+    import torch
+
+    from mlfix.pipeline.backbone import create_backbone
+    from mlfix.scoring.neighbours import knn_vote
+    from mlfix.training.finetune_fold import fold_result_path
+    from mlfix.training.finetune_model import TRAIN_CHOICES, Classifier, split_backbone
+
+    views, n = np.load(folder / "trunk.npy", mmap_mode="r"), len(labels)
+    out = np.full(n, np.nan)
+    for k in range(int(fold.max()) + 1):
+        parts = split_backbone(create_backbone(backbone, weights="offline"), TRAIN_CHOICES[train])
+        saved = torch.load(fold_result_path(folder, k), map_location="cpu", weights_only=True)
+        model = Classifier(parts.tail, parts.dim, saved["model"]["head.weight"].shape[0])
+        model.load_state_dict(saved["model"])
+        model.eval()
+        embedded = np.zeros((n, parts.dim), np.float32)
+        with torch.no_grad():
+            for start in range(0, n, 256):
+                chunk = torch.from_numpy(np.asarray(views[start:start + 256], dtype=np.float32))
+                b, v = chunk.shape[:2]
+                pooled = model.tail(chunk.reshape(b * v, *chunk.shape[2:])).flatten(1)
+                embedded[start:start + b] = pooled.reshape(b, v, -1).mean(1).numpy()
+        held = fold == k
+        out[held] = knn_vote(embedded, labels, np.arange(n))["score"].to_numpy()[held]
     return out
+
+
+def fold_model_vote_figures(folder: Path, backbone: str, train: str, x, labels, truth, tuned, fold) -> dict:
+    """The figures of :func:`fold_model_vote` alone, and of the combined queue with it in place of the
+    frozen vote (the blend's loss 2, the vote 1)."""
+    from mlfix.scoring.combine import combined
+    from mlfix.scoring.contract import score_frame
+
+    ids = np.arange(len(labels))
+    vote = fold_model_vote(folder, backbone, train, labels, fold)
+    loss = compute_scores(x, labels, ids, seed=0, finetuned=tuned, methods=["loss"])
+    queue = combined([score_frame(ids, loss["score_loss"].to_numpy(), loss["suggested_loss"].to_numpy()),
+                      score_frame(ids, vote, loss["suggested_loss"].to_numpy())], [2, 1])
+    is_error = labels != truth
+    return {"knn": figures_of(is_error, vote), "combined": figures_of(is_error, queue["score"])}
 
 
 FROZEN = "efficientnet_lite0"  # the frozen probe's backbone: the default index's
@@ -165,6 +217,12 @@ def run_setting(dataset: str, table, labels, truth, size: int, train: str, epoch
     for variant, features_x, probabilities in variants:
         for method, figures in queue_figures(features_x, labels, truth, **probabilities).items():
             emit(BENCH, f"{dataset}.{variant}.{method}", figures, "figures", n, **setup)
+    if max_train is None and not quick:  # the trunk cache holds every image, in order
+        cpu0 = cpu_seconds()
+        found = fold_model_vote_figures(cache_dir, backbone, train, x, labels, truth, tuned, result.fold)
+        for method, figures in found.items():
+            emit(BENCH, f"{dataset}.fold_model_vote.{method}", figures, "figures", n,
+                 vote_cpu_minutes=round((cpu_seconds() - cpu0) / 60, 2), **setup)
 
 
 def accuracy_vs_truth(probs: np.ndarray, classes, truth: np.ndarray) -> float:
