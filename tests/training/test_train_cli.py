@@ -109,12 +109,15 @@ def test_sigint_during_mlfix_train_saves_says_stopped_and_resumes(tmp_path):
     run.send_signal(signal.SIGINT)
     out, err = run.communicate(timeout=300)
     assert run.returncode == 130, (out, err)
-    assert "stopping: saving a checkpoint at step" in out
     assert "stopped; run again to resume" in out and "Traceback" not in err
     assert "from its offline ImageNet weights" in out
     summary = checkpoint_summary(project_dir / "models")
     assert summary["settings"]["init"] == "offline" and summary["settings"]["lr"] == pytest.approx(1e-4)
     assert 2 <= summary["step"] < 120 and f"step {summary['step']} of 120" in out
+    # Mid-epoch, Ctrl-C saves first and says so; landing just after an epoch's own checkpoint (3 steps an
+    # epoch here) there may be nothing new to save (a loaded machine hit that window twice running).
+    if summary["step"] % 3:
+        assert "stopping: saving a checkpoint at step" in out, out
 
     # resume to the end of the epoch after the saved one (a few steps, not the 40 epochs asked first)
     epochs = str(summary["epoch"] + 1)
