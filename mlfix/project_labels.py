@@ -203,7 +203,7 @@ class ProjectLabels:
         from mlfix.training.finetune import labels_digest
         from mlfix.training.finetune_project import FOLDER, finetuned_result
 
-        if not (self.dir / FOLDER / "result.npz").exists():
+        if self.finetune_stamp() is None:
             return None
         rows = np.flatnonzero(self.readable())
         if finetuned_result(self.dir, self.samples["sample_id"].to_numpy()[rows]) is None:

@@ -90,18 +90,15 @@ class FinetuneSettings:
             if not ok:
                 raise SettingsError(text)
 
-        def whole(value) -> bool:
-            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
         def number(value) -> bool:
             return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
 
-        need(whole(self.folds) and 2 <= self.folds <= 20, f"folds must be 2 to 20, got {self.folds!r}")
-        need(whole(self.epochs) and 1 <= self.epochs <= 200, f"epochs must be 1 to 200, got {self.epochs!r}")
-        need(self.image_size is None or (whole(self.image_size) and 32 <= self.image_size <= 1024),
+        need(_whole_number(self.folds) and 2 <= self.folds <= 20, f"folds must be 2 to 20, got {self.folds!r}")
+        need(_whole_number(self.epochs) and 1 <= self.epochs <= 200, f"epochs must be 1 to 200, got {self.epochs!r}")
+        need(self.image_size is None or (_whole_number(self.image_size) and 32 <= self.image_size <= 1024),
              f"image size must be 32 to 1024 px, got {self.image_size!r}")
         need(self.train in TRAIN_CHOICES, f"train must be one of {list(TRAIN_CHOICES)}, got {self.train!r}")
-        need(whole(self.batch_size) and 2 <= self.batch_size <= 65536,
+        need(_whole_number(self.batch_size) and 2 <= self.batch_size <= 65536,
              f"batch size must be 2 to 65536, got {self.batch_size!r}")
         # Above 1, AdamW diverges: the loss turns NaN and every prediction with it.
         need(number(self.lr) and 0 < self.lr <= 1,
@@ -109,11 +106,16 @@ class FinetuneSettings:
         need(number(self.weight_decay) and 0 <= self.weight_decay <= 10,
              f"weight decay must be 0 to 10 (the default is {FinetuneSettings.weight_decay:g}), "
              f"got {self.weight_decay!r}")
-        need(self.max_train is None or (whole(self.max_train) and self.max_train >= 2 * self.folds),
+        need(self.max_train is None or (_whole_number(self.max_train) and self.max_train >= 2 * self.folds),
              f"max_train must be a whole number, at least twice the folds ({2 * self.folds}), "
              f"got {self.max_train!r}")
         need(isinstance(self.flip, (bool, np.bool_)), f"flip must be True or False, got {self.flip!r}")
-        need(whole(self.seed), f"seed must be a whole number, got {self.seed!r}")
+        need(_whole_number(self.seed), f"seed must be a whole number, got {self.seed!r}")
+
+
+def _whole_number(value) -> bool:
+    """An int (numpy's too), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 # What ``--quality`` means for fine-tuning; the default preset is FinetuneSettings' defaults, and
@@ -212,7 +214,8 @@ def _digest(values) -> str:
 
 
 def labels_digest(codes: np.ndarray) -> str:
-    """What identifies the label codes a run trained on (``run.json``'s ``labels``): a change starts a new run."""
+    """What identifies the label codes a run trained on (``run.json``'s ``labels``): a change starts a
+    new run."""
     return _digest(codes)
 
 
@@ -271,7 +274,7 @@ def finetune(root, samples: pd.DataFrame, labels: Sequence, backbone_factory: Ca
     if len(classes) < 2:
         raise SettingsError(f"fine-tuning needs labels of at least two classes, found {classes or 'none'}")
     image_size = settings.image_size or 224
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+    if workers is not None and not (_whole_number(workers) and workers >= 0):
         raise SettingsError(f"workers must be 0 or more (0: decode the images in this process), got {workers!r}")
     cv_rows, always, notes = training_plan(codes, trusted, settings.folds, settings.max_train, settings.seed)
     for text in notes:
@@ -313,13 +316,15 @@ def finetune(root, samples: pd.DataFrame, labels: Sequence, backbone_factory: Ca
         probs[cv_pos[held]] = held_probs
         fold[cached[cv_pos[held]]] = k
         models.append(model)
-    others = np.flatnonzero(fold[cached] < 0)  # cached but held out by no fold: the fold models' mean
-    if len(others):
-        probs[others] = np.mean([predict_views(m, cache.views, others, dev) for m in models], axis=0)
     # No out-of-fold prediction: images every fold trained on (untrusted ones: a class smaller than the
     # folds; their loss would hide their errors) and unreadable ones. NaN: the scores take the frozen
     # probe's there (mlfix.scoring.blend).
-    probs[np.union1d(always_pos[~trusted[cached[always_pos]]], np.flatnonzero(failed))] = np.nan
+    no_prediction = np.union1d(always_pos[~trusted[cached[always_pos]]], np.flatnonzero(failed))
+    probs[no_prediction] = np.nan
+    # cached, held out by no fold and not left without: the fold models' mean
+    others = np.setdiff1d(np.flatnonzero(fold[cached] < 0), no_prediction)
+    if len(others):
+        probs[others] = np.mean([predict_views(m, cache.views, others, dev) for m in models], axis=0)
     full = np.full((n, len(classes)), 1.0 / len(classes))
     full[cached] = probs
     rest = np.setdiff1d(np.arange(n), cached)
